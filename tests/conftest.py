@@ -1,0 +1,57 @@
+"""Shared fixtures: random-weight open_clip models with perturbed biases and LayerNorm parameters."""
+
+from __future__ import annotations
+
+import functools
+import warnings
+
+import open_clip
+import pytest
+import torch
+
+torch.set_num_threads(2)
+
+
+def perturb_(model: torch.nn.Module, scale: float = 0.1, seed: int = 0) -> torch.nn.Module:
+    """Move every 1-D parameter (biases, LayerNorm γ/β, LayerScale, class token) away from its init."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim == 1:
+                p.add_(torch.randn(p.shape, generator=g) * scale)
+    return model
+
+
+@functools.lru_cache(maxsize=4)
+def random_open_clip(name: str, seed: int = 0, **overrides):
+    """An open_clip model with random weights, perturbed so that bias/LN mistakes show."""
+    torch.manual_seed(seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = open_clip.create_model(name, pretrained=None, **overrides)
+    return perturb_(model.eval(), seed=seed)
+
+
+def tiny_clip(seed: int = 0, **vision):
+    """A tiny open_clip CLIP built from open_clip's own classes, with custom vision options."""
+    torch.manual_seed(seed)
+    vision_cfg = dict(image_size=32, patch_size=8, width=64, layers=3, head_width=16, mlp_ratio=4.0)
+    vision_cfg.update(vision)
+    text_cfg = dict(context_length=16, vocab_size=49408, width=32, heads=2, layers=1)
+    quick_gelu = vision_cfg.pop("quick_gelu", False)
+    model = open_clip.CLIP(embed_dim=48, vision_cfg=vision_cfg, text_cfg=text_cfg, quick_gelu=quick_gelu)
+    return perturb_(model.eval(), seed=seed)
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a − b| / max |b|: the exactness measure used throughout the tests."""
+    return ((a.double() - b.double()).abs().max() / b.double().abs().max()).item()
+
+
+@pytest.fixture
+def images():
+    def make(model_or_size, batch: int = 2, seed: int = 1):
+        size = model_or_size if isinstance(model_or_size, tuple) else tuple(model_or_size.visual.image_size)
+        return torch.randn(batch, 3, *size, generator=torch.Generator().manual_seed(seed))
+
+    return make

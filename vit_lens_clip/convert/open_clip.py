@@ -1,0 +1,210 @@
+"""open_clip ``VisionTransformer`` → HookedViT.
+
+Everything is read from the instantiated modules, never from the model name: the activation (GELU or
+QuickGELU), the head count, LayerScale, ``ln_pre``, the pooling variant and the attentional pooler.
+LayerScale is folded into the output weights: (x·W + b)·γ = x·(W·γ) + b·γ.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import einops
+import torch
+from torch import Tensor, nn
+
+from vit_lens_clip.model.config import AttentionPoolConfig, ViTConfig
+from vit_lens_clip.model.hooked_vit import HookedViT
+
+
+class UnsupportedTowerError(ValueError):
+    """The vision tower is not a ViT that HookedViT can represent exactly."""
+
+
+def _vision_tower(model_or_visual: nn.Module) -> nn.Module:
+    visual = getattr(model_or_visual, "visual", model_or_visual)
+    kind = type(visual).__name__
+    if kind != "VisionTransformer" or not hasattr(visual, "transformer"):
+        raise UnsupportedTowerError(
+            f"vit_lens_clip supports open_clip ViT towers (VisionTransformer); this model's image tower is "
+            f"{kind} (e.g. timm SigLIP/EVA/ConvNeXt or ModifiedResNet), which cannot be ported."
+        )
+    return visual
+
+
+def _activation(mlp: nn.Module) -> str:
+    act = mlp.gelu
+    name = type(act).__name__
+    if name == "QuickGELU":
+        return "quick_gelu"
+    if isinstance(act, nn.GELU):
+        if act.approximate != "none":
+            raise UnsupportedTowerError(f"GELU(approximate={act.approximate!r}) is not supported")
+        return "gelu"
+    raise UnsupportedTowerError(f"unsupported MLP activation {name}")
+
+
+def _check_block(block: nn.Module, index: int) -> None:
+    name = type(block).__name__
+    if name == "ResidualAttentionBlock":
+        if hasattr(block, "ln_1_kv"):
+            raise UnsupportedTowerError(f"block {index}: cross-attention blocks are not supported")
+        return
+    if name == "CustomResidualAttentionBlock":
+        attn = block.attn
+        extras = {
+            "qk_norm": not isinstance(attn.ln_q, nn.Identity),
+            "scaled_cosine_attn": attn.logit_scale is not None,
+            "scale_heads": attn.head_scale is not None,
+            "scale_attn_inner": not isinstance(attn.ln_inner, nn.Identity),
+            "scale_attn": not isinstance(block.ln_attn, nn.Identity),
+            "scale_fc": not isinstance(block.mlp.ln, nn.Identity),
+        }
+        used = [k for k, v in extras.items() if v]
+        if used:
+            raise UnsupportedTowerError(f"block {index}: NormFormer-style options {used} are not supported")
+        return
+    raise UnsupportedTowerError(f"block {index}: unsupported block type {name}")
+
+
+def _layer_scale(module: nn.Module) -> Optional[Tensor]:
+    return module.gamma.detach() if hasattr(module, "gamma") else None
+
+
+def _split_in_proj(attn: nn.Module, n_heads: int) -> dict[str, Tensor]:
+    """Split a fused or separate q/k/v projection into TransformerLens [head, d_in, d_head] weights."""
+    if getattr(attn, "in_proj_weight", None) is not None:
+        w_q, w_k, w_v = attn.in_proj_weight.detach().chunk(3, dim=0)
+    else:  # nn.MultiheadAttention with kdim/vdim != embed_dim
+        w_q, w_k, w_v = attn.q_proj_weight.detach(), attn.k_proj_weight.detach(), attn.v_proj_weight.detach()
+    d_qkv = w_q.shape[0]
+    bias = attn.in_proj_bias
+    b_q, b_k, b_v = bias.detach().chunk(3) if bias is not None else (torch.zeros(d_qkv),) * 3
+    out = {}
+    for name, w, b in (("Q", w_q, b_q), ("K", w_k, b_k), ("V", w_v, b_v)):
+        out[f"W_{name}"] = einops.rearrange(w, "(h e) i -> h i e", h=n_heads)
+        out[f"b_{name}"] = einops.rearrange(b, "(h e) -> h e", h=n_heads)
+    out["W_O"] = einops.rearrange(attn.out_proj.weight.detach(), "j (h e) -> h e j", h=n_heads)
+    b_o = attn.out_proj.bias
+    out["b_O"] = b_o.detach() if b_o is not None else torch.zeros(out["W_O"].shape[-1])
+    return out
+
+
+def _ln(prefix: str, ln: nn.Module) -> dict[str, Tensor]:
+    return {f"{prefix}.w": ln.weight.detach(), f"{prefix}.b": ln.bias.detach()}
+
+
+def config_from_open_clip(visual: nn.Module, name: str = "open_clip") -> ViTConfig:
+    """Read a ViTConfig off an instantiated open_clip VisionTransformer."""
+    blocks = visual.transformer.resblocks
+    first = blocks[0]
+    for i, block in enumerate(blocks):
+        _check_block(block, i)
+    if getattr(visual, "attn_pool_type", "") in ("parallel", "cascade"):
+        raise UnsupportedTowerError(f"attentional pooling '{visual.attn_pool_type}' is not supported")
+    attn_pool = None
+    if visual.attn_pool is not None:
+        pool = visual.attn_pool
+        if visual.pool_type != "tok":
+            raise UnsupportedTowerError(f"attentional pooler with pool_type={visual.pool_type!r}")
+        attn_pool = AttentionPoolConfig(
+            n_queries=pool.query.shape[0],
+            n_heads=pool.attn.num_heads,
+            d_model=pool.query.shape[1],
+            d_context=pool.ln_k.weight.shape[0],
+            eps=pool.ln_k.eps,
+        )
+    elif visual.pool_type not in ("tok", "avg"):
+        raise UnsupportedTowerError(f"pool_type={visual.pool_type!r} is not supported")
+    n_heads = first.attn.num_heads
+    width = visual.transformer.width
+    proj = visual.proj
+    d_pool = attn_pool.d_model if attn_pool else width
+    return ViTConfig(
+        n_layers=len(blocks),
+        d_model=width,
+        n_heads=n_heads,
+        d_mlp=first.mlp.c_fc.out_features,
+        output_dim=proj.shape[1] if proj is not None else d_pool,
+        image_size=tuple(visual.image_size),
+        patch_size=tuple(visual.patch_size),
+        act_fn=_activation(first.mlp),
+        eps=visual.ln_post.eps,
+        pool_type="tok" if attn_pool else visual.pool_type,
+        has_ln_pre=not isinstance(visual.ln_pre, nn.Identity),
+        final_ln_after_pool=bool(visual.final_ln_after_pool) and attn_pool is None,
+        attention_pool=attn_pool,
+        in_channels=visual.conv1.in_channels,
+        model_name=name,
+        dtype=visual.conv1.weight.dtype,
+    )
+
+
+def state_dict_from_open_clip(visual: nn.Module, cfg: ViTConfig) -> dict[str, Tensor]:
+    """Map open_clip weights to HookedViT names, folding LayerScale into W_O/b_O and W_out/b_out."""
+    if visual.conv1.bias is not None:
+        raise UnsupportedTowerError("patch embedding with a bias is not supported")
+    sd: dict[str, Tensor] = {
+        "W_patch": visual.conv1.weight.detach(),
+        "class_embedding": visual.class_embedding.detach(),
+        "W_pos": visual.positional_embedding.detach(),
+        **_ln("ln_final", visual.ln_post),
+    }
+    sd["W_proj"] = visual.proj.detach() if visual.proj is not None else torch.eye(cfg.d_pool)
+    if cfg.has_ln_pre:
+        sd.update(_ln("ln_pre", visual.ln_pre))
+    for layer, block in enumerate(visual.transformer.resblocks):
+        p = f"blocks.{layer}"
+        attn = {f"{p}.attn.{k}": v for k, v in _split_in_proj(block.attn, cfg.n_heads).items()}
+        mlp = {
+            f"{p}.mlp.W_in": block.mlp.c_fc.weight.detach().T,
+            f"{p}.mlp.b_in": block.mlp.c_fc.bias.detach(),
+            f"{p}.mlp.W_out": block.mlp.c_proj.weight.detach().T,
+            f"{p}.mlp.b_out": block.mlp.c_proj.bias.detach(),
+        }
+        gamma_attn, gamma_mlp = _layer_scale(block.ls_1), _layer_scale(block.ls_2)
+        if gamma_attn is not None:
+            attn[f"{p}.attn.W_O"] = attn[f"{p}.attn.W_O"] * gamma_attn
+            attn[f"{p}.attn.b_O"] = attn[f"{p}.attn.b_O"] * gamma_attn
+        if gamma_mlp is not None:
+            mlp[f"{p}.mlp.W_out"] = mlp[f"{p}.mlp.W_out"] * gamma_mlp
+            mlp[f"{p}.mlp.b_out"] = mlp[f"{p}.mlp.b_out"] * gamma_mlp
+        sd.update(attn)
+        sd.update(mlp)
+        sd.update(_ln(f"{p}.ln1", block.ln_1))
+        sd.update(_ln(f"{p}.ln2", block.ln_2))
+    if visual.attn_pool is not None:
+        pool = visual.attn_pool
+        sd["attn_pool.query"] = pool.query.detach()
+        sd.update(_ln("attn_pool.ln_q", pool.ln_q))
+        sd.update(_ln("attn_pool.ln_k", pool.ln_k))
+        heads = cfg.attention_pool.n_heads
+        sd.update({f"attn_pool.attn.{k}": v for k, v in _split_in_proj(pool.attn, heads).items()})
+    return sd
+
+
+def _copy_eps(hooked: HookedViT, visual: nn.Module) -> None:
+    """Each LayerNorm keeps the eps of the module it was ported from."""
+    pairs = [(hooked.ln_final, visual.ln_post)]
+    if hooked.ln_pre is not None:
+        pairs.append((hooked.ln_pre, visual.ln_pre))
+    for block, src in zip(hooked.blocks, visual.transformer.resblocks):
+        pairs += [(block.ln1, src.ln_1), (block.ln2, src.ln_2)]
+    if hooked.attn_pool is not None:
+        pairs += [(hooked.attn_pool.ln_q, visual.attn_pool.ln_q), (hooked.attn_pool.ln_k, visual.attn_pool.ln_k)]
+    for dst, src in pairs:
+        dst.eps = src.eps
+
+
+def hooked_vit_from_open_clip(model_or_visual: nn.Module, name: str = "open_clip") -> HookedViT:
+    """Build a HookedViT whose forward equals ``model.encode_image`` (unnormalised) on the same weights."""
+    visual = _vision_tower(model_or_visual)
+    cfg = config_from_open_clip(visual, name=name)
+    dtype, device = visual.conv1.weight.dtype, visual.conv1.weight.device
+    with torch.device("meta"):
+        hooked = HookedViT(cfg)
+    state = {k: v.to(torch.float32) for k, v in state_dict_from_open_clip(visual, cfg).items()}
+    hooked.load_state_dict(state, strict=True, assign=True)
+    hooked.W_text = torch.zeros(0, cfg.output_dim)
+    _copy_eps(hooked, visual)
+    return hooked.to(device=device, dtype=dtype).eval()

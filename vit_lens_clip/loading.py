@@ -1,0 +1,229 @@
+"""load_clip(): open_clip's real factory → a HookedViT with text encoding, tokenizer and preprocess.
+
+Accepted names:
+- ``"vit-lens-clip/shapes"``: the embedded model shipped in this package (no network);
+- an open_clip model name with ``pretrained`` = a tag (downloads when online), or a local ``.safetensors`` /
+  ``.bin`` / ``.pt`` file (offline; ``.bin``/``.pt`` are read with ``torch.load(weights_only=True)``);
+- ``"local-dir:/path"`` or ``"hf-hub:org/repo"`` (open_clip schemas);
+- ``"hf:org/repo"`` or ``"hf:/local/dir"``: a transformers CLIPModel.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from vit_lens_clip.model.hooked_vit import HookedViT
+
+EMBEDDED_NAME = "vit-lens-clip/shapes"
+EMBEDDED_DIR = Path(__file__).parent / "embedded" / "shapes"
+_PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class WeightsUnavailableError(RuntimeError):
+    """Pretrained weights could not be fetched (usually: offline); the message says how to load locally."""
+
+
+@dataclass
+class LoadedCLIP:
+    """A ported CLIP: the hooked image tower plus what interpretability needs from the rest of CLIP.
+
+    ``encode_text(texts)`` returns unit text embeddings [n_texts, output_dim]; ``preprocess`` maps a PIL
+    image to the model's input; ``key`` identifies model + weights (used to key on-disk caches).
+    """
+
+    model: HookedViT
+    clip: nn.Module
+    tokenizer: Callable
+    preprocess: Callable
+    name: str
+    pretrained: Optional[str]
+    key: str
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    def encode_text(self, texts: Sequence[str], batch_size: int = 256, progress: bool = False) -> Float[Tensor, "n_texts d_out"]:
+        """Unit CLIP text embeddings, batched (a progress bar for long lists)."""
+        if isinstance(texts, str):
+            raise TypeError("encode_text takes a list of strings")
+        texts = list(texts)
+        if not texts:
+            raise ValueError("encode_text got an empty list")
+        chunks = range(0, len(texts), batch_size)
+        out = []
+        with torch.no_grad():
+            for i in tqdm(chunks, desc="encoding texts", disable=not progress or len(texts) <= batch_size):
+                tokens = self.tokenizer(texts[i : i + batch_size]).to(self.device)
+                out.append(F.normalize(self.clip.encode_text(tokens).float(), dim=-1))
+        return torch.cat(out)
+
+    def encode_image(self, images: Float[Tensor, "batch channel height width"], normalize: bool = True):
+        """Image embeddings from the hooked tower (unit length unless ``normalize=False``)."""
+        with torch.no_grad():
+            emb = self.model(images.to(self.device))
+        return F.normalize(emb.float(), dim=-1) if normalize else emb
+
+
+def _file_digest(path: Path, limit: int = 1 << 22) -> str:
+    h = hashlib.sha256(str(path.stat().st_size).encode())
+    with open(path, "rb") as f:
+        h.update(f.read(limit))
+    return h.hexdigest()[:16]
+
+
+def _params_digest(model: nn.Module, n_tensors: int = 4) -> str:
+    """A short digest of a model's weights (enough to tell random initialisations apart)."""
+    h = hashlib.sha256()
+    for _, p in list(model.state_dict().items())[:n_tensors]:
+        h.update(p.detach().float().cpu().numpy().tobytes()[:1 << 20])
+    return h.hexdigest()[:16]
+
+
+def _quick_gelu_for_tag(name: str, pretrained: Optional[str]) -> bool:
+    """Whether a pretrained tag was trained with QuickGELU, whatever the config's name says."""
+    if not pretrained or os.path.isfile(pretrained):
+        return False
+    cfg = open_clip.get_pretrained_cfg(name, pretrained)
+    return bool(cfg and cfg.get("quick_gelu", False))
+
+
+def _offline_help(name: str, pretrained: str, err: Exception) -> WeightsUnavailableError:
+    return WeightsUnavailableError(
+        f"could not fetch weights for {name!r} / {pretrained!r} ({type(err).__name__}: {err}). "
+        f"If you are offline, download the checkpoint elsewhere and load it from disk: "
+        f"load_clip({name!r}, pretrained='/path/to/open_clip_model.safetensors') "
+        f"or load_clip('local-dir:/path/to/folder') (a folder with open_clip_config.json and weights). "
+        f"The embedded model needs no network: load_clip({EMBEDDED_NAME!r})."
+    )
+
+
+def _resolve_device(device: Optional[str | torch.device]) -> torch.device:
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' was asked for but no CUDA device is available")
+    return device
+
+
+def _load_hf(identifier: str, device: torch.device, dtype: torch.dtype) -> LoadedCLIP:
+    try:
+        from transformers import CLIPModel, CLIPProcessor
+    except ImportError as e:  # pragma: no cover
+        raise ImportError("hf: models need transformers: pip install 'vit_lens_clip[hf]'") from e
+    from vit_lens_clip.convert.hf import hooked_vit_from_hf
+
+    try:
+        clip = CLIPModel.from_pretrained(identifier).eval()
+        processor = CLIPProcessor.from_pretrained(identifier)
+    except Exception as e:  # offline or missing
+        raise _offline_help(f"hf:{identifier}", "(transformers)", e) from e
+
+    class _VisionWithProjection(nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.vision_model, self.visual_projection, self.config = m.vision_model, m.visual_projection, m.config.vision_config
+
+    hooked = hooked_vit_from_hf(_VisionWithProjection(clip)).to(device=device, dtype=dtype)
+
+    class _HFText(nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def encode_text(self, tokens):
+            return self.m.get_text_features(**tokens)
+
+    def tokenizer(texts):
+        return _BatchOnDevice(processor.tokenizer(list(texts), padding=True, truncation=True, return_tensors="pt"))
+
+    def preprocess(image):
+        return processor.image_processor(images=image, return_tensors="pt")["pixel_values"][0]
+
+    loaded = LoadedCLIP(hooked, _HFText(clip.to(device)), tokenizer, preprocess, f"hf:{identifier}", None,
+                        key=f"hf:{identifier}|{_params_digest(clip)}", device=device)
+    return _attach_text(loaded)
+
+
+class _BatchOnDevice(dict):
+    def to(self, device):
+        return _BatchOnDevice({k: v.to(device) for k, v in self.items()})
+
+
+def _attach_text(loaded: LoadedCLIP) -> LoadedCLIP:
+    loaded.model.text_encoder = lambda texts: loaded.encode_text(texts)
+    return loaded
+
+
+def load_clip(
+    name: str = EMBEDDED_NAME,
+    pretrained: Optional[str] = None,
+    device: Optional[str | torch.device] = "cpu",
+    precision: str = "fp32",
+    cache_dir: Optional[str] = None,
+) -> LoadedCLIP:
+    """Load a CLIP through open_clip's factory and port its image tower to a HookedViT.
+
+    ``precision`` is "fp32", "fp16" or "bf16"; ``device`` "cpu", "cuda", "auto" or a torch device.
+    QuickGELU is taken from the pretrained tag when the tag says so, and always read from the built module.
+    """
+    if precision not in _PRECISIONS:
+        raise ValueError(f"precision must be one of {sorted(_PRECISIONS)}, got {precision!r}")
+    dev = _resolve_device(device)
+    if name.startswith("hf:"):
+        return _load_hf(name[3:], dev, _PRECISIONS[precision])
+    if name == EMBEDDED_NAME:
+        if not (EMBEDDED_DIR / "open_clip_config.json").exists():
+            raise FileNotFoundError(f"the embedded model is missing from {EMBEDDED_DIR}; reinstall vit_lens_clip")
+        name = f"local-dir:{EMBEDDED_DIR}"
+        key_name = EMBEDDED_NAME
+    else:
+        key_name = name
+    schema_local = name.startswith("local-dir:")
+    if pretrained is not None and os.path.sep in pretrained and not os.path.isfile(pretrained):
+        raise FileNotFoundError(f"pretrained file not found: {pretrained}")
+    if not schema_local and not name.startswith("hf-hub:") and name not in open_clip.list_models():
+        raise ValueError(f"unknown open_clip model {name!r}; see open_clip.list_models()")
+    if pretrained and not os.path.isfile(pretrained) and not name.startswith(("local-dir:", "hf-hub:")):
+        tags = [t for m, t in open_clip.list_pretrained() if m == name]
+        if pretrained not in tags:
+            raise ValueError(f"{pretrained!r} is neither a file nor a pretrained tag of {name}; tags: {tags}")
+    try:
+        clip, _, preprocess = open_clip.create_model_and_transforms(
+            name,
+            pretrained=pretrained,
+            precision=precision,
+            device=dev,
+            force_quick_gelu=_quick_gelu_for_tag(name, pretrained),
+            cache_dir=cache_dir,
+        )
+    except RuntimeError as e:
+        if pretrained and not os.path.isfile(pretrained) and ("download" in str(e).lower() or "Failed" in str(e)):
+            raise _offline_help(name, pretrained, e) from e
+        raise
+    except OSError as e:
+        if name.startswith("hf-hub:"):
+            raise _offline_help(name, pretrained or "", e) from e
+        raise
+    tokenizer = open_clip.get_tokenizer(name)
+    clip.eval()
+    hooked = HookedViT.from_open_clip(clip, name=key_name)
+    if pretrained and os.path.isfile(pretrained):
+        weights_key = _file_digest(Path(pretrained))
+    elif schema_local:
+        folder = Path(name.split(":", 1)[1])
+        files = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin"))
+        weights_key = _file_digest(files[0]) if files else "none"
+    else:
+        weights_key = pretrained or _params_digest(clip)
+    loaded = LoadedCLIP(hooked, clip, tokenizer, preprocess, key_name, pretrained, f"{key_name}|{weights_key}|{precision}", dev)
+    return _attach_text(loaded)

@@ -1,0 +1,229 @@
+"""HookedViT building blocks, with TransformerLens parameter and hook names.
+
+Expensive hook points (per-head results, the per-source contributions to the pooled token, the attention
+pattern) are computed only when a hook is attached to them; otherwise the fused path runs.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import einops
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float
+from torch import Tensor, nn
+from transformer_lens.hook_points import HookPoint
+
+from vit_lens_clip.model.config import ViTConfig
+
+
+def _hooked(*points: HookPoint) -> bool:
+    """True when any of these hook points has a forward hook attached."""
+    return any(p.fwd_hooks for p in points)
+
+
+def quick_gelu(x: Tensor) -> Tensor:
+    """QuickGELU, x·σ(1.702x), the activation OpenAI's CLIP was trained with."""
+    return x * torch.sigmoid(1.702 * x)
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm with TransformerLens hooks.
+
+    ``hook_scale`` = sqrt(var(x) + eps) (shape [..., 1]), ``hook_normalized`` = (x − mean(x)) / scale.
+    Statistics are taken in float32 and the result is cast back to the input dtype.
+    """
+
+    def __init__(self, d: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.w = nn.Parameter(torch.ones(d))
+        self.b = nn.Parameter(torch.zeros(d))
+        self.hook_scale = HookPoint()
+        self.hook_normalized = HookPoint()
+
+    def forward(self, x: Float[Tensor, "... d"]) -> Float[Tensor, "... d"]:
+        dtype = x.dtype
+        if not _hooked(self.hook_scale, self.hook_normalized):
+            return F.layer_norm(x.float(), (x.shape[-1],), self.w.float(), self.b.float(), self.eps).to(dtype)
+        x = x.float()
+        x = x - x.mean(-1, keepdim=True)
+        scale = self.hook_scale((x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
+        x = self.hook_normalized(x / scale)
+        return (x * self.w.float() + self.b.float()).to(dtype)
+
+
+class Attention(nn.Module):
+    """Multi-head attention in TransformerLens layout.
+
+    W_Q, W_K, W_V: [n_heads, d_in, d_head]; W_O: [n_heads, d_head, d_out]; b_O: [d_out].
+    ``result[b, q, h] = z[b, q, h] · W_O[h]`` and ``attn_out = Σ_h result + b_O``.
+
+    The pooled token (CLS for token pooling, the mean over patch queries for average pooling, query 0 for an
+    attentional pooler) gets two extra hook points, computed only when hooked:
+
+    - ``hook_pooled_pattern`` [batch, n_heads, n_src]: the pooled query's attention weights A[h, m];
+    - ``hook_result_per_source`` [batch, n_src, n_heads, d_out]: A[h, m] · (v[m, h] · W_O[h]). Summed over
+      sources and heads, plus b_O, it is the attention output at the pooled token. For token pooling, edits
+      to it propagate: the pooled row of ``attn_out`` is rebuilt from it. The [N, N, H, d] tensor is never
+      built: only the pooled query row is used.
+    """
+
+    def __init__(
+        self,
+        d_in: int,
+        n_heads: int,
+        d_head: int,
+        d_out: int,
+        d_kv_in: Optional[int] = None,
+        pool_type: str = "tok",
+    ):
+        super().__init__()
+        d_kv_in = d_kv_in or d_in
+        self.n_heads, self.d_head, self.pool_type = n_heads, d_head, pool_type
+        self.W_Q = nn.Parameter(torch.empty(n_heads, d_in, d_head))
+        self.W_K = nn.Parameter(torch.empty(n_heads, d_kv_in, d_head))
+        self.W_V = nn.Parameter(torch.empty(n_heads, d_kv_in, d_head))
+        self.W_O = nn.Parameter(torch.empty(n_heads, d_head, d_out))
+        self.b_Q = nn.Parameter(torch.zeros(n_heads, d_head))
+        self.b_K = nn.Parameter(torch.zeros(n_heads, d_head))
+        self.b_V = nn.Parameter(torch.zeros(n_heads, d_head))
+        self.b_O = nn.Parameter(torch.zeros(d_out))
+        for w in (self.W_Q, self.W_K, self.W_V, self.W_O):
+            nn.init.normal_(w, std=d_in**-0.5)
+        self.hook_q = HookPoint()  # [batch, query, head, d_head]
+        self.hook_k = HookPoint()  # [batch, source, head, d_head]
+        self.hook_v = HookPoint()  # [batch, source, head, d_head]
+        self.hook_attn_scores = HookPoint()  # [batch, head, query, source]
+        self.hook_pattern = HookPoint()  # [batch, head, query, source]
+        self.hook_z = HookPoint()  # [batch, query, head, d_head]
+        self.hook_result = HookPoint()  # [batch, query, head, d_out]
+        self.hook_pooled_pattern = HookPoint()  # [batch, head, source]
+        self.hook_result_per_source = HookPoint()  # [batch, source, head, d_out]
+
+    def _project(self, x: Tensor, W: Tensor, b: Tensor) -> Tensor:
+        """x · W[h] + b[h] for every head: [..., d] → [..., n_heads, d_head]."""
+        out = x @ einops.rearrange(W, "h d e -> d (h e)") + b.reshape(-1)
+        return out.unflatten(-1, (self.n_heads, self.d_head))
+
+    def forward(
+        self,
+        query_input: Float[Tensor, "batch n_query d_in"],
+        kv_input: Optional[Float[Tensor, "batch n_src d_kv"]] = None,
+    ) -> Float[Tensor, "batch n_query d_out"]:
+        kv_input = query_input if kv_input is None else kv_input
+        q = self.hook_q(self._project(query_input, self.W_Q, self.b_Q))
+        k = self.hook_k(self._project(kv_input, self.W_K, self.b_K))
+        v = self.hook_v(self._project(kv_input, self.W_V, self.b_V))
+        want_pooled = _hooked(self.hook_pooled_pattern, self.hook_result_per_source)
+        want_pattern = _hooked(self.hook_attn_scores, self.hook_pattern) or (want_pooled and self.pool_type == "avg")
+
+        pattern = None
+        if want_pattern:
+            scores = torch.einsum("bqhe,bshe->bhqs", q.float(), k.float()) / math.sqrt(self.d_head)
+            scores = self.hook_attn_scores(scores)
+            pattern = self.hook_pattern(scores.softmax(-1)).to(v.dtype)
+            z = torch.einsum("bhqs,bshe->bqhe", pattern, v)
+        else:
+            z = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
+        z = self.hook_z(z)
+
+        if _hooked(self.hook_result):
+            result = self.hook_result(torch.einsum("bqhe,hed->bqhd", z, self.W_O))
+            out = result.sum(-2) + self.b_O
+        else:
+            out = z.flatten(-2) @ self.W_O.flatten(0, 1) + self.b_O
+
+        if want_pooled:
+            pooled = self.hook_pooled_pattern(self.pooled_pattern(q, k, pattern))
+            if _hooked(self.hook_result_per_source):
+                value_out = torch.einsum("bshe,hed->bshd", v, self.W_O)
+                per_source = self.hook_result_per_source(
+                    einops.rearrange(pooled, "b h s -> b s h 1").to(value_out.dtype) * value_out
+                )
+                if self.pool_type == "tok":
+                    out = out.clone()
+                    out[:, 0] = per_source.sum((1, 2)) + self.b_O
+        return out
+
+    def pooled_pattern(
+        self,
+        q: Float[Tensor, "batch n_query n_heads d_head"],
+        k: Float[Tensor, "batch n_src n_heads d_head"],
+        pattern: Optional[Float[Tensor, "batch n_heads n_query n_src"]] = None,
+    ) -> Float[Tensor, "batch n_heads n_src"]:
+        """Attention weights of the pooled query: row 0 (token pooling) or mean over patch queries (avg)."""
+        if self.pool_type == "avg":
+            if pattern is None:
+                raise RuntimeError("average pooling needs the full pattern")
+            return pattern[:, :, 1:].float().mean(2)
+        if pattern is not None:
+            return pattern[:, :, 0].float()
+        scores = torch.einsum("bhe,bshe->bhs", q[:, 0].float(), k.float()) / math.sqrt(self.d_head)
+        return scores.softmax(-1)
+
+
+class MLP(nn.Module):
+    """mlp_out = act(x · W_in + b_in) · W_out + b_out, with W_in [d_model, d_mlp], W_out [d_mlp, d_model]."""
+
+    def __init__(self, d_model: int, d_mlp: int, act_fn: str = "gelu"):
+        super().__init__()
+        self.act_fn = act_fn
+        self.W_in = nn.Parameter(torch.empty(d_model, d_mlp))
+        self.b_in = nn.Parameter(torch.zeros(d_mlp))
+        self.W_out = nn.Parameter(torch.empty(d_mlp, d_model))
+        self.b_out = nn.Parameter(torch.zeros(d_model))
+        nn.init.normal_(self.W_in, std=d_model**-0.5)
+        nn.init.normal_(self.W_out, std=d_mlp**-0.5)
+        self.hook_pre = HookPoint()  # [batch, pos, d_mlp]
+        self.hook_post = HookPoint()  # [batch, pos, d_mlp]
+
+    def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+        pre = self.hook_pre(F.linear(x, self.W_in.T, self.b_in))
+        post = self.hook_post(quick_gelu(pre) if self.act_fn == "quick_gelu" else F.gelu(pre))
+        return F.linear(post, self.W_out.T, self.b_out)
+
+
+class TransformerBlock(nn.Module):
+    """Pre-LN residual block: resid_mid = resid_pre + attn(ln1(resid_pre)); resid_post = resid_mid + mlp(ln2(.)).
+
+    LayerScale, where the source model has it, is folded into W_O/b_O and W_out/b_out at conversion.
+    """
+
+    def __init__(self, cfg: ViTConfig, layer: int):
+        super().__init__()
+        self.layer = layer
+        self.ln1 = LayerNorm(cfg.d_model, cfg.eps)
+        self.attn = Attention(cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_model, pool_type=cfg.pool_type)
+        self.ln2 = LayerNorm(cfg.d_model, cfg.eps)
+        self.mlp = MLP(cfg.d_model, cfg.d_mlp, cfg.act_fn)
+        self.hook_resid_pre = HookPoint()
+        self.hook_attn_out = HookPoint()
+        self.hook_resid_mid = HookPoint()
+        self.hook_mlp_out = HookPoint()
+        self.hook_resid_post = HookPoint()
+
+    def forward(self, resid_pre: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+        resid_pre = self.hook_resid_pre(resid_pre)
+        resid_mid = self.hook_resid_mid(resid_pre + self.hook_attn_out(self.attn(self.ln1(resid_pre))))
+        return self.hook_resid_post(resid_mid + self.hook_mlp_out(self.mlp(self.ln2(resid_mid))))
+
+
+class AttentionPool(nn.Module):
+    """CoCa's attentional pooler: ``attn(ln_q(query), ln_k(tokens))``; no residual, queries are parameters."""
+
+    def __init__(self, cfg: ViTConfig):
+        super().__init__()
+        pc = cfg.attention_pool
+        assert pc is not None
+        self.query = nn.Parameter(torch.zeros(pc.n_queries, pc.d_model))
+        self.ln_q = LayerNorm(pc.d_model, pc.eps)
+        self.ln_k = LayerNorm(pc.d_context, pc.eps)
+        self.attn = Attention(pc.d_model, pc.n_heads, pc.d_head, pc.d_model, d_kv_in=pc.d_context, pool_type="tok")
+        self.hook_out = HookPoint()  # [batch, n_queries, d_model]
+
+    def forward(self, tokens: Float[Tensor, "batch pos d_context"]) -> Float[Tensor, "batch n_queries d_pool"]:
+        queries = self.ln_q(self.query).to(tokens.dtype).expand(tokens.shape[0], -1, -1)
+        return self.hook_out(self.attn(queries, self.ln_k(tokens)))
