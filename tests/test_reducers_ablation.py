@@ -1,0 +1,166 @@
+"""Reducers stream, resume bitwise-identically and merge; mean-ablation post-hoc equals intervention."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import random_open_clip, rel_err, tiny_clip
+from PIL import Image
+from safetensors.torch import load_file
+
+from vit_lens_clip import HookedViT
+from vit_lens_clip.ablation import ablate_posthoc, cumulative_layer_curve, mean_ablation_hooks
+from vit_lens_clip.datasets.folder import ImageFolder, TensorImages
+from vit_lens_clip.decompose.parts import decompose
+from vit_lens_clip.decompose.reducers import (
+    ActivationMeanReducer,
+    HeadStackReducer,
+    MeanReducer,
+    Reducer,
+    TextScoreReducer,
+    load_head_stack,
+    merge_manifests,
+    run_reducers,
+)
+from vit_lens_clip.zeroshot import accuracy, logits
+
+TOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    hooked = HookedViT.from_open_clip(tiny_clip())
+    images = torch.randn(20, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    return hooked, images
+
+
+def test_mean_reducer_matches_full_batch_and_merges(tiny):
+    hooked, images = tiny
+    full = decompose(hooked, images, per_source=True)
+    mean = MeanReducer(per_source=True)
+    run_reducers(hooked, TensorImages(images), [mean], batch_size=6, progress=False)
+    res = mean.result()
+    assert rel_err(res["heads"], full.heads.mean(0)) <= TOL
+    assert rel_err(res["head_sources"], full.head_sources.mean(0)) <= TOL
+    assert rel_err(res["raw.pooled"], full.raw["pooled"].mean(0)) <= TOL
+    # two processes' partial means merge exactly into the full mean
+    a, b = MeanReducer(), MeanReducer()
+    run_reducers(hooked, TensorImages(images[:7]), [a], batch_size=4, progress=False)
+    run_reducers(hooked, TensorImages(images[7:]), [b], batch_size=4, progress=False)
+    a.merge(b)
+    assert a.count == 20
+    assert rel_err(a.result()["attns"], full.attns.mean(0)) <= TOL
+
+
+class _Kill(Reducer):
+    def __init__(self, after):
+        self.after, self.seen = after, 0
+
+    def update(self, parts, batch):
+        self.seen += 1
+        if self.seen > self.after:
+            raise KeyboardInterrupt("simulated kill")
+
+
+def test_killed_run_resumes_bitwise_identically(tiny, tmp_path):
+    hooked, images = tiny
+    data = TensorImages(images, labels=list(range(20)))
+    kw = dict(batch_size=3, layers=[-1, -2], checkpoint_every=2, progress=False)
+    ref = HeadStackReducer(tmp_path / "ref", shard_size=5)
+    run_reducers(hooked, data, [ref], checkpoint_dir=tmp_path / "ref_ckpt", **kw)
+    ref.result()
+
+    killed = HeadStackReducer(tmp_path / "run", shard_size=5)
+    with pytest.raises(KeyboardInterrupt):
+        run_reducers(hooked, data, [killed, _Kill(after=5)], checkpoint_dir=tmp_path / "ckpt", **kw)
+    resumed = HeadStackReducer(tmp_path / "run", shard_size=5)
+    summary = run_reducers(hooked, data, [resumed, _Kill(after=100)], checkpoint_dir=tmp_path / "ckpt", **kw)
+    resumed.result()
+    assert summary.resumed_from == 12  # the last checkpoint: 4 batches of 3
+    m_ref = json.loads((tmp_path / "ref" / "manifest.json").read_text())
+    m_run = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert m_ref == m_run and m_run["complete"]
+    for shard in m_ref["shards"]:
+        a = load_file(str(tmp_path / "ref" / shard["file"]))
+        b = load_file(str(tmp_path / "run" / shard["file"]))
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    stack = load_head_stack(tmp_path / "run")
+    assert stack["heads"].shape == (20, 2, 4, 48)
+    assert torch.equal(stack["indices"], torch.arange(20))
+    direct = decompose(hooked, images, layers=[-1, -2])
+    assert rel_err(stack["heads"], direct.heads) <= TOL
+
+
+def test_manifests_merge(tiny, tmp_path):
+    hooked, images = tiny
+    for i, chunk in enumerate((images[:8], images[8:])):
+        r = HeadStackReducer(tmp_path / f"rank{i}", shard_size=4)
+        run_reducers(hooked, TensorImages(chunk), [r], batch_size=4, layers=[-1], progress=False)
+        r.result()
+    merged = load_head_stack(merge_manifests([tmp_path / "rank0", tmp_path / "rank1"], tmp_path / "all"))
+    assert merged["heads"].shape[0] == 20
+    assert rel_err(merged["heads"], decompose(hooked, images, layers=[-1]).heads) <= TOL
+
+
+def test_corrupt_images_skipped_and_listed(tiny, tmp_path):
+    hooked, _ = tiny
+    for i in range(5):
+        Image.new("RGB", (40, 36), (i * 40, 10, 200)).save(tmp_path / f"img{i}.png")
+    (tmp_path / "broken.png").write_bytes(b"not a png at all")
+    from open_clip import image_transform
+
+    data = ImageFolder(tmp_path, image_transform(32, is_train=False))
+    texts = F.normalize(torch.randn(3, 48), dim=-1)
+    scores = TextScoreReducer(texts)
+    summary = run_reducers(hooked, data, [scores], batch_size=4, progress=False)
+    assert summary.images == 5
+    assert [name for name, _ in summary.skipped] == ["broken.png"]
+    assert scores.result()["scores"].shape == (5, 3, 4, 3)
+
+
+def test_intervention_equals_posthoc_in_residual_space():
+    """Mean-ablating a last-layer head by intervention moves the final pre-LN residual by exactly the
+    difference that post-hoc ablation removes (the last MLP held at its clean output: direct effect)."""
+    model = random_open_clip("ViT-B-16")
+    hooked = HookedViT.from_open_clip(model)
+    images = torch.randn(4, 3, 224, 224, generator=torch.Generator().manual_seed(2))
+    last, head = hooked.cfg.n_layers - 1, 3
+    means, act_means = MeanReducer(), ActivationMeanReducer([f"blocks.{last}.attn.hook_result"])
+    run_reducers(hooked, TensorImages(images), [means], batch_size=2, layers=[last],
+                 activation_means=[act_means], progress=False)
+    x = images[:2]
+    clean = decompose(hooked, x, layers=[last])
+    expected = ablate_posthoc(clean, means.result(), heads=[(last, head)], space="residual", model=hooked)
+
+    _, clean_cache = hooked.run_with_cache(x, names_filter=[f"blocks.{last}.hook_mlp_out"])
+    frozen_mlp = clean_cache[f"blocks.{last}.hook_mlp_out"]
+    hooks = mean_ablation_hooks(act_means.result(), heads=[(last, head)])
+    hooks.append((f"blocks.{last}.hook_mlp_out", lambda t, hook: frozen_mlp))
+    seen = {}
+    hooks.append(("hook_pooled", lambda t, hook: seen.setdefault("r", t.clone())))
+    with torch.no_grad():
+        intervened = hooked.run_with_hooks(x, fwd_hooks=hooks)
+    delta_posthoc = means.result()["raw.heads"][0, head] - clean.raw["heads"][:, 0, head]
+    assert rel_err(seen["r"] - clean.raw["pooled"], delta_posthoc) <= 1e-4
+    assert rel_err(intervened, expected) <= TOL
+
+
+def test_posthoc_folded_and_curve(tiny):
+    hooked, images = tiny
+    parts = decompose(hooked, images)
+    means = MeanReducer()
+    run_reducers(hooked, TensorImages(images), [means], batch_size=10, progress=False)
+    mu = means.result()
+    ablated = ablate_posthoc(parts, mu, attn_layers=[0], mlp_layers=[1])
+    expected = parts.total() - parts.attns[:, 0] + mu["attns"][0] - parts.mlps[:, 1] + mu["mlps"][1]
+    assert rel_err(ablated, expected) <= TOL
+    classifier = F.normalize(torch.randn(48, 5), dim=0)
+    labels = logits(parts.embedding, classifier).argmax(-1)
+    curve = cumulative_layer_curve(parts, mu, classifier, labels, kind="attn")
+    assert curve[0] == (0, 1.0)  # nothing ablated: predictions are the labels
+    assert len(curve) == hooked.cfg.n_layers + 1
+    assert accuracy(torch.eye(3), torch.tensor([0, 1, 1]), topk=(1,))["top1"] == pytest.approx(2 / 3)

@@ -1,0 +1,97 @@
+"""Image folders and the batch format the reducers consume; unreadable images are skipped and listed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+from jaxtyping import Float, Int
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import Dataset
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+@dataclass
+class Batch:
+    """A collated batch: images that loaded, their dataset indices (and labels), and what was skipped."""
+
+    images: Optional[Float[Tensor, "batch channel height width"]]
+    indices: Int[Tensor, "batch"]
+    labels: Optional[Int[Tensor, "batch"]] = None
+    names: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return int(self.indices.numel())
+
+
+def collate_images(items: Sequence[dict[str, Any]]) -> Batch:
+    """Stack the items that loaded; items with an ``error`` key are listed in ``skipped``."""
+    ok = [it for it in items if it.get("error") is None]
+    skipped = [(str(it.get("name", it.get("index"))), str(it["error"])) for it in items if it.get("error") is not None]
+    images = torch.stack([it["image"] for it in ok]) if ok else None
+    indices = torch.tensor([int(it["index"]) for it in ok], dtype=torch.long)
+    labels = None
+    if ok and ok[0].get("label") is not None:
+        labels = torch.tensor([int(it["label"]) for it in ok], dtype=torch.long)
+    return Batch(images, indices, labels, [str(it.get("name", it["index"])) for it in ok], skipped)
+
+
+class ImageFolder(Dataset):
+    """Images under ``root`` (recursively), sorted; with ``labelled=True`` the first-level folder is the class.
+
+    Items are dicts {image, index, name[, label]} or {index, name, error} for files that cannot be decoded.
+    """
+
+    def __init__(self, root: str | Path, preprocess: Callable, labelled: bool = False):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"image folder not found: {self.root}")
+        self.files = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        if not self.files:
+            raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {self.root}")
+        self.preprocess = preprocess
+        self.classes: list[str] = []
+        self.labels: list[int] = []
+        if labelled:
+            self.classes = sorted({p.relative_to(self.root).parts[0] for p in self.files if p.parent != self.root})
+            if not self.classes:
+                raise ValueError(f"labelled=True needs class sub-folders under {self.root}")
+            index = {c: i for i, c in enumerate(self.classes)}
+            self.files = [p for p in self.files if p.parent != self.root]
+            self.labels = [index[p.relative_to(self.root).parts[0]] for p in self.files]
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        path = self.files[i]
+        item: dict[str, Any] = {"index": i, "name": str(path.relative_to(self.root))}
+        if self.labels:
+            item["label"] = self.labels[i]
+        try:
+            with Image.open(path) as im:
+                item["image"] = self.preprocess(im.convert("RGB"))
+        except Exception as e:  # corrupt, truncated or not an image: skip, never fatal
+            item["error"] = f"{type(e).__name__}: {e}"
+        return item
+
+
+class TensorImages(Dataset):
+    """Wrap in-memory images (already preprocessed tensors) and optional labels in the reducer item format."""
+
+    def __init__(self, images: Float[Tensor, "n channel height width"], labels: Optional[Sequence[int]] = None):
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        item = {"index": i, "name": str(i), "image": self.images[i]}
+        if self.labels is not None:
+            item["label"] = int(self.labels[i])
+        return item

@@ -1,0 +1,352 @@
+"""Cache reducers: streamed over a dataset, memory bounded, resumable, mergeable across processes.
+
+A reducer sees each batch's ``Decomposition`` (and the ``Batch`` it came from) and keeps a small state:
+
+    class MyReducer(Reducer):
+        def update(self, parts, batch):
+            self.best = max(self.best, parts.heads.norm(dim=-1).max().item())
+
+``run_reducers`` makes one hooked forward pass per batch and feeds every reducer. With ``checkpoint_dir``
+it saves all reducer states every ``checkpoint_every`` batches; a killed run restarts from the last
+checkpoint and, since batches are the same, produces bitwise-identical results.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+from jaxtyping import Float
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm.auto import tqdm
+
+from vit_lens_clip.datasets.folder import Batch, collate_images
+from vit_lens_clip.decompose.fold import Convention
+from vit_lens_clip.decompose.parts import Decomposition, DecompositionCapture
+from vit_lens_clip.model.hooked_vit import HookedViT
+
+
+class Reducer:
+    """Base reducer. Override ``update`` and ``result``; override the state methods to resume and merge.
+
+    Class attributes say what the decomposition must contain: ``needs_per_source`` ([B, L, H, N, D] pieces)
+    and ``needs_source_scores`` (their text scores; the texts are given to ``run_reducers``).
+    """
+
+    needs_per_source: bool = False
+    needs_source_scores: bool = False
+
+    def update(self, parts: Decomposition, batch: Batch) -> None:
+        raise NotImplementedError
+
+    def result(self) -> Any:
+        raise NotImplementedError
+
+    def flush(self) -> None:
+        """Write buffered data before a checkpoint (sharded reducers)."""
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        if state:
+            raise NotImplementedError(f"{type(self).__name__} cannot resume")
+
+    def merge(self, other: "Reducer") -> None:
+        raise NotImplementedError(f"{type(self).__name__} cannot merge")
+
+
+PART_NAMES = ("embed", "attns", "mlps", "heads")
+
+
+class MeanReducer(Reducer):
+    """Running mean of every part over the dataset: sums and a count, so partial means merge exactly.
+
+    Keys: embed, attns, mlps, heads (folded parts), and raw.* (the same pieces in the residual stream).
+    """
+
+    def __init__(self, per_source: bool = False):
+        self.needs_per_source = per_source
+        self.sums: dict[str, Tensor] = {}
+        self.count = 0
+
+    def update(self, parts: Decomposition, batch: Batch) -> None:
+        names = PART_NAMES + (("head_sources",) if self.needs_per_source else ())
+        values = {name: getattr(parts, name) for name in names}
+        values.update({f"raw.{k}": v for k, v in parts.raw.items()})
+        for name, value in values.items():
+            total = value.double().sum(0)
+            self.sums[name] = self.sums[name] + total if name in self.sums else total
+        self.count += parts.embed.shape[0]
+
+    def result(self) -> dict[str, Tensor]:
+        """Mean of each part (batch dimension removed), as float32."""
+        if self.count == 0:
+            raise ValueError("MeanReducer saw no images")
+        return {k: (v / self.count).float() for k, v in self.sums.items()}
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {**{f"sum.{k}": v for k, v in self.sums.items()}, "count": torch.tensor(self.count)}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        self.sums = {k[4:]: v for k, v in state.items() if k.startswith("sum.")}
+        self.count = int(state["count"]) if "count" in state else 0
+
+    def merge(self, other: "MeanReducer") -> None:
+        for k, v in other.sums.items():
+            self.sums[k] = self.sums[k] + v if k in self.sums else v.clone()
+        self.count += other.count
+
+
+class ActivationMeanReducer:
+    """Per-position mean of raw activations (e.g. ``blocks.3.hook_attn_out``), for intervention ablation.
+
+    Used as hooks rather than on decompositions: pass ``hooks()`` to ``run_reducers(extra_hooks=...)``.
+    """
+
+    def __init__(self, names: Sequence[str]):
+        self.names = list(names)
+        self.sums: dict[str, Tensor] = {}
+        self.count = 0
+        self._batch_size = 0
+
+    def hooks(self) -> list[tuple[str, Any]]:
+        def keep(t: Tensor, hook) -> None:
+            s = t.detach().double().sum(0)
+            self.sums[hook.name] = self.sums[hook.name] + s if hook.name in self.sums else s
+            self._batch_size = t.shape[0]
+
+        return [(n, keep) for n in self.names]
+
+    def end_batch(self) -> None:
+        self.count += self._batch_size
+
+    def result(self) -> dict[str, Tensor]:
+        return {k: (v / self.count).float() for k, v in self.sums.items()}
+
+    def merge(self, other: "ActivationMeanReducer") -> None:
+        for k, v in other.sums.items():
+            self.sums[k] = self.sums[k] + v if k in self.sums else v.clone()
+        self.count += other.count
+
+
+class TextScoreReducer(Reducer):
+    """Per-image scores of each head's part against texts, [n_images, n_layers_kept, H, K], kept in memory."""
+
+    def __init__(self, texts: Float[Tensor, "n_texts d_out"]):
+        self.texts = texts.float()
+        self.scores: list[Tensor] = []
+        self.indices: list[Tensor] = []
+
+    def update(self, parts: Decomposition, batch: Batch) -> None:
+        self.scores.append(parts.head_scores(self.texts).cpu())
+        self.indices.append(batch.indices.cpu())
+
+    def result(self) -> dict[str, Tensor]:
+        return {"scores": torch.cat(self.scores), "indices": torch.cat(self.indices)}
+
+    def state_dict(self) -> dict[str, Tensor]:
+        if not self.scores:
+            return {}
+        return self.result()
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        if state:
+            self.scores, self.indices = [state["scores"]], [state["indices"]]
+
+
+class HeadStackReducer(Reducer):
+    """Per-head parts of every image, written to ``out_dir`` in safetensors shards with a manifest.
+
+    Each shard holds ``heads`` [n, n_kept, H, D], ``embedding`` [n, D], ``indices`` [n] (and ``labels``).
+    Memory holds at most one shard. ``load_head_stack(out_dir)`` reads it back; manifests from several
+    processes combine with ``merge_manifests``.
+    """
+
+    def __init__(self, out_dir: str | Path, shard_size: int = 4096):
+        self.out_dir = Path(out_dir)
+        self.shard_size = shard_size
+        self.buffer: dict[str, list[Tensor]] = {}
+        self.buffered = 0
+        self.shards: list[dict[str, Any]] = []
+        self.layers: list[int] = []
+
+    def update(self, parts: Decomposition, batch: Batch) -> None:
+        self.layers = parts.layers
+        rows = {"heads": parts.heads.cpu(), "embedding": parts.embedding.cpu(), "indices": batch.indices.cpu()}
+        if batch.labels is not None:
+            rows["labels"] = batch.labels.cpu()
+        for k, v in rows.items():
+            self.buffer.setdefault(k, []).append(v)
+        self.buffered += len(batch)
+        if self.buffered >= self.shard_size:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.buffered:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        name = f"shard_{len(self.shards):05d}.safetensors"
+        tensors = {k: torch.cat(v).contiguous() for k, v in self.buffer.items()}
+        tmp = self.out_dir / (name + ".tmp")
+        save_file(tensors, str(tmp))
+        os.replace(tmp, self.out_dir / name)
+        self.shards.append({"file": name, "count": self.buffered})
+        self.buffer, self.buffered = {}, 0
+        self._write_manifest(complete=False)
+
+    def _write_manifest(self, complete: bool) -> None:
+        manifest = {"layers": self.layers, "shards": self.shards, "complete": complete}
+        tmp = self.out_dir / "manifest.json.tmp"
+        tmp.write_text(json.dumps(manifest, indent=1))
+        os.replace(tmp, self.out_dir / "manifest.json")
+
+    def result(self) -> Path:
+        self.flush()
+        if self.out_dir.exists():
+            self._write_manifest(complete=True)
+        return self.out_dir
+
+    def state_dict(self) -> dict[str, Tensor]:
+        self.flush()
+        return {"n_shards": torch.tensor(len(self.shards))}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        manifest = json.loads((self.out_dir / "manifest.json").read_text())
+        n = int(state["n_shards"])
+        self.shards, self.layers = manifest["shards"][:n], manifest["layers"]
+        for extra in manifest["shards"][n:]:  # written after the checkpoint: redo them
+            (self.out_dir / extra["file"]).unlink(missing_ok=True)
+
+
+def load_head_stack(out_dir: str | Path) -> dict[str, Tensor]:
+    """Concatenate a HeadStackReducer's shards (listed by its manifest)."""
+    out_dir = Path(out_dir)
+    manifest = json.loads((out_dir / "manifest.json").read_text())
+    parts: dict[str, list[Tensor]] = {}
+    for shard in manifest["shards"]:
+        for k, v in load_file(str(out_dir / shard["file"])).items():
+            parts.setdefault(k, []).append(v)
+    if not parts:
+        raise ValueError(f"{out_dir} holds no shards")
+    return {k: torch.cat(v) for k, v in parts.items()}
+
+
+def merge_manifests(dirs: Sequence[str | Path], out_dir: str | Path) -> Path:
+    """Combine shard folders written by several processes into one manifest (files are referenced, not copied)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shards, layers = [], None
+    for d in dirs:
+        m = json.loads((Path(d) / "manifest.json").read_text())
+        if layers is not None and m["layers"] != layers:
+            raise ValueError("cannot merge stacks of different layers")
+        layers = m["layers"]
+        shards += [{**s, "file": os.path.relpath(Path(d) / s["file"], out_dir)} for s in m["shards"]]
+    (out_dir / "manifest.json").write_text(json.dumps({"layers": layers, "shards": shards, "complete": True}, indent=1))
+    return out_dir
+
+
+@dataclass
+class RunSummary:
+    images: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    resumed_from: int = 0
+
+
+def _fingerprint(model: HookedViT, n: int, batch_size: int, layers, texts) -> str:
+    h = hashlib.sha256(json.dumps([model.cfg.model_name, n, batch_size, list(layers or [])]).encode())
+    h.update(model.W_proj.detach().float().cpu().numpy().tobytes()[:4096])
+    if texts is not None:
+        h.update(texts.float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def run_reducers(
+    model: HookedViT,
+    dataset: Dataset,
+    reducers: Sequence[Reducer],
+    batch_size: int = 32,
+    layers: Optional[Sequence[int]] = None,
+    texts: Optional[Float[Tensor, "n_texts d_out"]] = None,
+    convention: Convention = "equal_share",
+    normalize: bool = False,
+    extra_hooks: Sequence[tuple[str, Any]] = (),
+    activation_means: Sequence[ActivationMeanReducer] = (),
+    checkpoint_dir: Optional[str | Path] = None,
+    checkpoint_every: int = 50,
+    num_workers: int = 0,
+    progress: bool = True,
+    device: Optional[torch.device] = None,
+) -> RunSummary:
+    """One hooked forward pass per batch, every reducer updated; resumable from ``checkpoint_dir``.
+
+    The dataset yields dicts (see ``datasets.folder``); unreadable items are skipped and listed.
+    """
+    device = device or model.W_proj.device
+    per_source = any(r.needs_per_source for r in reducers)
+    if any(r.needs_source_scores for r in reducers) and texts is None:
+        raise ValueError("a reducer needs source scores: pass texts=")
+    summary = RunSummary()
+    n = len(dataset)
+    if n == 0:
+        raise ValueError("the dataset is empty")
+    start = 0
+    ckpt = Path(checkpoint_dir) if checkpoint_dir else None
+    fingerprint = _fingerprint(model, n, batch_size, layers, texts)
+    if ckpt and (ckpt / "progress.json").exists():
+        progress_state = json.loads((ckpt / "progress.json").read_text())
+        if progress_state["fingerprint"] != fingerprint:
+            raise ValueError(f"{ckpt} holds a checkpoint of a different run (model, data, batch size or layers)")
+        state = load_file(str(ckpt / "state.safetensors"))
+        for i, r in enumerate(reducers):
+            r.load_state_dict({k.split(".", 1)[1]: v for k, v in state.items() if k.startswith(f"{i}.")})
+        start = summary.resumed_from = progress_state["done"]
+        summary.skipped = [tuple(s) for s in progress_state["skipped"]]
+        summary.images = progress_state["images"]
+    if start >= n:
+        return summary
+
+    def save_checkpoint(done: int) -> None:
+        if ckpt is None:
+            return
+        ckpt.mkdir(parents=True, exist_ok=True)
+        state = {f"{i}.{k}": v.contiguous() for i, r in enumerate(reducers) for k, v in r.state_dict().items()}
+        save_file(state or {"empty": torch.zeros(0)}, str(ckpt / "state.safetensors.tmp"))
+        os.replace(ckpt / "state.safetensors.tmp", ckpt / "state.safetensors")
+        info = {"fingerprint": fingerprint, "done": done, "images": summary.images, "skipped": summary.skipped}
+        (ckpt / "progress.json.tmp").write_text(json.dumps(info))
+        os.replace(ckpt / "progress.json.tmp", ckpt / "progress.json")
+
+    loader = DataLoader(Subset(dataset, range(start, n)), batch_size=batch_size, shuffle=False,
+                        num_workers=num_workers, collate_fn=collate_images)
+    done = start
+    bar = tqdm(loader, desc="decomposing", disable=not progress, initial=start // batch_size,
+               total=(n + batch_size - 1) // batch_size)
+    for step, batch in enumerate(bar, start=1):
+        done = min(n, done + batch_size)
+        summary.skipped += batch.skipped
+        if batch.images is not None:
+            capture = DecompositionCapture(model, layers, per_source, texts, convention, normalize)
+            hooks = list(extra_hooks) + [h for a in activation_means for h in a.hooks()] + capture.hooks()
+            with torch.no_grad():
+                model.run_with_hooks(batch.images.to(device), fwd_hooks=hooks)
+            for a in activation_means:
+                a.end_batch()
+            parts = capture.finish()
+            for r in reducers:
+                r.update(parts, batch)
+            summary.images += len(batch)
+        if step % checkpoint_every == 0 and done < n:
+            save_checkpoint(done)
+    for r in reducers:
+        r.flush()
+    save_checkpoint(n)
+    return summary

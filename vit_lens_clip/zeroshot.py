@@ -1,0 +1,58 @@
+"""Zero-shot classification: class names × templates → a classifier (open_clip's builder), and accuracy."""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence, Union
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from torch import Tensor
+
+Template = Union[str, Callable[[str], str]]
+
+
+def build_classifier(
+    loaded, classnames: Sequence[str], templates: Sequence[Template], progress: bool = False, classes_per_batch: int = 10
+) -> Float[Tensor, "d_out n_classes"]:
+    """Each class: embed every template, normalise, average, normalise again (open_clip's builder)."""
+    if not classnames or not templates:
+        raise ValueError("build_classifier needs at least one class name and one template")
+    with torch.no_grad():
+        weights = open_clip.build_zero_shot_classifier(
+            loaded.clip,
+            tokenizer=loaded.tokenizer,
+            classnames=list(classnames),
+            templates=list(templates),
+            num_classes_per_batch=classes_per_batch,
+            device=loaded.device,
+            use_tqdm=progress,
+        )
+    return weights.float()
+
+
+def imagenet_classifier(loaded, progress: bool = True) -> Float[Tensor, "d_out 1000"]:
+    """The ImageNet classifier from open_clip's class names and its 80 OpenAI templates."""
+    return build_classifier(loaded, open_clip.IMAGENET_CLASSNAMES, open_clip.OPENAI_IMAGENET_TEMPLATES, progress)
+
+
+def logits(embeddings: Float[Tensor, "batch d_out"], classifier: Float[Tensor, "d_out n_classes"]) -> Float[Tensor, "batch n_classes"]:
+    """Cosine logits: normalise(embedding) · classifier."""
+    return F.normalize(embeddings.float(), dim=-1) @ classifier.to(embeddings.device).float()
+
+
+def accuracy(
+    scores: Float[Tensor, "batch n_classes"], labels: Int[Tensor, "batch"], topk: Sequence[int] = (1, 5)
+) -> dict[str, float]:
+    """Top-k accuracy (fractions) for each k ≤ n_classes."""
+    if scores.shape[0] != labels.shape[0]:
+        raise ValueError("scores and labels disagree on the number of images")
+    out = {}
+    labels = labels.to(scores.device)
+    for k in topk:
+        if k > scores.shape[1]:
+            continue
+        top = scores.topk(k, dim=-1).indices
+        out[f"top{k}"] = (top == labels[:, None]).any(-1).float().mean().item()
+    return out
