@@ -1,0 +1,175 @@
+"""Per-head TextSpan tables (JSON, Markdown, offline HTML) and ranking heads by a text direction.
+
+Rows are a dict ``{(layer, head): result}`` where each result is a single-head :class:`TextSpanResult`
+(``result[layer, head]`` or ``result.rows()`` gives them). Picked texts come from the result, or from
+``pool`` (the full text list, indexed by the picked indices) when the result carries none.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections.abc import Hashable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from vit_lens_clip.textspan.algorithm import TextSpanResult
+
+
+def head_label(key: Hashable) -> str:
+    """'L22.H11' for a (layer, head) pair, str(key) otherwise."""
+    if isinstance(key, tuple) and len(key) == 2 and all(isinstance(x, int) for x in key):
+        return f"L{key[0]}.H{key[1]}"
+    return str(key)
+
+
+def head_table(result: TextSpanResult, pool: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """One row per pick: order, text index, text, variance explained, cumulative variance explained."""
+    if result.indices.ndim != 1:
+        raise ValueError(f"need a single-head result (indices [k]); got {tuple(result.indices.shape)}")
+    indices = result.indices.tolist()
+    fractions = result.variance_explained.tolist()
+    if result.texts is not None:
+        texts = list(result.texts)
+    elif pool is not None:
+        texts = [pool[j] for j in indices]
+    else:
+        texts = [f"text #{j}" for j in indices]
+    rows, cumulative = [], 0.0
+    for order, (j, text, fraction) in enumerate(zip(indices, texts, fractions), start=1):
+        cumulative += fraction
+        rows.append(
+            {"order": order, "index": j, "text": text, "variance_explained": fraction, "cumulative": cumulative}
+        )
+    return rows
+
+
+def _sorted_items(rows: Mapping[Hashable, TextSpanResult]) -> list[tuple[Hashable, TextSpanResult]]:
+    try:
+        return sorted(rows.items(), key=lambda item: item[0])
+    except TypeError:  # keys of mixed types: keep the given order
+        return list(rows.items())
+
+
+def to_json(rows: Mapping[Hashable, TextSpanResult], pool: Sequence[str] | None = None) -> str:
+    """JSON list of heads, each with its label, layer/head if known, kept rank and pick table."""
+    heads = []
+    for key, result in _sorted_items(rows):
+        entry: dict[str, Any] = {"head": head_label(key)}
+        if isinstance(key, tuple) and len(key) == 2:
+            entry["layer"], entry["head_index"] = key
+        entry["rank"] = int(result.ranks)
+        entry["picks"] = head_table(result, pool)
+        entry["total_variance_explained"] = float(result.variance_explained.sum())
+        heads.append(entry)
+    return json.dumps({"heads": heads}, indent=2, ensure_ascii=False)
+
+
+def to_markdown(
+    rows: Mapping[Hashable, TextSpanResult], pool: Sequence[str] | None = None, title: str = "TextSpan"
+) -> str:
+    """A Markdown section per head with a table of its picks."""
+    lines = [f"# {title}", ""]
+    for key, result in _sorted_items(rows):
+        table = head_table(result, pool)
+        total = table[-1]["cumulative"] if table else 0.0
+        lines += [
+            f"## {head_label(key)} (rank {int(result.ranks)}, {total:.1%} of variance explained)",
+            "",
+            "| # | text | variance explained | cumulative |",
+            "|---|---|---|---|",
+        ]
+        for row in table:
+            text = row["text"].replace("|", "\\|")
+            lines.append(f"| {row['order']} | {text} | {row['variance_explained']:.2%} | {row['cumulative']:.2%} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+_CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
+.grid { display: flex; flex-wrap: wrap; gap: 1.2em; }
+.head { border: 1px solid #ccc; border-radius: 6px; padding: 0.6em 0.8em; min-width: 22em; }
+.head h2 { font-size: 1.05em; margin: 0 0 0.4em 0; }
+table { border-collapse: collapse; font-size: 0.9em; width: 100%; }
+td, th { padding: 2px 6px; text-align: left; border-bottom: 1px solid #eee; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+.bar { background: #4a7bd0; height: 0.7em; display: inline-block; }
+"""
+
+
+def to_html(rows: Mapping[Hashable, TextSpanResult], pool: Sequence[str] | None = None, title: str = "TextSpan") -> str:
+    """A self-contained HTML page (inline CSS, no scripts or external resources) with one card per head."""
+    cards = []
+    for key, result in _sorted_items(rows):
+        table = head_table(result, pool)
+        body = "".join(
+            f"<tr><td class='num'>{row['order']}</td><td>{html.escape(row['text'])}</td>"
+            f"<td class='num'>{row['variance_explained']:.2%}</td>"
+            f"<td><span class='bar' style='width:{max(0.0, row['variance_explained']) * 300:.1f}px'></span></td></tr>"
+            for row in table
+        )
+        total = table[-1]["cumulative"] if table else 0.0
+        cards.append(
+            f"<div class='head'><h2>{html.escape(head_label(key))} "
+            f"<small>rank {int(result.ranks)}, {total:.1%} explained</small></h2>"
+            f"<table><tr><th>#</th><th>text</th><th>var.</th><th></th></tr>{body}</table></div>"
+        )
+    return (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"
+        f"<div class='grid'>{''.join(cards)}</div></body></html>\n"
+    )
+
+
+def write_reports(
+    rows: Mapping[Hashable, TextSpanResult],
+    out_dir: str | Path,
+    stem: str = "textspan",
+    pool: Sequence[str] | None = None,
+    title: str = "TextSpan",
+) -> dict[str, Path]:
+    """Write ``<stem>.json``, ``<stem>.md`` and ``<stem>.html`` under out_dir; return their paths by format."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    contents = {"json": to_json(rows, pool), "md": to_markdown(rows, pool, title), "html": to_html(rows, pool, title)}
+    paths = {}
+    for fmt, text in contents.items():
+        paths[fmt] = out / f"{stem}.{fmt}"
+        paths[fmt].write_text(text, encoding="utf-8")
+    return paths
+
+
+def rank_heads_by_text(
+    head_contributions: Float[Tensor, "heads n_images d_out"],
+    direction: Float[Tensor, "d_out"],
+    labels: Sequence[Hashable],
+) -> list[tuple[Hashable, float]]:
+    """Heads sorted by the fraction of their centred variance along a text direction, highest first.
+
+    fraction_h = |C_c t_hat|^2 / |C_c|_F^2 with C_c = C_h - mean over images and t_hat = t / |t|; it lies in
+    [0, 1] and is 1 exactly when every centred contribution of the head is a multiple of t. A head with no
+    variance scores 0. Ties keep the order of ``labels``.
+    """
+    if head_contributions.ndim != 3 or direction.ndim != 1 or direction.shape[0] != head_contributions.shape[-1]:
+        raise ValueError(
+            f"need head_contributions [heads, n, D] and direction [D]; got "
+            f"{tuple(head_contributions.shape)} and {tuple(direction.shape)}"
+        )
+    if len(labels) != head_contributions.shape[0]:
+        raise ValueError(f"got {len(labels)} labels for {head_contributions.shape[0]} heads")
+    C = head_contributions.to(torch.float64)
+    t = direction.to(device=C.device, dtype=torch.float64)
+    norm = t.norm()
+    if norm == 0:
+        raise ValueError("direction is the zero vector")
+    centred = C - C.mean(dim=1, keepdim=True)
+    along = (centred @ (t / norm)).pow(2).sum(-1)  # [heads]
+    total = centred.pow(2).sum(dim=(1, 2))
+    fractions = torch.where(total > 0, along / torch.where(total > 0, total, torch.ones_like(total)), 0.0)
+    ranked = sorted(zip(labels, fractions.tolist()), key=lambda item: -item[1])
+    return ranked
