@@ -1,0 +1,143 @@
+"""Baseline relevance maps for ViTs, read from HookedViT's hooks (no second forward implementation).
+
+Every function returns a patch map [B, grid_h, grid_w]. "Pooled row" means the attention row of the token the
+embedding is read from: CLS for token pooling, the mean of the patch rows for average pooling (CLIPA).
+
+- ``raw_attention``: the last layer's pooled attention over patches, averaged over heads.
+- ``attention_rollout`` (Abnar & Zuidema 2020): Â_l = norm_rows(mean_h A_l + I); R = Â_L ⋯ Â_1; pooled row.
+- ``gradcam`` (Selvaraju et al. 2017 on tokens): X = input tokens of the last block, G = ∂(y·t)/∂X;
+  α = mean_patches G; map_m = ReLU(X_m · α).
+- ``chefer`` (Chefer, Gur, Wolf 2021, self-attention rule): R = I; for each layer Ā = mean_h (∇A ⊙ A)⁺,
+  R ← R + Ā R; pooled row over patches.
+
+Text-driven maps (``gradcam``, ``chefer``) take a target direction t per image and differentiate the raw
+embedding score y·t. Gradients are taken with respect to activations kept by hooks; the input is made to
+require grad so the graph exists even when the model's parameters are frozen.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import einops
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from vit_lens_clip.model.hooked_vit import HookedViT
+
+
+def _patch_grid(model: HookedViT, per_patch: Float[Tensor, "batch n_patches"]) -> Tensor:
+    grid_h, grid_w = model.cfg.grid_size
+    return einops.rearrange(per_patch.float(), "b (gh gw) -> b gh gw", gh=grid_h, gw=grid_w)
+
+
+def _pooled_row(model: HookedViT, matrix: Float[Tensor, "batch n_query n_src"]) -> Float[Tensor, "batch n_src"]:
+    """Row of the pooled token: CLS, or the mean over patch queries for average pooling."""
+    return matrix[:, 1:].mean(1) if model.cfg.pool_type == "avg" else matrix[:, 0]
+
+
+def _check_supported(model: HookedViT) -> None:
+    if model.attn_pool is not None:
+        raise NotImplementedError("baselines read the tower's pooled token; CoCa's attentional pooler is not supported")
+
+
+def _targets(model: HookedViT, texts: Tensor, batch: int) -> Float[Tensor, "batch d_out"]:
+    texts = texts.float().to(model.W_proj.device)
+    if texts.ndim == 1:
+        texts = texts.expand(batch, -1)
+    if texts.shape != (batch, model.cfg.output_dim):
+        raise ValueError(f"texts must be [{model.cfg.output_dim}] or [{batch}, {model.cfg.output_dim}], "
+                         f"got {tuple(texts.shape)}")
+    return texts
+
+
+def _keep(store: dict[str, Tensor], key: str) -> Callable:
+    def hook(activation: Tensor, hook) -> None:
+        store[key] = activation
+
+    return hook
+
+
+def raw_attention(model: HookedViT, images: Float[Tensor, "batch channel height width"]) -> Float[Tensor, "batch grid_h grid_w"]:
+    """mean_h A_{L-1,h}[pool, m] over patches m (last layer)."""
+    _check_supported(model)
+    store: dict[str, Tensor] = {}
+    name = f"blocks.{model.cfg.n_layers - 1}.attn.hook_pooled_pattern"
+    with torch.no_grad():
+        model.run_with_hooks(images, fwd_hooks=[(name, _keep(store, "pooled"))])
+    return _patch_grid(model, store["pooled"].float().mean(1)[:, 1:])
+
+
+def attention_rollout(
+    model: HookedViT, images: Float[Tensor, "batch channel height width"]
+) -> Float[Tensor, "batch grid_h grid_w"]:
+    """Rollout: R = Â_{L-1} ⋯ Â_0 with Â_l = rows-normalised (mean_h A_l + I); pooled row over patches."""
+    _check_supported(model)
+    store: dict[str, Tensor] = {}
+    names = [f"blocks.{l}.attn.hook_pattern" for l in range(model.cfg.n_layers)]
+    with torch.no_grad():
+        model.run_with_hooks(images, fwd_hooks=[(n, _keep(store, n)) for n in names])
+    rollout = None
+    for name in names:
+        mixed = store.pop(name).float().mean(1)
+        mixed = mixed + torch.eye(mixed.shape[-1], device=mixed.device)
+        mixed = mixed / mixed.sum(-1, keepdim=True)
+        rollout = mixed if rollout is None else mixed @ rollout
+    return _patch_grid(model, _pooled_row(model, rollout)[:, 1:])
+
+
+def _score_with_grads(
+    model: HookedViT, images: Tensor, texts: Tensor, hook_names: list[str]
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Run with hooks keeping ``hook_names`` in the graph; return activations and ∂(Σ_b y_b·t_b)/∂activation."""
+    store: dict[str, Tensor] = {}
+    targets = _targets(model, texts, images.shape[0])
+    with torch.enable_grad():
+        leaf = images.detach().to(model.W_patch.device).requires_grad_(True)
+        embedding = model.run_with_hooks(leaf, fwd_hooks=[(n, _keep(store, n)) for n in hook_names])
+        score = (embedding.float() * targets).sum()
+        grads = torch.autograd.grad(score, [store[n] for n in hook_names])
+    activations = {n: store[n].detach() for n in hook_names}
+    return activations, {n: g.detach() for n, g in zip(hook_names, grads)}
+
+
+def gradcam(
+    model: HookedViT,
+    images: Float[Tensor, "batch channel height width"],
+    texts: Float[Tensor, "*batch d_out"],
+) -> Float[Tensor, "batch grid_h grid_w"]:
+    """GradCAM on the last block's input tokens X for the score y·t: ReLU(X_m · mean_patches ∂(y·t)/∂X)."""
+    _check_supported(model)
+    name = f"blocks.{model.cfg.n_layers - 1}.hook_resid_pre"
+    acts, grads = _score_with_grads(model, images, texts, [name])
+    tokens, grad = acts[name][:, 1:].float(), grads[name][:, 1:].float()
+    weights = grad.mean(1)  # [B, d]: GradCAM's channel weights, pooled over the patch positions
+    return _patch_grid(model, torch.einsum("bmd,bd->bm", tokens, weights).clamp(min=0))
+
+
+def chefer(
+    model: HookedViT,
+    images: Float[Tensor, "batch channel height width"],
+    texts: Float[Tensor, "*batch d_out"],
+) -> Float[Tensor, "batch grid_h grid_w"]:
+    """Gradient-weighted attention relevance: R = I; R ← R + mean_h (∇A_l ⊙ A_l)⁺ R for l = 0..L-1; pooled row."""
+    _check_supported(model)
+    names = [f"blocks.{l}.attn.hook_pattern" for l in range(model.cfg.n_layers)]
+    acts, grads = _score_with_grads(model, images, texts, names)
+    relevance = None
+    for name in names:
+        weighted = (grads[name].float() * acts[name].float()).clamp(min=0).mean(1)  # [B, N, N]
+        if relevance is None:
+            relevance = torch.eye(weighted.shape[-1], device=weighted.device).expand_as(weighted)
+        relevance = relevance + weighted @ relevance
+    return _patch_grid(model, _pooled_row(model, relevance)[:, 1:])
+
+
+BASELINES = {
+    "raw_attention": raw_attention,
+    "rollout": attention_rollout,
+    "gradcam": gradcam,
+    "chefer": chefer,
+}
+TEXT_DRIVEN = ("gradcam", "chefer")

@@ -1,0 +1,481 @@
+"""Zero-shot segmentation benchmark: the decomposition heatmap against attention and gradient baselines.
+
+Every method gives a patch map per image; all of them then go through the same steps (method.md §5):
+bilinear upsampling to pixels, ``zero_shot_segment`` (clip below 0, min-max normalise, foreground above the
+mean) and ``SegmentationMetrics`` (pixel accuracy, mIoU, mAP).
+
+Texts: the decomposition map uses the published text, the predicted class's classifier column minus the mean
+column. The gradient baselines (GradCAM, Chefer et al.) differentiate the score of the predicted class's
+column, as their papers explain the predicted class. Raw attention and rollout take no text.
+
+Also here: ``bench_heatmaps`` (cost of each map relative to a plain forward), an HTML/CSV/Markdown report,
+a small adapter that turns the synthetic shapes world into a segmentation dataset, and the ``segment``
+command's arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import html
+import math
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm.auto import tqdm
+
+from vit_lens_clip.model.hooked_vit import HookedViT
+from vit_lens_clip.spatial.baselines import BASELINES, TEXT_DRIVEN
+from vit_lens_clip.spatial.geometry import upsample_patch_map
+from vit_lens_clip.spatial.heatmaps import class_heatmap, predict_classes, text_heatmap
+from vit_lens_clip.spatial.metrics import SegmentationMetrics, zero_shot_segment
+
+METHODS: tuple[str, ...] = ("decomposition", "raw_attention", "rollout", "gradcam", "chefer")
+METHOD_TITLES = {
+    "decomposition": "decomposition (this method)",
+    "raw_attention": "raw attention",
+    "rollout": "rollout",
+    "gradcam": "GradCAM",
+    "chefer": "Chefer et al. 2021",
+}
+REPORT_METRICS = ("pixel_accuracy", "miou", "mean_ap")
+
+
+def _check_methods(methods: Sequence[str]) -> tuple[str, ...]:
+    methods = tuple(methods)
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise ValueError(f"unknown or no methods {unknown or methods}; choose from {METHODS}")
+    return methods
+
+
+def method_maps(
+    model: HookedViT,
+    images: Float[Tensor, "batch channel height width"],
+    classifier: Float[Tensor, "d_out n_classes"],
+    methods: Sequence[str] = METHODS,
+    labels: Optional[Int[Tensor, "batch"]] = None,
+) -> dict[str, Float[Tensor, "batch grid_h grid_w"]]:
+    """Patch maps of every method for a batch; ``labels`` default to the zero-shot predictions."""
+    methods = _check_methods(methods)
+    classifier = classifier.to(model.W_proj.device).float()
+    images = images.to(model.W_patch.device)
+    if labels is None:
+        labels = predict_classes(model, images, classifier)
+    maps = {}
+    for method in methods:
+        if method == "decomposition":
+            maps[method] = class_heatmap(model, images, classifier, labels=labels)
+        elif method in TEXT_DRIVEN:
+            maps[method] = BASELINES[method](model, images, classifier[:, labels].T)
+        else:
+            maps[method] = BASELINES[method](model, images)
+    return {k: v.detach().float().cpu() for k, v in maps.items()}
+
+
+def _loader(dataset: Dataset, batch_size: int, limit: Optional[int]) -> DataLoader:
+    from vit_lens_clip.datasets.segmentation import collate_segmentation
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if limit is not None:
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        dataset = Subset(dataset, range(min(limit, len(dataset))))
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_segmentation)
+
+
+def _segment_batch(
+    maps: Float[Tensor, "batch grid_h grid_w"], batch: dict[str, Any], frame: str, image_size: tuple[int, int], threshold
+) -> list[tuple[Tensor, Tensor, Tensor]]:
+    """(soft map, predicted mask, ground truth) per image, in the model-input or the original frame."""
+    if frame == "model":
+        seg = zero_shot_segment(upsample_patch_map(maps, image_size), threshold=threshold)
+        return list(zip(seg.soft_map, seg.mask, batch["mask"]))
+    if "geometry" not in batch:
+        raise ValueError("frame='original' needs a dataset built with include_original=True")
+    out = []
+    for patch_map, geometry, gt in zip(maps, batch["geometry"], batch["original_mask"]):
+        seg = zero_shot_segment(geometry.model_map_to_original(patch_map), threshold=threshold)
+        out.append((seg.soft_map, seg.mask, gt))
+    return out
+
+
+def evaluate_segmentation(
+    loaded,
+    dataset: Dataset,
+    classifier: Float[Tensor, "d_out n_classes"],
+    methods: Sequence[str] = METHODS,
+    batch_size: int = 8,
+    limit: Optional[int] = None,
+    progress: bool = True,
+    frame: str = "model",
+    threshold="mean",
+    ap_mode: str = "foreground",
+) -> dict[str, dict[str, float]]:
+    """Pixel accuracy, mIoU and mAP of each method's zero-shot segmentation over ``dataset``.
+
+    ``loaded`` is a ``LoadedCLIP`` (or anything with ``.model``, a HookedViT); ``dataset`` yields the items of
+    ``vit_lens_clip.datasets.segmentation`` (``image`` model input, ``mask`` in the model frame). ``frame``
+    "model" scores in the model-input frame; "original" carries each map back onto the original image and
+    scores against the original mask (pixels cropped away are left out).
+    """
+    methods = _check_methods(methods)
+    if frame not in ("model", "original"):
+        raise ValueError(f"frame must be 'model' or 'original', got {frame!r}")
+    model: HookedViT = loaded.model
+    image_size = model.cfg.image_size
+    metrics = {m: SegmentationMetrics(ap_mode=ap_mode) for m in methods}
+    for batch in tqdm(_loader(dataset, batch_size, limit), desc="segmentation", disable=not progress):
+        maps = method_maps(model, batch["image"], classifier, methods)
+        for method in methods:
+            for soft, pred, gt in _segment_batch(maps[method], batch, frame, image_size, threshold):
+                metrics[method].update(soft, pred, gt)
+    return {m: metrics[m].compute() for m in methods}
+
+
+# ------------------------------------------------------------------------------------------------ examples
+@dataclass
+class SegmentationExample:
+    """One image for the report: the picture, its ground truth, and each method's soft map and mask."""
+
+    name: str
+    image: np.ndarray  # uint8 [H, W, 3]
+    ground_truth: np.ndarray  # bool [H, W]
+    soft_maps: dict[str, np.ndarray] = field(default_factory=dict)  # float [H, W] in [0, 1]
+    masks: dict[str, np.ndarray] = field(default_factory=dict)  # bool [H, W]
+
+
+def _normalize_step(preprocess: Callable):
+    for step in getattr(preprocess, "transforms", []) or []:
+        if hasattr(step, "mean") and hasattr(step, "std"):
+            return step
+    return None
+
+
+def displayable_image(model_input: Float[Tensor, "channel H W"], preprocess: Optional[Callable] = None) -> np.ndarray:
+    """Undo the preprocess ``Normalize`` (or min-max scale when there is none): uint8 [H, W, 3]."""
+    x = model_input.detach().float().cpu()
+    step = _normalize_step(preprocess) if preprocess is not None else None
+    if step is not None:
+        x = x * torch.tensor(step.std)[:, None, None] + torch.tensor(step.mean)[:, None, None]
+    else:
+        x = (x - x.min()) / (x.max() - x.min()).clamp(min=1e-12)
+    return (x.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+
+
+def segmentation_examples(
+    loaded,
+    dataset: Dataset,
+    classifier: Float[Tensor, "d_out n_classes"],
+    methods: Sequence[str] = METHODS,
+    n_examples: int = 4,
+    frame: str = "model",
+    threshold="mean",
+) -> list[SegmentationExample]:
+    """The first ``n_examples`` images with every method's soft map and mask (for the report)."""
+    methods = _check_methods(methods)
+    model: HookedViT = loaded.model
+    batch = next(iter(_loader(dataset, n_examples, n_examples)))
+    maps = method_maps(model, batch["image"], classifier, methods)
+    per_method = {m: _segment_batch(maps[m], batch, frame, model.cfg.image_size, threshold) for m in methods}
+    examples = []
+    for i in range(batch["image"].shape[0]):
+        if frame == "original":
+            image = batch["original_image"][i].numpy()
+            gt = batch["original_mask"][i].numpy()
+        else:
+            image = displayable_image(batch["image"][i], getattr(loaded, "preprocess", None))
+            gt = batch["mask"][i].numpy()
+        example = SegmentationExample(str(batch["name"][i]), image, gt.astype(bool))
+        for m in methods:
+            soft, pred, _ = per_method[m][i]
+            example.soft_maps[m] = soft.numpy()
+            example.masks[m] = pred.numpy()
+        examples.append(example)
+    return examples
+
+
+# -------------------------------------------------------------------------------------------------- report
+def _fmt(value: float) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.2f}"
+
+
+def segmentation_markdown(results: dict[str, dict[str, float]], title: str = "Zero-shot segmentation") -> str:
+    """A Markdown table of pixel accuracy, mIoU and mAP (percent) per method."""
+    lines = [f"# {title}", "", "| method | Pixel Acc | mIoU | mAP | images |", "|---|---|---|---|---|"]
+    for method, r in results.items():
+        lines.append(
+            f"| {METHOD_TITLES.get(method, method)} | {_fmt(r['pixel_accuracy'])} | {_fmt(r['miou'])} | "
+            f"{_fmt(r['mean_ap'])} | {r.get('n_images', '')} |"
+        )
+    lines += ["", "Maps are upsampled bilinearly, clipped below 0, min-max normalised; foreground = above the mean."]
+    return "\n".join(lines) + "\n"
+
+
+def _example_figure(example: SegmentationExample):
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    methods = list(example.soft_maps)
+    cols = 1 + len(methods)
+    titles = ["image"] + [METHOD_TITLES.get(m, m) for m in methods] + ["ground truth"] + [f"{m} mask" for m in methods]
+    fig = make_subplots(rows=2, cols=cols, subplot_titles=titles, horizontal_spacing=0.01, vertical_spacing=0.08)
+    fig.add_trace(go.Image(z=example.image), row=1, col=1)
+    grey = [[0, "#111111"], [1, "#f5f5f5"]]
+    fig.add_trace(go.Heatmap(z=example.ground_truth.astype(np.uint8), colorscale=grey, showscale=False, zmin=0, zmax=1),
+                  row=2, col=1)
+    for j, m in enumerate(methods, start=2):
+        soft = np.round(example.soft_maps[m].astype(np.float64), 3)
+        fig.add_trace(go.Heatmap(z=soft, colorscale="Viridis", zmin=0, zmax=1, showscale=False), row=1, col=j)
+        fig.add_trace(go.Heatmap(z=example.masks[m].astype(np.uint8), colorscale=grey, zmin=0, zmax=1,
+                                 showscale=False), row=2, col=j)
+    fig.update_xaxes(showticklabels=False, constrain="domain")
+    fig.update_yaxes(showticklabels=False, autorange="reversed", constrain="domain")
+    for r in (1, 2):
+        for c in range(1, cols + 1):
+            k = (r - 1) * cols + c  # subplot k draws on axes xk / yk (k = 1 is plain "x")
+            fig.update_yaxes(scaleanchor="x" if k == 1 else f"x{k}", row=r, col=c)
+    fig.update_layout(title=html.escape(example.name), height=420, width=190 * cols + 40,
+                      margin={"l": 10, "r": 10, "t": 70, "b": 10})
+    return fig
+
+
+def write_segmentation_report(
+    results: dict[str, dict[str, float]],
+    examples: Sequence[SegmentationExample],
+    out_dir: str | Path,
+    title: str = "Zero-shot segmentation",
+) -> dict[str, Path]:
+    """Write ``segmentation.csv`` (every metric), ``segmentation.md`` (the table) and ``segmentation.html``
+    (the table plus image / heatmap / mask overlays per method; plotly.js inlined once, works offline)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"csv": out / "segmentation.csv", "markdown": out / "segmentation.md", "html": out / "segmentation.html"}
+
+    keys = sorted({k for r in results.values() for k in r}, key=lambda k: (k not in REPORT_METRICS, k))
+    with open(paths["csv"], "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["method", *keys])
+        for method, r in results.items():
+            writer.writerow([method, *[r.get(k, "") for k in keys]])
+    paths["markdown"].write_text(segmentation_markdown(results, title))
+
+    rows = "".join(
+        f"<tr><td>{html.escape(METHOD_TITLES.get(m, m))}</td>"
+        + "".join(f"<td>{_fmt(r[k])}</td>" for k in REPORT_METRICS)
+        + f"<td>{r.get('n_images', '')}</td></tr>"
+        for m, r in results.items()
+    )
+    parts = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'>",
+        f"<title>{html.escape(title)}</title>",
+        (
+            "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+            "td,th{border:1px solid #bbb;padding:4px 10px;text-align:right}td:first-child{text-align:left}</style>"
+        ),
+        "</head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+        "<table><tr><th>method</th><th>Pixel Acc</th><th>mIoU</th><th>mAP</th><th>images</th></tr>",
+        rows,
+        (
+            "</table><p>Percent. Maps upsampled bilinearly, clipped below 0, min-max normalised; "
+            "foreground = pixels above the map's mean.</p>"
+        ),
+    ]
+    for i, example in enumerate(examples):
+        parts.append(_example_figure(example).to_html(full_html=False, include_plotlyjs=(i == 0)))
+    parts.append("</body></html>")
+    paths["html"].write_text("\n".join(parts), encoding="utf-8")
+    return paths
+
+
+# --------------------------------------------------------------------------------------------------- bench
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bench_heatmaps(
+    model: HookedViT,
+    images: Float[Tensor, "batch channel height width"],
+    texts: Float[Tensor, "n_texts d_out"],
+    repeats: int = 3,
+    verbose: bool = True,
+) -> dict[str, dict[str, float]]:
+    """Time each map (median of ``repeats`` interleaved runs) relative to a plain forward on the same batch.
+
+    The decomposition map is timed for one class text (``texts[0]``); GradCAM and Chefer differentiate that
+    same text. Returns {name: {"seconds", "ratio"}} and prints a table when ``verbose``.
+    """
+    device = model.W_patch.device
+    images = images.to(device)
+    text = texts.float().to(device).reshape(-1, model.cfg.output_dim)[:1]
+
+    def forward():
+        with torch.no_grad():
+            model(images)
+
+    runs: dict[str, Callable[[], Any]] = {
+        "forward": forward,
+        "decomposition": lambda: text_heatmap(model, images, text),
+        "raw_attention": lambda: BASELINES["raw_attention"](model, images),
+        "rollout": lambda: BASELINES["rollout"](model, images),
+        "gradcam": lambda: BASELINES["gradcam"](model, images, text[0]),
+        "chefer": lambda: BASELINES["chefer"](model, images, text[0]),
+    }
+    for fn in runs.values():  # warm-up
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    for _ in range(repeats):
+        for name, fn in runs.items():
+            _sync(device)
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            times[name].append(time.perf_counter() - start)
+    base = statistics.median(times["forward"])
+    result = {k: {"seconds": statistics.median(v), "ratio": statistics.median(v) / base} for k, v in times.items()}
+    if verbose:
+        print(f"batch {images.shape[0]} on {device}, median of {repeats}")
+        print(f"{'method':<15}{'seconds':>10}{'x forward':>11}")
+        for k, r in result.items():
+            print(f"{k:<15}{r['seconds']:>10.4f}{r['ratio']:>11.2f}")
+    return result
+
+
+# ---------------------------------------------------------------------------------------- shapes adapter
+class ShapesSegmentation(Dataset):
+    """Scenes of the synthetic shapes world as a segmentation dataset (foreground = every object's pixels).
+
+    Scene ``i`` is drawn from its own seeded stream, so items are reproducible and independent of order.
+    Items have the same keys as ``vit_lens_clip.datasets.segmentation`` plus ``caption`` and ``shape``.
+    """
+
+    def __init__(self, n_scenes: int, preprocess: Callable, image_size: int = 64, seed: int = 0,
+                 include_original: bool = True):
+        from vit_lens_clip.datasets.shapes_world import ShapesWorld
+
+        if n_scenes < 1:
+            raise ValueError(f"n_scenes must be >= 1, got {n_scenes}")
+        self.world = ShapesWorld(image_size=image_size, seed=seed)
+        self.n_scenes, self.seed = n_scenes, seed
+        self.preprocess, self.include_original = preprocess, include_original
+
+    def __len__(self) -> int:
+        return self.n_scenes
+
+    def scene(self, index: int):
+        rng = np.random.default_rng([self.seed, index])
+        return self.world.render_spec(self.world.sample_spec(rng), rng)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        from vit_lens_clip.datasets.segmentation import _make_item
+
+        if not 0 <= index < self.n_scenes:
+            raise IndexError(f"index {index} out of range for {self.n_scenes} scenes")
+        scene = self.scene(index)
+        item = _make_item(index, f"scene-{index}", scene.image, scene.foreground, self.preprocess,
+                          self.include_original)
+        item["caption"] = scene.caption
+        item["shape"] = scene.attributes.shape
+        return item
+
+
+def shapes_classes() -> tuple[list[str], list[Callable[[str], str]]]:
+    """Class names and templates for the shapes world's zero-shot segmentation (the shape of the objects)."""
+    from vit_lens_clip.datasets.shapes_world import zero_shot_labels
+
+    return zero_shot_labels("shape")
+
+
+# ------------------------------------------------------------------------------------------------- command
+def add_segment_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Arguments of ``vit-lens-clip segment``."""
+    parser.add_argument("--model", default="vit-lens-clip/shapes", help="model name for load_clip")
+    parser.add_argument("--pretrained", default=None, help="pretrained tag or checkpoint file")
+    parser.add_argument("--dataset", nargs="+", default=["shapes"], metavar="KIND [PATH]",
+                        help="'shapes' (built-in synthetic scenes), 'imagenet-seg PATH' (gtsegs_ijcv.mat) "
+                             "or 'folder PATH' (root/images + root/masks)")
+    parser.add_argument("--limit", type=int, default=None, help="score at most this many images "
+                        "(shapes: number of scenes, default 200)")
+    parser.add_argument("--out", default="segmentation_report", help="output folder")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--classes", default=None,
+                        help="file with one class name per line (default: ImageNet classes; shapes: its shapes)")
+    parser.add_argument("--templates", choices=("openai", "simple"), default="openai",
+                        help="ImageNet prompt templates: open_clip's 80 (openai) or its 7 (simple)")
+    parser.add_argument("--frame", choices=("model", "original"), default="model",
+                        help="score in the model-input frame or on the original image")
+    parser.add_argument("--examples", type=int, default=4, help="images shown in the HTML report")
+    return parser
+
+
+def _dataset_from_args(kind_and_path: Sequence[str], preprocess: Callable, image_size: int, limit: Optional[int]):
+    kind, rest = kind_and_path[0], list(kind_and_path[1:])
+    if kind == "shapes":
+        if rest:
+            raise ValueError("--dataset shapes takes no path")
+        return ShapesSegmentation(limit or 200, preprocess, image_size=max(64, image_size))
+    if kind not in ("imagenet-seg", "folder") or len(rest) != 1:
+        raise ValueError("--dataset must be 'shapes', 'imagenet-seg PATH' or 'folder PATH'")
+    from vit_lens_clip.datasets.segmentation import ImageNetSegmentation, MaskFolder
+
+    if kind == "imagenet-seg":
+        return ImageNetSegmentation(rest[0], preprocess)
+    return MaskFolder(rest[0], preprocess)
+
+
+def _classes_from_args(args: argparse.Namespace) -> tuple[list[str], list]:
+    import open_clip
+
+    if args.dataset[0] == "shapes" and args.classes is None:
+        return shapes_classes()
+    if args.classes is not None:
+        names = [line.strip() for line in Path(args.classes).read_text().splitlines() if line.strip()]
+        if not names:
+            raise ValueError(f"no class names in {args.classes}")
+    else:
+        names = list(open_clip.IMAGENET_CLASSNAMES)
+    templates = open_clip.OPENAI_IMAGENET_TEMPLATES if args.templates == "openai" else open_clip.SIMPLE_IMAGENET_TEMPLATES
+    return names, list(templates)
+
+
+def build_classifier(loaded, classnames: Sequence[str], templates: Sequence) -> Float[Tensor, "d_out n_classes"]:
+    """open_clip's zero-shot classifier: per class, mean of the unit template embeddings, renormalised."""
+    import open_clip
+
+    with torch.no_grad():
+        return open_clip.build_zero_shot_classifier(
+            loaded.clip, loaded.tokenizer, list(classnames), list(templates), device=loaded.device
+        ).float()
+
+
+def run_segment_command(args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    """``vit-lens-clip segment``: load the model, score every method, write CSV / Markdown / HTML to --out."""
+    from vit_lens_clip.loading import load_clip
+
+    loaded = load_clip(args.model, pretrained=args.pretrained, device=args.device)
+    image_size = loaded.model.cfg.image_size[0]
+    dataset = _dataset_from_args(args.dataset, loaded.preprocess, image_size, args.limit)
+    classnames, templates = _classes_from_args(args)
+    classifier = build_classifier(loaded, classnames, templates)
+    results = evaluate_segmentation(loaded, dataset, classifier, methods=args.methods, batch_size=args.batch_size,
+                                    limit=args.limit, frame=args.frame)
+    examples = segmentation_examples(loaded, dataset, classifier, methods=args.methods,
+                                     n_examples=max(0, args.examples), frame=args.frame) if args.examples > 0 else []
+    paths = write_segmentation_report(results, examples, args.out,
+                                      title=f"Zero-shot segmentation: {loaded.name} on {' '.join(args.dataset)}")
+    print(segmentation_markdown(results))
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return results
