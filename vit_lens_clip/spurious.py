@@ -1,0 +1,340 @@
+"""Reducing a spurious cue by mean-ablating heads (method.md §6, the paper's Waterbirds experiment).
+
+Two-class zero-shot (e.g. "a photo of a landbird" / "a photo of a waterbird") on an evaluation set whose
+images carry a group (class × background). For every setting the worst-group accuracy (lowest accuracy over
+groups) and the average accuracy (over all images) are reported:
+
+* baseline: the unablated model;
+* extra ablations only: all MLPs and the attention layers before the kept (last 4) layers mean-ablated;
+* random heads: the extra ablations plus as many random heads from the kept layers as role heads,
+  best worst-group accuracy of 5 seeds;
+* role heads: the extra ablations plus the heads whose TextSpan texts are about places/backgrounds, picked
+  automatically by topic queries (and, if given, a hand-picked list).
+
+All means are taken over the evaluation set itself and every ablation is post-hoc in folded space
+(``HeadContributions.compose``). Nothing is fitted to the group labels: they are only used to score.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from vit_lens_clip.datasets import shapes_world
+from vit_lens_clip.textspan.algorithm import TextSpanResult
+from vit_lens_clip.textspan.pools import embed_texts_cached, load_pool
+from vit_lens_clip.textspan.runs import (
+    Head,
+    HeadContributions,
+    TextSpanTable,
+    collect_head_contributions,
+    default_role_head_count,
+    heads_by_textspan_topic,
+    heads_for_queries,
+)
+from vit_lens_clip.zeroshot import build_classifier, logits
+
+PLACE_QUERIES: tuple[str, ...] = ("a place", "a location", "a background")
+
+
+def shapes_group_names() -> dict[int, str]:
+    """Names of the shapes world's four groups (group = 2 * bird index + place-group index)."""
+    return {2 * b + p: f"{bird} on {place}" for b, bird in enumerate(shapes_world.BIRDS)
+            for p, place in enumerate(shapes_world.PLACE_GROUPS)}
+
+
+def shapes_eval_set(preprocess: Callable, n_images: int = 400, seed: int = 0) -> Dataset:
+    """The shapes world's balanced spurious evaluation set (item i is in group i % 4)."""
+    return shapes_world.SpuriousBirdsDataset(n_images, seed=seed, split="eval", transform=preprocess)
+
+
+class LabelGroupItems(Dataset):
+    """Reducer items from a dataset whose items hold ``image``, ``label`` and ``group``.
+
+    The reducers carry one integer label per image, so label and group travel packed as
+    ``group * n_classes + label`` (``unpack`` undoes it); this survives workers and resumed runs.
+    """
+
+    def __init__(self, dataset: Dataset, n_classes: int):
+        if n_classes < 1:
+            raise ValueError("n_classes must be positive")
+        self.dataset, self.n_classes = dataset, n_classes
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        item = self.dataset[i]
+        out: dict[str, Any] = {"index": i, "name": str(item.get("name", i))}
+        if item.get("error") is not None:
+            out["error"] = item["error"]
+            return out
+        label, group = item.get("label"), item.get("group")
+        if label is None or group is None:
+            raise ValueError(f"item {i} lacks a label or a group; the spurious experiment needs both")
+        if not 0 <= int(label) < self.n_classes or int(group) < 0:
+            raise ValueError(f"item {i}: label {label} not in 0..{self.n_classes - 1} or negative group {group}")
+        out["image"] = item["image"]
+        out["label"] = int(group) * self.n_classes + int(label)
+        return out
+
+    def unpack(self, codes: Int[Tensor, " n"]) -> tuple[Int[Tensor, " n"], Int[Tensor, " n"]]:
+        """(labels, groups) from packed codes."""
+        return codes % self.n_classes, codes // self.n_classes
+
+
+@dataclass
+class GroupAccuracy:
+    worst_group: float
+    average: float
+    per_group: dict[int, float]
+
+
+def group_accuracy(
+    predictions: Int[Tensor, " n"], labels: Int[Tensor, " n"], groups: Int[Tensor, " n"]
+) -> GroupAccuracy:
+    """Worst-group accuracy (min over groups present), average accuracy over images, and each group's."""
+    if not predictions.shape == labels.shape == groups.shape:
+        raise ValueError("predictions, labels and groups must have the same shape")
+    correct = (predictions.cpu() == labels.cpu()).double()
+    groups = groups.cpu()
+    per_group = {int(g): float(correct[groups == g].mean()) for g in torch.unique(groups)}
+    return GroupAccuracy(min(per_group.values()), float(correct.mean()), per_group)
+
+
+@dataclass
+class SpuriousRow:
+    setting: str
+    worst_group: float
+    average: float
+    per_group: dict[int, float]
+    heads: list[Head] = field(default_factory=list)
+    note: str = ""
+
+
+@dataclass
+class SpuriousTable:
+    """Rows: baseline, extra ablations only, random heads (best of seeds), role heads (auto / hand-picked)."""
+
+    rows: list[SpuriousRow]
+    group_names: dict[int, str]
+    layers: list[int]
+    n_images: int
+    role_heads: list[Head]
+    head_scores: list[tuple[Head, float]] = field(default_factory=list)
+    picker: str = ""
+    role_head_texts: dict[Head, list[str]] = field(default_factory=dict)
+
+    def row(self, setting_prefix: str) -> SpuriousRow:
+        """The first row whose setting starts with ``setting_prefix``."""
+        for row in self.rows:
+            if row.setting.startswith(setting_prefix):
+                return row
+        raise KeyError(setting_prefix)
+
+    def to_dict(self) -> dict[str, Any]:
+        label = lambda key: f"L{key[0]}.H{key[1]}"
+        name = lambda g: self.group_names.get(g, f"group {g}")
+        return {
+            "n_images": self.n_images,
+            "layers": self.layers,
+            "picker": self.picker,
+            "role_heads": [label(h) for h in self.role_heads],
+            "role_head_texts": {label(h): texts for h, texts in self.role_head_texts.items()},
+            "head_scores": [[label(h), s] for h, s in self.head_scores],
+            "rows": [
+                {"setting": r.setting, "worst_group": r.worst_group, "average": r.average,
+                 "per_group": {name(g): a for g, a in r.per_group.items()},
+                 "heads": [label(h) for h in r.heads], "note": r.note}
+                for r in self.rows
+            ],
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, ensure_ascii=False)
+
+    def to_markdown(self) -> str:
+        groups = sorted({g for r in self.rows for g in r.per_group})
+        header = "| setting | worst-group | average | " + " | ".join(self.group_names.get(g, f"group {g}") for g in groups) + " |"
+        lines = [
+            (f"Spurious cue: worst-group and average zero-shot accuracy ({self.n_images} images; "
+            f"'extra ablations' = all MLPs and attention layers before layer {min(self.layers)} mean-ablated)"),
+            "",
+            header,
+            "|" + "---|" * (3 + len(groups)),
+        ]
+        for r in self.rows:
+            cells = " | ".join(f"{r.per_group.get(g, float('nan')):.1%}" for g in groups)
+            lines.append(f"| {r.setting} | {r.worst_group:.1%} | {r.average:.1%} | {cells} |")
+        lines.append("")
+        if self.role_heads:
+            lines.append(f"Role heads ({self.picker}): " + ", ".join(f"L{l}.H{h}" for l, h in self.role_heads))
+            for (l, h), texts in self.role_head_texts.items():
+                lines.append(f"- L{l}.H{h}: " + "; ".join(texts))
+        return "\n".join(lines) + "\n"
+
+
+def _evaluate(y: Tensor, classifier: Tensor, labels: Tensor, groups: Tensor) -> GroupAccuracy:
+    return group_accuracy(logits(y, classifier).argmax(-1).cpu(), labels, groups)
+
+
+def random_heads(candidates: Sequence[Head], n: int, seed: int) -> list[Head]:
+    """``n`` distinct heads drawn uniformly from ``candidates`` with a seeded generator."""
+    if not 0 <= n <= len(candidates):
+        raise ValueError(f"cannot draw {n} heads from {len(candidates)}")
+    order = torch.randperm(len(candidates), generator=torch.Generator().manual_seed(seed))[:n]
+    return sorted(candidates[i] for i in order.tolist())
+
+
+def spurious_table(
+    contributions: HeadContributions,
+    labels: Int[Tensor, " n"],
+    groups: Int[Tensor, " n"],
+    classifier: Float[Tensor, "d_out n_classes"],
+    role_heads: Sequence[Head],
+    hand_picked: Sequence[Head] | None = None,
+    n_random_seeds: int = 5,
+    seed: int = 0,
+    group_names: Mapping[int, str] | None = None,
+    role_label: str = "automatic",
+) -> SpuriousTable:
+    """Evaluate the baseline, extra-ablations-only, random-heads and role-heads settings (module docstring).
+
+    Random heads come from all kept heads (the layers the role heads are picked from), as many as the role
+    heads, and the seed with the best worst-group accuracy is reported (its average alongside).
+    """
+    if n_random_seeds < 1:
+        raise ValueError("n_random_seeds must be at least 1")
+    labels, groups = labels.cpu(), groups.cpu()
+    if labels.shape[0] != contributions.n_images or groups.shape[0] != contributions.n_images:
+        raise ValueError("labels and groups must have one entry per image")
+    for key in list(role_heads) + list(hand_picked or []):
+        contributions.head_index(key)  # clear error on a head outside the kept layers
+    evaluate = lambda y: _evaluate(y, classifier, labels, groups)
+    rows = []
+    base = evaluate(contributions.embedding)
+    rows.append(SpuriousRow("baseline", base.worst_group, base.average, base.per_group))
+    extra = evaluate(contributions.compose(ablate_rest=True))
+    rows.append(SpuriousRow("extra ablations only", extra.worst_group, extra.average, extra.per_group,
+                            note="MLPs + earlier attention layers mean-ablated"))
+    candidates = contributions.head_keys()
+    heads_sets = [(f"role heads ({role_label})", sorted(role_heads))]
+    if hand_picked:
+        heads_sets.append(("role heads (hand-picked)", sorted(hand_picked)))
+    random_done: set[int] = set()
+    for name, heads in heads_sets:
+        n = len(heads)
+        if n not in random_done and n > 0:
+            best, best_heads, best_seed = None, [], seed
+            for s in range(seed, seed + n_random_seeds):
+                drawn = random_heads(candidates, n, s)
+                result = evaluate(contributions.compose(mean_ablate_heads=drawn, ablate_rest=True))
+                if best is None or result.worst_group > best.worst_group:
+                    best, best_heads, best_seed = result, drawn, s
+            rows.append(SpuriousRow(f"random heads ({n}, best of {n_random_seeds})", best.worst_group, best.average,
+                                    best.per_group, best_heads, note=f"+ extra ablations; seed {best_seed}"))
+            random_done.add(n)
+        result = evaluate(contributions.compose(mean_ablate_heads=heads, ablate_rest=True))
+        rows.append(SpuriousRow(f"{name}", result.worst_group, result.average, result.per_group, list(heads),
+                                note="+ extra ablations"))
+    return SpuriousTable(rows, dict(group_names or {}), list(contributions.layers), contributions.n_images,
+                         sorted(role_heads), picker=role_label)
+
+
+def pick_role_heads(
+    contributions: HeadContributions,
+    query_embeddings: Float[Tensor, "n_queries d_out"],
+    picker: str = "textspan",
+    textspan_rows: Mapping[Head, TextSpanResult] | None = None,
+    pool_embeddings: Float[Tensor, "n_texts d_out"] | None = None,
+) -> list[tuple[Head, float]]:
+    """Rank heads by a topic: "textspan" scores each head's TextSpan texts against the queries
+    (``heads_by_textspan_topic``, needs rows and the pool's embeddings); "variance" ranks heads by the
+    share of their variance along the queries (``heads_for_queries``, the queries centred by the pool's
+    mean when it is given). Returns the full ranking, best first."""
+    if picker == "textspan":
+        if textspan_rows is None or pool_embeddings is None:
+            raise ValueError("picker='textspan' needs textspan_rows and pool_embeddings")
+        return heads_by_textspan_topic(textspan_rows, query_embeddings, pool_embeddings)
+    if picker == "variance":
+        return heads_for_queries(contributions, query_embeddings, centre_with=pool_embeddings)
+    raise ValueError("picker must be 'textspan' or 'variance'")
+
+
+def run_spurious(
+    loaded,
+    dataset: Dataset | None = None,
+    *,
+    n_images: int = 400,
+    seed: int = 0,
+    classnames: Sequence[str] | None = None,
+    templates: Sequence[Any] | None = None,
+    group_names: Mapping[int, str] | None = None,
+    last_n_layers: int = 4,
+    batch_size: int = 32,
+    normalize: bool = True,
+    pool: str | Sequence[str] = "descriptions",
+    pool_embeddings: Float[Tensor, "n_texts d_out"] | None = None,
+    textspan_rows: Mapping[Head, TextSpanResult] | None = None,
+    k: int = 10,
+    rank: int = 80,
+    queries: Sequence[str] = PLACE_QUERIES,
+    picker: str = "textspan",
+    n_heads: int | None = None,
+    hand_picked: Sequence[Head] | None = None,
+    n_random_seeds: int = 5,
+    cache_dir: str | Path | None = None,
+    out_dir: str | Path | None = None,
+    progress: bool = True,
+) -> SpuriousTable:
+    """The whole experiment on any model and a balanced evaluation set with group labels.
+
+    ``dataset`` items hold a preprocessed ``image``, a class ``label`` and a ``group``; the default is the
+    shapes world's balanced bird set (``shapes_eval_set``, ``n_images``, ``seed``) with its class names and
+    templates (``zero_shot_labels("bird")``). TextSpan (``k``, ``rank``) runs on the kept heads over this set
+    with the text ``pool`` unless ``textspan_rows`` are given (e.g. computed on a general image set);
+    ``n_heads`` role heads (default ``default_role_head_count``) are picked by ``queries`` with ``picker``.
+    ``out_dir`` keeps the collected contributions on disk (resumable).
+    """
+    if classnames is None or templates is None:
+        default_names, default_templates = shapes_world.zero_shot_labels("bird")
+        classnames = default_names if classnames is None else classnames
+        templates = default_templates if templates is None else templates
+    if dataset is None:
+        dataset = shapes_eval_set(loaded.preprocess, n_images, seed)
+        group_names = shapes_group_names() if group_names is None else group_names
+    classifier = build_classifier(loaded, list(classnames), list(templates))
+    items = LabelGroupItems(dataset, len(classnames))
+    contributions = collect_head_contributions(loaded, items, last_n_layers, batch_size, normalize, out_dir, progress)
+    labels, groups = items.unpack(contributions.labels)
+    contributions.labels = labels
+
+    texts = load_pool(pool) if isinstance(pool, (str, Path)) else list(pool)
+    if pool_embeddings is None:
+        pool_embeddings = embed_texts_cached(texts, loaded.encode_text, loaded.key, cache_dir)
+    elif pool_embeddings.shape[0] != len(texts):
+        raise ValueError(f"pool_embeddings has {pool_embeddings.shape[0]} rows for a pool of {len(texts)} texts")
+    table = None
+    if textspan_rows is None and picker == "textspan":
+        table = TextSpanTable.compute(contributions, pool_embeddings, texts, k=k, rank=rank)
+        textspan_rows = table.rows
+    elif textspan_rows is not None:
+        table = TextSpanTable(dict(textspan_rows), texts)
+    query_embeddings = loaded.encode_text(list(queries)).float().cpu()
+    count = default_role_head_count(len(contributions.head_keys())) if n_heads is None else n_heads
+    ranking = pick_role_heads(contributions, query_embeddings, picker, textspan_rows, pool_embeddings)
+    role = [key for key, _ in ranking[:count]]
+    result = spurious_table(contributions, labels, groups, classifier, role, hand_picked, n_random_seeds, seed,
+                            group_names, role_label=f"automatic, {picker}")
+    result.head_scores = ranking
+    if table is not None:
+        result.role_head_texts = {key: table.texts(key) for key in sorted(set(role) | set(hand_picked or []))}
+    return result

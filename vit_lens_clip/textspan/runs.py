@@ -1,0 +1,503 @@
+"""TextSpan on a real model and dataset: collect head contributions, run TextSpan, measure completeness,
+and find heads by text queries.
+
+Per image i the folded image embedding splits exactly (method.md §1-2) into
+
+    y_i = e_i + Σ_{(l,h) kept} ĉ_{l,h,i} + rest_i,     rest_i = Σ_l mlp_l,i + Σ_{l not kept} attn_l,i
+
+where the kept layers are the last ``last_n_layers`` attention layers (their heads sum to the layer's folded
+output). ``HeadContributions`` stores e_i, the kept heads and y_i, so rest_i = y_i − e_i − Σ heads is exact
+and needs no [n, L, D] stack. The paper's "mean-ablate the MLPs and the earlier attention layers" replaces
+rest_i by its dataset mean (from a ``MeanReducer`` on the same images), post-hoc in folded space, exactly as
+``ablation.ablate_posthoc(space="folded")`` does on a ``Decomposition``.
+
+With ``normalize=True`` (the default, as in the published code) every part is divided by ‖y_i‖ of its own
+image, so the parts sum to y_i/‖y_i‖ and TextSpan sees cosine-like contributions.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Union
+
+import torch
+from einops import rearrange
+from jaxtyping import Float, Int
+from safetensors.torch import save_file
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from vit_lens_clip.datasets.folder import Batch, TensorImages
+from vit_lens_clip.decompose.parts import Decomposition
+from vit_lens_clip.decompose.reducers import HeadStackReducer, MeanReducer, Reducer, load_head_stack, run_reducers
+from vit_lens_clip.model.hooked_vit import HookedViT
+from vit_lens_clip.textspan.algorithm import TextSpanResult, text_span
+from vit_lens_clip.textspan.report import rank_heads_by_text, to_json, to_markdown, write_reports
+from vit_lens_clip.zeroshot import accuracy, logits
+
+Head = tuple[int, int]
+TextSpanSource = Union[
+    Tensor,  # unit text embeddings [M, D]: text_span is run for each k
+    Callable[[Tensor, int], TextSpanResult],  # (contributions [*heads, n, D], k) -> result
+    Mapping[int, Mapping[Head, TextSpanResult]],  # k -> run_textspan rows
+]
+
+
+# ------------------------------------------------------------------------------------------ collection
+
+
+@dataclass
+class HeadContributions:
+    """Direct contributions of the kept heads to each image embedding, plus what ablations need.
+
+    heads [n, n_kept, H, D]: folded head parts (layers ``layers``); embed [n, D]: folded embedding term;
+    embedding [n, D]: the image embedding (divided by its norm when ``normalized``); labels [n] or None;
+    indices [n]: dataset indices; means: ``MeanReducer.result()`` over the same images (keys embed, attns,
+    mlps, heads [n_kept, H, D], raw.*), for mean-ablation.
+    """
+
+    heads: Float[Tensor, "n n_kept n_heads d_out"]
+    layers: list[int]
+    embed: Float[Tensor, "n d_out"]
+    embedding: Float[Tensor, "n d_out"]
+    labels: Int[Tensor, " n"] | None
+    indices: Int[Tensor, " n"]
+    means: dict[str, Tensor]
+    normalized: bool
+    n_layers: int
+
+    @property
+    def n_images(self) -> int:
+        return self.heads.shape[0]
+
+    @property
+    def n_heads(self) -> int:
+        return self.heads.shape[2]
+
+    def head_keys(self) -> list[Head]:
+        """(layer, head) of every kept head, layer-major (the order of ``stack()`` flattened)."""
+        return [(layer, h) for layer in self.layers for h in range(self.n_heads)]
+
+    def stack(self) -> Float[Tensor, "n_kept n_heads n d_out"]:
+        """The heads laid out for ``text_span``: [n_kept, H, n, D]."""
+        return rearrange(self.heads, "n l h d -> l h n d")
+
+    def head_index(self, key: Head) -> tuple[int, int]:
+        """Position (kept-layer index, head) of a (layer, head) key; negative layers count from the end."""
+        layer, head = key
+        layer %= self.n_layers
+        if layer not in self.layers:
+            raise ValueError(f"layer {layer} is not among the kept layers {self.layers}")
+        if not 0 <= head < self.n_heads:
+            raise ValueError(f"head {head} out of range (model has {self.n_heads} heads)")
+        return self.layers.index(layer), head
+
+    def rest(self) -> Float[Tensor, "n d_out"]:
+        """Σ MLPs + Σ attention layers that are not kept, per image: y − e − Σ kept heads (exact)."""
+        return self.embedding - self.embed - self.heads.sum((1, 2))
+
+    def mean_rest(self) -> Float[Tensor, " d_out"]:
+        """Dataset mean of ``rest()`` from the MeanReducer: Σ_l mean(mlp_l) + Σ_{l not kept} mean(attn_l)."""
+        not_kept = [layer for layer in range(self.n_layers) if layer not in self.layers]
+        return self.means["mlps"].sum(0) + self.means["attns"][not_kept].sum(0)
+
+    def compose(
+        self,
+        heads: Float[Tensor, "n n_kept n_heads d_out"] | None = None,
+        mean_ablate_heads: Sequence[Head] = (),
+        ablate_rest: bool = True,
+        ablate_embed: bool = False,
+    ) -> Float[Tensor, "n d_out"]:
+        """A post-hoc edited embedding: e (or its mean) + Σ heads (edited) + rest (or its mean).
+
+        ``heads`` replaces the kept heads (e.g. TextSpan reconstructions); ``mean_ablate_heads`` then sets
+        the listed (layer, head) parts to their dataset means; ``ablate_rest`` mean-ablates all MLPs and
+        all attention layers that are not kept (the paper's protocol).
+        """
+        if heads is None:
+            heads = self.heads
+        if heads.shape != self.heads.shape:
+            raise ValueError(f"heads must have shape {tuple(self.heads.shape)}, got {tuple(heads.shape)}")
+        heads = heads.to(self.heads.dtype)
+        if mean_ablate_heads:
+            heads = heads.clone()
+            for key in mean_ablate_heads:
+                i, h = self.head_index(key)
+                heads[:, i, h] = self.means["heads"][i, h].to(heads)
+        embed = self.means["embed"].to(heads).expand_as(self.embed) if ablate_embed else self.embed
+        rest = self.mean_rest().to(heads) if ablate_rest else self.rest()
+        return embed + heads.sum((1, 2)) + rest
+
+    def subset(self, mask_or_index: Tensor) -> HeadContributions:
+        """The same record restricted to some images (means are kept as they are)."""
+        sel = mask_or_index
+        return HeadContributions(
+            heads=self.heads[sel], layers=list(self.layers), embed=self.embed[sel], embedding=self.embedding[sel],
+            labels=None if self.labels is None else self.labels[sel], indices=self.indices[sel],
+            means=self.means, normalized=self.normalized, n_layers=self.n_layers,
+        )
+
+
+class _InMemoryHeads(Reducer):
+    """Keeps heads, embed, embedding, indices and labels of every image (CPU)."""
+
+    def __init__(self):
+        self.rows: dict[str, list[Tensor]] = {}
+
+    def update(self, parts: Decomposition, batch: Batch) -> None:
+        rows = {"heads": parts.heads, "embed": parts.embed, "embedding": parts.embedding, "indices": batch.indices}
+        if batch.labels is not None:
+            rows["labels"] = batch.labels
+        for key, value in rows.items():
+            self.rows.setdefault(key, []).append(value.detach().cpu())
+
+    def result(self) -> dict[str, Tensor]:
+        return {key: torch.cat(values) for key, values in self.rows.items()}
+
+
+class HeadAndEmbedStackReducer(HeadStackReducer):
+    """``HeadStackReducer`` whose shards also hold the folded embedding term ``embed`` [n, D]."""
+
+    def update(self, parts: Decomposition, batch: Batch) -> None:
+        self.buffer.setdefault("embed", []).append(parts.embed.cpu())  # the parent flushes it with the rest
+        super().update(parts, batch)
+
+
+def _model_of(loaded_or_model: Any) -> HookedViT:
+    if isinstance(loaded_or_model, HookedViT):
+        return loaded_or_model
+    model = getattr(loaded_or_model, "model", None)
+    if isinstance(model, HookedViT):
+        return model
+    raise TypeError(f"expected a LoadedCLIP or a HookedViT, got {type(loaded_or_model).__name__}")
+
+
+def kept_layers(n_layers: int, last_n_layers: int) -> list[int]:
+    """The last ``last_n_layers`` layer indices of an ``n_layers``-layer model."""
+    if not 1 <= last_n_layers <= n_layers:
+        raise ValueError(f"last_n_layers must be between 1 and the model's {n_layers} layers; got {last_n_layers}")
+    return list(range(n_layers - last_n_layers, n_layers))
+
+
+def collect_head_contributions(
+    loaded_or_model: Any,
+    dataset: Dataset | Tensor,
+    last_n_layers: int = 4,
+    batch_size: int = 32,
+    normalize: bool = True,
+    out_dir: str | Path | None = None,
+    progress: bool = True,
+    checkpoint_every: int = 50,
+    shard_size: int = 4096,
+) -> HeadContributions:
+    """Run the model over a dataset and keep the last layers' head contributions and all part means.
+
+    ``dataset`` yields reducer items ({image, index, name[, label]}, see ``datasets.folder``) or is a tensor
+    of preprocessed images. ``normalize=True`` divides every part by the norm of its image's embedding (as
+    the published code does); the means are of the same normalised parts. With ``out_dir`` the per-image
+    parts are streamed to safetensors shards under ``out_dir/heads`` and the run checkpoints to
+    ``out_dir/checkpoint``: an interrupted call resumes, a finished one is re-read without recomputing.
+    The means are also written to ``out_dir/means.safetensors``.
+    """
+    model = _model_of(loaded_or_model)
+    if isinstance(dataset, Tensor):
+        dataset = TensorImages(dataset)
+    n_layers = model.cfg.n_layers
+    layers = kept_layers(n_layers, last_n_layers)
+    means = MeanReducer()
+    kwargs = {"batch_size": batch_size, "layers": layers, "normalize": normalize, "progress": progress}
+    if out_dir is None:
+        stack = _InMemoryHeads()
+        run_reducers(model, dataset, [stack, means], **kwargs)
+        rows = stack.result()
+    else:
+        out = Path(out_dir)
+        meta = {"model": model.cfg.model_name, "layers": layers, "normalize": normalize, "n": len(dataset),
+                "batch_size": batch_size}
+        meta_path = out / "meta.json"
+        if meta_path.exists() and json.loads(meta_path.read_text()) != meta:
+            raise ValueError(f"{out} holds a run with other settings ({meta_path.read_text()}); use another out_dir")
+        out.mkdir(parents=True, exist_ok=True)
+        meta_path.write_text(json.dumps(meta, indent=1))
+        stack = HeadAndEmbedStackReducer(out / "heads", shard_size=shard_size)
+        run_reducers(model, dataset, [stack, means], checkpoint_dir=out / "checkpoint",
+                     checkpoint_every=checkpoint_every, **kwargs)
+        rows = load_head_stack(stack.result())
+        save_file({k: v.contiguous() for k, v in means.result().items()}, str(out / "means.safetensors"))
+    if "heads" not in rows:
+        raise ValueError("no image of the dataset could be read")
+    return HeadContributions(
+        heads=rows["heads"], layers=layers, embed=rows["embed"], embedding=rows["embedding"],
+        labels=rows.get("labels"), indices=rows["indices"], means=means.result(), normalized=normalize,
+        n_layers=n_layers,
+    )
+
+
+# ------------------------------------------------------------------------------------------ TextSpan
+
+
+def run_textspan(
+    contributions: HeadContributions,
+    text_embeddings: Float[Tensor, "n_texts d_out"],
+    texts: Sequence[str] | None = None,
+    k: int = 10,
+    rank: int = 80,
+    dtype: torch.dtype = torch.float64,
+) -> dict[Head, TextSpanResult]:
+    """TextSpan of every kept head in one batched ``text_span`` call; rows keyed by (layer, head).
+
+    k = 10 is the published default; the paper's figures use k = 20. ``texts`` (the pool, aligned with
+    ``text_embeddings``) puts the picked strings in each row.
+    """
+    result = text_span(contributions.stack(), text_embeddings, k=k, rank=rank, dtype=dtype, texts=texts)
+    return {(contributions.layers[i], h): row for (i, h), row in result.rows().items()}
+
+
+@dataclass
+class TextSpanTable:
+    """TextSpan rows of a model's heads with the pool they index, ready for the JSON/Markdown/HTML reports."""
+
+    rows: dict[Head, TextSpanResult]
+    pool: list[str] | None = None
+    title: str = "TextSpan"
+
+    @classmethod
+    def compute(
+        cls,
+        contributions: HeadContributions,
+        text_embeddings: Float[Tensor, "n_texts d_out"],
+        pool: Sequence[str] | None = None,
+        k: int = 10,
+        rank: int = 80,
+        title: str = "TextSpan",
+    ) -> TextSpanTable:
+        return cls(run_textspan(contributions, text_embeddings, pool, k, rank), None if pool is None else list(pool), title)
+
+    def texts(self, key: Head) -> list[str]:
+        """The picked texts of one head, in pick order."""
+        row = self.rows[key]
+        if row.texts is not None:
+            return list(row.texts)
+        if self.pool is None:
+            return [f"text #{j}" for j in row.indices.tolist()]
+        return [self.pool[j] for j in row.indices.tolist()]
+
+    def to_markdown(self) -> str:
+        return to_markdown(self.rows, self.pool, self.title)
+
+    def to_json(self) -> str:
+        return to_json(self.rows, self.pool)
+
+    def write(self, out_dir: str | Path, stem: str = "textspan") -> dict[str, Path]:
+        """``<stem>.json``, ``.md`` and ``.html`` under out_dir (``textspan.report.write_reports``)."""
+        return write_reports(self.rows, out_dir, stem, self.pool, self.title)
+
+
+# ------------------------------------------------------------------------------------------ completeness
+
+
+@dataclass
+class CompletenessTable:
+    """Zero-shot top-1 accuracy when every kept head is replaced by its k-text TextSpan reconstruction.
+
+    rows: [{"k": k, "top1": accuracy}] in the order of ks; baseline: the unablated model;
+    early_ablated: MLPs and non-kept attention layers mean-ablated, heads intact (the ceiling as k grows).
+    """
+
+    rows: list[dict[str, float]]
+    baseline: float
+    early_ablated: float
+    layers: list[int]
+    rank: int | None = None
+    n_images: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rows": self.rows, "baseline": self.baseline, "early_ablated": self.early_ablated,
+                "layers": self.layers, "rank": self.rank, "n_images": self.n_images}
+
+    def to_markdown(self) -> str:
+        layers = ", ".join(map(str, self.layers))
+        lines = [
+            (f"Completeness of TextSpan (heads of layers {layers} replaced by k-text reconstructions; "
+            f"{self.n_images} images)"),
+            "",
+            "| setting | top-1 |",
+            "|---|---|",
+            f"| baseline (no ablation) | {self.baseline:.2%} |",
+            f"| MLPs + earlier attention mean-ablated | {self.early_ablated:.2%} |",
+        ]
+        lines += [f"| + heads from k = {row['k']} texts | {row['top1']:.2%} |" for row in self.rows]
+        return "\n".join(lines) + "\n"
+
+
+def _reconstructions_for_k(
+    contributions: HeadContributions, source: TextSpanSource, k: int, rank: int
+) -> Float[Tensor, "n n_kept n_heads d_out"]:
+    if isinstance(source, Tensor):
+        stacks = [text_span(contributions.stack()[i], source, k=k, rank=rank).reconstruction
+                  for i in range(len(contributions.layers))]  # one kept layer at a time bounds memory
+        recon = torch.stack(stacks)
+    elif isinstance(source, Mapping):
+        if k not in source:
+            raise ValueError(f"no TextSpan rows for k = {k} (have {sorted(source)})")
+        rows = source[k]
+        recon = torch.stack([torch.stack([rows[(layer, h)].reconstruction for h in range(contributions.n_heads)])
+                             for layer in contributions.layers])
+    elif callable(source):
+        recon = source(contributions.stack(), k).reconstruction
+    else:
+        raise TypeError("textspan must be text embeddings, a callable (contributions, k) -> result, or {k: rows}")
+    return rearrange(recon, "l h n d -> n l h d").to(contributions.heads.dtype)
+
+
+def completeness(
+    contributions: HeadContributions,
+    textspan: TextSpanSource,
+    classifier: Float[Tensor, "d_out n_classes"],
+    labels: Int[Tensor, " n"] | None = None,
+    ks: Sequence[int] = (5, 10, 20, 40, 60),
+    rank: int = 80,
+    ablate_embed: bool = False,
+) -> CompletenessTable:
+    """The paper's completeness protocol, post-hoc in folded space.
+
+    For each k: y = e + Σ_l mean(mlp_l) + Σ_{l not kept} mean(attn_l) + Σ_{(l,h) kept} R^k_{l,h}, where R^k
+    is the head's k-text TextSpan reconstruction (its mean plus the part the k texts explain); then top-1
+    zero-shot accuracy. The embedding term e is kept per image (``ablate_embed=True`` mean-ablates it too).
+    ``textspan``: unit text embeddings [M, D] (``text_span`` is run per k with ``rank``), a callable
+    (contributions [n_kept, H, n, D], k) -> TextSpanResult, or a dict k -> ``run_textspan`` rows.
+    ``labels`` defaults to ``contributions.labels``.
+    """
+    labels = contributions.labels if labels is None else labels
+    if labels is None:
+        raise ValueError("completeness needs labels (none were collected with the contributions)")
+    if not ks:
+        raise ValueError("ks must hold at least one k")
+
+    def top1(y: Tensor) -> float:
+        return accuracy(logits(y, classifier), labels, topk=(1,))["top1"]
+
+    baseline = top1(contributions.embedding)
+    early = top1(contributions.compose(ablate_rest=True, ablate_embed=ablate_embed))
+    rows = []
+    for k in ks:
+        heads = _reconstructions_for_k(contributions, textspan, int(k), rank)
+        rows.append({"k": int(k), "top1": top1(contributions.compose(heads, ablate_rest=True, ablate_embed=ablate_embed))})
+    return CompletenessTable(rows, baseline, early, list(contributions.layers),
+                             rank if isinstance(textspan, Tensor) else None, contributions.n_images)
+
+
+def completeness_figure(table: CompletenessTable, title: str | None = None):
+    """Plotly figure: accuracy vs k, with the baseline and the early-ablated accuracy as dashed lines."""
+    import plotly.graph_objects as go
+
+    ks = [row["k"] for row in table.rows]
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=ks, y=[100 * row["top1"] for row in table.rows], mode="lines+markers",
+                             name="heads replaced by TextSpan reconstruction"))
+    fig.add_hline(y=100 * table.baseline, line_dash="dash", line_color="black",
+                  annotation_text="baseline", annotation_position="bottom right")
+    fig.add_hline(y=100 * table.early_ablated, line_dash="dot", line_color="gray",
+                  annotation_text="MLPs + early attention mean-ablated", annotation_position="top right")
+    fig.update_layout(title=title or "TextSpan completeness", xaxis_title="texts per head (k)",
+                      yaxis_title="zero-shot top-1 accuracy (%)", template="plotly_white")
+    return fig
+
+
+# ------------------------------------------------------------------------------------------ head pickers
+
+
+def _query_embeddings(loaded_or_text_embeddings: Any, queries: Sequence[str]) -> Tensor:
+    if isinstance(loaded_or_text_embeddings, Tensor):
+        emb = loaded_or_text_embeddings
+        if emb.ndim == 1:
+            emb = emb[None]
+        return emb.float()
+    if hasattr(loaded_or_text_embeddings, "encode_text"):
+        if isinstance(queries, str) or not queries:
+            raise ValueError("queries must be a non-empty list of strings")
+        return loaded_or_text_embeddings.encode_text(list(queries)).float().cpu()
+    raise TypeError("pass a LoadedCLIP (with encode_text) or query embeddings [Q, D]")
+
+
+def _aggregate(values: Tensor, how: str) -> Tensor:
+    if how == "mean":
+        return values.mean(0)
+    if how == "max":
+        return values.max(0).values
+    raise ValueError("aggregate must be 'mean' or 'max'")
+
+
+def _ranked(keys: Sequence[Head], scores: Tensor, top: int | None) -> list[tuple[Head, float]]:
+    order = sorted(range(len(keys)), key=lambda i: -float(scores[i]))  # stable: ties keep layer-major order
+    ranked = [(keys[i], float(scores[i])) for i in order]
+    return ranked if top is None else ranked[:top]
+
+
+def heads_for_queries(
+    contributions: HeadContributions,
+    loaded_or_text_embeddings: Any,
+    queries: Sequence[str] = ("a place", "a location", "a background"),
+    top: int | None = None,
+    aggregate: str = "mean",
+    centre_with: Float[Tensor, "n_texts d_out"] | None = None,
+) -> list[tuple[Head, float]]:
+    """Heads ranked by the fraction of their centred variance along the query directions.
+
+    Per query q the score of head (l, h) is |C_c q̂|² / |C_c|_F² (``rank_heads_by_text``); scores are
+    averaged (or maxed) over queries. ``loaded_or_text_embeddings`` is a LoadedCLIP (the queries are
+    embedded with it) or query embeddings [Q, D]. ``centre_with`` (e.g. a text pool's embeddings)
+    subtracts that pool's mean embedding from every query first, removing the direction all texts share.
+    """
+    Q = _query_embeddings(loaded_or_text_embeddings, queries)
+    if centre_with is not None:
+        Q = Q - centre_with.float().mean(0).to(Q)
+    keys = contributions.head_keys()
+    C = rearrange(contributions.heads, "n l h d -> (l h) n d")
+    per_query = []
+    for q in Q:
+        fractions = dict(rank_heads_by_text(C, q, keys))
+        per_query.append(torch.tensor([fractions[key] for key in keys], dtype=torch.float64))
+    return _ranked(keys, _aggregate(torch.stack(per_query), aggregate), top)
+
+
+def heads_by_textspan_topic(
+    rows: Mapping[Head, TextSpanResult],
+    topic_embeddings: Float[Tensor, "n_queries d_out"],
+    pool_embeddings: Float[Tensor, "n_texts d_out"],
+    top: int | None = None,
+    aggregate: str = "mean",
+    standardize: bool = True,
+) -> list[tuple[Head, float]]:
+    """Heads ranked by how much their TextSpan texts are about a topic.
+
+    Each pool text j gets a topic score s_j: its cosine with each topic query, standardised over the pool
+    ((cos − mean)/std, so that the common direction of all CLIP texts does not count) when ``standardize``,
+    then averaged (or maxed) over queries. A head's score is Σ_i w_i s_{j_i} over its picks j_i, with
+    w_i = variance_explained_i / Σ variance_explained (uniform if the head explains nothing).
+    """
+    if topic_embeddings.ndim != 2 or pool_embeddings.ndim != 2 or topic_embeddings.shape[1] != pool_embeddings.shape[1]:
+        raise ValueError("need topic_embeddings [Q, D] and pool_embeddings [M, D] with the same D")
+    T = torch.nn.functional.normalize(pool_embeddings.double(), dim=-1)
+    Q = torch.nn.functional.normalize(topic_embeddings.double().to(T.device), dim=-1)
+    cos = Q @ T.T  # [Q, M]
+    if standardize:
+        cos = (cos - cos.mean(1, keepdim=True)) / cos.std(1, keepdim=True).clamp_min(1e-12)
+    text_scores = _aggregate(cos, aggregate)  # [M]
+    keys = list(rows)
+    scores = []
+    for key in keys:
+        row = rows[key]
+        weights = row.variance_explained.double().cpu().clamp_min(0)
+        weights = weights / weights.sum() if weights.sum() > 0 else torch.full_like(weights, 1 / len(weights))
+        scores.append(float((weights * text_scores.cpu()[row.indices.cpu()]).sum()))
+    return _ranked(keys, torch.tensor(scores), top)
+
+
+def default_role_head_count(n_kept_heads: int) -> int:
+    """About 15% of the kept heads, at least one (10 of ViT-L's 64 heads in its last 4 layers)."""
+    return max(1, math.floor(0.15 * n_kept_heads + 0.5))
