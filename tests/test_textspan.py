@@ -277,3 +277,15 @@ def test_corrupt_cache_file_is_rebuilt(tmp_path):
     assert encoder.calls == 2 and rebuilt.shape == (3, 6)
     torch.testing.assert_close(embed_texts_cached(texts, encoder, "m", cache_dir=tmp_path), rebuilt)
     assert encoder.calls == 2
+
+
+def test_prefix_reconstructions_equal_separate_runs():
+    """Greedy picks are prefix-consistent: one run with k=6 gives the k=2 and k=4 reconstructions exactly."""
+    g = torch.Generator().manual_seed(11)
+    contributions = torch.randn(3, 40, 16, generator=g, dtype=torch.float64)
+    texts = torch.nn.functional.normalize(torch.randn(50, 16, generator=g, dtype=torch.float64), dim=-1)
+    full = text_span(contributions, texts, k=6, rank=10, prefix_ks=(2, 4, 6))
+    for k in (2, 4, 6):
+        single = text_span(contributions, texts, k=k, rank=10)
+        assert torch.equal(single.indices, full.indices[..., :k])
+        assert torch.allclose(full.prefix_reconstructions[k], single.reconstruction, atol=1e-12)

@@ -1,0 +1,21 @@
+"""The exact decomposition of the image embedding (math in fold.py), and reducers over datasets."""
+
+from vit_lens_clip.decompose.fold import LNFold
+from vit_lens_clip.decompose.parts import Decomposition, DecompositionCapture, decompose
+from vit_lens_clip.decompose.reducers import (
+    ActivationMeanReducer,
+    HeadStackReducer,
+    MeanReducer,
+    StackReducer,
+    Reducer,
+    TextScoreReducer,
+    load_head_stack,
+    merge_manifests,
+    run_reducers,
+)
+
+__all__ = [
+    "LNFold", "Decomposition", "DecompositionCapture", "decompose", "Reducer", "MeanReducer", "StackReducer",
+    "ActivationMeanReducer", "HeadStackReducer", "TextScoreReducer", "load_head_stack", "merge_manifests",
+    "run_reducers",
+]

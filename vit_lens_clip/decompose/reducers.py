@@ -162,6 +162,35 @@ class TextScoreReducer(Reducer):
             self.scores, self.indices = [state["scores"]], [state["indices"]]
 
 
+class StackReducer(Reducer):
+    """Per-image parts kept in memory (for small datasets): the named ``Decomposition`` fields, concatenated."""
+
+    def __init__(self, fields: Sequence[str] = ("embed", "attns", "mlps", "heads", "embedding")):
+        self.fields = tuple(fields)
+        self.rows: dict[str, list[Tensor]] = {}
+        self.layers: list[int] = []
+
+    def update(self, parts: Decomposition, batch: Batch) -> None:
+        self.layers = parts.layers
+        values = {f: getattr(parts, f) for f in self.fields}
+        values["indices"] = batch.indices
+        if batch.labels is not None:
+            values["labels"] = batch.labels
+        for k, v in values.items():
+            self.rows.setdefault(k, []).append(v.detach().cpu())
+
+    def result(self) -> dict[str, Tensor]:
+        if not self.rows:
+            raise ValueError("StackReducer saw no images")
+        return {k: torch.cat(v) for k, v in self.rows.items()}
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return self.result() if self.rows else {}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        self.rows = {k: [v] for k, v in state.items()}
+
+
 class HeadStackReducer(Reducer):
     """Per-head parts of every image, written to ``out_dir`` in safetensors shards with a manifest.
 

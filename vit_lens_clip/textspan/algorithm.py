@@ -43,6 +43,7 @@ class TextSpanResult:
     mean: [*heads, d_out] mean contribution over images.
     ranks: [*heads] number of singular vectors kept (min(n, D, rank, numerical rank)).
     texts: nested lists with the shape of ``indices`` holding the picked strings, if texts were given.
+    prefix_reconstructions: {k': [*heads, n_images, d_out]} reconstructions after the first k' picks.
     """
 
     indices: Int[Tensor, "*heads k"]
@@ -51,6 +52,7 @@ class TextSpanResult:
     mean: Float[Tensor, "*heads d_out"]
     ranks: Int[Tensor, "*heads"]
     texts: list[Any] | None = field(default=None)
+    prefix_reconstructions: dict[int, Tensor] = field(default_factory=dict)
 
     @property
     def heads_shape(self) -> torch.Size:
@@ -72,6 +74,7 @@ class TextSpanResult:
             mean=self.mean[index],
             ranks=self.ranks[index],
             texts=texts,
+            prefix_reconstructions={k: v[index] for k, v in self.prefix_reconstructions.items()},
         )
 
     def rows(self) -> dict[tuple[int, ...], TextSpanResult]:
@@ -87,6 +90,7 @@ def text_span(
     dtype: torch.dtype = torch.float64,
     texts: Sequence[str] | None = None,
     tie_rtol: float | None = None,
+    prefix_ks: Sequence[int] = (),
 ) -> TextSpanResult:
     """Pick k texts per head that greedily explain the most variance of that head's contributions.
 
@@ -101,6 +105,8 @@ def text_span(
       the earlier deflations. Summed over picks it equals 1 - |C - reconstruction|_F^2 / |C - mean(C)|_F^2.
     * ties (scores within tie_rtol * head spread, see ``ties.py``) go to the lowest text index.
     * computed and returned in ``dtype`` (float64 or float32) on the device of ``contributions``.
+    * prefix_ks: also return the reconstruction after the first k' picks for each k' listed (greedy picks are
+      prefix-consistent, so one run with the largest k serves every smaller k), in ``prefix_reconstructions``.
     """
     if dtype not in (torch.float64, torch.float32):
         raise ValueError(f"dtype must be torch.float64 or torch.float32, not {dtype}")
@@ -156,6 +162,9 @@ def text_span(
     indices = torch.zeros(H, k, dtype=torch.long, device=device)
     variance_explained = torch.zeros(H, k, dtype=dtype, device=device)
     safe_total = torch.where(total_variance > 0, total_variance, torch.ones_like(total_variance))
+    if any(not 1 <= kk <= k for kk in prefix_ks):
+        raise ValueError(f"prefix_ks must lie in 1..k={k}; got {list(prefix_ks)}")
+    prefix_reconstructions: dict[int, Tensor] = {}
     for i in range(k):
         variances = torch.bmm(T_r, covariance).mul_(T_r).sum(-1)  # [H, M], t^T S t
         scores = variances.clamp_min_(0).sqrt_()  # std over images of C t
@@ -178,6 +187,9 @@ def text_span(
         indices[:, i] = j
         removed_variance = coefficients.squeeze(-1).pow(2).sum(-1) * tt * active  # |C t|^2 / |t|^2
         variance_explained[:, i] = torch.where(total_variance > 0, removed_variance / safe_total, 0.0)
+        if i + 1 in prefix_ks:
+            snapshot = torch.baddbmm(mean[:, None, :], C_r_start - C_r, V)
+            prefix_reconstructions[i + 1] = snapshot.reshape(*heads_shape, n, D)
 
     # Step 4: reconstruction = mean + what the picks removed (only span(V_r) changed).
     reconstruction = torch.baddbmm(mean[:, None, :], C_r_start - C_r, V)  # [H, n, D]
@@ -192,6 +204,7 @@ def text_span(
         mean=mean.reshape(*heads_shape, D),
         ranks=ranks.reshape(heads_shape),
         texts=picked_texts,
+        prefix_reconstructions=prefix_reconstructions,
     )
 
 

@@ -383,10 +383,19 @@ def completeness(
 
     baseline = top1(contributions.embedding)
     early = top1(contributions.compose(ablate_rest=True, ablate_embed=ablate_embed))
+    ks = [int(k) for k in ks]
+    if isinstance(textspan, Tensor):  # one run with the largest k serves every k (greedy picks are prefixes)
+        stacked = contributions.stack()
+        runs = [text_span(stacked[i], textspan, k=max(ks), rank=rank, prefix_ks=ks)
+                for i in range(len(contributions.layers))]  # one kept layer at a time bounds memory
+        reconstructions = {k: rearrange(torch.stack([r.prefix_reconstructions[k] for r in runs]),
+                                        "l h n d -> n l h d").to(contributions.heads.dtype) for k in ks}
+    else:
+        reconstructions = {k: _reconstructions_for_k(contributions, textspan, k, rank) for k in ks}
     rows = []
     for k in ks:
-        heads = _reconstructions_for_k(contributions, textspan, int(k), rank)
-        rows.append({"k": int(k), "top1": top1(contributions.compose(heads, ablate_rest=True, ablate_embed=ablate_embed))})
+        y = contributions.compose(reconstructions[k], ablate_rest=True, ablate_embed=ablate_embed)
+        rows.append({"k": k, "top1": top1(y)})
     return CompletenessTable(rows, baseline, early, list(contributions.layers),
                              rank if isinstance(textspan, Tensor) else None, contributions.n_images)
 
