@@ -102,3 +102,20 @@ def test_tiny_model_and_bad_convention():
     hooked = HookedViT.from_open_clip(tiny_clip())
     with pytest.raises(ValueError, match="convention"):
         decompose(hooked, torch.randn(1, 3, 32, 32), convention="nope")
+
+
+@pytest.mark.parametrize("convention", ["equal_share", "own_mean"])
+def test_coca_decomposes_through_the_attentional_pooler(convention):
+    """CoCa: tower parts pass through the pooler (fixed attention, ln_k distributed) and sum to the embedding;
+    the pooler's heads and (head, source) pieces are a second exact split (one more attention layer)."""
+    model = random_open_clip("coca_ViT-B-32")
+    hooked = HookedViT.from_open_clip(model)
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        y = model.encode_image(x, normalize=False)
+    parts = decompose(hooked, x, layers=[-1], per_source=True, convention=convention)
+    assert rel_err(parts.total(), y) <= TOL
+    assert rel_err(parts.heads.sum(2), parts.attns[:, -1:]) <= TOL
+    assert rel_err(parts.extra["pool_heads"].sum(1), y) <= TOL
+    assert rel_err(parts.extra["pool_head_sources"].sum(2), parts.extra["pool_heads"]) <= TOL
+    assert parts.extra["pool_heads"].shape == (2, 8, 512)

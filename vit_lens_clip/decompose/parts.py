@@ -49,6 +49,7 @@ class Decomposition:
     head_sources: Optional[Float[Tensor, "batch n_kept n_heads n_src d_out"]] = None
     source_scores: Optional[Float[Tensor, "batch n_kept n_heads n_src n_texts"]] = None
     raw: dict[str, Tensor] = field(default_factory=dict)
+    extra: dict[str, Tensor] = field(default_factory=dict)
 
     def total(self) -> Float[Tensor, "batch d_out"]:
         """embed + Σ_l attn_l + Σ_l mlp_l."""
@@ -64,11 +65,6 @@ def _pool(model: HookedViT) -> Callable[[Tensor], Tensor]:
 
 
 def _check_supported(model: HookedViT) -> None:
-    if model.attn_pool is not None:
-        raise NotImplementedError(
-            "decomposition of CoCa's attentional pooler output into tower layers is not implemented; "
-            "hook attn_pool.attn.hook_result_per_source for the pooler's (head, source) pieces"
-        )
     if model.cfg.pool_type == "avg" and not model.cfg.final_ln_after_pool:
         raise NotImplementedError("average pooling with the LayerNorm applied before pooling is not supported")
 
@@ -105,6 +101,8 @@ class DecompositionCapture:
 
     def hook_names(self) -> dict[str, Callable[[Tensor], Tensor]]:
         """Hook name → reduction applied to the activation before it is kept."""
+        if self.model.attn_pool is not None:
+            return self._attention_pool_hook_names()
         pool, ident = _pool(self.model), (lambda t: t)
         names = {"hook_embed": pool, "hook_pooled": ident, "hook_image_embed": ident}
         for l in range(self.model.cfg.n_layers):
@@ -130,6 +128,8 @@ class DecompositionCapture:
 
     # ----------------------------------------------------------- folding
     def finish(self) -> Decomposition:
+        if self.model.attn_pool is not None:
+            return self._finish_attention_pool()
         m, s, cfg = self.model, self.store, self.model.cfg
         L, H, N = cfg.n_layers, cfg.n_heads, cfg.n_ctx
         K = 2 * L + 1
@@ -179,6 +179,90 @@ class DecompositionCapture:
             head_sources=per_image(torch.stack(sources, 1)) if sources else None,
             source_scores=per_image(torch.stack(scores, 1)) if scores else None,
             raw=raw,
+        )
+
+
+    # ------------------------------------------------- CoCa: an attentional pooler on top of the tower
+    def _attention_pool_hook_names(self) -> dict[str, Callable[[Tensor], Tensor]]:
+        ident = lambda t: t  # noqa: E731
+        names = {"hook_embed": ident, "hook_pooled": ident, "hook_image_embed": ident,
+                 f"blocks.{self.model.cfg.n_layers - 1}.hook_resid_post": ident,
+                 "attn_pool.attn.hook_pooled_pattern": ident, "attn_pool.attn.hook_z": lambda z: z[:, 0]}
+        for l in range(self.model.cfg.n_layers):
+            names[f"blocks.{l}.hook_attn_out"] = ident
+            names[f"blocks.{l}.hook_mlp_out"] = ident
+        for l in self.layers:
+            names[f"blocks.{l}.attn.hook_z"] = ident
+        if self.per_source:
+            names["attn_pool.attn.hook_result_per_source"] = ident
+        if self.texts is not None:
+            raise NotImplementedError("text scores of (head, source) pieces are not implemented for CoCa's pooler")
+        return names
+
+    def _finish_attention_pool(self) -> Decomposition:
+        """CoCa: r = Σ_h Σ_m A[h, m] (ln_k(x_m) W_V^h + b_V^h) W_O^h + b_O with fixed A (query 0's pattern).
+
+        With ln_k(x_m) = γ_k ⊙ (x_m − μ_m)/σ_m + β_k and x_m = Σ_c c_m, each tower piece c (shares w_c) reaches
+        r as p_c = T(c) + w_c·K0, where T(c) = Σ_m Σ_h A[h, m] (γ_k ⊙ c_m/σ_m) W_V^h W_O^h and
+        K0 = −T(μ·1) + Σ_h (β_k W_V^h + b_V^h) W_O^h + b_O, so Σ_c p_c = r. Each p_c is then folded through
+        ln_final like any piece. The pooler's own heads give a second, alternative split of r:
+        ``extra["pool_heads"]`` [B, H_p, D] (and ``extra["pool_head_sources"]`` [B, H_p, N, D]).
+        """
+        m, s, cfg = self.model, self.store, self.model.cfg
+        pool = m.attn_pool
+        L, H = cfg.n_layers, cfg.n_heads
+        K = 2 * L + 1
+        A = s["attn_pool.attn.hook_pooled_pattern"].float()  # [B, Hp, N]
+        x = s[f"blocks.{L - 1}.hook_resid_post"].float()
+        mu = x.mean(-1, keepdim=True)
+        sigma = ((x - mu).pow(2).mean(-1, keepdim=True) + pool.ln_k.eps).sqrt()  # [B, N, 1]
+        gamma_k, beta_k = pool.ln_k.w.float(), pool.ln_k.b.float()
+        W_V, b_V = pool.attn.W_V.float(), pool.attn.b_V.float()
+        W_O, b_O = pool.attn.W_O.float(), pool.attn.b_O.float()
+        W_VO = torch.einsum("hie,hed->hid", W_V, W_O)  # [Hp, d, D_pool]
+
+        def through(c: Tensor) -> Tensor:
+            """T(c) for per-token pieces c [B, N, *parts, d] → [B, *parts, D_pool]."""
+            scaled = gamma_k * c / sigma.reshape(*sigma.shape[:2], *([1] * (c.ndim - 3)), 1)
+            weighted = torch.einsum("bhn,bn...i->bh...i", A, scaled)
+            return torch.einsum("bh...i,hid->b...d", weighted, W_VO)
+
+        K0 = -through(mu.expand_as(x)) + torch.einsum("i,hid->d", beta_k, W_VO) + (
+            torch.einsum("he,hed->d", b_V, W_O) + b_O)
+        fold = LNFold.from_residual(s["hook_pooled"], m.ln_final.w, m.ln_final.b, m.W_proj, m.ln_final.eps, self.convention)
+        embedding = s["hook_image_embed"].float()
+        norm = embedding.norm(dim=-1) if self.normalize else torch.ones(embedding.shape[0], device=embedding.device)
+        per_image = lambda t: t / norm.reshape(-1, *([1] * (t.ndim - 1)))  # noqa: E731
+
+        raw = {"embed": through(s["hook_embed"].float()) + K0 / K}
+        raw["attns"] = torch.stack([through(s[f"blocks.{l}.hook_attn_out"].float()) for l in range(L)], 1) + K0[:, None] / K
+        raw["mlps"] = torch.stack([through(s[f"blocks.{l}.hook_mlp_out"].float()) for l in range(L)], 1) + K0[:, None] / K
+        raw["pooled"] = s["hook_pooled"].float()
+        heads = []
+        for l in self.layers:
+            attn = m.blocks[l].attn
+            result = torch.einsum("bnhe,hed->bnhd", s[f"blocks.{l}.attn.hook_z"].float(), attn.W_O.float())
+            heads.append(through(result + attn.b_O.float() / H) + K0[:, None] / (K * H))
+        if heads:
+            raw["heads"] = torch.stack(heads, 1)
+        Hp, N = A.shape[1], A.shape[2]
+        z0 = s["attn_pool.attn.hook_z"].float()  # [B, Hp, d_head]
+        extra = {"pool_heads": per_image(fold.fold(torch.einsum("bhe,hed->bhd", z0, W_O) + b_O / Hp, 1 / Hp))}
+        if self.per_source:
+            piece = s["attn_pool.attn.hook_result_per_source"].float().transpose(1, 2) + b_O / (Hp * N)
+            extra["pool_head_sources"] = per_image(fold.fold(piece, 1 / (Hp * N)))
+        self.store = {}
+        return Decomposition(
+            embed=per_image(fold.fold(raw["embed"], 1 / K)),
+            attns=per_image(fold.fold(raw["attns"], 1 / K)),
+            mlps=per_image(fold.fold(raw["mlps"], 1 / K)),
+            heads=per_image(fold.fold(raw["heads"], 1 / (K * H))) if heads else embedding.new_zeros(embedding.shape[0], 0, H, embedding.shape[-1]),
+            layers=list(self.layers),
+            embedding=per_image(embedding),
+            convention=self.convention,
+            normalized=self.normalize,
+            raw=raw,
+            extra=extra,
         )
 
 
