@@ -42,6 +42,8 @@ def add_report_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--segmentation-images", type=int, default=150)
     p.add_argument("--spurious-images", type=int, default=400)
     p.add_argument("--skip", nargs="*", default=[], choices=SECTIONS, help="sections to leave out")
+    p.add_argument("--queries", nargs="*", default=["a colour", "a shape", "a location in the image", "a place", "a number of objects"],
+                   help="texts for the 'which heads span this text' search")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -222,7 +224,25 @@ def _textspan_section(state: ReportState, contributions, tasks: list[Task], args
     for (layer, head), row in table.rows.items():
         state.record("textspan", f"L{layer}H{head}.variance_explained", float(row.variance_explained.sum()),
                      texts=" | ".join(table.texts((layer, head))))
+    _head_search(state, contributions, pool_emb, args)
     return table, pool, pool_emb
+
+
+def _head_search(state: ReportState, contributions, pool_emb, args) -> None:
+    """Which heads span a text: heads ranked by the share of their variance along each query's direction."""
+    from vit_lens_clip.textspan.runs import heads_for_queries
+
+    queries = list(args.queries)
+    lines = ["| query | top heads (share of the head's variance along the query) |", "|---|---|"]
+    found = {}
+    for query in queries:
+        ranked = heads_for_queries(contributions, state.loaded, [query], top=3, centre_with=pool_emb)
+        found[query] = [(f"L{l}H{h}", round(score, 4)) for (l, h), score in ranked]
+        lines.append(f"| {query} | " + ", ".join(f"L{l}H{h} ({score:.3f})" for (l, h), score in ranked) + " |")
+        for (l, h), score in ranked:
+            state.record("head_search", f"{query}.L{l}H{h}", score)
+    state.numbers["head_search"] = found
+    state.sections.append(("Which heads span a text", "\n".join(lines)))
 
 
 def _completeness_section(state: ReportState, contributions, pool_emb, tasks: list[Task]) -> None:
