@@ -37,6 +37,7 @@ from vit_lens_clip.spatial.baselines import BASELINES, TEXT_DRIVEN
 from vit_lens_clip.spatial.geometry import upsample_patch_map
 from vit_lens_clip.spatial.heatmaps import class_heatmap, predict_classes, text_heatmap
 from vit_lens_clip.spatial.metrics import SegmentationMetrics, zero_shot_segment
+from vit_lens_clip.zeroshot import build_classifier
 
 METHODS: tuple[str, ...] = ("decomposition", "raw_attention", "rollout", "gradcam", "chefer")
 METHOD_TITLES = {
@@ -449,16 +450,6 @@ def _classes_from_args(args: argparse.Namespace) -> tuple[list[str], list]:
         names = list(open_clip.IMAGENET_CLASSNAMES)
     templates = open_clip.OPENAI_IMAGENET_TEMPLATES if args.templates == "openai" else open_clip.SIMPLE_IMAGENET_TEMPLATES
     return names, list(templates)
-
-
-def build_classifier(loaded, classnames: Sequence[str], templates: Sequence) -> Float[Tensor, "d_out n_classes"]:
-    """open_clip's zero-shot classifier: per class, mean of the unit template embeddings, renormalised."""
-    import open_clip
-
-    with torch.no_grad():
-        return open_clip.build_zero_shot_classifier(
-            loaded.clip, loaded.tokenizer, list(classnames), list(templates), device=loaded.device
-        ).float()
 
 
 def run_segment_command(args: argparse.Namespace) -> dict[str, dict[str, float]]:
