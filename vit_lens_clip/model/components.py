@@ -24,6 +24,11 @@ def _hooked(*points: HookPoint) -> bool:
     return any(p.fwd_hooks for p in points)
 
 
+def _affine(x: Tensor, W: Tensor, b: Tensor) -> Tensor:
+    """x · W + b with W [d_in, d_out], fused (addmm) and without copying W."""
+    return torch.addmm(b, x.reshape(-1, x.shape[-1]), W).reshape(*x.shape[:-1], W.shape[-1])
+
+
 def quick_gelu(x: Tensor) -> Tensor:
     """QuickGELU, x·σ(1.702x), the activation OpenAI's CLIP was trained with."""
     return x * torch.sigmoid(1.702 * x)
@@ -105,7 +110,7 @@ class Attention(nn.Module):
 
     def _project(self, x: Tensor, W: Tensor, b: Tensor) -> Tensor:
         """x · W[h] + b[h] for every head: [..., d] → [..., n_heads, d_head]."""
-        out = x @ einops.rearrange(W, "h d e -> d (h e)") + b.reshape(-1)
+        out = _affine(x, einops.rearrange(W, "h d e -> d (h e)"), b.reshape(-1))
         return out.unflatten(-1, (self.n_heads, self.d_head))
 
     def forward(
@@ -134,7 +139,7 @@ class Attention(nn.Module):
             result = self.hook_result(torch.einsum("bqhe,hed->bqhd", z, self.W_O))
             out = result.sum(-2) + self.b_O
         else:
-            out = z.flatten(-2) @ self.W_O.flatten(0, 1) + self.b_O
+            out = _affine(z.flatten(-2), self.W_O.flatten(0, 1), self.b_O)
 
         if want_pooled:
             pooled = self.hook_pooled_pattern(self.pooled_pattern(q, k, pattern))
@@ -181,9 +186,9 @@ class MLP(nn.Module):
         self.hook_post = HookPoint()  # [batch, pos, d_mlp]
 
     def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
-        pre = self.hook_pre(F.linear(x, self.W_in.T, self.b_in))
+        pre = self.hook_pre(_affine(x, self.W_in, self.b_in))
         post = self.hook_post(quick_gelu(pre) if self.act_fn == "quick_gelu" else F.gelu(pre))
-        return F.linear(post, self.W_out.T, self.b_out)
+        return _affine(post, self.W_out, self.b_out)
 
 
 class TransformerBlock(nn.Module):
