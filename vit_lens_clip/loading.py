@@ -25,8 +25,8 @@ from tqdm.auto import tqdm
 
 from vit_lens_clip.model.hooked_vit import HookedViT
 
-EMBEDDED_NAME = "vit-lens-clip/shapes"
-EMBEDDED_DIR = Path(__file__).parent / "embedded" / "shapes"
+from vit_lens_clip.embedded import EMBEDDED_MODEL_DIR as EMBEDDED_DIR
+from vit_lens_clip.embedded import EMBEDDED_NAME
 _PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
