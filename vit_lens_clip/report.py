@@ -41,6 +41,8 @@ def add_report_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--segmentation-images", type=int, default=150)
     p.add_argument("--spurious-images", type=int, default=400)
+    p.add_argument("--spurious-bird-size", default="small", choices=["small", "large"],
+                   help="bird glyph size in the spurious-cue set (training used large birds)")
     p.add_argument("--skip", nargs="*", default=[], choices=SECTIONS, help="sections to leave out")
     p.add_argument("--queries", nargs="*", default=["a colour", "a shape", "a location in the image", "a place", "a number of objects"],
                    help="texts for the 'which heads span this text' search")
@@ -312,15 +314,16 @@ def _segmentation_section(state: ReportState, args) -> None:
 
 
 def _spurious_section(state: ReportState, pool, pool_emb, args) -> None:
-    from vit_lens_clip.spurious import run_spurious
+    from vit_lens_clip.spurious import run_spurious, shapes_eval_set, shapes_group_names
     from vit_lens_clip.viz.figures import bar_table
 
-    table = run_spurious(state.loaded, n_images=args.spurious_images, seed=args.seed + 2, pool=pool,
+    dataset = shapes_eval_set(state.loaded.preprocess, args.spurious_images, args.seed + 2, args.spurious_bird_size)
+    table = run_spurious(state.loaded, dataset, group_names=shapes_group_names(), pool=pool,
                          pool_embeddings=pool_emb, k=args.k, last_n_layers=args.last_layers,
                          batch_size=args.batch_size, progress=not args.quiet)
     data = table.to_dict()
     state.numbers["spurious"] = data
-    state.sections.append(("Spurious cue: landbird vs waterbird", table.to_markdown()))
+    state.sections.append((f"Spurious cue: landbird vs waterbird ({args.spurious_bird_size} birds)", table.to_markdown()))
     rows = {r["setting"]: {"average": r["average"], "worst_group": r["worst_group"]} for r in data["rows"]}
     state.sections.append(("Spurious cue: accuracy per setting", bar_table(rows)))
     for setting, row in rows.items():

@@ -51,9 +51,14 @@ def shapes_group_names() -> dict[int, str]:
             for p, place in enumerate(shapes_world.PLACE_GROUPS)}
 
 
-def shapes_eval_set(preprocess: Callable, n_images: int = 400, seed: int = 0) -> Dataset:
-    """The shapes world's balanced spurious evaluation set (item i is in group i % 4)."""
-    return shapes_world.SpuriousBirdsDataset(n_images, seed=seed, split="eval", transform=preprocess)
+def shapes_eval_set(preprocess: Callable, n_images: int = 400, seed: int = 0, bird_size: str = "large") -> Dataset:
+    """The shapes world's balanced spurious evaluation set (item i is in group i % 4).
+
+    ``bird_size="small"`` draws smaller birds than training used, so the glyph is harder to read and the
+    background cue matters more.
+    """
+    return shapes_world.SpuriousBirdsDataset(n_images, seed=seed, split="eval", transform=preprocess,
+                                             bird_size=bird_size)
 
 
 class LabelGroupItems(Dataset):

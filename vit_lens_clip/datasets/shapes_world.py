@@ -700,12 +700,14 @@ class SpuriousBirdsDataset(Dataset):
     """
 
     def __init__(self, n: int, seed: int = 0, split: str = "eval", transform: Callable | None = None,
-                 world: ShapesWorld | None = None):
+                 world: ShapesWorld | None = None, bird_size: str = "large"):
+        if bird_size not in _BIRD_RADIUS:
+            raise ValueError(f"bird_size must be one of {tuple(_BIRD_RADIUS)}, got {bird_size!r}")
         if split not in ("train", "eval"):
             raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
         if n <= 0:
             raise ValueError("n must be positive")
-        self.n, self.seed, self.split, self.transform = n, seed, split, transform
+        self.n, self.seed, self.split, self.transform, self.bird_size = n, seed, split, transform, bird_size
         self.world = world if world is not None else ShapesWorld(seed=seed)
 
     def __len__(self) -> int:
@@ -715,7 +717,7 @@ class SpuriousBirdsDataset(Dataset):
         if not 0 <= i < self.n:
             raise IndexError(i)
         rng = np.random.default_rng([self.seed, i, 202])
-        return self.world.sample_bird(rng, self.split, i % 4 if self.split == "eval" else None)
+        return self.world.sample_bird(rng, self.split, i % 4 if self.split == "eval" else None, self.bird_size)
 
     def __getitem__(self, i: int) -> dict:
         scene = self.scene(i)
