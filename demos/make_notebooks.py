@@ -382,17 +382,23 @@ def reproduce() -> list:
         ### §6 Spurious cues
 
         Landbird vs waterbird, with the background as the spurious cue (95% agreement in training). The
-        evaluation set balances the four groups. Role heads are picked automatically by their TextSpan texts'
-        agreement with "a place", "a location" and "a background".
+        evaluation sets balance the four groups: birds drawn as in training, and smaller birds (a shifted set
+        where the glyph is harder to read, so the background weighs more). Role heads are picked automatically
+        by their TextSpan texts' agreement with "a place", "a location" and "a background".
         """),
         code("""
-        from vit_lens_clip.spurious import run_spurious
+        from vit_lens_clip.spurious import run_spurious, shapes_eval_set, shapes_group_names
         from vit_lens_clip.viz import bar_table
 
-        spurious = run_spurious(clip, n_images=400, pool=pool, pool_embeddings=pool_embeddings, k=10, progress=False)
-        print(spurious.to_markdown())
-        bar_table({row.setting: {"average": row.average, "worst_group": row.worst_group} for row in spurious.rows},
-                  title="landbird vs waterbird")
+        tables = {}
+        for bird_size in ("large", "small"):
+            birds = shapes_eval_set(clip.preprocess, n_images=400, bird_size=bird_size)
+            tables[bird_size] = run_spurious(clip, birds, group_names=shapes_group_names(), pool=pool,
+                                             pool_embeddings=pool_embeddings, k=10, progress=False)
+            print(f"birds: {bird_size}")
+            print(tables[bird_size].to_markdown())
+        bar_table({f"{row.setting.split(' (')[0]}, {size} birds": {"average": row.average, "worst_group": row.worst_group}
+                   for size, table in tables.items() for row in table.rows}, title="landbird vs waterbird")
         """),
         md("""
         The paper, on Waterbirds (worst-group accuracy, percent):

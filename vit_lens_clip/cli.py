@@ -1,4 +1,4 @@
-"""The ``vit-lens-clip`` command: report (the main job), hooks, bench, segment, textspan, train-embedded."""
+"""The ``vit-lens-clip`` command: report (the main job), hooks, bench, segment, train-embedded."""
 
 from __future__ import annotations
 
@@ -120,6 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["train-embedded"]:  # everything after the word goes to the trainer untouched
+        from vit_lens_clip.embedded.train import main as train_main
+
+        train_main(argv[1:])
+        return 0
     args = build_parser().parse_args(argv)
     try:
         args.func(args)

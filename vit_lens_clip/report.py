@@ -33,7 +33,8 @@ SIMPLE_TEMPLATES = (lambda c: f"a photo of a {c}.", lambda c: f"a {c}.", lambda 
 def add_report_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="vit_lens_clip_report", help="output folder")
     p.add_argument("--images", default=None, help="a folder of images (class sub-folders give labels)")
-    p.add_argument("--classes", default=None, help="class names, one per line (for unlabelled --images)")
+    p.add_argument("--classes", default=None,
+                   help="class names, one per line: for unlabelled --images, or one per class folder (sorted) to rename them")
     p.add_argument("--texts", default="descriptions", help="TextSpan pool: descriptions, words, or a file")
     p.add_argument("--n-images", type=int, default=500, help="synthetic scenes when --images is not given")
     p.add_argument("--last-layers", type=int, default=4, help="layers whose heads TextSpan explains")
@@ -126,6 +127,10 @@ def _tasks(state: ReportState, dataset: Dataset, args) -> list[Task]:
     assert isinstance(dataset, ImageFolder)
     if dataset.classes:
         names = [c.replace("_", " ") for c in dataset.classes]
+        if args.classes:  # e.g. ImageNet folders named by WordNet id: readable names, one per folder, in order
+            names = [line.strip() for line in Path(args.classes).read_text().splitlines() if line.strip()]
+            if len(names) != len(dataset.classes):
+                raise ValueError(f"--classes has {len(names)} names for {len(dataset.classes)} class folders")
         labels = torch.tensor(dataset.labels)
     elif args.classes:
         names = [line.strip() for line in Path(args.classes).read_text().splitlines() if line.strip()]

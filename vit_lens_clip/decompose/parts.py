@@ -286,4 +286,4 @@ def decompose(
     capture = DecompositionCapture(model, layers, per_source, texts, convention, normalize)
     with torch.no_grad():
         model.run_with_hooks(images, fwd_hooks=list(extra_hooks) + capture.hooks())
-    return capture.finish()
+        return capture.finish()

@@ -367,9 +367,9 @@ def run_reducers(
             hooks = list(extra_hooks) + [h for a in activation_means for h in a.hooks()] + capture.hooks()
             with torch.no_grad():
                 model.run_with_hooks(batch.images.to(device), fwd_hooks=hooks)
+                parts = capture.finish()
             for a in activation_means:
                 a.end_batch()
-            parts = capture.finish()
             for r in reducers:
                 r.update(parts, batch)
             summary.images += len(batch)
