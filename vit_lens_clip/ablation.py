@@ -8,9 +8,8 @@ LayerNorm and projection (``space="residual"``).
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable
 
-import torch
 import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor

@@ -14,7 +14,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 from vit_lens_clip.ablation import cumulative_layer_curve
 from vit_lens_clip.datasets.folder import ImageFolder
 from vit_lens_clip.decompose import Decomposition, MeanReducer, StackReducer, run_reducers
-from vit_lens_clip.loading import EMBEDDED_NAME, LoadedCLIP, load_clip
+from vit_lens_clip.loading import LoadedCLIP, load_clip
 from vit_lens_clip.zeroshot import accuracy, build_classifier, logits
 
 SECTIONS = ("ablation", "textspan", "completeness", "heatmaps", "segmentation", "spurious", "attention")
@@ -210,7 +210,7 @@ def _ablation_section(state: ReportState, parts: Decomposition, means, tasks: li
 
 def _textspan_section(state: ReportState, contributions, tasks: list[Task], args):
     from vit_lens_clip.textspan import embed_texts_cached, load_pool
-    from vit_lens_clip.textspan.runs import TextSpanTable, completeness, completeness_figure
+    from vit_lens_clip.textspan.runs import TextSpanTable
     from vit_lens_clip.viz.figures import layer_head_grid
 
     pool = load_pool(args.texts)
