@@ -691,7 +691,7 @@ class ShapesDataset(Dataset):
         return _item(self.scene(i), self.transform)
 
 
-class SpuriousBirdsDataset(Dataset):
+class SpuriousBirdsDataset(ShapesDataset):
     """Landbird/waterbird scenes with a spurious place cue.
 
     split='train': bird and place group agree with probability SPURIOUS_AGREEMENT.
@@ -705,13 +705,8 @@ class SpuriousBirdsDataset(Dataset):
             raise ValueError(f"bird_size must be one of {tuple(_BIRD_RADIUS)}, got {bird_size!r}")
         if split not in ("train", "eval"):
             raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
-        if n <= 0:
-            raise ValueError("n must be positive")
-        self.n, self.seed, self.split, self.transform, self.bird_size = n, seed, split, transform, bird_size
-        self.world = world if world is not None else ShapesWorld(seed=seed)
-
-    def __len__(self) -> int:
-        return self.n
+        super().__init__(n, seed, transform, world)
+        self.split, self.bird_size = split, bird_size
 
     def scene(self, i: int) -> Scene:
         if not 0 <= i < self.n:
