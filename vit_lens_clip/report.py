@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 
 from vit_lens_clip.ablation import cumulative_layer_curve
 from vit_lens_clip.datasets.folder import ImageFolder
+from vit_lens_clip.datasets.shapes_world import ATTRIBUTES, ShapesDataset, label_of
 from vit_lens_clip.decompose import Decomposition, MeanReducer, StackReducer, run_reducers
 from vit_lens_clip.loading import LoadedCLIP, load_clip
 from vit_lens_clip.zeroshot import accuracy, build_classifier, logits
@@ -42,8 +43,11 @@ def add_report_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--segmentation-images", type=int, default=150)
     p.add_argument("--spurious-images", type=int, default=400)
-    p.add_argument("--spurious-bird-size", default="small", choices=["small", "large"],
-                   help="bird glyph size in the spurious-cue set (training used large birds)")
+    p.add_argument("--spurious-bird-size", default=None, choices=["small", "large"],
+                   help="bird glyph size in the spurious-cue set (default: the training size, small)")
+    p.add_argument("--spurious-queries", nargs="*", default=None,
+                   help="texts that pick the role heads from their TextSpan texts (default: the shapes world's "
+                        "place phrases, 'on water', 'on grass', ...)")
     p.add_argument("--skip", nargs="*", default=[], choices=SECTIONS, help="sections to leave out")
     p.add_argument("--queries", nargs="*", default=["a colour", "a shape", "a location in the image", "a place", "a number of objects"],
                    help="texts for the 'which heads span this text' search")
@@ -54,27 +58,19 @@ def add_report_arguments(p: argparse.ArgumentParser) -> None:
 # ------------------------------------------------------------------------------------------ data
 
 
-class ShapesScenes(Dataset):
+class ShapesScenes(ShapesDataset):
     """Held-out synthetic scenes with every attribute's label; items follow ``datasets.folder``'s format."""
 
     def __init__(self, n: int, preprocess: Callable, seed: int = 0, task: str = "shape"):
-        from vit_lens_clip.datasets.shapes_world import ATTRIBUTES, ShapesWorld, label_of
-
-        world = ShapesWorld(image_size=64, seed=seed)
-        rng = np.random.default_rng([seed, 7_000_001])
-        self.scenes = [world.sample(rng) for _ in range(n)]
+        super().__init__(n, seed)
         self.preprocess, self.task = preprocess, task
+        self.scenes = [self.scene(i) for i in range(n)]
         self.attribute_labels = {a: [label_of(s.attributes, a) for s in self.scenes] for a in ATTRIBUTES}
 
-    def __len__(self) -> int:
-        return len(self.scenes)
-
     def __getitem__(self, i: int) -> dict[str, Any]:
-        from PIL import Image
-
         label = self.attribute_labels[self.task][i]
         return {"index": i, "name": f"scene-{i}", "label": -1 if label is None else label,
-                "image": self.preprocess(Image.fromarray(self.scenes[i].image))}
+                "image": self.preprocess(self.scenes[i].pil())}
 
 
 @dataclass
@@ -322,13 +318,19 @@ def _spurious_section(state: ReportState, pool, pool_emb, args) -> None:
     from vit_lens_clip.spurious import run_spurious, shapes_eval_set, shapes_group_names
     from vit_lens_clip.viz.figures import bar_table
 
-    dataset = shapes_eval_set(state.loaded.preprocess, args.spurious_images, args.seed + 2, args.spurious_bird_size)
+    from vit_lens_clip.datasets.shapes_world import PLACES, TRAIN_BIRD_SIZE, place_phrase
+
+    bird_size = args.spurious_bird_size or TRAIN_BIRD_SIZE
+    queries = args.spurious_queries or [place_phrase(place) for place in PLACES]
+    dataset = shapes_eval_set(state.loaded.preprocess, args.spurious_images, args.seed + 2, bird_size)
     table = run_spurious(state.loaded, dataset, group_names=shapes_group_names(), pool=pool,
                          pool_embeddings=pool_emb, k=args.k, last_n_layers=args.last_layers,
-                         batch_size=args.batch_size, progress=not args.quiet)
+                         batch_size=args.batch_size, queries=queries, progress=not args.quiet)
     data = table.to_dict()
+    data["queries"] = list(queries)
     state.numbers["spurious"] = data
-    state.sections.append((f"Spurious cue: landbird vs waterbird ({args.spurious_bird_size} birds)", table.to_markdown()))
+    state.sections.append((f"Spurious cue: landbird vs waterbird ({bird_size} birds; role heads picked by "
+                           f"{', '.join(repr(q) for q in queries)})", table.to_markdown()))
     rows = {r["setting"]: {"average": r["average"], "worst_group": r["worst_group"]} for r in data["rows"]}
     state.sections.append(("Spurious cue: accuracy per setting", bar_table(rows)))
     for setting, row in rows.items():

@@ -32,6 +32,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
+from vit_lens_clip.datasets.shapes_world import ShapesDataset, ShapesWorld
 from vit_lens_clip.model.hooked_vit import HookedViT
 from vit_lens_clip.spatial.baselines import BASELINES, TEXT_DRIVEN
 from vit_lens_clip.spatial.geometry import upsample_patch_map
@@ -354,35 +355,26 @@ def bench_heatmaps(
 
 
 # ---------------------------------------------------------------------------------------- shapes adapter
-class ShapesSegmentation(Dataset):
+class ShapesSegmentation(ShapesDataset):
     """Scenes of the synthetic shapes world as a segmentation dataset (foreground = every object's pixels).
 
-    Scene ``i`` is drawn from its own seeded stream, so items are reproducible and independent of order.
-    Items have the same keys as ``vit_lens_clip.datasets.segmentation`` plus ``caption`` and ``shape``.
+    A view over ``ShapesDataset``: scene ``i`` comes from its own seeded stream, so items are reproducible and
+    independent of order. Items have the keys of ``vit_lens_clip.datasets.segmentation`` plus ``caption`` and
+    ``shape``.
     """
 
     def __init__(self, n_scenes: int, preprocess: Callable, image_size: int = 64, seed: int = 0,
                  include_original: bool = True):
-        from vit_lens_clip.datasets.shapes_world import ShapesWorld
-
         if n_scenes < 1:
             raise ValueError(f"n_scenes must be >= 1, got {n_scenes}")
-        self.world = ShapesWorld(image_size=image_size, seed=seed)
-        self.n_scenes, self.seed = n_scenes, seed
+        super().__init__(n_scenes, seed, world=ShapesWorld(image_size=image_size, seed=seed))
         self.preprocess, self.include_original = preprocess, include_original
-
-    def __len__(self) -> int:
-        return self.n_scenes
-
-    def scene(self, index: int):
-        rng = np.random.default_rng([self.seed, index])
-        return self.world.render_spec(self.world.sample_spec(rng), rng)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         from vit_lens_clip.datasets.segmentation import _make_item
 
-        if not 0 <= index < self.n_scenes:
-            raise IndexError(f"index {index} out of range for {self.n_scenes} scenes")
+        if not 0 <= index < self.n:
+            raise IndexError(f"index {index} out of range for {self.n} scenes")
         scene = self.scene(index)
         item = _make_item(index, f"scene-{index}", scene.image, scene.foreground, self.preprocess,
                           self.include_original)
