@@ -14,7 +14,9 @@ from vit_lens_clip.datasets.shapes_world import (
     PLACES,
     POSITIONS,
     SHAPES,
+    SIZES,
     SPURIOUS_AGREEMENT,
+    TRAIN_BIRD_SIZE,
     WATER_PLACES,
     ShapesDataset,
     ShapesWorld,
@@ -168,6 +170,24 @@ def test_spurious_eval_set_is_balanced_with_group_labels():
         a = it["attributes"]
         assert it["label"] == BIRDS.index(a["bird"])
         assert it["group"] == 2 * it["label"] + (a["place"] in WATER_PLACES)
+
+
+def test_birds_drawn_at_the_training_size_unless_asked():
+    """Training and the default evaluation set share the world's bird size; the other size is opt-in."""
+    world = ShapesWorld(seed=0)
+    assert world.bird_size == TRAIN_BIRD_SIZE
+    rng = np.random.default_rng(3)
+    assert {world.sample_bird(rng, "train").attributes.size for _ in range(20)} == {TRAIN_BIRD_SIZE}
+    assert {SpuriousBirdsDataset(8, seed=2)[i]["attributes"]["size"] for i in range(8)} == {TRAIN_BIRD_SIZE}
+    other = next(z for z in SIZES if z != TRAIN_BIRD_SIZE)
+    shifted = SpuriousBirdsDataset(8, seed=2, bird_size=other)
+    assert {shifted[i]["attributes"]["size"] for i in range(8)} == {other}
+    # the glyph really changes size: more painted pixels for large birds
+    small = SpuriousBirdsDataset(8, seed=2, bird_size="small")
+    large = SpuriousBirdsDataset(8, seed=2, bird_size="large")
+    assert all(small[i]["mask"].sum() < large[i]["mask"].sum() for i in range(8))
+    with pytest.raises(ValueError):
+        ShapesWorld(bird_size="huge")
 
 
 def test_training_batch_mixes_birds_and_groups():

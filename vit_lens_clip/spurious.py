@@ -51,11 +51,12 @@ def shapes_group_names() -> dict[int, str]:
             for p, place in enumerate(shapes_world.PLACE_GROUPS)}
 
 
-def shapes_eval_set(preprocess: Callable, n_images: int = 400, seed: int = 0, bird_size: str = "large") -> Dataset:
+def shapes_eval_set(preprocess: Callable, n_images: int = 400, seed: int = 0,
+                    bird_size: str | None = None) -> Dataset:
     """The shapes world's balanced spurious evaluation set (item i is in group i % 4).
 
-    ``bird_size="small"`` draws smaller birds than training used, so the glyph is harder to read and the
-    background cue matters more.
+    Birds are drawn at the training size by default; ``bird_size="large"`` draws bigger glyphs than training
+    used (a shifted set where the bird is easier to read).
     """
     return shapes_world.SpuriousBirdsDataset(n_images, seed=seed, split="eval", transform=preprocess,
                                              bird_size=bird_size)

@@ -46,6 +46,7 @@ LAND_PLACES: tuple[str, ...] = ("grass", "sand", "snow")
 WATER_PLACES: tuple[str, ...] = ("water",)
 PLACE_GROUPS: tuple[str, ...] = ("land", "water")
 SPURIOUS_AGREEMENT = 0.95
+TRAIN_BIRD_SIZE = "small"  # birds in the training stream: small glyphs, so the place is the easier cue
 ATTRIBUTES: tuple[str, ...] = ("colour", "shape", "position", "place", "count", "size")
 
 _RADIUS = {"small": 5, "large": 9}
@@ -420,13 +421,17 @@ class ShapesWorld:
     each differ from it in exactly one attribute; ``sample_bird(rng, split)`` draws a spurious-cue scene.
     """
 
-    def __init__(self, image_size: int = 64, seed: int = 0, count_probs: Sequence[float] = (0.5, 0.25, 0.25)):
+    def __init__(self, image_size: int = 64, seed: int = 0, count_probs: Sequence[float] = (0.5, 0.25, 0.25),
+                 bird_size: str = TRAIN_BIRD_SIZE):
+        if bird_size not in SIZES:
+            raise ValueError(f"unknown bird size {bird_size!r}; expected one of {SIZES}")
         if image_size < 48:
             raise ValueError(f"image_size must be >= 48 to draw the glyphs, got {image_size}")
         if len(count_probs) != 3 or abs(sum(count_probs) - 1) > 1e-6:
             raise ValueError("count_probs must be three probabilities for 1, 2, 3 objects summing to 1")
         self.image_size = image_size
         self.seed = seed
+        self.bird_size = bird_size
         self.count_probs = np.asarray(count_probs, dtype=np.float64)
         self._rng = np.random.default_rng(seed)
 
@@ -454,8 +459,9 @@ class ShapesWorld:
             colour_jitter=self._colour_jitter(rng),
         )
 
-    def bird_spec(self, rng: np.random.Generator, bird: str, place: str, size: str = "large") -> SceneSpec:
-        """A single-bird scene spec with the given bird and place (training birds are always large)."""
+    def bird_spec(self, rng: np.random.Generator, bird: str, place: str, size: str | None = None) -> SceneSpec:
+        """A single-bird scene spec with the given bird and place (``size`` defaults to the world's bird size)."""
+        size = self.bird_size if size is None else size
         if bird not in BIRDS:
             raise ValueError(f"unknown bird {bird!r}; expected one of {BIRDS}")
         if size not in SIZES:
@@ -541,7 +547,7 @@ class ShapesWorld:
         """``n`` scenes identical except for one attribute (position, shape or count when None), all captions
         naming it: inside such a sweep that attribute is the only way to match captions to images."""
         if attribute is None:
-            attribute = ("position", "shape", "count")[int(rng.choice(3, p=[0.5, 0.3, 0.2]))]
+            attribute = ("position", "shape", "count")[int(rng.choice(3, p=[0.4, 0.4, 0.2]))]
         base = self.sample_spec(rng)
         if attribute == "position" and base.count != 1:
             base = dataclasses.replace(base, cells=base.cells[:1], offsets=base.offsets[:1])
@@ -557,13 +563,13 @@ class ShapesWorld:
                 for spec in specs]
 
     def sample_bird(self, rng: np.random.Generator, split: str = "train", group: int | None = None,
-                    size: str = "large") -> Scene:
+                    size: str | None = None) -> Scene:
         """A spurious-cue bird scene.
 
         split='train': the bird sits on its matching place group with probability SPURIOUS_AGREEMENT.
         split='eval': the (bird, place group) pair is given by ``group`` = 2 * bird_index + place_group_index
-        (random when None), so the four groups can be balanced. ``size='small'`` draws a smaller glyph (a
-        harder, shifted evaluation where the bird itself is less visible than its background).
+        (random when None), so the four groups can be balanced. ``size`` defaults to the world's bird size (the
+        training distribution); the other size gives a shifted evaluation.
         """
         if split == "train":
             bird = BIRDS[int(rng.integers(0, 2))]
@@ -700,8 +706,8 @@ class SpuriousBirdsDataset(ShapesDataset):
     """
 
     def __init__(self, n: int, seed: int = 0, split: str = "eval", transform: Callable | None = None,
-                 world: ShapesWorld | None = None, bird_size: str = "large"):
-        if bird_size not in _BIRD_RADIUS:
+                 world: ShapesWorld | None = None, bird_size: str | None = None):
+        if bird_size is not None and bird_size not in _BIRD_RADIUS:
             raise ValueError(f"bird_size must be one of {tuple(_BIRD_RADIUS)}, got {bird_size!r}")
         if split not in ("train", "eval"):
             raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
