@@ -1,6 +1,6 @@
 """Train the embedded default model: a small open_clip CLIP on the synthetic shapes world.
 
-    python -m vit_lens_clip.embedded.train --out DIR --steps N --seed S [--device cuda]
+    python -m vit_lens_clip.embedded.train --out DIR [--steps 4000] [--seed 0] [--device cuda]
 
 The model is built with open_clip's own ``CLIP`` class and trained with open_clip's ``ClipLoss`` (symmetric
 InfoNCE over the batch), AdamW, linear warmup then cosine decay. Each batch is drawn from a numpy stream
@@ -63,15 +63,17 @@ def build_model(seed: int, sincos_init: bool = True) -> open_clip.CLIP:
     """A freshly initialised open_clip CLIP with ``MODEL_CFG`` (deterministic given ``seed``).
 
     With ``sincos_init`` the (still learnable) vision positional embedding starts from a 2D sine-cosine
-    table instead of small noise, so where a patch sits is readable from the first step.
+    table instead of small noise, so where a patch sits is readable from the first step. The table is scaled
+    to open_clip's own init scale (std width^-1/2), so it does not drown the patch content.
     """
     torch.manual_seed(seed)
     model = open_clip.CLIP(**MODEL_CFG)
     if sincos_init:
         pos = model.visual.positional_embedding
         grid = MODEL_CFG["vision_cfg"]["image_size"] // MODEL_CFG["vision_cfg"]["patch_size"]
+        table = sincos_2d(grid, pos.shape[1])
         with torch.no_grad():
-            pos.copy_(sincos_2d(grid, pos.shape[1]))
+            pos.copy_(table * (pos.shape[1] ** -0.5) / table[1:].std())
     return model
 
 
@@ -117,7 +119,7 @@ def train(
     batch_size: int = 128,
     lr: float = 1e-3,
     weight_decay: float = 0.1,
-    warmup: int = 200,
+    warmup: int = 100,
     device: str = "cpu",
     threads: int = 2,
     log_every: int = 50,
@@ -226,12 +228,12 @@ def train(
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--steps", type=int, required=True)
+    parser.add_argument("--steps", type=int, default=4000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--weight-decay", type=float, default=0.1)
-    parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--warmup", type=int, default=100)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--log-every", type=int, default=50)
