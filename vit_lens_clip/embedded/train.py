@@ -1,6 +1,6 @@
 """Train the embedded default model: a small open_clip CLIP on the synthetic shapes world.
 
-    python -m vit_lens_clip.embedded.train --out DIR [--steps 4000] [--seed 0] [--device cuda]
+    python -m vit_lens_clip.embedded.train --out DIR [--steps 3400] [--seed 0] [--device cuda]
 
 The model is built with open_clip's own ``CLIP`` class and trained with open_clip's ``ClipLoss`` (symmetric
 InfoNCE over the batch), AdamW, linear warmup then cosine decay. Each batch is drawn from a numpy stream
@@ -228,7 +228,7 @@ def train(
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--steps", type=int, default=4000)
+    parser.add_argument("--steps", type=int, default=3400)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-3)
