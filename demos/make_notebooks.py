@@ -381,20 +381,22 @@ def reproduce() -> list:
         md("""
         ### §6 Spurious cues
 
-        Landbird vs waterbird, with the background as the spurious cue (95% agreement in training). The
-        evaluation sets balance the four groups: birds drawn as in training, and smaller birds (a shifted set
-        where the glyph is harder to read, so the background weighs more). Role heads are picked automatically
-        by their TextSpan texts' agreement with "a place", "a location" and "a background".
+        Landbird vs waterbird, with the background as the spurious cue (95% agreement in training, where the
+        birds are drawn small so that the place is the easier cue). The evaluation sets balance the four
+        groups: birds drawn as in training, and larger birds (a shifted set where the glyph is easier to read).
+        Role heads are picked automatically by their TextSpan texts' agreement with the world's place phrases
+        ("on water", "on grass", ...).
         """),
         code("""
-        from vit_lens_clip.spurious import run_spurious, shapes_eval_set, shapes_group_names
+        from vit_lens_clip.spurious import SHAPES_PLACE_QUERIES, run_spurious, shapes_eval_set, shapes_group_names
         from vit_lens_clip.viz import bar_table
 
         tables = {}
-        for bird_size in ("large", "small"):
+        for bird_size in ("small", "large"):
             birds = shapes_eval_set(clip.preprocess, n_images=400, bird_size=bird_size)
             tables[bird_size] = run_spurious(clip, birds, group_names=shapes_group_names(), pool=pool,
-                                             pool_embeddings=pool_embeddings, k=10, progress=False)
+                                             pool_embeddings=pool_embeddings, k=10,
+                                             queries=SHAPES_PLACE_QUERIES, progress=False)
             print(f"birds: {bird_size}")
             print(tables[bird_size].to_markdown())
         bar_table({f"{row.setting.split(' (')[0]}, {size} birds": {"average": row.average, "worst_group": row.worst_group}

@@ -318,10 +318,11 @@ def _spurious_section(state: ReportState, pool, pool_emb, args) -> None:
     from vit_lens_clip.spurious import run_spurious, shapes_eval_set, shapes_group_names
     from vit_lens_clip.viz.figures import bar_table
 
-    from vit_lens_clip.datasets.shapes_world import PLACES, TRAIN_BIRD_SIZE, place_phrase
+    from vit_lens_clip.datasets.shapes_world import TRAIN_BIRD_SIZE
+    from vit_lens_clip.spurious import SHAPES_PLACE_QUERIES
 
     bird_size = args.spurious_bird_size or TRAIN_BIRD_SIZE
-    queries = args.spurious_queries or [place_phrase(place) for place in PLACES]
+    queries = args.spurious_queries or list(SHAPES_PLACE_QUERIES)
     dataset = shapes_eval_set(state.loaded.preprocess, args.spurious_images, args.seed + 2, bird_size)
     table = run_spurious(state.loaded, dataset, group_names=shapes_group_names(), pool=pool,
                          pool_embeddings=pool_emb, k=args.k, last_n_layers=args.last_layers,

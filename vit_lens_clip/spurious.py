@@ -43,6 +43,8 @@ from vit_lens_clip.textspan.runs import (
 from vit_lens_clip.zeroshot import build_classifier, logits
 
 PLACE_QUERIES: tuple[str, ...] = ("a place", "a location", "a background")
+# the shapes world's text tower only knows its own captions' words, so it is asked about places in them
+SHAPES_PLACE_QUERIES: tuple[str, ...] = tuple(shapes_world.place_phrase(p) for p in shapes_world.PLACES)
 
 
 def shapes_group_names() -> dict[int, str]:
@@ -292,7 +294,7 @@ def run_spurious(
     textspan_rows: Mapping[Head, TextSpanResult] | None = None,
     k: int = 10,
     rank: int = 80,
-    queries: Sequence[str] = PLACE_QUERIES,
+    queries: Sequence[str] | None = None,
     picker: str = "textspan",
     n_heads: int | None = None,
     hand_picked: Sequence[Head] | None = None,
@@ -307,13 +309,16 @@ def run_spurious(
     shapes world's balanced bird set (``shapes_eval_set``, ``n_images``, ``seed``) with its class names and
     templates (``zero_shot_labels("bird")``). TextSpan (``k``, ``rank``) runs on the kept heads over this set
     with the text ``pool`` unless ``textspan_rows`` are given (e.g. computed on a general image set);
-    ``n_heads`` role heads (default ``default_role_head_count``) are picked by ``queries`` with ``picker``.
+    ``n_heads`` role heads (default ``default_role_head_count``) are picked by ``queries`` with ``picker``
+    (default: ``SHAPES_PLACE_QUERIES`` for the default shapes set, else ``PLACE_QUERIES``).
     ``out_dir`` keeps the collected contributions on disk (resumable).
     """
     if classnames is None or templates is None:
         default_names, default_templates = shapes_world.zero_shot_labels("bird")
         classnames = default_names if classnames is None else classnames
         templates = default_templates if templates is None else templates
+    if queries is None:
+        queries = SHAPES_PLACE_QUERIES if dataset is None else PLACE_QUERIES
     if dataset is None:
         dataset = shapes_eval_set(loaded.preprocess, n_images, seed)
         group_names = shapes_group_names() if group_names is None else group_names
