@@ -262,6 +262,57 @@ def test_spurious_table_matches_direct_ablations(tiny):
         spurious_table(contributions, labels, groups, classifier, [(0, 1)])
 
 
+def test_cue_and_class_effects_by_hand():
+    """A part that only follows the cue has cue effect 2a and no class effect; one that follows the class, the
+    reverse; a constant part has neither; effects add up like the parts do."""
+    from vit_lens_clip.decompose import Decomposition
+    from vit_lens_clip.spurious import cue_and_class_effects, effects_markdown
+
+    labels = torch.tensor([0, 0, 1, 1, 0, 1, 1, 0])
+    cues = torch.tensor([0, 1, 0, 1, 1, 1, 0, 0])
+    classifier = torch.zeros(3, 2)
+    classifier[0, 1], classifier[0, 0] = 1.0, -1.0  # margin direction e0 * 2
+    e0 = torch.tensor([1.0, 0.0, 0.0])
+    sign = lambda v: (2 * v - 1).float()[:, None]
+    heads = torch.stack([0.3 * sign(cues) * e0, 0.0 * sign(cues) * e0 + 0.5], dim=1)[:, None]  # [B, 1, 2, D]
+    mlps = torch.stack([0.2 * sign(labels) * e0, torch.zeros(8, 3)], dim=1)  # [B, 2, D]
+    attns = torch.stack([torch.zeros(8, 3), heads[:, 0].sum(1)], dim=1)
+    embed = torch.full((8, 3), 0.1)
+    parts = Decomposition(embed=embed, attns=attns, mlps=mlps, heads=heads, layers=[1],
+                          embedding=embed + attns.sum(1) + mlps.sum(1), convention="equal_share", normalized=False)
+    rows = {r.component: r for r in cue_and_class_effects(parts, classifier, labels, cues)}
+    assert list(rows) == ["embed", "L0.attn", "L0.mlp", "L1.attn", "L1.H0", "L1.H1", "L1.mlp", "total"]
+    assert rows["L1.H0"].cue == pytest.approx(2 * 0.3 * 2) and rows["L1.H0"].label == pytest.approx(0, abs=1e-7)
+    assert rows["L0.mlp"].label == pytest.approx(2 * 0.2 * 2) and rows["L0.mlp"].cue == pytest.approx(0, abs=1e-7)
+    assert rows["L1.H1"].cue == pytest.approx(0, abs=1e-7) and rows["embed"].label == pytest.approx(0, abs=1e-7)
+    for field_ in ("cue", "label"):
+        total = sum(getattr(r, field_) for k, r in rows.items() if k == "embed" or k.endswith((".attn", ".mlp")))
+        assert total == pytest.approx(getattr(rows["total"], field_), abs=1e-6)
+    table = effects_markdown(list(rows.values()), top=2)
+    assert "L1.H0" in table and "L1.attn" not in table and "total" in table
+    with pytest.raises(ValueError, match="both values"):
+        cue_and_class_effects(parts, classifier, labels, torch.zeros(8, dtype=torch.long))
+
+
+def test_dataset_cue_and_class_effects_add_up_on_tiny_model():
+    from vit_lens_clip.spurious import dataset_cue_and_class_effects, shapes_world
+    from vit_lens_clip.zeroshot import build_classifier
+
+    loaded = tiny_loaded(seed=1)
+    dataset = shapes_eval_set(loaded.preprocess, n_images=16, seed=0)
+    names, templates = shapes_world.zero_shot_labels("bird")
+    classifier = build_classifier(loaded, names, templates)
+    rows = {r.component: r for r in dataset_cue_and_class_effects(loaded, dataset, classifier, batch_size=6, layers=[2])}
+    n_layers = loaded.model.cfg.n_layers
+    for field_ in ("cue", "label"):
+        value = lambda k: getattr(rows[k], field_)
+        parts = value("embed") + sum(value(f"L{l}.attn") + value(f"L{l}.mlp") for l in range(n_layers))
+        assert parts == pytest.approx(value("total"), rel=1e-4, abs=1e-6)
+        heads = sum(value(f"L2.H{h}") for h in range(loaded.model.cfg.n_heads))
+        assert heads == pytest.approx(value("L2.attn"), rel=1e-4, abs=1e-6)
+    assert abs(rows["total"].cue) + abs(rows["total"].label) > 0
+
+
 def test_spurious_end_to_end_on_tiny_model(tmp_path):
     loaded = tiny_loaded(seed=1)
     dataset = shapes_eval_set(loaded.preprocess, n_images=16, seed=0)

@@ -29,6 +29,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from vit_lens_clip.datasets import shapes_world
+from vit_lens_clip.decompose import Decomposition, decompose
 from vit_lens_clip.textspan.algorithm import TextSpanResult
 from vit_lens_clip.textspan.pools import embed_texts_cached, load_pool
 from vit_lens_clip.textspan.runs import (
@@ -213,11 +214,14 @@ def spurious_table(
     seed: int = 0,
     group_names: Mapping[int, str] | None = None,
     role_label: str = "automatic",
+    heads_only: bool = False,
 ) -> SpuriousTable:
     """Evaluate the baseline, extra-ablations-only, random-heads and role-heads settings (module docstring).
 
     Random heads come from all kept heads (the layers the role heads are picked from), as many as the role
     heads, and the seed with the best worst-group accuracy is reported (its average alongside).
+    ``heads_only`` adds the random-heads and role-heads rows again without the extra ablations (for small
+    models whose MLPs carry the class: ``cue_and_class_effects`` shows where each lives).
     """
     if n_random_seeds < 1:
         raise ValueError("n_random_seeds must be at least 1")
@@ -237,22 +241,24 @@ def spurious_table(
     heads_sets = [(f"role heads ({role_label})", sorted(role_heads))]
     if hand_picked:
         heads_sets.append(("role heads (hand-picked)", sorted(hand_picked)))
-    random_done: set[int] = set()
-    for name, heads in heads_sets:
-        n = len(heads)
-        if n not in random_done and n > 0:
-            best, best_heads, best_seed = None, [], seed
-            for s in range(seed, seed + n_random_seeds):
-                drawn = random_heads(candidates, n, s)
-                result = evaluate(contributions.compose(mean_ablate_heads=drawn, ablate_rest=True))
-                if best is None or result.worst_group > best.worst_group:
-                    best, best_heads, best_seed = result, drawn, s
-            rows.append(SpuriousRow(f"random heads ({n}, best of {n_random_seeds})", best.worst_group, best.average,
-                                    best.per_group, best_heads, note=f"+ extra ablations; seed {best_seed}"))
-            random_done.add(n)
-        result = evaluate(contributions.compose(mean_ablate_heads=heads, ablate_rest=True))
-        rows.append(SpuriousRow(f"{name}", result.worst_group, result.average, result.per_group, list(heads),
-                                note="+ extra ablations"))
+    for ablate_rest in (True, False) if heads_only else (True,):
+        suffix, note = ("", "+ extra ablations") if ablate_rest else (", heads only", "no extra ablations")
+        random_done: set[int] = set()
+        for name, heads in heads_sets:
+            n = len(heads)
+            if n not in random_done and n > 0:
+                best, best_heads, best_seed = None, [], seed
+                for s in range(seed, seed + n_random_seeds):
+                    drawn = random_heads(candidates, n, s)
+                    result = evaluate(contributions.compose(mean_ablate_heads=drawn, ablate_rest=ablate_rest))
+                    if best is None or result.worst_group > best.worst_group:
+                        best, best_heads, best_seed = result, drawn, s
+                rows.append(SpuriousRow(f"random heads ({n}, best of {n_random_seeds}){suffix}", best.worst_group,
+                                        best.average, best.per_group, best_heads, note=f"{note}; seed {best_seed}"))
+                random_done.add(n)
+            result = evaluate(contributions.compose(mean_ablate_heads=heads, ablate_rest=ablate_rest))
+            rows.append(SpuriousRow(f"{name}{suffix}", result.worst_group, result.average, result.per_group,
+                                    list(heads), note=note))
     return SpuriousTable(rows, dict(group_names or {}), list(contributions.layers), contributions.n_images,
                          sorted(role_heads), picker=role_label)
 
@@ -299,6 +305,7 @@ def run_spurious(
     n_heads: int | None = None,
     hand_picked: Sequence[Head] | None = None,
     n_random_seeds: int = 5,
+    heads_only: bool = True,
     cache_dir: str | Path | None = None,
     out_dir: str | Path | None = None,
     progress: bool = True,
@@ -311,7 +318,8 @@ def run_spurious(
     with the text ``pool`` unless ``textspan_rows`` are given (e.g. computed on a general image set);
     ``n_heads`` role heads (default ``default_role_head_count``) are picked by ``queries`` with ``picker``
     (default: ``SHAPES_PLACE_QUERIES`` for the default shapes set, else ``PLACE_QUERIES``).
-    ``out_dir`` keeps the collected contributions on disk (resumable).
+    ``heads_only`` adds the head rows without the extra ablations. ``out_dir`` keeps the collected
+    contributions on disk (resumable).
     """
     if classnames is None or templates is None:
         default_names, default_templates = shapes_world.zero_shot_labels("bird")
@@ -344,8 +352,103 @@ def run_spurious(
     ranking = pick_role_heads(contributions, query_embeddings, picker, textspan_rows, pool_embeddings)
     role = [key for key, _ in ranking[:count]]
     result = spurious_table(contributions, labels, groups, classifier, role, hand_picked, n_random_seeds, seed,
-                            group_names, role_label=f"automatic, {picker}")
+                            group_names, role_label=f"automatic, {picker}", heads_only=heads_only)
     result.head_scores = ranking
     if table is not None:
         result.role_head_texts = {key: table.texts(key) for key in sorted(set(role) | set(hand_picked or []))}
     return result
+
+
+# ------------------------------------------------------------------------------------------- attribution
+
+
+@dataclass
+class ComponentEffect:
+    """One part's share of the margin shifts: ``cue`` when the spurious cue flips, ``label`` when the class does."""
+
+    component: str
+    cue: float
+    label: float
+
+
+def cue_and_class_effects(
+    parts: Decomposition,
+    classifier: Float[Tensor, "d_out 2"],
+    labels: Int[Tensor, " n"],
+    cues: Int[Tensor, " n"],
+) -> list[ComponentEffect]:
+    """Where a two-class decision's spurious cue and its class live, part by part.
+
+    Each part c of a (normalised) decomposition adds m_c(x) = c(x)·(w₁ − w₀) to the zero-shot margin. With
+    means over the four (label, cue) cells, its cue effect is ½ Σ_y [m̄_c(y, 1) − m̄_c(y, 0)] and its label
+    effect ½ Σ_k [m̄_c(1, k) − m̄_c(0, k)]. Both are linear in the parts, so embed + attention layers + MLPs
+    add up to the whole embedding's effects, and each layer's heads to that layer's. Rows: embed, then per
+    layer ``L{l}.attn``, ``L{l}.H{h}`` (kept layers), ``L{l}.mlp``; last ``total``.
+    """
+    labels, cues = labels.cpu(), cues.cpu()
+    for name, v in (("labels", labels), ("cues", cues)):
+        if set(v.unique().tolist()) != {0, 1}:
+            raise ValueError(f"{name} must take both values 0 and 1")
+    direction = (classifier[:, 1] - classifier[:, 0]).float().cpu()
+
+    def effects(c: Tensor) -> tuple[float, float]:
+        m = c.float().cpu() @ direction
+        cell = lambda y, k: m[(labels == y) & (cues == k)].mean()
+        if any(((labels == y) & (cues == k)).sum() == 0 for y in (0, 1) for k in (0, 1)):
+            raise ValueError("every (label, cue) cell needs at least one image")
+        cue = 0.5 * ((cell(0, 1) - cell(0, 0)) + (cell(1, 1) - cell(1, 0)))
+        label = 0.5 * ((cell(1, 0) - cell(0, 0)) + (cell(1, 1) - cell(0, 1)))
+        return float(cue), float(label)
+
+    rows = [ComponentEffect("embed", *effects(parts.embed))]
+    kept = {layer: i for i, layer in enumerate(parts.layers)}
+    for layer in range(parts.attns.shape[1]):
+        rows.append(ComponentEffect(f"L{layer}.attn", *effects(parts.attns[:, layer])))
+        if layer in kept:
+            for h in range(parts.heads.shape[2]):
+                rows.append(ComponentEffect(f"L{layer}.H{h}", *effects(parts.heads[:, kept[layer], h])))
+        rows.append(ComponentEffect(f"L{layer}.mlp", *effects(parts.mlps[:, layer])))
+    rows.append(ComponentEffect("total", *effects(parts.embedding)))
+    return rows
+
+
+def effects_markdown(rows: Sequence[ComponentEffect], top: int | None = None) -> str:
+    """A Markdown table of ``cue_and_class_effects`` rows (optionally only the ``top`` parts by |cue|, plus total)."""
+    body = [r for r in rows if r.component != "total"]
+    if top is not None:  # rank the finest parts: a kept layer's heads stand in for its attention row
+        kept = {r.component.split(".")[0] for r in body if ".H" in r.component}
+        body = [r for r in body if not (r.component.endswith(".attn") and r.component.split(".")[0] in kept)]
+        body = sorted(body, key=lambda r: -abs(r.cue))[:top]
+    lines = ["| part | cue effect | class effect |", "|---|---|---|"]
+    lines += [f"| {r.component} | {r.cue:+.3f} | {r.label:+.3f} |" for r in body + [r for r in rows if r.component == "total"]]
+    return "\n".join(lines)
+
+
+def dataset_cue_and_class_effects(
+    loaded,
+    dataset: Dataset,
+    classifier: Float[Tensor, "d_out 2"],
+    batch_size: int = 64,
+    layers: Sequence[int] | None = None,
+) -> list[ComponentEffect]:
+    """``cue_and_class_effects`` over a dataset whose items hold ``image``, ``label`` and ``group`` with
+    group = 2·label + cue (the shapes world's and the Waterbirds convention); parts folded and normalised."""
+    if len(dataset) == 0:
+        raise ValueError("the dataset is empty")
+    pieces: dict[str, list[Tensor]] = {"embed": [], "attns": [], "mlps": [], "heads": [], "embedding": []}
+    labels, groups = [], []
+    part = None
+    for start in range(0, len(dataset), batch_size):
+        items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+        images = torch.stack([item["image"] for item in items]).to(loaded.device)
+        part = decompose(loaded.model, images, layers=layers, normalize=True)
+        for key, values in pieces.items():
+            values.append(getattr(part, key).cpu())
+        labels += [int(item["label"]) for item in items]
+        groups += [int(item["group"]) for item in items]
+    decomposition = Decomposition(**{k: torch.cat(v) for k, v in pieces.items()}, layers=part.layers,
+                                  convention=part.convention, normalized=True)
+    labels_t, groups_t = torch.tensor(labels), torch.tensor(groups)
+    if not torch.equal(groups_t // 2, labels_t):
+        raise ValueError("groups must be 2 * label + cue")
+    return cue_and_class_effects(decomposition, classifier, labels_t, groups_t % 2)
