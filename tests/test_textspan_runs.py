@@ -261,6 +261,17 @@ def test_spurious_table_matches_direct_ablations(tiny):
     with pytest.raises(ValueError, match="not among the kept layers"):
         spurious_table(contributions, labels, groups, classifier, [(0, 1)])
 
+    # heads only: the same heads mean-ablated with nothing else
+    both = spurious_table(contributions, labels, groups, classifier, role, n_random_seeds=5, seed=10, heads_only=True)
+    assert [row.setting for row in both.rows[:4]] == [row.setting for row in table.rows]
+    only = {row.setting: row for row in both.rows[4:]}
+    assert list(only) == ["random heads (2, best of 5), heads only", "role heads (automatic), heads only"]
+    heads_only = lambda heads: ablate_posthoc(parts, contributions.means, heads=heads)
+    want = score(heads_only(role))
+    assert only["role heads (automatic), heads only"].per_group == pytest.approx(want.per_group, abs=0)
+    randoms = [score(heads_only(random_heads(contributions.head_keys(), 2, s))) for s in range(10, 15)]
+    assert only["random heads (2, best of 5), heads only"].worst_group == max(r.worst_group for r in randoms)
+
 
 def test_cue_and_class_effects_by_hand():
     """A part that only follows the cue has cue effect 2a and no class effect; one that follows the class, the
