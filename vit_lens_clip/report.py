@@ -341,7 +341,8 @@ def _spurious_section(state: ReportState, pool, pool_emb, args) -> None:
     n_layers = state.loaded.model.cfg.n_layers
     effects = dataset_cue_and_class_effects(state.loaded, dataset, build_classifier(state.loaded, *zero_shot_labels("bird")),
                                             batch_size=args.batch_size,
-                                            layers=list(range(max(0, n_layers - args.last_layers), n_layers)))
+                                            layers=list(range(max(0, n_layers - args.last_layers), n_layers)),
+                                            progress=not args.quiet)
     data["effects"] = [{"part": e.component, "cue": e.cue, "class": e.label} for e in effects]
     state.sections.append(("Spurious cue: which parts carry the place and which the bird (shifts of the "
                            "waterbird−landbird cosine margin; top 8 by place effect)", effects_markdown(effects, top=8)))

@@ -29,7 +29,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from vit_lens_clip.datasets import shapes_world
-from vit_lens_clip.decompose import Decomposition, decompose
+from vit_lens_clip.decompose import Decomposition, StackReducer, run_reducers
 from vit_lens_clip.textspan.algorithm import TextSpanResult
 from vit_lens_clip.textspan.pools import embed_texts_cached, load_pool
 from vit_lens_clip.textspan.runs import (
@@ -389,13 +389,14 @@ def cue_and_class_effects(
     for name, v in (("labels", labels), ("cues", cues)):
         if set(v.unique().tolist()) != {0, 1}:
             raise ValueError(f"{name} must take both values 0 and 1")
+    cells = {(y, k): (labels == y) & (cues == k) for y in (0, 1) for k in (0, 1)}
+    if any(mask.sum() == 0 for mask in cells.values()):
+        raise ValueError("every (label, cue) cell needs at least one image")
     direction = (classifier[:, 1] - classifier[:, 0]).float().cpu()
 
     def effects(c: Tensor) -> tuple[float, float]:
         m = c.float().cpu() @ direction
-        cell = lambda y, k: m[(labels == y) & (cues == k)].mean()
-        if any(((labels == y) & (cues == k)).sum() == 0 for y in (0, 1) for k in (0, 1)):
-            raise ValueError("every (label, cue) cell needs at least one image")
+        cell = lambda y, k: m[cells[y, k]].mean()
         cue = 0.5 * ((cell(0, 1) - cell(0, 0)) + (cell(1, 1) - cell(1, 0)))
         label = 0.5 * ((cell(1, 0) - cell(0, 0)) + (cell(1, 1) - cell(0, 1)))
         return float(cue), float(label)
@@ -430,25 +431,20 @@ def dataset_cue_and_class_effects(
     classifier: Float[Tensor, "d_out 2"],
     batch_size: int = 64,
     layers: Sequence[int] | None = None,
+    progress: bool = False,
 ) -> list[ComponentEffect]:
     """``cue_and_class_effects`` over a dataset whose items hold ``image``, ``label`` and ``group`` with
     group = 2·label + cue (the shapes world's and the Waterbirds convention); parts folded and normalised."""
     if len(dataset) == 0:
         raise ValueError("the dataset is empty")
-    pieces: dict[str, list[Tensor]] = {"embed": [], "attns": [], "mlps": [], "heads": [], "embedding": []}
-    labels, groups = [], []
-    part = None
-    for start in range(0, len(dataset), batch_size):
-        items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-        images = torch.stack([item["image"] for item in items]).to(loaded.device)
-        part = decompose(loaded.model, images, layers=layers, normalize=True)
-        for key, values in pieces.items():
-            values.append(getattr(part, key).cpu())
-        labels += [int(item["label"]) for item in items]
-        groups += [int(item["group"]) for item in items]
-    decomposition = Decomposition(**{k: torch.cat(v) for k, v in pieces.items()}, layers=part.layers,
-                                  convention=part.convention, normalized=True)
-    labels_t, groups_t = torch.tensor(labels), torch.tensor(groups)
-    if not torch.equal(groups_t // 2, labels_t):
+    items = LabelGroupItems(dataset, 2)
+    stack = StackReducer()
+    run_reducers(loaded.model, items, [stack], batch_size=batch_size, layers=layers, normalize=True,
+                 progress=progress)
+    rows = stack.result()
+    labels, groups = items.unpack(rows["labels"])
+    if not torch.equal(groups // 2, labels):
         raise ValueError("groups must be 2 * label + cue")
-    return cue_and_class_effects(decomposition, classifier, labels_t, groups_t % 2)
+    parts = Decomposition(embed=rows["embed"], attns=rows["attns"], mlps=rows["mlps"], heads=rows["heads"],
+                          layers=stack.layers, embedding=rows["embedding"], convention="equal_share", normalized=True)
+    return cue_and_class_effects(parts, classifier, labels, groups % 2)
