@@ -249,3 +249,20 @@ def test_sweeps_vary_only_the_swept_attribute_and_name_it(attribute):
         if attribute != "count":  # only three counts exist, so a sweep of four repeats one
             assert len({s.attributes.position if attribute == "position" else s.attributes.shape
                         for s in sweep}) == 4
+
+
+def test_sweep_weights_choose_the_swept_attribute_and_reject_bad_mixes():
+    world = ShapesWorld(seed=0)
+    rng = np.random.default_rng(3)
+    for _ in range(10):  # all weight on position: every sweep holds one object that moves, nothing else changes
+        sweep = world.sample_sweep(rng, 4, weights={"position": 1.0, "shape": 0.0})
+        assert len({s.attributes.position for s in sweep}) == 4
+        assert len({(s.attributes.shape, s.attributes.colour, s.attributes.place) for s in sweep}) == 1
+    batch = world.training_batch(rng, 32, bird_fraction=0.0, sweep_fraction=1.0, sweep_weights={"shape": 1.0})
+    for k in range(0, 32, 4):
+        group = batch[k:k + 4]
+        assert len({s.attributes.shape for s in group}) == 4
+        assert len({s.attributes.positions for s in group}) == 1
+    for bad in ({"texture": 1.0}, {"shape": -1.0, "position": 2.0}, {"shape": 0.0}):
+        with pytest.raises(ValueError):
+            world.sample_sweep(rng, 4, weights=bad)

@@ -46,6 +46,7 @@ LAND_PLACES: tuple[str, ...] = ("grass", "sand", "snow")
 WATER_PLACES: tuple[str, ...] = ("water",)
 PLACE_GROUPS: tuple[str, ...] = ("land", "water")
 SPURIOUS_AGREEMENT = 0.95
+SWEEP_WEIGHTS: dict[str, float] = {"position": 0.6, "shape": 0.3, "count": 0.1}  # the training sweep mix
 TRAIN_BIRD_SIZE = "small"  # birds in the training stream: small glyphs, so the place is the easier cue
 ATTRIBUTES: tuple[str, ...] = ("colour", "shape", "position", "place", "count", "size")
 
@@ -543,11 +544,14 @@ class ShapesWorld:
             scenes.append(self.render_spec(spec, rng, must))
         return scenes
 
-    def sample_sweep(self, rng: np.random.Generator, n: int = 4, attribute: str | None = None) -> list[Scene]:
-        """``n`` scenes identical except for one attribute (position, shape or count when None), all captions
-        naming it: inside such a sweep that attribute is the only way to match captions to images."""
+    def sample_sweep(self, rng: np.random.Generator, n: int = 4, attribute: str | None = None,
+                     weights: dict[str, float] | None = None) -> list[Scene]:
+        """``n`` scenes identical except for one attribute, all captions naming it: inside such a sweep that
+        attribute is the only way to match captions to images. When ``attribute`` is None it is drawn from
+        ``weights`` (attribute -> probability, default ``SWEEP_WEIGHTS``)."""
         if attribute is None:
-            attribute = ("position", "shape", "count")[int(rng.choice(3, p=[0.4, 0.4, 0.2]))]
+            names, probs = _sweep_distribution(SWEEP_WEIGHTS if weights is None else weights)
+            attribute = names[int(rng.choice(len(names), p=probs))]
         base = self.sample_spec(rng)
         if attribute == "position" and base.count != 1:
             base = dataclasses.replace(base, cells=base.cells[:1], offsets=base.offsets[:1])
@@ -588,16 +592,29 @@ class ShapesWorld:
         return self.render_spec(self.bird_spec(rng, bird, place, size), rng)
 
     def training_batch(self, rng: np.random.Generator, batch_size: int, group_size: int = 4,
-                       bird_fraction: float = 0.2, sweep_fraction: float = 0.0) -> list[Scene]:
+                       bird_fraction: float = 0.2, sweep_fraction: float = 0.0,
+                       sweep_weights: dict[str, float] | None = None) -> list[Scene]:
         """A training batch: ~bird_fraction spurious bird scenes, then hard-negative groups of shape scenes;
-        a ``sweep_fraction`` of the groups are single-attribute sweeps (``sample_sweep``)."""
+        a ``sweep_fraction`` of the groups are single-attribute sweeps (``sample_sweep`` with ``sweep_weights``)."""
         n_birds = int(rng.binomial(batch_size, bird_fraction))
         scenes = [self.sample_bird(rng, "train") for _ in range(n_birds)]
         while len(scenes) < batch_size:
             n = min(group_size, batch_size - len(scenes))
             sweep = sweep_fraction > 0 and rng.random() < sweep_fraction
-            scenes.extend(self.sample_sweep(rng, n) if sweep else self.sample_group(rng, n))
+            scenes.extend(self.sample_sweep(rng, n, weights=sweep_weights) if sweep else self.sample_group(rng, n))
         return scenes
+
+
+def _sweep_distribution(weights: dict[str, float]) -> tuple[list[str], np.ndarray]:
+    """Validated (attribute names, probabilities) for sweep sampling; the weights are normalised."""
+    unknown = set(weights) - set(ATTRIBUTES)
+    if unknown:
+        raise ValueError(f"unknown sweep attribute(s) {sorted(unknown)}; expected some of {ATTRIBUTES}")
+    names = [a for a in weights if weights[a] > 0]
+    if any(w < 0 for w in weights.values()) or not names:
+        raise ValueError(f"sweep weights must be >= 0 with at least one positive, got {weights}")
+    probs = np.array([weights[a] for a in names], dtype=np.float64)
+    return names, probs / probs.sum()
 
 
 def _other(rng: np.random.Generator, options: Sequence, current):

@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from vit_lens_clip.datasets.shapes_world import ShapesWorld
+from vit_lens_clip.datasets.shapes_world import SWEEP_WEIGHTS, ShapesWorld
 
 MODEL_CFG: dict = {
     "embed_dim": 128,
@@ -59,12 +59,12 @@ def sincos_2d(grid: int, width: int) -> torch.Tensor:
     return torch.cat([torch.zeros(1, width, dtype=torch.float64), table]).float()
 
 
-def build_model(seed: int, sincos_init: bool = True) -> open_clip.CLIP:
+def build_model(seed: int, sincos_init: bool = True, pos_init_scale: float = 1.0) -> open_clip.CLIP:
     """A freshly initialised open_clip CLIP with ``MODEL_CFG`` (deterministic given ``seed``).
 
     With ``sincos_init`` the (still learnable) vision positional embedding starts from a 2D sine-cosine
-    table instead of small noise, so where a patch sits is readable from the first step. The table is scaled
-    to open_clip's own init scale (std width^-1/2), so it does not drown the patch content.
+    table instead of small noise, so where a patch sits is readable from the first step. The table's std is
+    ``pos_init_scale`` times open_clip's own init scale (width^-1/2).
     """
     torch.manual_seed(seed)
     model = open_clip.CLIP(**MODEL_CFG)
@@ -73,7 +73,7 @@ def build_model(seed: int, sincos_init: bool = True) -> open_clip.CLIP:
         grid = MODEL_CFG["vision_cfg"]["image_size"] // MODEL_CFG["vision_cfg"]["patch_size"]
         table = sincos_2d(grid, pos.shape[1])
         with torch.no_grad():
-            pos.copy_(table * (pos.shape[1] ** -0.5) / table[1:].std())
+            pos.copy_(table * (pos_init_scale * pos.shape[1] ** -0.5) / table[1:].std())
     return model
 
 
@@ -127,10 +127,12 @@ def train(
     eval_every: int = 0,
     group_size: int = 4,
     bird_fraction: float = 0.2,
-    sweep_fraction: float = 0.5,
+    sweep_fraction: float = 0.6,
     max_minutes: float | None = None,
     sincos_init: bool = True,
     stop_at: int | None = None,
+    pos_init_scale: float = 1.0,
+    sweep_weights: dict[str, float] | None = None,
 ) -> open_clip.CLIP:
     """Train (resuming from ``out/checkpoint.pt`` when present) and export the local-dir folder.
 
@@ -141,7 +143,8 @@ def train(
         raise ValueError("steps must be positive")
     torch.set_num_threads(threads)
     out.mkdir(parents=True, exist_ok=True)
-    model = build_model(seed, sincos_init).to(device)
+    sweep_weights = dict(SWEEP_WEIGHTS if sweep_weights is None else sweep_weights)
+    model = build_model(seed, sincos_init, pos_init_scale).to(device)
     tokenizer = build_tokenizer()
     world = ShapesWorld(image_size=MODEL_CFG["vision_cfg"]["image_size"], seed=seed)
     loss_fn = open_clip.ClipLoss()
@@ -177,7 +180,7 @@ def train(
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, steps, lr, warmup)
         scenes = world.training_batch(batch_rng(seed, step), batch_size, group_size, bird_fraction,
-                                      sweep_fraction)
+                                      sweep_fraction, sweep_weights)
         images = images_to_tensor([s.image for s in scenes]).to(device)
         texts = tokenizer([s.caption for s in scenes]).to(device)
         image_features, text_features, logit_scale = model(images, texts)
@@ -218,11 +221,21 @@ def train(
     model.eval()
     info = {"steps": steps, "steps_done": steps_done, "seed": seed, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
             "warmup": warmup, "group_size": group_size, "bird_fraction": bird_fraction,
-            "sweep_fraction": sweep_fraction, "sincos_pos_init": sincos_init,
+            "sweep_fraction": sweep_fraction, "sweep_weights": sweep_weights, "sincos_pos_init": sincos_init,
+            "pos_init_scale": pos_init_scale,
             "train_seconds": round(elapsed, 1)}
     export_local_dir(model, out, info)
     print(f"exported {out / WEIGHTS_NAME} after {steps_done} steps ({elapsed / 60:.1f} min)", flush=True)
     return model
+
+
+def _parse_weights(text: str) -> dict[str, float]:
+    """'position=0.4,shape=0.4' -> {'position': 0.4, 'shape': 0.4}."""
+    try:
+        pairs = [item.split("=") for item in text.split(",") if item.strip()]
+        return {name.strip(): float(value) for name, value in pairs}
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected name=weight pairs separated by commas, got {text!r}") from err
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -242,15 +255,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval-every", type=int, default=0, help="steps between zero-shot summaries (0 = never)")
     parser.add_argument("--group-size", type=int, default=4, help="scenes per hard-negative group or sweep")
     parser.add_argument("--bird-fraction", type=float, default=0.2, help="share of spurious-cue bird scenes per batch")
-    parser.add_argument("--sweep-fraction", type=float, default=0.5, help="share of groups that are sweeps")
+    parser.add_argument("--sweep-fraction", type=float, default=0.6, help="share of groups that are sweeps")
     parser.add_argument("--no-sincos-init", action="store_true", help="plain random positional embedding init")
+    parser.add_argument("--sweep-weights", type=_parse_weights, default=dict(SWEEP_WEIGHTS),
+                        help="sweep attribute mix, e.g. position=0.6,shape=0.3,count=0.1")
+    parser.add_argument("--pos-init-scale", type=float, default=1.0,
+                        help="std of the sine-cosine positional start, in units of open_clip's width^-1/2")
     parser.add_argument("--stop-at", type=int, default=None, help="checkpoint and exit after this step")
     parser.add_argument("--max-minutes", type=float, default=None, help="wall-clock safety net (stops early)")
     args = parser.parse_args(argv)
     train(args.out, args.steps, args.seed, args.batch_size, args.lr, args.weight_decay, args.warmup,
           args.device, args.threads, args.log_every, args.checkpoint_every, args.eval_every,
           args.group_size, args.bird_fraction, args.sweep_fraction, args.max_minutes,
-          not args.no_sincos_init, args.stop_at)
+          not args.no_sincos_init, args.stop_at, args.pos_init_scale, args.sweep_weights)
 
 
 if __name__ == "__main__":
