@@ -361,6 +361,7 @@ def test_spurious_end_to_end_on_tiny_model(tmp_path):
     from vit_lens_clip.zeroshot import build_classifier
 
     classifier = build_classifier(loaded, *shapes_world.zero_shot_labels("bird"))
+    torch.testing.assert_close(table.classifier, classifier)  # the table hands back what it scored with
     for setting, y in [("baseline", parts.embedding),
                        ("extra ablations only", ablate_posthoc(parts, means, attn_layers=[0], mlp_layers=[0, 1, 2])),
                        ("role heads (hand-picked)", ablate_posthoc(parts, means, attn_layers=[0], mlp_layers=[0, 1, 2],

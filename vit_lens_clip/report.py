@@ -334,12 +334,10 @@ def _spurious_section(state: ReportState, pool, pool_emb, args) -> None:
                            f"{', '.join(repr(q) for q in queries)})", table.to_markdown()))
     rows = {r["setting"]: {"average": r["average"], "worst_group": r["worst_group"]} for r in data["rows"]}
     state.sections.append(("Spurious cue: accuracy per setting", bar_table(rows)))
-    from vit_lens_clip.datasets.shapes_world import zero_shot_labels
     from vit_lens_clip.spurious import dataset_cue_and_class_effects, effects_markdown
-    from vit_lens_clip.zeroshot import build_classifier
 
     n_layers = state.loaded.model.cfg.n_layers
-    effects = dataset_cue_and_class_effects(state.loaded, dataset, build_classifier(state.loaded, *zero_shot_labels("bird")),
+    effects = dataset_cue_and_class_effects(state.loaded, dataset, table.classifier,
                                             batch_size=args.batch_size,
                                             layers=list(range(max(0, n_layers - args.last_layers), n_layers)),
                                             progress=not args.quiet)

@@ -141,6 +141,7 @@ class SpuriousTable:
     head_scores: list[tuple[Head, float]] = field(default_factory=list)
     picker: str = ""
     role_head_texts: dict[Head, list[str]] = field(default_factory=dict)
+    classifier: Tensor | None = None  # [d_out, n_classes], the zero-shot classifier the rows were scored with
 
     def row(self, setting_prefix: str) -> SpuriousRow:
         """The first row whose setting starts with ``setting_prefix``."""
@@ -354,6 +355,7 @@ def run_spurious(
     result = spurious_table(contributions, labels, groups, classifier, role, hand_picked, n_random_seeds, seed,
                             group_names, role_label=f"automatic, {picker}", heads_only=heads_only)
     result.head_scores = ranking
+    result.classifier = classifier
     if table is not None:
         result.role_head_texts = {key: table.texts(key) for key in sorted(set(role) | set(hand_picked or []))}
     return result
