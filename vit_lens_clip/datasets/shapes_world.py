@@ -550,7 +550,7 @@ class ShapesWorld:
         attribute is the only way to match captions to images. When ``attribute`` is None it is drawn from
         ``weights`` (attribute -> probability, default ``SWEEP_WEIGHTS``)."""
         if attribute is None:
-            names, probs = _sweep_distribution(SWEEP_WEIGHTS if weights is None else weights)
+            names, probs = sweep_distribution(SWEEP_WEIGHTS if weights is None else weights)
             attribute = names[int(rng.choice(len(names), p=probs))]
         base = self.sample_spec(rng)
         if attribute == "position" and base.count != 1:
@@ -605,7 +605,7 @@ class ShapesWorld:
         return scenes
 
 
-def _sweep_distribution(weights: dict[str, float]) -> tuple[list[str], np.ndarray]:
+def sweep_distribution(weights: dict[str, float]) -> tuple[list[str], np.ndarray]:
     """Validated (attribute names, probabilities) for sweep sampling; the weights are normalised."""
     unknown = set(weights) - set(ATTRIBUTES)
     if unknown:

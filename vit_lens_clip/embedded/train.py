@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from vit_lens_clip.datasets.shapes_world import SWEEP_WEIGHTS, ShapesWorld
+from vit_lens_clip.datasets.shapes_world import SWEEP_WEIGHTS, ShapesWorld, sweep_distribution
 
 MODEL_CFG: dict = {
     "embed_dim": 128,
@@ -141,9 +141,10 @@ def train(
     """
     if steps <= 0:
         raise ValueError("steps must be positive")
+    sweep_weights = dict(SWEEP_WEIGHTS if sweep_weights is None else sweep_weights)
+    sweep_distribution(sweep_weights)  # bad weights fail here, before anything is built or written
     torch.set_num_threads(threads)
     out.mkdir(parents=True, exist_ok=True)
-    sweep_weights = dict(SWEEP_WEIGHTS if sweep_weights is None else sweep_weights)
     model = build_model(seed, sincos_init, pos_init_scale).to(device)
     tokenizer = build_tokenizer()
     world = ShapesWorld(image_size=MODEL_CFG["vision_cfg"]["image_size"], seed=seed)
@@ -264,11 +265,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stop-at", type=int, default=None, help="checkpoint and exit after this step")
     parser.add_argument("--max-minutes", type=float, default=None, help="wall-clock safety net (stops early)")
     args = parser.parse_args(argv)
-    train(args.out, args.steps, args.seed, args.batch_size, args.lr, args.weight_decay, args.warmup,
-          args.device, args.threads, args.log_every, args.checkpoint_every, args.eval_every,
-          args.group_size, args.bird_fraction, args.sweep_fraction, args.max_minutes,
-          not args.no_sincos_init, args.stop_at, args.pos_init_scale, args.sweep_weights)
-
+    train(args.out, args.steps, seed=args.seed, batch_size=args.batch_size, lr=args.lr,
+          weight_decay=args.weight_decay, warmup=args.warmup, device=args.device, threads=args.threads,
+          log_every=args.log_every, checkpoint_every=args.checkpoint_every, eval_every=args.eval_every,
+          group_size=args.group_size, bird_fraction=args.bird_fraction, sweep_fraction=args.sweep_fraction,
+          max_minutes=args.max_minutes, sincos_init=not args.no_sincos_init, stop_at=args.stop_at,
+          pos_init_scale=args.pos_init_scale, sweep_weights=args.sweep_weights)
 
 if __name__ == "__main__":
     main()
