@@ -10,6 +10,7 @@ from vit_lens_clip.datasets.shapes_world import (
     ATTRIBUTES,
     BIRDS,
     COLOURS,
+    COUNTS,
     LAND_PLACES,
     PLACES,
     POSITIONS,
@@ -23,6 +24,8 @@ from vit_lens_clip.datasets.shapes_world import (
     SpuriousBirdsDataset,
     attributes_of,
     collate_scenes,
+    count_aware_labels,
+    counted_noun_phrase,
     label_of,
     make_caption,
     plural,
@@ -210,6 +213,42 @@ def test_zero_shot_label_sets_cover_every_attribute():
                 assert y is None or 0 <= y < len(classes)
     with pytest.raises(ValueError):
         zero_shot_labels("texture")
+
+
+def test_counted_noun_phrase_follows_the_caption_grammar():
+    assert counted_noun_phrase(1, ["red"], "circle") == "a red circle"
+    assert counted_noun_phrase(1, ["orange"], "star") == "an orange star"
+    assert counted_noun_phrase(1, [], "circle", say_one=True) == "one circle"
+    assert counted_noun_phrase(3, ["small", "red"], "cross") == "three small red crosses"
+    with pytest.raises(ValueError):
+        counted_noun_phrase(4, [], "star")
+    # every multi-object caption contains the counted plural phrase of its scene
+    for s in _scenes(200, seed=9):
+        a = s.attributes
+        if a.count > 1:
+            words = re.findall(r"[a-z]+", s.caption)
+            assert COUNTS[a.count - 1] in words and plural(a.shape) in words
+
+
+def test_count_aware_labels_pair_every_value_with_every_count():
+    for attribute in ("colour", "shape", "place", "size"):
+        values = zero_shot_labels(attribute)[0]
+        pairs, templates = count_aware_labels(attribute)
+        assert pairs == [(v, n) for v in values for n in (1, 2, 3)]
+        prompts = [t(p) for p in pairs for t in templates]
+        assert len(set(prompts)) == len(prompts)
+        for (value, count) in pairs:  # every prompt names the value and is worded for the count
+            for t in templates:
+                prompt = t((value, count))
+                words = re.findall(r"[a-z]+", prompt)
+                assert value in prompt
+                assert (COUNTS[count - 1] in words) == (count > 1)
+    pairs, templates = count_aware_labels("shape")
+    assert templates[0](("circle", 2)) == "two red circles"
+    assert templates[0](("circle", 1)) == "a red circle"
+    for attribute in ("position", "count", "texture"):
+        with pytest.raises(ValueError):
+            count_aware_labels(attribute)
 
 
 def test_dataset_with_transform_and_collate():

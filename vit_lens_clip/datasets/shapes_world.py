@@ -340,27 +340,22 @@ def render(spec: SceneSpec, image_size: int) -> tuple[np.ndarray, np.ndarray]:
 # --------------------------------------------------------------------------------------------- captions
 
 
+def counted_noun_phrase(count: int, modifiers: Sequence[str], noun: str, say_one: bool = False) -> str:
+    """The captions' noun phrase: 'a red circle', 'an orange star', 'one circle', 'two small red crosses'."""
+    if count not in _COUNT_WORD:
+        raise ValueError(f"count must be one of {sorted(_COUNT_WORD)}, got {count}")
+    body = " ".join([*modifiers, noun if count == 1 else plural(noun)])
+    if count > 1 or say_one:
+        return f"{_COUNT_WORD[count]} {body}"
+    return ("an " if body[0] in "aeiou" else "a ") + body
+
+
 def _noun_phrase(attrs: SceneAttributes, rng: np.random.Generator, mention: dict[str, bool]) -> str:
     noun = attrs.bird if attrs.bird is not None else attrs.shape
     assert noun is not None
-    words = []
-    if attrs.count > 1:
-        words.append(_COUNT_WORD[attrs.count])
-    if mention["size"]:
-        words.append(attrs.size)
-    if mention["colour"]:
-        words.append(attrs.colour)
-    if attrs.count > 1:
-        words.append(plural(noun))
-    else:
-        words.append(noun)
-    phrase = " ".join(words)
-    if attrs.count == 1:
-        if mention["count"] and rng.random() < 0.5:
-            phrase = "one " + phrase
-        else:
-            phrase = ("an " if phrase[0] in "aeiou" else "a ") + phrase
-    return phrase
+    modifiers = [attrs.size] * mention["size"] + [attrs.colour] * mention["colour"]
+    say_one = attrs.count == 1 and mention["count"] and bool(rng.random() < 0.5)
+    return counted_noun_phrase(attrs.count, modifiers, noun, say_one)
 
 
 def make_caption(
@@ -651,6 +646,37 @@ def zero_shot_labels(attribute: str) -> tuple[list[str], list[Callable[[str], st
     if attribute == "bird":
         return list(BIRDS), [lambda b: f"a photo of a {b}.", lambda b: f"a {b}", lambda b: f"a picture of a {b}"]
     raise ValueError(f"unknown attribute {attribute!r}; expected one of {ATTRIBUTES + ('bird',)}")
+
+
+COUNT_AWARE_ATTRIBUTES: tuple[str, ...] = ("colour", "shape", "place", "size")
+
+
+def count_aware_labels(attribute: str) -> tuple[list[tuple[str, int]], list[Callable[[tuple[str, int]], str]]]:
+    """(joint classes, templates) for count-aware zero-shot classification of ``attribute``.
+
+    Captions of 2-3 objects use the plural ('two red circles'), and 'circle' and 'circles' are different
+    tokens, so a singular prompt mismatches multi-object scenes. Here each class is a pair (value, count),
+    worded in the captions' grammar and ensembled over the same nuisance attributes as ``zero_shot_labels``;
+    the predicted value is that of the best pair: argmax_v max_n <f_img, w_(v,n)>.
+    """
+    if attribute not in COUNT_AWARE_ATTRIBUTES:
+        raise ValueError(f"count-aware labels exist for {COUNT_AWARE_ATTRIBUTES}, not {attribute!r} "
+                         "(position is defined for single objects only; count is the count)")
+    values = zero_shot_labels(attribute)[0]
+    pairs = [(value, count) for value in values for count in sorted(_COUNT_WORD)]
+    Template = Callable[[tuple[str, int]], str]
+    if attribute == "shape":
+        templates: list[Template] = [lambda vn, c=c: counted_noun_phrase(vn[1], [c], vn[0]) for c in COLOURS]
+        templates.append(lambda vn: f"a photo of {counted_noun_phrase(vn[1], [], vn[0])}.")
+    elif attribute == "colour":
+        templates = [lambda vn, s=s: counted_noun_phrase(vn[1], [vn[0]], s) for s in SHAPES]
+        templates.append(lambda vn: f"a photo of {counted_noun_phrase(vn[1], [vn[0]], 'shape')}.")
+    elif attribute == "size":
+        templates = [lambda vn, s=s: counted_noun_phrase(vn[1], [vn[0]], s) for s in SHAPES]
+    else:
+        templates = [lambda vn, s=s: f"{counted_noun_phrase(vn[1], [], s)} {place_phrase(vn[0])}" for s in SHAPES]
+        templates.append(lambda vn: f"a photo of {counted_noun_phrase(vn[1], [], 'shape')} {place_phrase(vn[0], 1)}.")
+    return pairs, templates
 
 
 def label_of(attrs: SceneAttributes, attribute: str) -> int | None:

@@ -5,7 +5,8 @@
 Zero-shot: for each attribute the class prompts of ``zero_shot_labels`` are embedded and averaged with
 open_clip's ``build_zero_shot_classifier``; an image is assigned argmax_c <f_img, w_c>. Scenes are drawn from
 a fresh seeded stream never used in training. Position is scored on single-object shape scenes only, shape on
-shape scenes. Spurious cue: landbird vs waterbird on a set balanced over the four (bird, place group) groups;
+shape scenes. Count-aware accuracy (colour, shape, place, size) classifies (value, count) pairs worded as the
+captions word them ('two red circles') and keeps the value; see ``count_aware_labels``. Spurious cue: landbird vs waterbird on a set balanced over the four (bird, place group) groups;
 we report per-group accuracy, the average over groups and the worst group.
 """
 
@@ -25,9 +26,11 @@ from torch import Tensor
 from vit_lens_clip.datasets.shapes_world import (
     ATTRIBUTES,
     BIRDS,
+    COUNT_AWARE_ATTRIBUTES,
     PLACE_GROUPS,
     Scene,
     ShapesWorld,
+    count_aware_labels,
     label_of,
     zero_shot_labels,
 )
@@ -85,21 +88,31 @@ def zero_shot_accuracy(
     labels: Sequence[int],
     attribute: str,
     device: str = "cpu",
+    count_aware: bool = False,
 ) -> float:
-    """Fraction of images whose argmax over the zero-shot class embeddings of ``attribute`` equals the label."""
+    """Fraction of images whose argmax over the zero-shot class embeddings of ``attribute`` equals the label.
+
+    ``count_aware``: classify over (value, count) pairs worded with the count's grammatical number and keep
+    the value (``count_aware_labels``)."""
     if len(labels) != image_features.shape[0]:
         raise ValueError(f"{len(labels)} labels for {image_features.shape[0]} images")
-    classnames, templates = zero_shot_labels(attribute)
+    values = zero_shot_labels(attribute)[0]
+    classnames, templates = count_aware_labels(attribute) if count_aware else (values, zero_shot_labels(attribute)[1])
     weights = open_clip.build_zero_shot_classifier(model, tokenizer, classnames, templates, device=device)
     pred = (image_features.to(device) @ weights.float()).argmax(dim=1).cpu()
+    if count_aware:
+        pred = torch.tensor([values.index(classnames[int(i)][0]) for i in pred])
     return float((pred == torch.as_tensor(labels)).float().mean())
 
 
 def evaluate_attributes(
     model, preprocess, tokenizer, n: int = 1000, seed: int = HELD_OUT_SEED, device: str = "cpu",
-    attributes: Sequence[str] = ATTRIBUTES,
+    attributes: Sequence[str] = ATTRIBUTES, count_aware: bool = True,
 ) -> dict[str, float]:
-    """Zero-shot accuracy per attribute on ``n`` held-out scenes (plus chance level as ``chance/<attr>``)."""
+    """Zero-shot accuracy per attribute on ``n`` held-out scenes (plus ``chance/<attr>`` and ``n/<attr>``).
+
+    With ``count_aware`` the count-aware accuracy of the attributes that have one is added as
+    ``count-aware/<attr>``."""
     scenes = held_out_scenes(n, seed)
     feats = encode_images(model, preprocess, [s.image for s in scenes], device=device)
     results: dict[str, float] = {}
@@ -109,6 +122,9 @@ def evaluate_attributes(
         results[attribute] = zero_shot_accuracy(model, tokenizer, feats[idx], labels, attribute, device)
         results[f"chance/{attribute}"] = 1.0 / len(zero_shot_labels(attribute)[0])
         results[f"n/{attribute}"] = len(idx)
+        if count_aware and attribute in COUNT_AWARE_ATTRIBUTES:
+            results[f"count-aware/{attribute}"] = zero_shot_accuracy(
+                model, tokenizer, feats[idx], labels, attribute, device, count_aware=True)
     return results
 
 
@@ -139,10 +155,11 @@ def evaluate_spurious(
 
 def markdown_table(attributes: dict[str, float], spurious: dict[str, float] | None = None) -> str:
     """Markdown tables of zero-shot accuracy (with chance and n) and, optionally, the spurious baseline."""
-    lines = ["| attribute | zero-shot accuracy | chance | n |", "|---|---|---|---|"]
+    lines = ["| attribute | zero-shot accuracy | count-aware | chance | n |", "|---|---|---|---|---|"]
     for a in [k for k in attributes if "/" not in k]:
-        lines.append(f"| {a} | {100 * attributes[a]:.1f}% | {100 * attributes[f'chance/{a}']:.1f}% | "
-                     f"{int(attributes[f'n/{a}'])} |")
+        aware = attributes.get(f"count-aware/{a}")
+        lines.append(f"| {a} | {100 * attributes[a]:.1f}% | {'-' if aware is None else f'{100 * aware:.1f}%'} | "
+                     f"{100 * attributes[f'chance/{a}']:.1f}% | {int(attributes[f'n/{a}'])} |")
     if spurious:
         lines += ["", "| landbird vs waterbird | accuracy |", "|---|---|"]
         lines += [f"| {k.removeprefix('group/')} | {100 * v:.1f}% |" for k, v in spurious.items()]
@@ -157,6 +174,7 @@ def quick_report(model, tokenizer, n: int = 300, device: str = "cpu") -> str:
     res = evaluate_attributes(model, preprocess, tokenizer, n=n, device=device)
     sp = evaluate_spurious(model, preprocess, tokenizer, n_per_group=50, device=device)
     parts = [f"{a} {100 * res[a]:.0f}" for a in ATTRIBUTES]
+    parts.append(f"count-aware shape {100 * res['count-aware/shape']:.0f}")
     parts.append(f"birds avg {100 * sp['average']:.0f} worst {100 * sp['worst_group']:.0f}")
     return "zero-shot: " + ", ".join(parts)
 
