@@ -96,12 +96,14 @@ def zero_shot_accuracy(
     the value (``count_aware_labels``)."""
     if len(labels) != image_features.shape[0]:
         raise ValueError(f"{len(labels)} labels for {image_features.shape[0]} images")
-    values = zero_shot_labels(attribute)[0]
-    classnames, templates = count_aware_labels(attribute) if count_aware else (values, zero_shot_labels(attribute)[1])
+    values, templates = zero_shot_labels(attribute)
+    classnames: Sequence = values
+    if count_aware:
+        classnames, templates = count_aware_labels(attribute)
     weights = open_clip.build_zero_shot_classifier(model, tokenizer, classnames, templates, device=device)
     pred = (image_features.to(device) @ weights.float()).argmax(dim=1).cpu()
-    if count_aware:
-        pred = torch.tensor([values.index(classnames[int(i)][0]) for i in pred])
+    if count_aware:  # a (value, count) pair's index -> the value's index
+        pred = torch.tensor([values.index(value) for value, _ in classnames])[pred]
     return float((pred == torch.as_tensor(labels)).float().mean())
 
 

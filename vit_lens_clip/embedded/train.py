@@ -143,6 +143,8 @@ def train(
         raise ValueError("steps must be positive")
     sweep_weights = dict(SWEEP_WEIGHTS if sweep_weights is None else sweep_weights)
     sweep_distribution(sweep_weights)  # bad weights fail here, before anything is built or written
+    if eval_every:  # imported now, not at the first summary: a long run must not pick up code edited meanwhile
+        from vit_lens_clip.embedded.evaluate import quick_report
     torch.set_num_threads(threads)
     out.mkdir(parents=True, exist_ok=True)
     model = build_model(seed, sincos_init, pos_init_scale).to(device)
@@ -203,7 +205,6 @@ def train(
                   f"scale {model.logit_scale.exp().item():.1f} {(now - session_start) / (step + 1 - start):.3f}s/step",
                   flush=True)
         if eval_every and (step + 1) % eval_every == 0 and step + 1 < steps:
-            from vit_lens_clip.embedded.evaluate import quick_report
             model.eval()
             print(quick_report(model, tokenizer, device=device), flush=True)
             model.train()
