@@ -154,8 +154,8 @@ def quickstart() -> list:
         """),
         code("""
         from vit_lens_clip.datasets.shapes_world import ShapesDataset
-        from vit_lens_clip.textspan import load_pool
-        from vit_lens_clip.textspan.runs import TextSpanTable, collect_head_contributions
+        from vit_lens_clip.methods.textspan import load_pool
+        from vit_lens_clip.methods.textspan.runs import TextSpanTable, collect_head_contributions
         from vit_lens_clip.viz import layer_head_grid
 
         data = ShapesDataset(400, seed=1, transform=clip.preprocess)
@@ -182,7 +182,7 @@ def quickstart() -> list:
         drawn over the image with plotly.
         """),
         code("""
-        from vit_lens_clip.spatial.heatmaps import joint_map, text_heatmap
+        from vit_lens_clip.methods.spatial.heatmaps import joint_map, text_heatmap
         from vit_lens_clip.viz import overlay_grid
 
         texts = [scenes[0].caption, f"a {scenes[0].attributes.place} background"]
@@ -289,7 +289,7 @@ def reproduce() -> list:
         code("""
         from vit_lens_clip.datasets.folder import TensorImages
         from vit_lens_clip.datasets.shapes_world import SceneAttributes, ShapesDataset, label_of, zero_shot_labels
-        from vit_lens_clip.zeroshot import accuracy, build_classifier, logits
+        from vit_lens_clip.methods.zeroshot import accuracy, build_classifier, logits
 
         TASK, N_IMAGES = "shape", 500
         names, templates = zero_shot_labels(TASK)
@@ -301,7 +301,7 @@ def reproduce() -> list:
         dataset = TensorImages(torch.stack([item["image"] for item in items]), labels)
         # On a real CLIP with ImageNet (class folders named by WordNet id: sorted, they are open_clip's class order):
         #   from vit_lens_clip.datasets.folder import ImageFolder
-        #   from vit_lens_clip.zeroshot import imagenet_classifier
+        #   from vit_lens_clip.methods.zeroshot import imagenet_classifier
         #   dataset = ImageFolder("/data/imagenet/val", clip.preprocess, labelled=True)
         #   classifier = imagenet_classifier(clip)
         print(len(dataset), "images;", len(names), "classes:", names)
@@ -313,7 +313,7 @@ def reproduce() -> list:
         The curve replaces the parts of layers [0, k) by their means, post-hoc.
         """),
         code("""
-        from vit_lens_clip.ablation import ablate_posthoc, cumulative_layer_curve
+        from vit_lens_clip.methods.ablation import ablate_posthoc, cumulative_layer_curve
         from vit_lens_clip.decompose import Decomposition, MeanReducer, StackReducer, run_reducers
         from vit_lens_clip.viz import ablation_curve
 
@@ -343,8 +343,8 @@ def reproduce() -> list:
         layers mean-ablated.
         """),
         code("""
-        from vit_lens_clip.textspan import load_pool
-        from vit_lens_clip.textspan.runs import TextSpanTable, collect_head_contributions, completeness, completeness_figure
+        from vit_lens_clip.methods.textspan import load_pool
+        from vit_lens_clip.methods.textspan.runs import TextSpanTable, collect_head_contributions, completeness, completeness_figure
 
         contributions = collect_head_contributions(clip, dataset, last_n_layers=len(KEPT), batch_size=100, progress=False)
         pool = load_pool("descriptions")
@@ -366,7 +366,7 @@ def reproduce() -> list:
         shape classifier; each map is made for the predicted class.
         """),
         code("""
-        from vit_lens_clip.spatial.evaluate import ShapesSegmentation, evaluate_segmentation, segmentation_markdown, shapes_classes
+        from vit_lens_clip.methods.spatial.evaluate import ShapesSegmentation, evaluate_segmentation, segmentation_markdown, shapes_classes
 
         seg_classifier = build_classifier(clip, *shapes_classes())
         seg_data = ShapesSegmentation(150, clip.preprocess, seed=2, include_original=False)
@@ -388,7 +388,7 @@ def reproduce() -> list:
         ("on water", "on grass", ...).
         """),
         code("""
-        from vit_lens_clip.spurious import SHAPES_PLACE_QUERIES, run_spurious, shapes_eval_set, shapes_group_names
+        from vit_lens_clip.methods.spurious import SHAPES_PLACE_QUERIES, run_spurious, shapes_eval_set, shapes_group_names
         from vit_lens_clip.viz import bar_table
 
         tables = {}
@@ -627,7 +627,7 @@ def composing() -> list:
             mean_ablated = clip.model.run_with_hooks(test_images, fwd_hooks=[(SAE_HOOK, lambda resid, hook: mean_resid.expand_as(resid))])
 
         from vit_lens_clip.datasets.shapes_world import zero_shot_labels
-        from vit_lens_clip.zeroshot import accuracy, build_classifier, logits
+        from vit_lens_clip.methods.zeroshot import accuracy, build_classifier, logits
 
         print(f"{'':22s}{'cos to original':>16s}", *(f"{a:>10s}" for a in ("colour", "shape", "place")))
         classifiers = {a: build_classifier(clip, *zero_shot_labels(a)) for a in ("colour", "shape", "place")}

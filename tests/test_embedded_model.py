@@ -94,8 +94,8 @@ def test_textspan_finds_a_head_dominated_by_one_property(loaded, images):
     """Some head's top-5 TextSpan texts (descriptions pool) mostly name one property, with varied values
     (e.g. five different colours): at least 4 of 5 texts name it, with at least 3 distinct words."""
     from vit_lens_clip.datasets.folder import TensorImages
-    from vit_lens_clip.textspan import embed_texts_cached, load_pool
-    from vit_lens_clip.textspan.runs import TextSpanTable, collect_head_contributions
+    from vit_lens_clip.methods.textspan import embed_texts_cached, load_pool
+    from vit_lens_clip.methods.textspan.runs import TextSpanTable, collect_head_contributions
 
     contributions = collect_head_contributions(loaded, TensorImages(images), last_n_layers=4, progress=False)
     pool = load_pool("descriptions")
@@ -111,8 +111,8 @@ def test_textspan_finds_a_head_dominated_by_one_property(loaded, images):
 
 
 def test_decomposition_segments_better_than_attention_baselines(loaded):
-    from vit_lens_clip.spatial.evaluate import ShapesSegmentation, evaluate_segmentation, shapes_classes
-    from vit_lens_clip.zeroshot import build_classifier
+    from vit_lens_clip.methods.spatial.evaluate import ShapesSegmentation, evaluate_segmentation, shapes_classes
+    from vit_lens_clip.methods.zeroshot import build_classifier
 
     names, templates = shapes_classes()
     dataset = ShapesSegmentation(80, loaded.preprocess, seed=FRESH_SEED, include_original=False)

@@ -17,13 +17,13 @@ from safetensors.torch import save_file
 from vit_lens_clip.datasets.segmentation import MaskFolder
 from vit_lens_clip.decompose.parts import decompose
 from vit_lens_clip.model.hooked_vit import HookedViT
-from vit_lens_clip.spatial.baselines import (
+from vit_lens_clip.methods.spatial.baselines import (
     attention_rollout,
     chefer,
     gradcam,
     raw_attention,
 )
-from vit_lens_clip.spatial.evaluate import (
+from vit_lens_clip.methods.spatial.evaluate import (
     METHODS,
     ShapesSegmentation,
     add_segment_arguments,
@@ -33,8 +33,8 @@ from vit_lens_clip.spatial.evaluate import (
     segmentation_examples,
     write_segmentation_report,
 )
-from vit_lens_clip.spatial.geometry import PreprocessGeometry, upsample_patch_map
-from vit_lens_clip.spatial.heatmaps import (
+from vit_lens_clip.methods.spatial.geometry import PreprocessGeometry, upsample_patch_map
+from vit_lens_clip.methods.spatial.heatmaps import (
     class_directions,
     class_heatmap,
     heatmap_to_pixels,
@@ -42,7 +42,7 @@ from vit_lens_clip.spatial.heatmaps import (
     predict_classes,
     text_heatmap,
 )
-from vit_lens_clip.spatial.metrics import SegmentationMetrics, zero_shot_segment
+from vit_lens_clip.methods.spatial.metrics import SegmentationMetrics, zero_shot_segment
 
 
 def _hooked(seed=0, **vision):

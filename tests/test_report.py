@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from vit_lens_clip.cli import main
+from vit_lens_clip.app.cli import main
 
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser")) if p), None)
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vit_lens_clip.retrieval import head_representation, nearest_images
+from vit_lens_clip.methods.retrieval import head_representation, nearest_images
 
 
 def _data():

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from vit_lens_clip.spatial.metrics import SegmentationMetrics, average_precision, zero_shot_segment
+from vit_lens_clip.methods.spatial.metrics import SegmentationMetrics, average_precision, zero_shot_segment
 
 GT = np.array(
     [

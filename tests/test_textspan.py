@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from vit_lens_clip.textspan import TextSpanResult, embed_texts_cached, load_pool, rank_heads_by_text, text_span
-from vit_lens_clip.textspan.bench import bench_textspan, random_head_data
-from vit_lens_clip.textspan.make_pools import build_descriptions
-from vit_lens_clip.textspan.pools import BUILTIN_POOLS
-from vit_lens_clip.textspan.reference import text_span_reference
-from vit_lens_clip.textspan.report import to_html, to_markdown, write_reports
+from vit_lens_clip.methods.textspan import TextSpanResult, embed_texts_cached, load_pool, rank_heads_by_text, text_span
+from vit_lens_clip.methods.textspan.bench import bench_textspan, random_head_data
+from vit_lens_clip.methods.textspan.make_pools import build_descriptions
+from vit_lens_clip.methods.textspan.pools import BUILTIN_POOLS
+from vit_lens_clip.methods.textspan.reference import text_span_reference
+from vit_lens_clip.methods.textspan.report import to_html, to_markdown, write_reports
 
 torch.set_num_threads(1)
 

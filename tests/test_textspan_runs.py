@@ -12,10 +12,10 @@ import torch.nn.functional as F
 from conftest import rel_err, tiny_clip
 
 from vit_lens_clip import HookedViT, LoadedCLIP
-from vit_lens_clip.ablation import ablate_posthoc
+from vit_lens_clip.methods.ablation import ablate_posthoc
 from vit_lens_clip.datasets.folder import TensorImages
 from vit_lens_clip.decompose.parts import decompose
-from vit_lens_clip.spurious import (
+from vit_lens_clip.methods.spurious import (
     LabelGroupItems,
     group_accuracy,
     random_heads,
@@ -24,8 +24,8 @@ from vit_lens_clip.spurious import (
     shapes_group_names,
     spurious_table,
 )
-from vit_lens_clip.textspan.algorithm import text_span
-from vit_lens_clip.textspan.runs import (
+from vit_lens_clip.methods.textspan.algorithm import text_span
+from vit_lens_clip.methods.textspan.runs import (
     HeadContributions,
     TextSpanTable,
     collect_head_contributions,
@@ -35,7 +35,7 @@ from vit_lens_clip.textspan.runs import (
     heads_for_queries,
     run_textspan,
 )
-from vit_lens_clip.zeroshot import accuracy, logits
+from vit_lens_clip.methods.zeroshot import accuracy, logits
 
 torch.set_num_threads(1)
 TOL = 1e-5
@@ -277,7 +277,7 @@ def test_cue_and_class_effects_by_hand():
     """A part that only follows the cue has cue effect 2a and no class effect; one that follows the class, the
     reverse; a constant part has neither; effects add up like the parts do."""
     from vit_lens_clip.decompose import Decomposition
-    from vit_lens_clip.spurious import cue_and_class_effects, effects_markdown
+    from vit_lens_clip.methods.spurious import cue_and_class_effects, effects_markdown
 
     labels = torch.tensor([0, 0, 1, 1, 0, 1, 1, 0])
     cues = torch.tensor([0, 1, 0, 1, 1, 1, 0, 0])
@@ -306,8 +306,8 @@ def test_cue_and_class_effects_by_hand():
 
 
 def test_dataset_cue_and_class_effects_add_up_on_tiny_model():
-    from vit_lens_clip.spurious import dataset_cue_and_class_effects, shapes_world
-    from vit_lens_clip.zeroshot import build_classifier
+    from vit_lens_clip.methods.spurious import dataset_cue_and_class_effects, shapes_world
+    from vit_lens_clip.methods.zeroshot import build_classifier
 
     loaded = tiny_loaded(seed=1)
     dataset = shapes_eval_set(loaded.preprocess, n_images=16, seed=0)
@@ -357,8 +357,8 @@ def test_spurious_end_to_end_on_tiny_model(tmp_path):
     parts = decompose(loaded.model, images, layers=[1, 2], normalize=True)
     means = {"embed": parts.embed.mean(0), "attns": parts.attns.mean(0), "mlps": parts.mlps.mean(0),
              "heads": parts.heads.mean(0)}
-    from vit_lens_clip.spurious import shapes_world
-    from vit_lens_clip.zeroshot import build_classifier
+    from vit_lens_clip.methods.spurious import shapes_world
+    from vit_lens_clip.methods.zeroshot import build_classifier
 
     classifier = build_classifier(loaded, *shapes_world.zero_shot_labels("bird"))
     torch.testing.assert_close(table.classifier, classifier)  # the table hands back what it scored with

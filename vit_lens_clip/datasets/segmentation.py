@@ -26,7 +26,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from vit_lens_clip.spatial.geometry import PreprocessGeometry
+from vit_lens_clip.methods.spatial.geometry import PreprocessGeometry
 
 # what Pillow raises on truncated, corrupt or oversized files
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)

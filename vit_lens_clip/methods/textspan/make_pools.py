@@ -1,6 +1,6 @@
 """Build the shipped TextSpan text pools: ``pools/descriptions.txt`` and ``pools/words.txt``.
 
-Run ``python -m vit_lens_clip.textspan.make_pools`` to regenerate both files. The output is deterministic (no
+Run ``python -m vit_lens_clip.methods.textspan.make_pools`` to regenerate both files. The output is deterministic (no
 random numbers): combinatorial families are thinned by taking every s-th combination.
 
 * descriptions: short image descriptions built from this module's own vocabularies and templates, covering

@@ -30,7 +30,7 @@ from einops import rearrange
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from vit_lens_clip.textspan.ties import default_tie_rtol
+from vit_lens_clip.methods.textspan.ties import default_tie_rtol
 
 
 @dataclass

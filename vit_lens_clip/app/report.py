@@ -20,12 +20,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from vit_lens_clip.ablation import cumulative_layer_curve
+from vit_lens_clip.methods.ablation import cumulative_layer_curve
 from vit_lens_clip.datasets.folder import ImageFolder
 from vit_lens_clip.datasets.shapes_world import ATTRIBUTES, ShapesDataset, label_of
 from vit_lens_clip.decompose import Decomposition, MeanReducer, StackReducer, run_reducers
 from vit_lens_clip.loading import LoadedCLIP, load_clip
-from vit_lens_clip.zeroshot import accuracy, build_classifier, logits
+from vit_lens_clip.methods.zeroshot import accuracy, build_classifier, logits
 
 SECTIONS = ("ablation", "textspan", "completeness", "heatmaps", "segmentation", "spurious", "attention")
 SIMPLE_TEMPLATES = (lambda c: f"a photo of a {c}.", lambda c: f"a {c}.", lambda c: f"an image of a {c}.")
@@ -152,7 +152,7 @@ def _load_dataset(state: ReportState, args) -> Dataset:
 
 def _collect(state: ReportState, dataset: Dataset, args):
     """One pass over the data: per-image folded parts (normalised by ‖y‖) and their dataset means."""
-    from vit_lens_clip.textspan.runs import HeadContributions, kept_layers
+    from vit_lens_clip.methods.textspan.runs import HeadContributions, kept_layers
 
     model = state.loaded.model
     layers = kept_layers(model.cfg.n_layers, args.last_layers)
@@ -205,8 +205,8 @@ def _ablation_section(state: ReportState, parts: Decomposition, means, tasks: li
 
 
 def _textspan_section(state: ReportState, contributions, tasks: list[Task], args):
-    from vit_lens_clip.textspan import embed_texts_cached, load_pool
-    from vit_lens_clip.textspan.runs import TextSpanTable
+    from vit_lens_clip.methods.textspan import embed_texts_cached, load_pool
+    from vit_lens_clip.methods.textspan.runs import TextSpanTable
     from vit_lens_clip.viz.figures import layer_head_grid
 
     pool = load_pool(args.texts)
@@ -233,7 +233,7 @@ def _textspan_section(state: ReportState, contributions, tasks: list[Task], args
 
 def _head_search(state: ReportState, contributions, pool_emb, args) -> None:
     """Which heads span a text: heads ranked by the share of their variance along each query's direction."""
-    from vit_lens_clip.textspan.runs import heads_for_queries
+    from vit_lens_clip.methods.textspan.runs import heads_for_queries
 
     queries = list(args.queries)
     lines = ["| query | top heads (share of the head's variance along the query) |", "|---|---|"]
@@ -249,7 +249,7 @@ def _head_search(state: ReportState, contributions, pool_emb, args) -> None:
 
 
 def _completeness_section(state: ReportState, contributions, pool_emb, tasks: list[Task]) -> None:
-    from vit_lens_clip.textspan.runs import completeness, completeness_figure
+    from vit_lens_clip.methods.textspan.runs import completeness, completeness_figure
 
     results = {}
     for task in tasks[:1]:
@@ -267,8 +267,8 @@ def _completeness_section(state: ReportState, contributions, pool_emb, tasks: li
 
 
 def _heatmap_section(state: ReportState, textspan_table, tasks: list[Task], args) -> None:
-    from vit_lens_clip.spatial.evaluate import ShapesSegmentation
-    from vit_lens_clip.spatial.heatmaps import class_heatmap, joint_map, text_heatmap
+    from vit_lens_clip.methods.spatial.evaluate import ShapesSegmentation
+    from vit_lens_clip.methods.spatial.heatmaps import class_heatmap, joint_map, text_heatmap
     from vit_lens_clip.viz.figures import overlay_grid
 
     loaded, model = state.loaded, state.loaded.model
@@ -298,7 +298,7 @@ def _heatmap_section(state: ReportState, textspan_table, tasks: list[Task], args
 
 
 def _segmentation_section(state: ReportState, args) -> None:
-    from vit_lens_clip.spatial.evaluate import (
+    from vit_lens_clip.methods.spatial.evaluate import (
         METHOD_TITLES, ShapesSegmentation, evaluate_segmentation, segmentation_markdown, shapes_classes,
     )
 
@@ -315,11 +315,11 @@ def _segmentation_section(state: ReportState, args) -> None:
 
 
 def _spurious_section(state: ReportState, pool, pool_emb, args) -> None:
-    from vit_lens_clip.spurious import run_spurious, shapes_eval_set, shapes_group_names
+    from vit_lens_clip.methods.spurious import run_spurious, shapes_eval_set, shapes_group_names
     from vit_lens_clip.viz.figures import bar_table
 
     from vit_lens_clip.datasets.shapes_world import TRAIN_BIRD_SIZE
-    from vit_lens_clip.spurious import SHAPES_PLACE_QUERIES
+    from vit_lens_clip.methods.spurious import SHAPES_PLACE_QUERIES
 
     bird_size = args.spurious_bird_size or TRAIN_BIRD_SIZE
     queries = args.spurious_queries or list(SHAPES_PLACE_QUERIES)
@@ -334,7 +334,7 @@ def _spurious_section(state: ReportState, pool, pool_emb, args) -> None:
                            f"{', '.join(repr(q) for q in queries)})", table.to_markdown()))
     rows = {r["setting"]: {"average": r["average"], "worst_group": r["worst_group"]} for r in data["rows"]}
     state.sections.append(("Spurious cue: accuracy per setting", bar_table(rows)))
-    from vit_lens_clip.spurious import dataset_cue_and_class_effects, effects_markdown
+    from vit_lens_clip.methods.spurious import dataset_cue_and_class_effects, effects_markdown
 
     n_layers = state.loaded.model.cfg.n_layers
     effects = dataset_cue_and_class_effects(state.loaded, dataset, table.classifier,

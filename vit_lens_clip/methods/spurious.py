@@ -30,9 +30,9 @@ from torch.utils.data import Dataset
 
 from vit_lens_clip.datasets import shapes_world
 from vit_lens_clip.decompose import Decomposition, StackReducer, run_reducers
-from vit_lens_clip.textspan.algorithm import TextSpanResult
-from vit_lens_clip.textspan.pools import embed_texts_cached, load_pool
-from vit_lens_clip.textspan.runs import (
+from vit_lens_clip.methods.textspan.algorithm import TextSpanResult
+from vit_lens_clip.methods.textspan.pools import embed_texts_cached, load_pool
+from vit_lens_clip.methods.textspan.runs import (
     Head,
     HeadContributions,
     TextSpanTable,
@@ -41,7 +41,7 @@ from vit_lens_clip.textspan.runs import (
     heads_by_textspan_topic,
     heads_for_queries,
 )
-from vit_lens_clip.zeroshot import build_classifier, logits
+from vit_lens_clip.methods.zeroshot import build_classifier, logits
 
 PLACE_QUERIES: tuple[str, ...] = ("a place", "a location", "a background")
 # the shapes world's text tower only knows its own captions' words, so it is asked about places in them

@@ -17,7 +17,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from vit_lens_clip.textspan.algorithm import TextSpanResult
+from vit_lens_clip.methods.textspan.algorithm import TextSpanResult
 
 
 def head_label(key: Hashable) -> str:

@@ -34,11 +34,11 @@ from tqdm.auto import tqdm
 
 from vit_lens_clip.datasets.shapes_world import ShapesDataset, ShapesWorld
 from vit_lens_clip.model.hooked_vit import HookedViT
-from vit_lens_clip.spatial.baselines import BASELINES, TEXT_DRIVEN
-from vit_lens_clip.spatial.geometry import upsample_patch_map
-from vit_lens_clip.spatial.heatmaps import class_heatmap, predict_classes, text_heatmap
-from vit_lens_clip.spatial.metrics import SegmentationMetrics, zero_shot_segment
-from vit_lens_clip.zeroshot import build_classifier
+from vit_lens_clip.methods.spatial.baselines import BASELINES, TEXT_DRIVEN
+from vit_lens_clip.methods.spatial.geometry import upsample_patch_map
+from vit_lens_clip.methods.spatial.heatmaps import class_heatmap, predict_classes, text_heatmap
+from vit_lens_clip.methods.spatial.metrics import SegmentationMetrics, zero_shot_segment
+from vit_lens_clip.methods.zeroshot import build_classifier
 
 METHODS: tuple[str, ...] = ("decomposition", "raw_attention", "rollout", "gradcam", "chefer")
 METHOD_TITLES = {

@@ -39,7 +39,7 @@ def _cmd_hooks(args: argparse.Namespace) -> None:
 def _cmd_bench(args: argparse.Namespace) -> None:
     import torch
 
-    from vit_lens_clip.bench import bench_model
+    from vit_lens_clip.app.bench import bench_model
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -50,26 +50,26 @@ def _cmd_bench(args: argparse.Namespace) -> None:
         import torch.nn.functional as F
 
         from vit_lens_clip.model.hooked_vit import HookedViT
-        from vit_lens_clip.spatial.evaluate import bench_heatmaps
+        from vit_lens_clip.methods.spatial.evaluate import bench_heatmaps
 
         dev = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         model = HookedViT.from_open_clip(open_clip.create_model(args.arch, pretrained=None).eval().to(dev))
         x = torch.randn(args.batch_size, 3, *model.cfg.image_size, device=dev)
         bench_heatmaps(model, x, F.normalize(torch.randn(1, model.cfg.output_dim, device=dev), dim=-1), repeats=args.repeats)
     if args.textspan:
-        from vit_lens_clip.textspan.bench import bench_textspan
+        from vit_lens_clip.methods.textspan.bench import bench_textspan
 
         bench_textspan()
 
 
 def _cmd_segment(args: argparse.Namespace) -> None:
-    from vit_lens_clip.spatial.evaluate import run_segment_command
+    from vit_lens_clip.methods.spatial.evaluate import run_segment_command
 
     run_segment_command(args)
 
 
 def _cmd_report(args: argparse.Namespace) -> None:
-    from vit_lens_clip.report import run_report
+    from vit_lens_clip.app.report import run_report
 
     run_report(args)
 
@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="the whole analysis, written as an offline HTML report + JSON/CSV")
     _model_arguments(p)
-    from vit_lens_clip.report import add_report_arguments
+    from vit_lens_clip.app.report import add_report_arguments
 
     add_report_arguments(p)
     p.set_defaults(func=_cmd_report)
@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--textspan", action="store_true", help="also time batched TextSpan vs the reference")
     p.set_defaults(func=_cmd_bench)
 
-    from vit_lens_clip.spatial.evaluate import add_segment_arguments
+    from vit_lens_clip.methods.spatial.evaluate import add_segment_arguments
 
     p = sub.add_parser("segment", help="zero-shot segmentation: decomposition vs baselines, with metrics")
     add_segment_arguments(p)

@@ -1,6 +1,6 @@
 """Text pools for TextSpan and a disk cache for their embeddings.
 
-Built-in pools (regenerate with ``python -m vit_lens_clip.textspan.make_pools``):
+Built-in pools (regenerate with ``python -m vit_lens_clip.methods.textspan.make_pools``):
 
 * ``"descriptions"``: a few thousand short image descriptions written from this package's own vocabularies;
 * ``"words"``: the 3,500 most common alphabetic English words (wordfreq).

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vit_lens_clip.textspan.ties import default_tie_rtol, numerical_rank
+from vit_lens_clip.methods.textspan.ties import default_tie_rtol, numerical_rank
 
 
 @dataclass

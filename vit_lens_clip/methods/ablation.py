@@ -121,7 +121,7 @@ def cumulative_layer_curve(
 
     ``kind``: "attn" (attention layers), "mlp", or "both".
     """
-    from vit_lens_clip.zeroshot import accuracy, logits
+    from vit_lens_clip.methods.zeroshot import accuracy, logits
 
     if kind not in ("attn", "mlp", "both"):
         raise ValueError("kind must be 'attn', 'mlp' or 'both'")

@@ -1,7 +1,7 @@
 """Benchmark: batched TextSpan against the per-head NumPy reference on the same random data.
 
-python -m vit_lens_clip.textspan.bench            # paper-sized: 48 heads, 2000 images, 3500 texts
-python -m vit_lens_clip.textspan.bench --quick    # small sizes, a few seconds
+python -m vit_lens_clip.methods.textspan.bench            # paper-sized: 48 heads, 2000 images, 3500 texts
+python -m vit_lens_clip.methods.textspan.bench --quick    # small sizes, a few seconds
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from vit_lens_clip.textspan.algorithm import text_span
-from vit_lens_clip.textspan.reference import text_span_reference
+from vit_lens_clip.methods.textspan.algorithm import text_span
+from vit_lens_clip.methods.textspan.reference import text_span_reference
 
 QUICK_SIZES = {"n_heads": 6, "n_images": 300, "n_texts": 500, "d_out": 128, "k": 10}
 

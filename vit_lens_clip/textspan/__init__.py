@@ -1,7 +1,0 @@
-"""TextSpan: describe each attention head by the texts that span its output (Gandelsman et al., ICLR 2024)."""
-
-from vit_lens_clip.textspan.algorithm import TextSpanResult, text_span
-from vit_lens_clip.textspan.pools import embed_texts_cached, load_pool
-from vit_lens_clip.textspan.report import rank_heads_by_text
-
-__all__ = ["TextSpanResult", "embed_texts_cached", "load_pool", "rank_heads_by_text", "text_span"]
