@@ -366,7 +366,8 @@ def reproduce() -> list:
         shape classifier; each map is made for the predicted class.
         """),
         code("""
-        from vit_lens_clip.methods.spatial.evaluate import ShapesSegmentation, evaluate_segmentation, segmentation_markdown, shapes_classes
+        from vit_lens_clip.datasets.shapes_adapters import ShapesSegmentation, shapes_classes
+        from vit_lens_clip.methods.spatial.evaluate import evaluate_segmentation, segmentation_markdown
 
         seg_classifier = build_classifier(clip, *shapes_classes())
         seg_data = ShapesSegmentation(150, clip.preprocess, seed=2, include_original=False)

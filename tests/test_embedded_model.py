@@ -111,7 +111,8 @@ def test_textspan_finds_a_head_dominated_by_one_property(loaded, images):
 
 
 def test_decomposition_segments_better_than_attention_baselines(loaded):
-    from vit_lens_clip.methods.spatial.evaluate import ShapesSegmentation, evaluate_segmentation, shapes_classes
+    from vit_lens_clip.datasets.shapes_adapters import ShapesSegmentation, shapes_classes
+    from vit_lens_clip.methods.spatial.evaluate import evaluate_segmentation
     from vit_lens_clip.methods.zeroshot import build_classifier
 
     names, templates = shapes_classes()

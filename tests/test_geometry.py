@@ -9,7 +9,7 @@ import torchvision.transforms as T
 from PIL import Image
 from torchvision.transforms import InterpolationMode
 
-from vit_lens_clip.methods.spatial.geometry import PreprocessGeometry, upsample_patch_map
+from vit_lens_clip.datasets.geometry import PreprocessGeometry, upsample_patch_map
 
 MEAN = torch.tensor(open_clip.OPENAI_DATASET_MEAN)[:, None, None]
 STD = torch.tensor(open_clip.OPENAI_DATASET_STD)[:, None, None]

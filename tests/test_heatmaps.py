@@ -23,17 +23,17 @@ from vit_lens_clip.methods.spatial.baselines import (
     gradcam,
     raw_attention,
 )
+from vit_lens_clip.app.config import add_segment_arguments
+from vit_lens_clip.app.segment import run_segment_command
+from vit_lens_clip.datasets.shapes_adapters import ShapesSegmentation
 from vit_lens_clip.methods.spatial.evaluate import (
     METHODS,
-    ShapesSegmentation,
-    add_segment_arguments,
     bench_heatmaps,
     evaluate_segmentation,
-    run_segment_command,
     segmentation_examples,
     write_segmentation_report,
 )
-from vit_lens_clip.methods.spatial.geometry import PreprocessGeometry, upsample_patch_map
+from vit_lens_clip.datasets.geometry import PreprocessGeometry, upsample_patch_map
 from vit_lens_clip.methods.spatial.heatmaps import (
     class_directions,
     class_heatmap,

@@ -15,7 +15,7 @@ from vit_lens_clip.datasets.segmentation import (
     MaskFolder,
     collate_segmentation,
 )
-from vit_lens_clip.methods.spatial.geometry import PreprocessGeometry
+from vit_lens_clip.datasets.geometry import PreprocessGeometry
 
 h5py = pytest.importorskip("h5py")
 

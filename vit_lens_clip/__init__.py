@@ -1,10 +1,42 @@
-"""vit_lens_clip: exact, hookable CLIP image encoders and their text-based decomposition."""
+"""vit_lens_clip: exact, hookable CLIP image encoders and their text-based decomposition.
+
+The public names below load on first use (PEP 562), so importing a light submodule (the command line's parser)
+does not import torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from vit_lens_clip import _moved
-from vit_lens_clip.loading import EMBEDDED_NAME, LoadedCLIP, WeightsUnavailableError, load_clip
-from vit_lens_clip.model.config import ViTConfig
-from vit_lens_clip.model.hooked_vit import HookedViT
 
 _moved.install()
 
-__all__ = ["HookedViT", "ViTConfig", "load_clip", "LoadedCLIP", "EMBEDDED_NAME", "WeightsUnavailableError"]
+_PUBLIC: dict[str, str] = {
+    "HookedViT": "vit_lens_clip.model.hooked_vit",
+    "ViTConfig": "vit_lens_clip.model.config",
+    "load_clip": "vit_lens_clip.loading",
+    "LoadedCLIP": "vit_lens_clip.loading",
+    "EMBEDDED_NAME": "vit_lens_clip.loading",
+    "WeightsUnavailableError": "vit_lens_clip.loading",
+}
+
+__all__ = list(_PUBLIC)
+
+if TYPE_CHECKING:
+    from vit_lens_clip.loading import EMBEDDED_NAME, LoadedCLIP, WeightsUnavailableError, load_clip
+    from vit_lens_clip.model.config import ViTConfig
+    from vit_lens_clip.model.hooked_vit import HookedViT
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'vit_lens_clip' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_PUBLIC[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_PUBLIC))

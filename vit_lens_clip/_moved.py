@@ -14,7 +14,8 @@ import sys
 import warnings
 from types import ModuleType
 
-MOVED: dict[str, str] = {
+MOVED: dict[str, str] = {  # the first matching entry wins: specific names before their packages
+    "vit_lens_clip.spatial.geometry": "vit_lens_clip.datasets.geometry",
     "vit_lens_clip.cli": "vit_lens_clip.app.cli",
     "vit_lens_clip.report": "vit_lens_clip.app.report",
     "vit_lens_clip.bench": "vit_lens_clip.app.bench",

@@ -6,14 +6,10 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
+from vit_lens_clip.app.config import ReportConfig, add_model_arguments, add_report_arguments, add_segment_arguments
 
-def _model_arguments(p: argparse.ArgumentParser) -> None:
-    from vit_lens_clip.loading import EMBEDDED_NAME
-
-    p.add_argument("--model", default=EMBEDDED_NAME, help="open_clip name, local-dir:PATH, hf-hub:ID, hf:ID, or the embedded default")
-    p.add_argument("--pretrained", default=None, help="pretrained tag or local .safetensors/.bin file")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
+# The parser imports only the light options module above; each command imports its heavy modules (torch,
+# open_clip) inside its handler, so ``vit-lens-clip --help`` and every ``<command> --help`` stay instant.
 
 
 def _cmd_hooks(args: argparse.Namespace) -> None:
@@ -63,7 +59,7 @@ def _cmd_bench(args: argparse.Namespace) -> None:
 
 
 def _cmd_segment(args: argparse.Namespace) -> None:
-    from vit_lens_clip.methods.spatial.evaluate import run_segment_command
+    from vit_lens_clip.app.segment import run_segment_command
 
     run_segment_command(args)
 
@@ -71,7 +67,7 @@ def _cmd_segment(args: argparse.Namespace) -> None:
 def _cmd_report(args: argparse.Namespace) -> None:
     from vit_lens_clip.app.report import run_report
 
-    run_report(args)
+    run_report(ReportConfig.from_args(args))
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
@@ -85,14 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("report", help="the whole analysis, written as an offline HTML report + JSON/CSV")
-    _model_arguments(p)
-    from vit_lens_clip.app.report import add_report_arguments
-
+    add_model_arguments(p)
     add_report_arguments(p)
     p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("hooks", help="list hook names and shapes")
-    _model_arguments(p)
+    add_model_arguments(p)
     p.add_argument("--random", action="store_true", help="a tiny random ViT instead of loading a model")
     p.set_defaults(func=_cmd_hooks)
 
@@ -106,8 +100,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heatmaps", action="store_true", help="also time heatmaps and segmentation baselines")
     p.add_argument("--textspan", action="store_true", help="also time batched TextSpan vs the reference")
     p.set_defaults(func=_cmd_bench)
-
-    from vit_lens_clip.methods.spatial.evaluate import add_segment_arguments
 
     p = sub.add_parser("segment", help="zero-shot segmentation: decomposition vs baselines, with metrics")
     add_segment_arguments(p)

@@ -26,7 +26,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from vit_lens_clip.methods.spatial.geometry import PreprocessGeometry
+from vit_lens_clip.datasets.geometry import PreprocessGeometry
 
 # what Pillow raises on truncated, corrupt or oversized files
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
@@ -34,7 +34,7 @@ _DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
-def _make_item(
+def make_item(
     index: int,
     name: str,
     image: np.ndarray,
@@ -180,7 +180,7 @@ class ImageNetSegmentation(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         image, mask, name = self.read_original(index)
-        return _make_item(index % self._length, name, image, mask, self.preprocess, self.include_original)
+        return make_item(index % self._length, name, image, mask, self.preprocess, self.include_original)
 
 
 # ----------------------------------------------------------------------------------------------- MaskFolder
@@ -285,7 +285,7 @@ class MaskFolder(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         image_path, mask_path = self.pairs[index]
         index %= len(self.pairs)
-        return _make_item(
+        return make_item(
             index,
             image_path.stem,
             _read_image(image_path),

@@ -34,6 +34,8 @@ from vit_lens_clip.datasets.shapes_world import (
     label_of,
     zero_shot_labels,
 )
+from vit_lens_clip.embedded import EMBEDDED_MODEL_DIR
+from vit_lens_clip.embedded.config import PREPROCESS_CFG
 
 HELD_OUT_SEED = 12345
 SPURIOUS_SEED = 54321
@@ -42,7 +44,6 @@ SPURIOUS_SEED = 54321
 def load_model(model_dir: str | Path | None = None, device: str = "cpu"):
     """(model, preprocess, tokenizer) from an open_clip local-dir folder (the embedded model by default)."""
     if model_dir is None:
-        from vit_lens_clip.embedded import EMBEDDED_MODEL_DIR
         model_dir = EMBEDDED_MODEL_DIR
     name = "local-dir:" + str(model_dir)
     model, _, preprocess = open_clip.create_model_and_transforms(name, device=device)
@@ -170,7 +171,6 @@ def markdown_table(attributes: dict[str, float], spurious: dict[str, float] | No
 
 def quick_report(model, tokenizer, n: int = 300, device: str = "cpu") -> str:
     """One-line zero-shot summary used to monitor training (smaller held-out set, eval preprocessing)."""
-    from vit_lens_clip.embedded.train import PREPROCESS_CFG
     preprocess = open_clip.image_transform(PREPROCESS_CFG["size"], is_train=False, mean=PREPROCESS_CFG["mean"],
                                            std=PREPROCESS_CFG["std"])
     res = evaluate_attributes(model, preprocess, tokenizer, n=n, device=device)

@@ -24,24 +24,9 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from vit_lens_clip.datasets.shapes_world import SWEEP_WEIGHTS, ShapesWorld, sweep_distribution
+from vit_lens_clip.embedded.config import CHECKPOINT_NAME, CONFIG_NAME, MODEL_CFG, PREPROCESS_CFG, WEIGHTS_NAME
+from vit_lens_clip.embedded.evaluate import quick_report
 
-MODEL_CFG: dict = {
-    "embed_dim": 128,
-    "vision_cfg": {"image_size": 64, "layers": 6, "width": 128, "head_width": 32, "patch_size": 8, "mlp_ratio": 4.0},
-    "text_cfg": {"context_length": 24, "vocab_size": 49408, "width": 128, "heads": 4, "layers": 4},
-}
-PREPROCESS_CFG: dict = {
-    "size": 64,
-    "mode": "RGB",
-    "mean": [0.5, 0.5, 0.5],
-    "std": [0.5, 0.5, 0.5],
-    "interpolation": "bicubic",
-    "resize_mode": "shortest",
-    "fill_color": 0,
-}
-CONFIG_NAME = "open_clip_config.json"
-WEIGHTS_NAME = "open_clip_model.safetensors"
-CHECKPOINT_NAME = "checkpoint.pt"
 
 
 def sincos_2d(grid: int, width: int) -> torch.Tensor:
@@ -143,8 +128,6 @@ def train(
         raise ValueError("steps must be positive")
     sweep_weights = dict(SWEEP_WEIGHTS if sweep_weights is None else sweep_weights)
     sweep_distribution(sweep_weights)  # bad weights fail here, before anything is built or written
-    if eval_every:  # imported now, not at the first summary: a long run must not pick up code edited meanwhile
-        from vit_lens_clip.embedded.evaluate import quick_report
     torch.set_num_threads(threads)
     out.mkdir(parents=True, exist_ok=True)
     model = build_model(seed, sincos_init, pos_init_scale).to(device)

@@ -15,6 +15,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from vit_lens_clip.decompose.parts import Decomposition
+from vit_lens_clip.methods.zeroshot import accuracy, logits
 from vit_lens_clip.model.hooked_vit import HookedViT
 
 Head = tuple[int, int]
@@ -121,8 +122,6 @@ def cumulative_layer_curve(
 
     ``kind``: "attn" (attention layers), "mlp", or "both".
     """
-    from vit_lens_clip.methods.zeroshot import accuracy, logits
-
     if kind not in ("attn", "mlp", "both"):
         raise ValueError("kind must be 'attn', 'mlp' or 'both'")
     n_layers = parts.attns.shape[1]

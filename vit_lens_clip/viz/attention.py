@@ -24,6 +24,8 @@ import plotly.graph_objects as go
 from jaxtyping import Float
 from torch import Tensor
 
+from vit_lens_clip.viz.html import circuitsvis_bundle_path, circuitsvis_script, figure_html, plotly_script
+
 CIRCUITSVIS_COMPONENT = "AttentionHeads"
 
 
@@ -66,30 +68,6 @@ def _head_names(n_heads: int, head_names: Sequence[str] | None) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------- circuitsvis
-def circuitsvis_bundle_path() -> Path | None:
-    """The JavaScript bundle shipped inside the installed circuitsvis package, or None."""
-    try:
-        import circuitsvis
-    except ImportError:
-        return None
-    path = Path(circuitsvis.__file__).parent / "dist" / "cdn" / "iife.js"
-    return path if path.is_file() else None
-
-
-@functools.lru_cache(maxsize=1)
-def circuitsvis_script() -> str:
-    """The circuitsvis bundle as one inline classic ``<script>`` (defines ``window.CircuitsVis``).
-
-    "</script" inside the bundle (string literals) is written "<\\/script", which JavaScript reads identically,
-    so the tag cannot close early. ``html.figures_to_html`` keeps a single copy of this exact string per page.
-    """
-    path = circuitsvis_bundle_path()
-    if path is None:
-        raise RuntimeError("circuitsvis (with its bundled dist/cdn/iife.js) is not installed")
-    source = path.read_text(encoding="utf-8").replace("</script", "<\\/script")
-    return f'<script data-vit-lens-lib="circuitsvis">{source}</script>'
-
-
 def _json_for_script(value) -> str:
     return json.dumps(value, separators=(",", ":")).replace("</", "<\\/")
 
@@ -184,6 +162,4 @@ def attention_patterns_html(
             "maskUpperTri": False, "minValue": 0.0, "maxValue": float(max(x.max(), 1e-12)),
         }
         return circuitsvis_view(CIRCUITSVIS_COMPONENT, props, include_bundle=include_library)
-    from vit_lens_clip.viz.html import figure_html, plotly_script
-
     return (plotly_script() if include_library else "") + figure_html(attention_pattern_figure(x, labels, names))

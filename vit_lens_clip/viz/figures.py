@@ -26,7 +26,7 @@ from jaxtyping import Float
 from plotly.subplots import make_subplots
 from torch import Tensor
 
-from vit_lens_clip.methods.spatial.geometry import upsample_patch_map
+from vit_lens_clip.datasets.geometry import upsample_patch_map
 
 ImageLike = Any  # PIL.Image.Image | np.ndarray [H, W, 3] | Tensor [3, H, W]
 MapLike = Float[Tensor, "rows cols"] | np.ndarray

@@ -13,6 +13,7 @@ import html
 import re
 import uuid
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Union
 
 import plotly.graph_objects as go
@@ -54,11 +55,33 @@ def _plotly_script() -> str:
     return f'<script data-vit-lens-lib="plotly">{source}</script>'
 
 
+def circuitsvis_bundle_path() -> Path | None:
+    """The JavaScript bundle shipped inside the installed circuitsvis package, or None."""
+    try:
+        import circuitsvis  # optional dependency: pages work without it (plotly fallback)
+    except ImportError:
+        return None
+    path = Path(circuitsvis.__file__).parent / "dist" / "cdn" / "iife.js"
+    return path if path.is_file() else None
+
+
+@functools.lru_cache(maxsize=1)
+def circuitsvis_script() -> str:
+    """The circuitsvis bundle as one inline classic ``<script>`` (defines ``window.CircuitsVis``).
+
+    "</script" inside the bundle (string literals) is written "<\\/script", which JavaScript reads identically,
+    so the tag cannot close early. ``html.figures_to_html`` keeps a single copy of this exact string per page.
+    """
+    path = circuitsvis_bundle_path()
+    if path is None:
+        raise RuntimeError("circuitsvis (with its bundled dist/cdn/iife.js) is not installed")
+    source = path.read_text(encoding="utf-8").replace("</script", "<\\/script")
+    return f'<script data-vit-lens-lib="circuitsvis">{source}</script>'
+
+
 def _library_scripts() -> dict[str, str]:
     """Inline library tags that may appear inside sections, by name (circuitsvis only when installed)."""
     scripts = {"plotly": plotly_script()}
-    from vit_lens_clip.viz.attention import circuitsvis_bundle_path, circuitsvis_script
-
     if circuitsvis_bundle_path() is not None:
         scripts["circuitsvis"] = circuitsvis_script()
     return scripts

@@ -8,37 +8,39 @@ Texts: the decomposition map uses the published text, the predicted class's clas
 column. The gradient baselines (GradCAM, Chefer et al.) differentiate the score of the predicted class's
 column, as their papers explain the predicted class. Raw attention and rollout take no text.
 
-Also here: ``bench_heatmaps`` (cost of each map relative to a plain forward), an HTML/CSV/Markdown report,
-a small adapter that turns the synthetic shapes world into a segmentation dataset, and the ``segment``
-command's arguments.
+Also here: ``bench_heatmaps`` (cost of each map relative to a plain forward) and an HTML/CSV/Markdown report.
+The shapes-world adapter is ``vit_lens_clip.datasets.shapes_adapters``; the ``segment`` command is
+``vit_lens_clip.app.segment``.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import html
+import importlib
 import math
 import statistics
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
+import plotly.graph_objects as go
 import torch
 from jaxtyping import Float, Int
+from plotly.subplots import make_subplots
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
-from vit_lens_clip.datasets.shapes_world import ShapesDataset, ShapesWorld
+from vit_lens_clip.datasets.segmentation import collate_segmentation
 from vit_lens_clip.model.hooked_vit import HookedViT
 from vit_lens_clip.methods.spatial.baselines import BASELINES, TEXT_DRIVEN
-from vit_lens_clip.methods.spatial.geometry import upsample_patch_map
+from vit_lens_clip.datasets.geometry import upsample_patch_map
 from vit_lens_clip.methods.spatial.heatmaps import class_heatmap, predict_classes, text_heatmap
 from vit_lens_clip.methods.spatial.metrics import SegmentationMetrics, zero_shot_segment
-from vit_lens_clip.methods.zeroshot import build_classifier
 
 METHODS: tuple[str, ...] = ("decomposition", "raw_attention", "rollout", "gradcam", "chefer")
 METHOD_TITLES = {
@@ -84,8 +86,6 @@ def method_maps(
 
 
 def _loader(dataset: Dataset, batch_size: int, limit: Optional[int]) -> DataLoader:
-    from vit_lens_clip.datasets.segmentation import collate_segmentation
-
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if limit is not None:
@@ -224,9 +224,6 @@ def segmentation_markdown(results: dict[str, dict[str, float]], title: str = "Ze
 
 
 def _example_figure(example: SegmentationExample):
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-
     methods = list(example.soft_maps)
     cols = 1 + len(methods)
     titles = ["image"] + [METHOD_TITLES.get(m, m) for m in methods] + ["ground truth"] + [f"{m} mask" for m in methods]
@@ -354,111 +351,19 @@ def bench_heatmaps(
     return result
 
 
-# ---------------------------------------------------------------------------------------- shapes adapter
-class ShapesSegmentation(ShapesDataset):
-    """Scenes of the synthetic shapes world as a segmentation dataset (foreground = every object's pixels).
-
-    A view over ``ShapesDataset``: scene ``i`` comes from its own seeded stream, so items are reproducible and
-    independent of order. Items have the keys of ``vit_lens_clip.datasets.segmentation`` plus ``caption`` and
-    ``shape``.
-    """
-
-    def __init__(self, n_scenes: int, preprocess: Callable, image_size: int = 64, seed: int = 0,
-                 include_original: bool = True):
-        if n_scenes < 1:
-            raise ValueError(f"n_scenes must be >= 1, got {n_scenes}")
-        super().__init__(n_scenes, seed, world=ShapesWorld(image_size=image_size, seed=seed))
-        self.preprocess, self.include_original = preprocess, include_original
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        from vit_lens_clip.datasets.segmentation import _make_item
-
-        if not 0 <= index < self.n:
-            raise IndexError(f"index {index} out of range for {self.n} scenes")
-        scene = self.scene(index)
-        item = _make_item(index, f"scene-{index}", scene.image, scene.foreground, self.preprocess,
-                          self.include_original)
-        item["caption"] = scene.caption
-        item["shape"] = scene.attributes.shape
-        return item
+# names that moved out of this module: the shapes-world adapters to vit_lens_clip.datasets.shapes_adapters, the
+# ``segment`` command to vit_lens_clip.app.segment (and its options to vit_lens_clip.app.config)
+_MOVED_NAMES: dict[str, str] = {
+    "ShapesSegmentation": "vit_lens_clip.datasets.shapes_adapters",
+    "shapes_classes": "vit_lens_clip.datasets.shapes_adapters",
+    "run_segment_command": "vit_lens_clip.app.segment",
+    "add_segment_arguments": "vit_lens_clip.app.config",
+}
 
 
-def shapes_classes() -> tuple[list[str], list[Callable[[str], str]]]:
-    """Class names and templates for the shapes world's zero-shot segmentation (the shape of the objects)."""
-    from vit_lens_clip.datasets.shapes_world import zero_shot_labels
-
-    return zero_shot_labels("shape")
-
-
-# ------------------------------------------------------------------------------------------------- command
-def add_segment_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Arguments of ``vit-lens-clip segment``."""
-    parser.add_argument("--model", default="vit-lens-clip/shapes", help="model name for load_clip")
-    parser.add_argument("--pretrained", default=None, help="pretrained tag or checkpoint file")
-    parser.add_argument("--dataset", nargs="+", default=["shapes"], metavar="KIND [PATH]",
-                        help="'shapes' (built-in synthetic scenes), 'imagenet-seg PATH' (gtsegs_ijcv.mat) "
-                             "or 'folder PATH' (root/images + root/masks)")
-    parser.add_argument("--limit", type=int, default=None, help="score at most this many images "
-                        "(shapes: number of scenes, default 200)")
-    parser.add_argument("--out", default="segmentation_report", help="output folder")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    parser.add_argument("--classes", default=None,
-                        help="file with one class name per line (default: ImageNet classes; shapes: its shapes)")
-    parser.add_argument("--templates", choices=("openai", "simple"), default="openai",
-                        help="ImageNet prompt templates: open_clip's 80 (openai) or its 7 (simple)")
-    parser.add_argument("--frame", choices=("model", "original"), default="model",
-                        help="score in the model-input frame or on the original image")
-    parser.add_argument("--examples", type=int, default=4, help="images shown in the HTML report")
-    return parser
-
-
-def _dataset_from_args(kind_and_path: Sequence[str], preprocess: Callable, image_size: int, limit: Optional[int]):
-    kind, rest = kind_and_path[0], list(kind_and_path[1:])
-    if kind == "shapes":
-        if rest:
-            raise ValueError("--dataset shapes takes no path")
-        return ShapesSegmentation(limit or 200, preprocess, image_size=max(64, image_size))
-    if kind not in ("imagenet-seg", "folder") or len(rest) != 1:
-        raise ValueError("--dataset must be 'shapes', 'imagenet-seg PATH' or 'folder PATH'")
-    from vit_lens_clip.datasets.segmentation import ImageNetSegmentation, MaskFolder
-
-    if kind == "imagenet-seg":
-        return ImageNetSegmentation(rest[0], preprocess)
-    return MaskFolder(rest[0], preprocess)
-
-
-def _classes_from_args(args: argparse.Namespace) -> tuple[list[str], list]:
-    import open_clip
-
-    if args.dataset[0] == "shapes" and args.classes is None:
-        return shapes_classes()
-    if args.classes is not None:
-        names = [line.strip() for line in Path(args.classes).read_text().splitlines() if line.strip()]
-        if not names:
-            raise ValueError(f"no class names in {args.classes}")
-    else:
-        names = list(open_clip.IMAGENET_CLASSNAMES)
-    templates = open_clip.OPENAI_IMAGENET_TEMPLATES if args.templates == "openai" else open_clip.SIMPLE_IMAGENET_TEMPLATES
-    return names, list(templates)
-
-
-def run_segment_command(args: argparse.Namespace) -> dict[str, dict[str, float]]:
-    """``vit-lens-clip segment``: load the model, score every method, write CSV / Markdown / HTML to --out."""
-    from vit_lens_clip.loading import load_clip
-
-    loaded = load_clip(args.model, pretrained=args.pretrained, device=args.device)
-    image_size = loaded.model.cfg.image_size[0]
-    dataset = _dataset_from_args(args.dataset, loaded.preprocess, image_size, args.limit)
-    classnames, templates = _classes_from_args(args)
-    classifier = build_classifier(loaded, classnames, templates)
-    results = evaluate_segmentation(loaded, dataset, classifier, methods=args.methods, batch_size=args.batch_size,
-                                    limit=args.limit, frame=args.frame)
-    examples = segmentation_examples(loaded, dataset, classifier, methods=args.methods,
-                                     n_examples=max(0, args.examples), frame=args.frame) if args.examples > 0 else []
-    paths = write_segmentation_report(results, examples, args.out,
-                                      title=f"Zero-shot segmentation: {loaded.name} on {' '.join(args.dataset)}")
-    print(segmentation_markdown(results))
-    print("wrote " + ", ".join(str(p) for p in paths.values()))
-    return results
+def __getattr__(name: str) -> Any:
+    """Deprecated access to names that moved (an upward import would make a circle, so it is done on use)."""
+    if name not in _MOVED_NAMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    warnings.warn(f"{__name__}.{name} moved to {_MOVED_NAMES[name]}.{name}", DeprecationWarning, stacklevel=2)
+    return getattr(importlib.import_module(_MOVED_NAMES[name]), name)

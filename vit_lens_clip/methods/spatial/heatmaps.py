@@ -25,7 +25,7 @@ from torch import Tensor
 from vit_lens_clip.decompose.fold import Convention
 from vit_lens_clip.decompose.parts import DecompositionCapture, decompose
 from vit_lens_clip.model.hooked_vit import HookedViT
-from vit_lens_clip.methods.spatial.geometry import PreprocessGeometry, upsample_patch_map
+from vit_lens_clip.datasets.geometry import PreprocessGeometry, upsample_patch_map
 
 HeadIndex = tuple[int, int]
 

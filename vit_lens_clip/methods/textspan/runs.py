@@ -24,12 +24,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
 
+import plotly.graph_objects as go
 import torch
 from einops import rearrange
 from jaxtyping import Float, Int
 from safetensors.torch import save_file
 from torch import Tensor
 from torch.utils.data import Dataset
+from tqdm.auto import tqdm
 
 from vit_lens_clip.datasets.folder import Batch, TensorImages
 from vit_lens_clip.decompose.parts import Decomposition
@@ -362,6 +364,7 @@ def completeness(
     ks: Sequence[int] = (5, 10, 20, 40, 60),
     rank: int = 80,
     ablate_embed: bool = False,
+    progress: bool = False,
 ) -> CompletenessTable:
     """The paper's completeness protocol, post-hoc in folded space.
 
@@ -370,7 +373,7 @@ def completeness(
     zero-shot accuracy. The embedding term e is kept per image (``ablate_embed=True`` mean-ablates it too).
     ``textspan``: unit text embeddings [M, D] (``text_span`` is run per k with ``rank``), a callable
     (contributions [n_kept, H, n, D], k) -> TextSpanResult, or a dict k -> ``run_textspan`` rows.
-    ``labels`` defaults to ``contributions.labels``.
+    ``labels`` defaults to ``contributions.labels``; ``progress`` shows a bar over the kept layers.
     """
     labels = contributions.labels if labels is None else labels
     if labels is None:
@@ -387,7 +390,8 @@ def completeness(
     if isinstance(textspan, Tensor):  # one run with the largest k serves every k (greedy picks are prefixes)
         stacked = contributions.stack()
         runs = [text_span(stacked[i], textspan, k=max(ks), rank=rank, prefix_ks=ks)
-                for i in range(len(contributions.layers))]  # one kept layer at a time bounds memory
+                for i in tqdm(range(len(contributions.layers)), desc="completeness (TextSpan per layer)",
+                              disable=not progress)]  # one kept layer at a time bounds memory
         reconstructions = {k: rearrange(torch.stack([r.prefix_reconstructions[k] for r in runs]),
                                         "l h n d -> n l h d").to(contributions.heads.dtype) for k in ks}
     else:
@@ -402,8 +406,6 @@ def completeness(
 
 def completeness_figure(table: CompletenessTable, title: str | None = None):
     """Plotly figure: accuracy vs k, with the baseline and the early-ablated accuracy as dashed lines."""
-    import plotly.graph_objects as go
-
     ks = [row["k"] for row in table.rows]
     fig = go.Figure()
     fig.add_trace(go.Scatter(x=ks, y=[100 * row["top1"] for row in table.rows], mode="lines+markers",

@@ -1,0 +1,40 @@
+"""``vit-lens-clip --help`` and every subcommand's ``--help`` are instant: building and using the parser imports
+no heavy library (checked by import inspection in a fresh interpreter, not by a wall clock)."""
+
+import subprocess
+import sys
+
+from vit_lens_clip.app.config import SECTION_NAMES, SEGMENT_METHODS
+from vit_lens_clip.app.sections import SECTIONS
+from vit_lens_clip.methods.spatial.evaluate import METHODS
+
+HEAVY = ("torch", "open_clip", "transformers", "transformer_lens", "numpy", "plotly")
+
+CODE = f"""
+import contextlib, io, sys
+from vit_lens_clip.app.cli import build_parser
+
+parser = build_parser()
+for argv in ([], ["report"], ["hooks"], ["bench"], ["segment"]):
+    with contextlib.redirect_stdout(io.StringIO()) as text:
+        try:
+            parser.parse_args(argv + ["--help"])
+        except SystemExit as done:
+            assert done.code == 0, (argv, done.code)
+    assert "usage: vit-lens-clip" in text.getvalue(), argv
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in {HEAVY!r})
+assert not heavy, heavy
+"""
+
+
+def test_help_imports_no_heavy_library():
+    result = subprocess.run([sys.executable, "-c", CODE], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+
+
+def test_segment_method_choices_match_the_methods():
+    assert SEGMENT_METHODS == tuple(METHODS)
+
+
+def test_report_section_names_match_the_sections():
+    assert SECTION_NAMES == tuple(s.name for s in SECTIONS if s.skippable)

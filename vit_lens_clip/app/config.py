@@ -1,0 +1,126 @@
+"""The command line's options, and the settings of ``vit-lens-clip report`` as one frozen dataclass.
+
+Light on purpose (no torch): the CLI builds its parser from this module, so ``--help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Optional
+
+from vit_lens_clip.embedded import EMBEDDED_NAME
+
+SECTION_NAMES: tuple[str, ...] = (
+    "ablation", "textspan", "completeness", "heatmaps", "segmentation", "spurious", "attention",
+)
+DEFAULT_QUERIES: tuple[str, ...] = (
+    "a colour", "a shape", "a location in the image", "a place", "a number of objects",
+)
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """Every setting a report section may read (sections declare which ones they use)."""
+
+    out: Path = Path("vit_lens_clip_report")
+    model: str = EMBEDDED_NAME
+    pretrained: Optional[str] = None
+    device: str = "cpu"
+    precision: str = "fp32"
+    images: Optional[str] = None
+    classes: Optional[str] = None
+    texts: str = "descriptions"
+    n_images: int = 500
+    last_layers: int = 4
+    k: int = 10
+    batch_size: int = 64
+    segmentation_images: int = 150
+    spurious_images: int = 400
+    spurious_bird_size: Optional[str] = None
+    spurious_queries: Optional[tuple[str, ...]] = None
+    skip: tuple[str, ...] = ()
+    queries: tuple[str, ...] = DEFAULT_QUERIES
+    seed: int = 0
+    quiet: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "out", Path(self.out))
+        object.__setattr__(self, "skip", tuple(self.skip))
+        object.__setattr__(self, "queries", tuple(self.queries))
+        if self.spurious_queries is not None:
+            object.__setattr__(self, "spurious_queries", tuple(self.spurious_queries))
+        unknown = sorted(set(self.skip) - set(SECTION_NAMES))
+        if unknown:
+            raise ValueError(f"unknown sections to skip {unknown}; sections are {list(SECTION_NAMES)}")
+        for name in ("n_images", "last_layers", "k", "batch_size", "segmentation_images", "spurious_images"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "ReportConfig":
+        """The config of a parsed ``report`` command line (attributes that are not settings are ignored)."""
+        given = vars(args)
+        return cls(**{f.name: given[f.name] for f in fields(cls) if f.name in given})
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--model``, ``--pretrained``, ``--device``, ``--precision``: which CLIP to load and where."""
+    parser.add_argument("--model", default=EMBEDDED_NAME,
+                        help="open_clip name, local-dir:PATH, hf-hub:ID, hf:ID, or the embedded default")
+    parser.add_argument("--pretrained", default=None, help="pretrained tag or local .safetensors/.bin file")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
+
+
+def add_report_arguments(p: argparse.ArgumentParser) -> None:
+    """The ``report`` command's own options (the model options come from ``add_model_arguments``)."""
+    p.add_argument("--out", default="vit_lens_clip_report", help="output folder")
+    p.add_argument("--images", default=None, help="a folder of images (class sub-folders give labels)")
+    p.add_argument("--classes", default=None,
+                   help="class names, one per line: for unlabelled --images, or one per class folder (sorted) to rename them")
+    p.add_argument("--texts", default="descriptions", help="TextSpan pool: descriptions, words, or a file")
+    p.add_argument("--n-images", type=int, default=500, help="synthetic scenes when --images is not given")
+    p.add_argument("--last-layers", type=int, default=4, help="layers whose heads TextSpan explains")
+    p.add_argument("--k", type=int, default=10, help="TextSpan texts per head")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--segmentation-images", type=int, default=150)
+    p.add_argument("--spurious-images", type=int, default=400)
+    p.add_argument("--spurious-bird-size", default=None, choices=["small", "large"],
+                   help="bird glyph size in the spurious-cue set (default: the training size, small)")
+    p.add_argument("--spurious-queries", nargs="*", default=None,
+                   help="texts that pick the role heads from their TextSpan texts (default: the shapes world's "
+                        "place phrases, 'on water', 'on grass', ...)")
+    p.add_argument("--skip", nargs="*", default=[], choices=SECTION_NAMES, help="sections to leave out")
+    p.add_argument("--queries", nargs="*", default=list(DEFAULT_QUERIES),
+                   help="texts for the 'which heads span this text' search")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+# the segmentation methods of ``vit_lens_clip.methods.spatial`` (a test checks they match its registry)
+SEGMENT_METHODS: tuple[str, ...] = ("decomposition", "raw_attention", "rollout", "gradcam", "chefer")
+
+
+def add_segment_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Arguments of ``vit-lens-clip segment``."""
+    parser.add_argument("--model", default=EMBEDDED_NAME, help="model name for load_clip")
+    parser.add_argument("--pretrained", default=None, help="pretrained tag or checkpoint file")
+    parser.add_argument("--dataset", nargs="+", default=["shapes"], metavar="KIND [PATH]",
+                        help="'shapes' (built-in synthetic scenes), 'imagenet-seg PATH' (gtsegs_ijcv.mat) "
+                             "or 'folder PATH' (root/images + root/masks)")
+    parser.add_argument("--limit", type=int, default=None, help="score at most this many images "
+                        "(shapes: number of scenes, default 200)")
+    parser.add_argument("--out", default="segmentation_report", help="output folder")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--methods", nargs="+", default=list(SEGMENT_METHODS), choices=list(SEGMENT_METHODS))
+    parser.add_argument("--classes", default=None,
+                        help="file with one class name per line (default: ImageNet classes; shapes: its shapes)")
+    parser.add_argument("--templates", choices=("openai", "simple"), default="openai",
+                        help="ImageNet prompt templates: open_clip's 80 (openai) or its 7 (simple)")
+    parser.add_argument("--frame", choices=("model", "original"), default="model",
+                        help="score in the model-input frame or on the original image")
+    parser.add_argument("--examples", type=int, default=4, help="images shown in the HTML report")
+    return parser
