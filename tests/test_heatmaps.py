@@ -25,6 +25,7 @@ from vit_lens_clip.methods.spatial.baselines import (
 )
 from vit_lens_clip.app.config import add_segment_arguments
 from vit_lens_clip.app.segment import run_segment_command
+from vit_lens_clip.methods.spatial import registry
 from vit_lens_clip.datasets.shapes_adapters import ShapesSegmentation
 from vit_lens_clip.methods.spatial.evaluate import (
     METHODS,
@@ -309,3 +310,19 @@ def test_segment_command_on_a_local_model(tmp_path, capsys):
         assert (tmp_path / "out" / name).stat().st_size > 0
     with pytest.raises(ValueError):
         run_segment_command(parser.parse_args(["--model", f"local-dir:{model_dir}", "--dataset", "folder"]))
+
+
+def test_a_registered_map_method_runs_with_one_entry(tmp_path, monkeypatch):
+    """Adding a baseline is one function plus one registry entry: the benchmark scores it like the others."""
+    def centre(model, images, classifier, labels):
+        grid_h, grid_w = model.cfg.grid_size
+        out = torch.zeros(images.shape[0], grid_h, grid_w)
+        out[:, grid_h // 2, grid_w // 2] = 1.0
+        return out
+
+    monkeypatch.setitem(registry.MAP_METHODS, "centre", registry.MapMethod("centre", "centre patch", False, centre))
+    dataset = _write_mask_folder(tmp_path / "data")
+    loaded = SimpleNamespace(model=_hooked(), preprocess=PREPROCESS)
+    results = evaluate_segmentation(loaded, dataset, _texts(4).T, methods=["raw_attention", "centre"],
+                                    batch_size=2, limit=4, progress=False)
+    assert set(results) == {"raw_attention", "centre"} and results["centre"]["n_images"] == 4

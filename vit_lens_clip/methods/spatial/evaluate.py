@@ -37,27 +37,22 @@ from tqdm.auto import tqdm
 
 from vit_lens_clip.datasets.segmentation import collate_segmentation
 from vit_lens_clip.model.hooked_vit import HookedViT
-from vit_lens_clip.methods.spatial.baselines import BASELINES, TEXT_DRIVEN
+from vit_lens_clip.methods.spatial.baselines import attention_rollout, chefer, gradcam, raw_attention
 from vit_lens_clip.datasets.geometry import upsample_patch_map
-from vit_lens_clip.methods.spatial.heatmaps import class_heatmap, predict_classes, text_heatmap
+from vit_lens_clip.methods.spatial.heatmaps import predict_classes, text_heatmap
+from vit_lens_clip.methods.spatial.registry import MAP_METHODS
 from vit_lens_clip.methods.spatial.metrics import SegmentationMetrics, zero_shot_segment
 
-METHODS: tuple[str, ...] = ("decomposition", "raw_attention", "rollout", "gradcam", "chefer")
-METHOD_TITLES = {
-    "decomposition": "decomposition (this method)",
-    "raw_attention": "raw attention",
-    "rollout": "rollout",
-    "gradcam": "GradCAM",
-    "chefer": "Chefer et al. 2021",
-}
+METHODS: tuple[str, ...] = tuple(MAP_METHODS)
+METHOD_TITLES: dict[str, str] = {name: method.title for name, method in MAP_METHODS.items()}
 REPORT_METRICS = ("pixel_accuracy", "miou", "mean_ap")
 
 
 def _check_methods(methods: Sequence[str]) -> tuple[str, ...]:
     methods = tuple(methods)
-    unknown = [m for m in methods if m not in METHODS]
+    unknown = [m for m in methods if m not in MAP_METHODS]
     if unknown or not methods:
-        raise ValueError(f"unknown or no methods {unknown or methods}; choose from {METHODS}")
+        raise ValueError(f"unknown or no methods {unknown or methods}; choose from {tuple(MAP_METHODS)}")
     return methods
 
 
@@ -74,14 +69,7 @@ def method_maps(
     images = images.to(model.W_patch.device)
     if labels is None:
         labels = predict_classes(model, images, classifier)
-    maps = {}
-    for method in methods:
-        if method == "decomposition":
-            maps[method] = class_heatmap(model, images, classifier, labels=labels)
-        elif method in TEXT_DRIVEN:
-            maps[method] = BASELINES[method](model, images, classifier[:, labels].T)
-        else:
-            maps[method] = BASELINES[method](model, images)
+    maps = {method: MAP_METHODS[method].compute(model, images, classifier, labels) for method in methods}
     return {k: v.detach().float().cpu() for k, v in maps.items()}
 
 
@@ -326,10 +314,10 @@ def bench_heatmaps(
     runs: dict[str, Callable[[], Any]] = {
         "forward": forward,
         "decomposition": lambda: text_heatmap(model, images, text),
-        "raw_attention": lambda: BASELINES["raw_attention"](model, images),
-        "rollout": lambda: BASELINES["rollout"](model, images),
-        "gradcam": lambda: BASELINES["gradcam"](model, images, text[0]),
-        "chefer": lambda: BASELINES["chefer"](model, images, text[0]),
+        "raw_attention": lambda: raw_attention(model, images),
+        "rollout": lambda: attention_rollout(model, images),
+        "gradcam": lambda: gradcam(model, images, text[0]),
+        "chefer": lambda: chefer(model, images, text[0]),
     }
     for fn in runs.values():  # warm-up
         fn()
