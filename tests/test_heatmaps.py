@@ -14,19 +14,19 @@ from conftest import random_open_clip, rel_err, tiny_clip
 from PIL import Image
 from safetensors.torch import save_file
 
+from vit_lens_clip.app.config import add_segment_arguments
+from vit_lens_clip.app.segment import run_segment_command
+from vit_lens_clip.datasets.geometry import PreprocessGeometry, upsample_patch_map
 from vit_lens_clip.datasets.segmentation import MaskFolder
+from vit_lens_clip.datasets.shapes_adapters import ShapesSegmentation
 from vit_lens_clip.decompose.parts import decompose
-from vit_lens_clip.model.hooked_vit import HookedViT
+from vit_lens_clip.methods.spatial import registry
 from vit_lens_clip.methods.spatial.baselines import (
     attention_rollout,
     chefer,
     gradcam,
     raw_attention,
 )
-from vit_lens_clip.app.config import add_segment_arguments
-from vit_lens_clip.app.segment import run_segment_command
-from vit_lens_clip.methods.spatial import registry
-from vit_lens_clip.datasets.shapes_adapters import ShapesSegmentation
 from vit_lens_clip.methods.spatial.evaluate import (
     METHODS,
     bench_heatmaps,
@@ -34,7 +34,6 @@ from vit_lens_clip.methods.spatial.evaluate import (
     segmentation_examples,
     write_segmentation_report,
 )
-from vit_lens_clip.datasets.geometry import PreprocessGeometry, upsample_patch_map
 from vit_lens_clip.methods.spatial.heatmaps import (
     class_directions,
     class_heatmap,
@@ -44,6 +43,7 @@ from vit_lens_clip.methods.spatial.heatmaps import (
     text_heatmap,
 )
 from vit_lens_clip.methods.spatial.metrics import SegmentationMetrics, zero_shot_segment
+from vit_lens_clip.model.hooked_vit import HookedViT
 
 
 def _hooked(seed=0, **vision):

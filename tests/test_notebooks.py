@@ -1,33 +1,30 @@
-"""Every demo notebook runs top to bottom (nbclient, kernel python3, fresh temp cwd) without an error, and the
-committed notebooks are exactly what demos/make_notebooks.py generates."""
+"""Every demo notebook runs top to bottom (nbclient, kernel python3, fresh temp cwd) without an error, and each
+committed notebook holds exactly the cells of its paired jupytext percent script (demos/NAME.py, the source that
+ruff lints; `jupytext --sync demos/*.py` after editing one)."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
+jupytext = pytest.importorskip("jupytext")
 
 DEMOS = Path(__file__).resolve().parents[1] / "demos"
 NOTEBOOKS = sorted(DEMOS.glob("*.ipynb"))
 
 
-def _generator():
-    spec = importlib.util.spec_from_file_location("make_notebooks", DEMOS / "make_notebooks.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_notebooks_match_their_generator():
-    generator = _generator()
-    assert sorted(p.name for p in NOTEBOOKS) == sorted(generator.NOTEBOOKS)
-    for path in NOTEBOOKS:
-        assert path.read_text(encoding="utf-8") == generator.render(path.name), (
-            f"{path.name} is out of date: run python demos/make_notebooks.py")
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_matches_its_percent_script(path):
+    script = path.with_suffix(".py")
+    assert script.is_file(), f"{path.name} has no paired script: run jupytext --set-formats ipynb,py:percent {path}"
+    notebook, source = jupytext.read(path), jupytext.read(script)
+    assert notebook.metadata["jupytext"]["formats"] == "ipynb,py:percent"
+    cells = [(c.cell_type, c.source) for c in notebook.cells]
+    assert cells == [(c.cell_type, c.source) for c in source.cells], (
+        f"{path.name} and {script.name} differ: run jupytext --sync {script}")
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

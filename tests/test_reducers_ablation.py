@@ -12,7 +12,6 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from vit_lens_clip import HookedViT
-from vit_lens_clip.methods.ablation import ablate_posthoc, cumulative_layer_curve, mean_ablation_hooks
 from vit_lens_clip.datasets.folder import ImageFolder, TensorImages
 from vit_lens_clip.decompose.parts import decompose
 from vit_lens_clip.decompose.reducers import (
@@ -25,6 +24,7 @@ from vit_lens_clip.decompose.reducers import (
     merge_manifests,
     run_reducers,
 )
+from vit_lens_clip.methods.ablation import ablate_posthoc, cumulative_layer_curve, mean_ablation_hooks
 from vit_lens_clip.methods.zeroshot import accuracy, logits
 
 TOL = 1e-5

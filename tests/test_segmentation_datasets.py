@@ -10,12 +10,12 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from vit_lens_clip.datasets.geometry import PreprocessGeometry
 from vit_lens_clip.datasets.segmentation import (
     ImageNetSegmentation,
     MaskFolder,
     collate_segmentation,
 )
-from vit_lens_clip.datasets.geometry import PreprocessGeometry
 
 h5py = pytest.importorskip("h5py")
 

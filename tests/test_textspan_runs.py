@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from conftest import rel_err, tiny_clip
 
 from vit_lens_clip import HookedViT, LoadedCLIP
-from vit_lens_clip.methods.ablation import ablate_posthoc
 from vit_lens_clip.datasets.folder import TensorImages
 from vit_lens_clip.decompose.parts import decompose
+from vit_lens_clip.methods.ablation import ablate_posthoc
 from vit_lens_clip.methods.spurious import (
     LabelGroupItems,
     group_accuracy,
@@ -316,7 +316,7 @@ def test_dataset_cue_and_class_effects_add_up_on_tiny_model():
     rows = {r.component: r for r in dataset_cue_and_class_effects(loaded, dataset, classifier, batch_size=6, layers=[2])}
     n_layers = loaded.model.cfg.n_layers
     for field_ in ("cue", "label"):
-        value = lambda k: getattr(rows[k], field_)
+        value = lambda k, field_=field_: getattr(rows[k], field_)
         parts = value("embed") + sum(value(f"L{l}.attn") + value(f"L{l}.mlp") for l in range(n_layers))
         assert parts == pytest.approx(value("total"), rel=1e-4, abs=1e-6)
         heads = sum(value(f"L2.H{h}") for h in range(loaded.model.cfg.n_heads))

@@ -123,7 +123,7 @@ def test_overlay_grid_has_one_panel_per_map():
     assert len(set(axes)) == len(maps) and axes == [(i.xaxis, i.yaxis) for i in images]
     layout = fig.to_plotly_json()["layout"]
     assert "xaxis8" in layout and "xaxis9" not in layout  # 2 rows x 4 columns
-    for name, heat in zip(maps, heats):
+    for _name, heat in zip(maps, heats):
         assert np.asarray(heat.z).shape == (32, 48)
         assert heat.zmax == pytest.approx(float(np.asarray(heat.z).max()))
     shared = overlay_grid(image, maps, cols=3, shared_scale=True)

@@ -22,7 +22,7 @@ _PUBLIC: dict[str, str] = {
     "WeightsUnavailableError": "vit_lens_clip.loading",
 }
 
-__all__ = list(_PUBLIC)
+__all__ = ["HookedViT", "ViTConfig", "load_clip", "LoadedCLIP", "EMBEDDED_NAME", "WeightsUnavailableError"]
 
 if TYPE_CHECKING:
     from vit_lens_clip.loading import EMBEDDED_NAME, LoadedCLIP, WeightsUnavailableError, load_clip

@@ -23,10 +23,10 @@ from jaxtyping import Float
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from vit_lens_clip.model.hooked_vit import HookedViT
-
 from vit_lens_clip.embedded import EMBEDDED_MODEL_DIR as EMBEDDED_DIR
 from vit_lens_clip.embedded import EMBEDDED_NAME
+from vit_lens_clip.model.hooked_vit import HookedViT
+
 _PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 

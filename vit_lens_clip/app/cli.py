@@ -45,8 +45,8 @@ def _cmd_bench(args: argparse.Namespace) -> None:
         import open_clip
         import torch.nn.functional as F
 
-        from vit_lens_clip.model.hooked_vit import HookedViT
         from vit_lens_clip.methods.spatial.evaluate import bench_heatmaps
+        from vit_lens_clip.model.hooked_vit import HookedViT
 
         dev = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         model = HookedViT.from_open_clip(open_clip.create_model(args.arch, pretrained=None).eval().to(dev))

@@ -20,8 +20,8 @@ class Batch:
     """A collated batch: images that loaded, their dataset indices (and labels), and what was skipped."""
 
     images: Optional[Float[Tensor, "batch channel height width"]]
-    indices: Int[Tensor, "batch"]
-    labels: Optional[Int[Tensor, "batch"]] = None
+    indices: Int[Tensor, " batch"]
+    labels: Optional[Int[Tensor, " batch"]] = None
     names: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
 

@@ -21,7 +21,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw
+from torch.utils.data import Dataset
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross", "diamond")
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -699,9 +701,6 @@ def label_of(attrs: SceneAttributes, attribute: str) -> int | None:
 
 
 # --------------------------------------------------------------------------------------------- torch datasets
-
-import torch
-from torch.utils.data import Dataset
 
 
 def _item(scene: Scene, transform: Callable | None) -> dict:

@@ -38,10 +38,10 @@ CONVENTIONS = ("equal_share", "own_mean")
 class LNFold:
     """Statistics of the pooled residual and the final LayerNorm + projection, ready to fold into pieces."""
 
-    mean: Float[Tensor, "batch"]
-    scale: Float[Tensor, "batch"]
-    gamma: Float[Tensor, "d"]
-    beta: Float[Tensor, "d"]
+    mean: Float[Tensor, " batch"]
+    scale: Float[Tensor, " batch"]
+    gamma: Float[Tensor, " d"]
+    beta: Float[Tensor, " d"]
     proj: Float[Tensor, "d d_out"]
     convention: Convention = "equal_share"
 
@@ -49,8 +49,8 @@ class LNFold:
     def from_residual(
         cls,
         pooled_residual: Float[Tensor, "batch d"],
-        gamma: Float[Tensor, "d"],
-        beta: Float[Tensor, "d"],
+        gamma: Float[Tensor, " d"],
+        beta: Float[Tensor, " d"],
         proj: Float[Tensor, "d d_out"],
         eps: float,
         convention: Convention = "equal_share",

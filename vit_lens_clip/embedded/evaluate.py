@@ -6,7 +6,8 @@ Zero-shot: for each attribute the class prompts of ``zero_shot_labels`` are embe
 open_clip's ``build_zero_shot_classifier``; an image is assigned argmax_c <f_img, w_c>. Scenes are drawn from
 a fresh seeded stream never used in training. Position is scored on single-object shape scenes only, shape on
 shape scenes. Count-aware accuracy (colour, shape, place, size) classifies (value, count) pairs worded as the
-captions word them ('two red circles') and keeps the value; see ``count_aware_labels``. Spurious cue: landbird vs waterbird on a set balanced over the four (bird, place group) groups;
+captions word them ('two red circles') and keeps the value; see ``count_aware_labels``. Spurious cue: landbird
+vs waterbird on a set balanced over the four (bird, place group) groups;
 we report per-group accuracy, the average over groups and the worst group.
 """
 

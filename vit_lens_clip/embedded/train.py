@@ -28,7 +28,6 @@ from vit_lens_clip.embedded.config import CHECKPOINT_NAME, CONFIG_NAME, MODEL_CF
 from vit_lens_clip.embedded.evaluate import quick_report
 
 
-
 def sincos_2d(grid: int, width: int) -> torch.Tensor:
     """Fixed 2D sine-cosine table [1 + grid*grid, width] (zero row for the class token): half the channels
     encode the row, half the column, each as sin/cos at geometrically spaced frequencies."""
@@ -204,7 +203,8 @@ def train(
             print(f"stopping early at step {steps_done}/{steps}: max_minutes={max_minutes} reached", flush=True)
             break
     model.eval()
-    info = {"steps": steps, "steps_done": steps_done, "seed": seed, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
+    info = {"steps": steps, "steps_done": steps_done, "seed": seed, "batch_size": batch_size, "lr": lr,
+            "weight_decay": weight_decay,
             "warmup": warmup, "group_size": group_size, "bird_fraction": bird_fraction,
             "sweep_fraction": sweep_fraction, "sweep_weights": sweep_weights, "sincos_pos_init": sincos_init,
             "pos_init_scale": pos_init_scale,

@@ -39,7 +39,7 @@ def nearest_images(
     heads: Float[Tensor, "n n_kept n_heads d_out"],
     layers: Sequence[int],
     selected: Sequence[Head],
-    query: int | Float[Tensor, "d_out"],
+    query: int | Float[Tensor, " d_out"],
     n_layers: int,
     top: int = 8,
 ) -> tuple[Tensor, Tensor]:

@@ -37,13 +37,15 @@ def imagenet_classifier(loaded, progress: bool = True) -> Float[Tensor, "d_out 1
     return build_classifier(loaded, open_clip.IMAGENET_CLASSNAMES, open_clip.OPENAI_IMAGENET_TEMPLATES, progress)
 
 
-def logits(embeddings: Float[Tensor, "batch d_out"], classifier: Float[Tensor, "d_out n_classes"]) -> Float[Tensor, "batch n_classes"]:
+def logits(
+    embeddings: Float[Tensor, "batch d_out"], classifier: Float[Tensor, "d_out n_classes"]
+) -> Float[Tensor, "batch n_classes"]:
     """Cosine logits: normalise(embedding) · classifier."""
     return F.normalize(embeddings.float(), dim=-1) @ classifier.to(embeddings.device).float()
 
 
 def accuracy(
-    scores: Float[Tensor, "batch n_classes"], labels: Int[Tensor, "batch"], topk: Sequence[int] = (1, 5)
+    scores: Float[Tensor, "batch n_classes"], labels: Int[Tensor, " batch"], topk: Sequence[int] = (1, 5)
 ) -> dict[str, float]:
     """Top-k accuracy (fractions) for each k ≤ n_classes."""
     if scores.shape[0] != labels.shape[0]:

@@ -13,11 +13,9 @@ pattern is drawn as a plotly heatmap (one trace per head, a menu to switch heads
 
 from __future__ import annotations
 
-import functools
 import html
 import json
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import plotly.graph_objects as go

@@ -35,13 +35,13 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
-from vit_lens_clip.datasets.segmentation import collate_segmentation
-from vit_lens_clip.model.hooked_vit import HookedViT
-from vit_lens_clip.methods.spatial.baselines import attention_rollout, chefer, gradcam, raw_attention
 from vit_lens_clip.datasets.geometry import upsample_patch_map
+from vit_lens_clip.datasets.segmentation import collate_segmentation
+from vit_lens_clip.methods.spatial.baselines import attention_rollout, chefer, gradcam, raw_attention
 from vit_lens_clip.methods.spatial.heatmaps import predict_classes, text_heatmap
-from vit_lens_clip.methods.spatial.registry import MAP_METHODS
 from vit_lens_clip.methods.spatial.metrics import SegmentationMetrics, zero_shot_segment
+from vit_lens_clip.methods.spatial.registry import MAP_METHODS
+from vit_lens_clip.model.hooked_vit import HookedViT
 
 METHODS: tuple[str, ...] = tuple(MAP_METHODS)
 METHOD_TITLES: dict[str, str] = {name: method.title for name, method in MAP_METHODS.items()}
@@ -61,7 +61,7 @@ def method_maps(
     images: Float[Tensor, "batch channel height width"],
     classifier: Float[Tensor, "d_out n_classes"],
     methods: Sequence[str] = METHODS,
-    labels: Optional[Int[Tensor, "batch"]] = None,
+    labels: Optional[Int[Tensor, " batch"]] = None,
 ) -> dict[str, Float[Tensor, "batch grid_h grid_w"]]:
     """Patch maps of every method for a batch; ``labels`` default to the zero-shot predictions."""
     methods = _check_methods(methods)

@@ -22,10 +22,10 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from vit_lens_clip.datasets.geometry import PreprocessGeometry, upsample_patch_map
 from vit_lens_clip.decompose.fold import Convention
 from vit_lens_clip.decompose.parts import DecompositionCapture, decompose
 from vit_lens_clip.model.hooked_vit import HookedViT
-from vit_lens_clip.datasets.geometry import PreprocessGeometry, upsample_patch_map
 
 HeadIndex = tuple[int, int]
 
@@ -126,7 +126,7 @@ def joint_map(
     images: Float[Tensor, "batch channel height width"],
     layer: int,
     head: int,
-    text: Union[Float[Tensor, "d_out"], str],
+    text: Union[Float[Tensor, " d_out"], str],
     convention: Convention = "equal_share",
     normalize: bool = False,
 ) -> Float[Tensor, "batch grid_h grid_w"]:
@@ -135,7 +135,7 @@ def joint_map(
 
 
 def class_directions(
-    classifier: Float[Tensor, "d_out n_classes"], labels: Int[Tensor, "batch"]
+    classifier: Float[Tensor, "d_out n_classes"], labels: Int[Tensor, " batch"]
 ) -> Float[Tensor, "batch d_out"]:
     """The published segmentation text per image: classifier[:, label] − mean_c classifier[:, c]."""
     classifier = classifier.float()
@@ -144,7 +144,7 @@ def class_directions(
 
 def predict_classes(
     model: HookedViT, images: Float[Tensor, "batch channel height width"], classifier: Float[Tensor, "d_out n_classes"]
-) -> Int[Tensor, "batch"]:
+) -> Int[Tensor, " batch"]:
     """argmax_c of image embedding · classifier[:, c] (the zero-shot prediction)."""
     with torch.no_grad():
         embedding = model(images).float()
@@ -155,7 +155,7 @@ def class_heatmap(
     model: HookedViT,
     images: Float[Tensor, "batch channel height width"],
     classifier: Float[Tensor, "d_out n_classes"],
-    labels: Optional[Int[Tensor, "batch"]] = None,
+    labels: Optional[Int[Tensor, " batch"]] = None,
     convention: Convention = "equal_share",
 ) -> Float[Tensor, "batch grid_h grid_w"]:
     """Map of the predicted class (or of ``labels``) minus the mean class, per image, in one forward pass.

@@ -146,7 +146,7 @@ def write_reports(
 
 def rank_heads_by_text(
     head_contributions: Float[Tensor, "heads n_images d_out"],
-    direction: Float[Tensor, "d_out"],
+    direction: Float[Tensor, " d_out"],
     labels: Sequence[Hashable],
 ) -> list[tuple[Hashable, float]]:
     """Heads sorted by the fraction of their centred variance along a text direction, highest first.

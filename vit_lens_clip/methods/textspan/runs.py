@@ -36,10 +36,10 @@ from tqdm.auto import tqdm
 from vit_lens_clip.datasets.folder import Batch, TensorImages
 from vit_lens_clip.decompose.parts import Decomposition
 from vit_lens_clip.decompose.reducers import HeadStackReducer, MeanReducer, Reducer, load_head_stack, run_reducers
-from vit_lens_clip.model.hooked_vit import HookedViT
 from vit_lens_clip.methods.textspan.algorithm import TextSpanResult, text_span
 from vit_lens_clip.methods.textspan.report import rank_heads_by_text, to_json, to_markdown, write_reports
 from vit_lens_clip.methods.zeroshot import accuracy, logits
+from vit_lens_clip.model.hooked_vit import HookedViT
 
 Head = tuple[int, int]
 TextSpanSource = Union[
