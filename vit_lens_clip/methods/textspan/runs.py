@@ -35,9 +35,16 @@ from tqdm.auto import tqdm
 
 from vit_lens_clip.datasets.folder import Batch, TensorImages
 from vit_lens_clip.decompose.parts import Decomposition
-from vit_lens_clip.decompose.reducers import HeadStackReducer, MeanReducer, Reducer, load_head_stack, run_reducers
+from vit_lens_clip.decompose.reducers import (
+    HeadStackReducer,
+    MeanReducer,
+    StackReducer,
+    load_head_stack,
+    run_reducers,
+)
 from vit_lens_clip.methods.textspan.algorithm import TextSpanResult, text_span
-from vit_lens_clip.methods.textspan.report import rank_heads_by_text, to_json, to_markdown, write_reports
+from vit_lens_clip.methods.textspan.ranking import rank_heads_by_text
+from vit_lens_clip.methods.textspan.report import to_json, to_markdown, write_reports
 from vit_lens_clip.methods.zeroshot import accuracy, logits
 from vit_lens_clip.model.hooked_vit import HookedViT
 
@@ -144,23 +151,6 @@ class HeadContributions:
         )
 
 
-class _InMemoryHeads(Reducer):
-    """Keeps heads, embed, embedding, indices and labels of every image (CPU)."""
-
-    def __init__(self):
-        self.rows: dict[str, list[Tensor]] = {}
-
-    def update(self, parts: Decomposition, batch: Batch) -> None:
-        rows = {"heads": parts.heads, "embed": parts.embed, "embedding": parts.embedding, "indices": batch.indices}
-        if batch.labels is not None:
-            rows["labels"] = batch.labels
-        for key, value in rows.items():
-            self.rows.setdefault(key, []).append(value.detach().cpu())
-
-    def result(self) -> dict[str, Tensor]:
-        return {key: torch.cat(values) for key, values in self.rows.items()}
-
-
 class HeadAndEmbedStackReducer(HeadStackReducer):
     """``HeadStackReducer`` whose shards also hold the folded embedding term ``embed`` [n, D]."""
 
@@ -213,9 +203,9 @@ def collect_head_contributions(
     means = MeanReducer()
     kwargs = {"batch_size": batch_size, "layers": layers, "normalize": normalize, "progress": progress}
     if out_dir is None:
-        stack = _InMemoryHeads()
+        stack = StackReducer(fields=("heads", "embed", "embedding"))
         run_reducers(model, dataset, [stack, means], **kwargs)
-        rows = stack.result()
+        rows = stack.result() if stack.rows else {}  # no readable image: the error below names the cause
     else:
         out = Path(out_dir)
         meta = {"model": model.cfg.model_name, "layers": layers, "normalize": normalize, "n": len(dataset),
