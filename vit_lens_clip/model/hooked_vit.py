@@ -36,12 +36,17 @@ from transformer_lens.hook_points import HookPoint
 
 from vit_lens_clip.model.components import AttentionPool, LayerNorm, TransformerBlock
 from vit_lens_clip.model.config import ViTConfig
+from vit_lens_clip.model.stacked_weights import StackedWeights
 
 TextEncoder = Callable[[Sequence[str]], Tensor]
 
 
-class HookedViT(HookedRootModule):
-    """A CLIP ViT image encoder with TransformerLens hooks at every head and every pooled source token."""
+class HookedViT(StackedWeights, HookedRootModule):
+    """A CLIP ViT image encoder with TransformerLens hooks at every head and every pooled source token.
+
+    As on HookedTransformer: ``W_Q``/``W_K``/``W_V``/``W_O`` and biases stacked [n_layers, n_heads, ...],
+    ``QK``/``OV`` as FactoredMatrix, ``cfg.device`` (see model/stacked_weights.py).
+    """
 
     def __init__(self, cfg: ViTConfig):
         super().__init__()
@@ -64,6 +69,7 @@ class HookedViT(HookedRootModule):
         self.text_vocab: list[str] = []
         self.register_buffer("W_text", torch.zeros(0, cfg.output_dim), persistent=False)
         self.setup()
+        self._sync_cfg_device()
 
     # ------------------------------------------------------------------ forward
     def embed(self, images: Float[Tensor, "batch channel height width"]) -> Float[Tensor, "batch pos d_model"]:
