@@ -170,9 +170,10 @@ class Attention(nn.Module):
         pooled = self.hook_pooled_pattern(original.clone())
         if _hooked(self.hook_result_per_source):
             value_out = torch.einsum("bshe,hed->bshd", v, self.W_O)
-            before = einops.rearrange(original, "b h s -> b s h 1").to(value_out.dtype) * value_out
+            # the same product and reduction as below, so that an unedited run gives a change of exactly 0
+            before = (einops.rearrange(original, "b h s -> b s h 1").to(value_out.dtype) * value_out).sum((1, 2))
             pieces = einops.rearrange(pooled, "b h s -> b s h 1").to(value_out.dtype) * value_out
-            change = self.hook_result_per_source(pieces).sum((1, 2)) - before.sum((1, 2))
+            change = self.hook_result_per_source(pieces).sum((1, 2)) - before
         else:
             z_change = torch.einsum("bhs,bshe->bhe", (pooled - original).to(v.dtype), v)
             change = torch.einsum("bhe,hed->bd", z_change, self.W_O)
