@@ -261,3 +261,22 @@ def test_hf_clip_model_dispatch():
     with torch.no_grad():
         expected = model.text_projection(model.text_model(input_ids=tokens).pooler_output)
         _check(hooked, expected, tokens)
+
+
+def test_hook_pooled_edit_at_eot():
+    hooked = HookedTextTransformer.from_open_clip(_custom_text_clip())
+    tokens = _tokens(500, 12, [4, 11, 2], end_id=499)
+    index = hooked.pool_index(tokens)
+    shift = torch.randn(hooked.cfg.d_model, generator=torch.Generator().manual_seed(3))
+
+    def add_eot(t, hook):
+        t = t.clone()
+        t[torch.arange(3), index] += shift
+        return t
+
+    with torch.no_grad():
+        original = hooked(tokens)
+        brute = hooked.run_with_hooks(tokens, fwd_hooks=[("blocks.1.hook_resid_post", add_eot)])
+        edited = hooked.run_with_hooks(tokens, fwd_hooks=[("hook_pooled", lambda t, hook: t + shift)])
+    assert rel_err(brute, original) > 1e-3
+    assert rel_err(edited, brute) <= TOL

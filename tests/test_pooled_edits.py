@@ -107,3 +107,41 @@ def test_edit_survives_alongside_other_edits(images):
         with model.hooks(fwd_hooks=[(f"{attn}.hook_result", zero_head)]):
             cached, _ = model.run_with_cache(x)
     assert rel_err(cached, alone) <= TOL
+
+
+def test_hook_pooled_edit_is_written_back(images):
+    """Token pooling: editing hook_pooled equals editing the CLS row of the last residual."""
+    model, _ = _models()["cls"]
+    x = images((32, 32), batch=2)
+    last = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
+    shift = torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(3))
+
+    def add_pooled(t, hook):
+        return t + shift
+
+    def add_cls(t, hook):
+        t = t.clone()
+        t[:, 0] += shift
+        return t
+
+    with torch.no_grad():
+        original = model(x)
+        brute = model.run_with_hooks(x, fwd_hooks=[(last, add_cls)])
+        edited = model.run_with_hooks(x, fwd_hooks=[("hook_pooled", add_pooled)])
+        read = model.run_with_hooks(x, fwd_hooks=[("hook_pooled", lambda t, hook: None)])
+    assert rel_err(brute, original) > 1e-3
+    assert rel_err(edited, brute) <= TOL
+    assert torch.equal(read, original)
+
+
+def test_hook_pooled_edit_raises_where_no_position_holds_it(images):
+    """Average pooling after a per-position LayerNorm: an edit to hook_pooled cannot be honoured."""
+    torch.manual_seed(0)
+    cfg = ViTConfig(n_layers=2, d_model=64, n_heads=4, d_mlp=128, output_dim=32, image_size=32, patch_size=8,
+                    pool_type="avg", final_ln_after_pool=False)
+    model = perturb_(HookedViT(cfg).eval())
+    x = images((32, 32), batch=1)
+    with torch.no_grad():
+        model.run_with_hooks(x, fwd_hooks=[("hook_pooled", lambda t, hook: None)])  # reading is fine
+        with pytest.raises(ValueError, match="hook_pooled cannot be edited"):
+            model.run_with_hooks(x, fwd_hooks=[("hook_pooled", lambda t, hook: t * 0)])

@@ -18,7 +18,7 @@ Hook names (TransformerLens conventions; the pooled token is the EOT token for C
     blocks.{l}.attn.hook_result_per_source   [B, source, head, d_model]   (writable)
     blocks.{l}.mlp.hook_pre/hook_post        [B, n, d_mlp]
     ln_final.hook_scale/hook_normalized      [B, n, 1] / [B, n, d_model]   (LN at every token, then pooling)
-    hook_pooled                      [B, d_model]   the pooled residual r before ln_final (read-only)
+    hook_pooled                      [B, d_model]   the pooled residual r before ln_final (writable)
     hook_text_embed                  [B, output_dim]   ln_final(r) · W_proj + b_proj
 """
 
@@ -153,7 +153,9 @@ class HookedTextTransformer(StackedWeights, HookedRootModule):
         for block in self.blocks:
             resid = block(resid, attn_mask, index)
         rows = torch.arange(batch, device=tokens.device)
-        self.hook_pooled(resid[rows, index])
+        if self.hook_pooled.fwd_hooks:  # an edit is written back into the pooled position before ln_final
+            resid = resid.clone()
+            resid[rows, index] = self.hook_pooled(resid[rows, index])
         pooled = self.ln_final(resid)[rows, index]
         return self.hook_text_embed(pooled @ self.W_proj + self.b_proj)
 
