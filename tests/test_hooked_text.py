@@ -280,3 +280,12 @@ def test_hook_pooled_edit_at_eot():
         edited = hooked.run_with_hooks(tokens, fwd_hooks=[("hook_pooled", lambda t, hook: t + shift)])
     assert rel_err(brute, original) > 1e-3
     assert rel_err(edited, brute) <= TOL
+
+
+def test_cli_prints_text_hooks(capsys):
+    from vit_lens_clip.cli import main
+
+    assert main(["hooks", "--text"]) == 0
+    out = capsys.readouterr().out
+    assert "vit-lens-clip/shapes (text tower)" in out
+    assert "blocks.3.attn.hook_pooled_pattern" in out and "hook_text_embed" in out

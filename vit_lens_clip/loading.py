@@ -59,6 +59,7 @@ class LoadedCLIP:
         if self._text_model is None:
             self._text_model = HookedTextTransformer.from_model(getattr(self.clip, "m", self.clip))
             self._text_model.tokenizer = self.tokenizer
+            self._text_model.cfg.model_name = f"{self.name} (text tower)"
         return self._text_model
 
     def encode_text(self, texts: Sequence[str], batch_size: int = 256, progress: bool = False) -> Float[Tensor, "n_texts d_out"]:
