@@ -16,17 +16,21 @@ _moved.install()
 _PUBLIC: dict[str, str] = {
     "HookedViT": "vit_lens_clip.model.hooked_vit",
     "ViTConfig": "vit_lens_clip.model.config",
+    "HookedTextTransformer": "vit_lens_clip.model.hooked_text",
+    "TextConfig": "vit_lens_clip.model.text_config",
     "load_clip": "vit_lens_clip.loading",
     "LoadedCLIP": "vit_lens_clip.loading",
     "EMBEDDED_NAME": "vit_lens_clip.loading",
     "WeightsUnavailableError": "vit_lens_clip.loading",
 }
 
-__all__ = ["HookedViT", "ViTConfig", "load_clip", "LoadedCLIP", "EMBEDDED_NAME", "WeightsUnavailableError"]
+__all__ = ["HookedViT", "ViTConfig", "HookedTextTransformer", "TextConfig", "load_clip", "LoadedCLIP", "EMBEDDED_NAME", "WeightsUnavailableError"]
 
 if TYPE_CHECKING:
     from vit_lens_clip.loading import EMBEDDED_NAME, LoadedCLIP, WeightsUnavailableError, load_clip
     from vit_lens_clip.model.config import ViTConfig
+    from vit_lens_clip.model.hooked_text import HookedTextTransformer
+    from vit_lens_clip.model.text_config import TextConfig
     from vit_lens_clip.model.hooked_vit import HookedViT
 
 

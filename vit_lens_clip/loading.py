@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from vit_lens_clip.embedded import EMBEDDED_MODEL_DIR as EMBEDDED_DIR
 from vit_lens_clip.embedded import EMBEDDED_NAME
+from vit_lens_clip.model.hooked_text import HookedTextTransformer
 from vit_lens_clip.model.hooked_vit import HookedViT
 
 _PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -50,6 +51,16 @@ class LoadedCLIP:
     pretrained: Optional[str]
     key: str
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    _text_model: Optional[HookedTextTransformer] = field(default=None, init=False, repr=False)
+
+    @property
+    def text_model(self) -> HookedTextTransformer:
+        """The hooked text tower (built on first use): its forward equals ``clip.encode_text`` (unnormalised)."""
+        if self._text_model is None:
+            self._text_model = HookedTextTransformer.from_model(getattr(self.clip, "m", self.clip))
+            self._text_model.tokenizer = self.tokenizer
+            self._text_model.cfg.model_name = f"{self.name} (text tower)"
+        return self._text_model
 
     def encode_text(self, texts: Sequence[str], batch_size: int = 256, progress: bool = False) -> Float[Tensor, "n_texts d_out"]:
         """Unit CLIP text embeddings, batched (a progress bar for long lists)."""

@@ -20,6 +20,15 @@ def _cmd_hooks(args: argparse.Namespace) -> None:
     from vit_lens_clip.model.config import ViTConfig
     from vit_lens_clip.model.hooked_vit import HookedViT
 
+    if args.text:
+        text_model = load_clip(args.model, args.pretrained, device=args.device, precision=args.precision).text_model
+        _, cache = text_model.run_with_cache(text_model.to_tokens(["a photo of a cat"]))
+        c = text_model.cfg
+        print(f"{c.model_name}: {c.n_layers} layers, {c.n_heads} heads, d_model {c.d_model}, {c.n_ctx} tokens, "
+              f"activation {c.act_fn}, pooled token {c.pool_type}, causal {c.causal}")
+        for name, value in cache.items():
+            print(f"  {name:48s} {tuple(value.shape)}")
+        return
     if args.random:
         model = HookedViT(ViTConfig(n_layers=2, d_model=64, n_heads=4, d_mlp=256, output_dim=32, image_size=32, patch_size=8))
     else:
@@ -88,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("hooks", help="list hook names and shapes")
     add_model_arguments(p)
     p.add_argument("--random", action="store_true", help="a tiny random ViT instead of loading a model")
+    p.add_argument("--text", action="store_true", help="the text tower's hooks (for one short text)")
     p.set_defaults(func=_cmd_hooks)
 
     p = sub.add_parser("bench", help="HookedViT and decomposition cost as ratios over open_clip / a plain forward")

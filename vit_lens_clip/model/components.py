@@ -12,7 +12,7 @@ from typing import Optional
 import einops
 import torch
 import torch.nn.functional as F
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 
@@ -67,13 +67,18 @@ class Attention(nn.Module):
     ``result[b, q, h] = z[b, q, h] · W_O[h]`` and ``attn_out = Σ_h result + b_O``.
 
     The pooled token (CLS for token pooling, the mean over patch queries for average pooling, query 0 for an
-    attentional pooler) gets two extra hook points, computed only when hooked:
+    attentional pooler, or a per-sequence index ``pool_index`` such as a text's EOT token) gets two extra hook
+    points, computed only when hooked:
 
     - ``hook_pooled_pattern`` [batch, n_heads, n_src]: the pooled query's attention weights A[h, m];
     - ``hook_result_per_source`` [batch, n_src, n_heads, d_out]: A[h, m] · (v[m, h] · W_O[h]). Summed over
-      sources and heads, plus b_O, it is the attention output at the pooled token. For token pooling, edits
-      to it propagate: the pooled row of ``attn_out`` is rebuilt from it. The [N, N, H, d] tensor is never
-      built: only the pooled query row is used.
+      sources and heads, plus b_O, it is the attention output at the pooled token. The [N, N, H, d] tensor is
+      never built: only the pooled query row is used.
+
+    Both are writable: the change an edit makes to the pooled output, Σ(edited pieces) − Σ(original pieces),
+    is added to the pooled row of ``attn_out`` (to every patch row for average pooling, which moves their mean
+    by exactly that change, as editing each patch query's pattern row by the same amount would). Unedited,
+    the change is exactly zero. ``attn_mask`` is an additive mask broadcastable to [batch, n_heads, query, source].
     """
 
     def __init__(
@@ -117,22 +122,31 @@ class Attention(nn.Module):
         self,
         query_input: Float[Tensor, "batch n_query d_in"],
         kv_input: Optional[Float[Tensor, "batch n_src d_kv"]] = None,
+        attn_mask: Optional[Float[Tensor, "batch_or_1 heads_or_1 n_query n_src"]] = None,
+        pool_index: Optional[Int[Tensor, "batch"]] = None,
     ) -> Float[Tensor, "batch n_query d_out"]:
         kv_input = query_input if kv_input is None else kv_input
         q = self.hook_q(self._project(query_input, self.W_Q, self.b_Q))
         k = self.hook_k(self._project(kv_input, self.W_K, self.b_K))
         v = self.hook_v(self._project(kv_input, self.W_V, self.b_V))
         want_pooled = _hooked(self.hook_pooled_pattern, self.hook_result_per_source)
-        want_pattern = _hooked(self.hook_attn_scores, self.hook_pattern) or (want_pooled and self.pool_type == "avg")
+        want_pattern = _hooked(self.hook_attn_scores, self.hook_pattern) or (
+            want_pooled and self.pool_type == "avg" and pool_index is None
+        )
 
         pattern = None
         if want_pattern:
             scores = torch.einsum("bqhe,bshe->bhqs", q.float(), k.float()) / math.sqrt(self.d_head)
+            if attn_mask is not None:
+                scores = scores + attn_mask.float()
             scores = self.hook_attn_scores(scores)
             pattern = self.hook_pattern(scores.softmax(-1)).to(v.dtype)
             z = torch.einsum("bhqs,bshe->bqhe", pattern, v)
         else:
-            z = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
+            mask = None if attn_mask is None else attn_mask.to(q.dtype)
+            z = F.scaled_dot_product_attention(
+                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask
+            ).transpose(1, 2)
         z = self.hook_z(z)
 
         if _hooked(self.hook_result):
@@ -142,15 +156,35 @@ class Attention(nn.Module):
             out = _affine(z.flatten(-2), self.W_O.flatten(0, 1), self.b_O)
 
         if want_pooled:
-            pooled = self.hook_pooled_pattern(self.pooled_pattern(q, k, pattern))
-            if _hooked(self.hook_result_per_source):
-                value_out = torch.einsum("bshe,hed->bshd", v, self.W_O)
-                per_source = self.hook_result_per_source(
-                    einops.rearrange(pooled, "b h s -> b s h 1").to(value_out.dtype) * value_out
-                )
-                if self.pool_type == "tok":
-                    out = out.clone()
-                    out[:, 0] = per_source.sum((1, 2)) + self.b_O
+            out = self._apply_pooled_edits(out, v, self.pooled_pattern(q, k, pattern, attn_mask, pool_index), pool_index)
+        return out
+
+    def _apply_pooled_edits(
+        self,
+        out: Float[Tensor, "batch n_query d_out"],
+        v: Float[Tensor, "batch n_src n_heads d_head"],
+        original: Float[Tensor, "batch n_heads n_src"],
+        pool_index: Optional[Tensor],
+    ) -> Float[Tensor, "batch n_query d_out"]:
+        """Run the pooled hooks and add the change their edits make to the pooled output to its row(s)."""
+        pooled = self.hook_pooled_pattern(original.clone())
+        if _hooked(self.hook_result_per_source):
+            value_out = torch.einsum("bshe,hed->bshd", v, self.W_O)
+            # the same product and reduction as below, so that an unedited run gives a change of exactly 0
+            before = (einops.rearrange(original, "b h s -> b s h 1").to(value_out.dtype) * value_out).sum((1, 2))
+            pieces = einops.rearrange(pooled, "b h s -> b s h 1").to(value_out.dtype) * value_out
+            change = self.hook_result_per_source(pieces).sum((1, 2)) - before
+        else:
+            z_change = torch.einsum("bhs,bshe->bhe", (pooled - original).to(v.dtype), v)
+            change = torch.einsum("bhe,hed->bd", z_change, self.W_O)
+        out = out.clone()
+        if pool_index is not None:
+            rows = torch.arange(out.shape[0], device=out.device)
+            out[rows, pool_index] += change.to(out.dtype)
+        elif self.pool_type == "avg":
+            out[:, 1:] += change.to(out.dtype)[:, None]
+        else:
+            out[:, 0] += change.to(out.dtype)
         return out
 
     def pooled_pattern(
@@ -158,8 +192,20 @@ class Attention(nn.Module):
         q: Float[Tensor, "batch n_query n_heads d_head"],
         k: Float[Tensor, "batch n_src n_heads d_head"],
         pattern: Optional[Float[Tensor, "batch n_heads n_query n_src"]] = None,
+        attn_mask: Optional[Tensor] = None,
+        pool_index: Optional[Int[Tensor, "batch"]] = None,
     ) -> Float[Tensor, "batch n_heads n_src"]:
-        """Attention weights of the pooled query: row 0 (token pooling) or mean over patch queries (avg)."""
+        """Attention weights of the pooled query: row ``pool_index`` (per sequence), row 0 (token pooling) or
+        the mean over patch queries (avg)."""
+        rows = torch.arange(q.shape[0], device=q.device)
+        if pool_index is not None:
+            if pattern is not None:
+                return pattern[rows, :, pool_index].float()
+            scores = torch.einsum("bhe,bshe->bhs", q[rows, pool_index].float(), k.float()) / math.sqrt(self.d_head)
+            if attn_mask is not None:
+                mask = attn_mask.float().expand(q.shape[0], self.n_heads, -1, -1)
+                scores = scores + mask[rows, :, pool_index]
+            return scores.softmax(-1)
         if self.pool_type == "avg":
             if pattern is None:
                 raise RuntimeError("average pooling needs the full pattern")
@@ -167,6 +213,8 @@ class Attention(nn.Module):
         if pattern is not None:
             return pattern[:, :, 0].float()
         scores = torch.einsum("bhe,bshe->bhs", q[:, 0].float(), k.float()) / math.sqrt(self.d_head)
+        if attn_mask is not None:
+            scores = scores + attn_mask.float().expand(q.shape[0], self.n_heads, -1, -1)[:, :, 0]
         return scores.softmax(-1)
 
 

@@ -36,12 +36,17 @@ from transformer_lens.HookedRootModule import HookedRootModule
 
 from vit_lens_clip.model.components import AttentionPool, LayerNorm, TransformerBlock
 from vit_lens_clip.model.config import ViTConfig
+from vit_lens_clip.model.stacked_weights import StackedWeights
 
 TextEncoder = Callable[[Sequence[str]], Tensor]
 
 
-class HookedViT(HookedRootModule):
-    """A CLIP ViT image encoder with TransformerLens hooks at every head and every pooled source token."""
+class HookedViT(StackedWeights, HookedRootModule):
+    """A CLIP ViT image encoder with TransformerLens hooks at every head and every pooled source token.
+
+    As on HookedTransformer: ``W_Q``/``W_K``/``W_V``/``W_O`` and biases stacked [n_layers, n_heads, ...],
+    ``QK``/``OV`` as FactoredMatrix, ``cfg.device`` (see model/stacked_weights.py).
+    """
 
     def __init__(self, cfg: ViTConfig):
         super().__init__()
@@ -64,6 +69,7 @@ class HookedViT(HookedRootModule):
         self.text_vocab: list[str] = []
         self.register_buffer("W_text", torch.zeros(0, cfg.output_dim), persistent=False)
         self.setup()
+        self._sync_cfg_device()
 
     # ------------------------------------------------------------------ forward
     def embed(self, images: Float[Tensor, "batch channel height width"]) -> Float[Tensor, "batch pos d_model"]:
@@ -82,14 +88,25 @@ class HookedViT(HookedRootModule):
         """ln_final of the pooled vector r, following the tower's pooling variant.
 
         Token pooling applies ln_final at every position (so ``ln_final.hook_scale`` is [B, pos, 1], as
-        TransformerLens expects) and then takes the pooled position; ``hook_pooled`` is then read-only.
-        CLIPA (``final_ln_after_pool``) and CoCa pool first, then normalise ([B, 1] scale).
+        TransformerLens expects) and then takes the pooled position; an edit to ``hook_pooled`` is written back
+        into the CLS position before ln_final (average pooling before the LN has no such position: editing
+        it raises). CLIPA (``final_ln_after_pool``) and CoCa pool first, then normalise ([B, 1] scale).
         """
         if self.attn_pool is not None:
             return self.ln_final(self.hook_pooled(self.attn_pool(resid)[:, 0]))
         if self.cfg.final_ln_after_pool:
             return self.ln_final(self.hook_pooled(self.pool_tokens(resid)))
-        self.hook_pooled(self.pool_tokens(resid))
+        if self.hook_pooled.fwd_hooks:
+            pooled = self.pool_tokens(resid)
+            edited = self.hook_pooled(pooled.clone())
+            if self.cfg.pool_type == "tok":
+                resid = resid.clone()
+                resid[:, 0] = edited
+            elif not torch.equal(edited, pooled):
+                raise ValueError(
+                    "hook_pooled cannot be edited when patches are averaged after the final LayerNorm "
+                    f"(no position holds the pooled residual); edit blocks.{self.cfg.n_layers - 1}.hook_resid_post"
+                )
         return self.pool_tokens(self.ln_final(resid))
 
     def pool_tokens(self, x: Float[Tensor, "... pos d"]) -> Float[Tensor, "... d"]:

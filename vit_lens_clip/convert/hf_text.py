@@ -1,0 +1,76 @@
+"""transformers CLIP text tower → (TextConfig, state_dict) for HookedTextTransformer; a pure function.
+
+Accepts ``CLIPTextModelWithProjection`` or ``CLIPModel`` (both hold ``text_model`` and ``text_projection``).
+HF CLIP text: token + position embeddings, causal pre-LN blocks (padding masked through the caller's
+``attention_mask``), ``final_layer_norm`` at every token, then the pooled token: the highest id when
+``eos_token_id == 2`` (the legacy configs), else the first ``eos_token_id``; then a bias-free projection.
+"""
+
+from __future__ import annotations
+
+import einops
+import torch
+from torch import Tensor, nn
+
+from vit_lens_clip.convert.open_clip import UnsupportedTowerError
+from vit_lens_clip.model.text_config import TextConfig
+
+_ACTIVATIONS = {"quick_gelu": "quick_gelu", "gelu": "gelu"}
+
+
+def _heads(w: Tensor, n: int) -> Tensor:
+    return einops.rearrange(w, "(h e) i -> h i e", h=n)
+
+
+def hf_text_to_hooked(model: nn.Module) -> tuple[TextConfig, dict[str, Tensor]]:
+    """(TextConfig, state_dict) of a HookedTextTransformer equal to the model's ``text_embeds``."""
+    if not hasattr(model, "text_model") or not hasattr(model, "text_projection"):
+        raise UnsupportedTowerError(
+            f"expected a transformers CLIPTextModelWithProjection or CLIPModel, got {type(model).__name__}"
+        )
+    tm, proj = model.text_model, model.text_projection
+    c = tm.config
+    if c.hidden_act not in _ACTIVATIONS:
+        raise UnsupportedTowerError(f"unsupported text activation {c.hidden_act!r}")
+    legacy = tm.eos_token_id == 2
+    cfg = TextConfig(
+        n_layers=c.num_hidden_layers,
+        d_model=c.hidden_size,
+        n_heads=c.num_attention_heads,
+        d_mlp=c.intermediate_size,
+        d_vocab=c.vocab_size,
+        n_ctx=c.max_position_embeddings,
+        output_dim=proj.out_features,
+        act_fn=_ACTIVATIONS[c.hidden_act],
+        eps=c.layer_norm_eps,
+        causal=True,
+        pool_type="argmax" if legacy else "eos",
+        eos_id=None if legacy else int(tm.eos_token_id),
+        proj_bias=proj.bias is not None,
+        model_name=getattr(c, "_name_or_path", "") or "hf-clip-text",
+        dtype=proj.weight.dtype,
+    )
+    n = cfg.n_heads
+    emb = tm.embeddings
+    sd = {
+        "W_E": emb.token_embedding.weight,
+        "W_pos": emb.position_embedding.weight,
+        "ln_final.w": tm.final_layer_norm.weight,
+        "ln_final.b": tm.final_layer_norm.bias,
+        "W_proj": proj.weight.T,
+        "b_proj": proj.bias if proj.bias is not None else torch.zeros(proj.out_features, device=proj.weight.device),
+    }
+    for layer, block in enumerate(tm.encoder.layers):
+        p, a = f"blocks.{layer}", block.self_attn
+        sd.update({
+            f"{p}.ln1.w": block.layer_norm1.weight, f"{p}.ln1.b": block.layer_norm1.bias,
+            f"{p}.ln2.w": block.layer_norm2.weight, f"{p}.ln2.b": block.layer_norm2.bias,
+            f"{p}.attn.W_Q": _heads(a.q_proj.weight, n), f"{p}.attn.b_Q": a.q_proj.bias.reshape(n, -1),
+            f"{p}.attn.W_K": _heads(a.k_proj.weight, n), f"{p}.attn.b_K": a.k_proj.bias.reshape(n, -1),
+            f"{p}.attn.W_V": _heads(a.v_proj.weight, n), f"{p}.attn.b_V": a.v_proj.bias.reshape(n, -1),
+            f"{p}.attn.W_O": einops.rearrange(a.out_proj.weight, "j (h e) -> h e j", h=n),
+            f"{p}.attn.b_O": a.out_proj.bias,
+            f"{p}.mlp.W_in": block.mlp.fc1.weight.T, f"{p}.mlp.b_in": block.mlp.fc1.bias,
+            f"{p}.mlp.W_out": block.mlp.fc2.weight.T, f"{p}.mlp.b_out": block.mlp.fc2.bias,
+        })
+    return cfg, {k: v.detach().contiguous() for k, v in sd.items()}

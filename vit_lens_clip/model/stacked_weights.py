@@ -1,0 +1,90 @@
+"""TransformerLens' weight accessors for any model with ``blocks[l].attn`` / ``blocks[l].mlp``.
+
+As on ``HookedTransformer``: ``W_Q``, ``W_K``, ``W_V`` [n_layers, n_heads, d_model, d_head], ``W_O``
+[n_layers, n_heads, d_head, d_model], their biases, ``W_in``/``W_out``/``b_in``/``b_out`` of the MLPs,
+``QK`` = W_Q W_Kᵀ and ``OV`` = W_V W_O as ``transformer_lens.FactoredMatrix`` [n_layers, n_heads, d_model, d_model],
+and ``cfg.device`` kept equal to the parameters' device after ``.to()`` / ``.cuda()`` / ``.cpu()``.
+"""
+
+from __future__ import annotations
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from transformer_lens.FactoredMatrix import FactoredMatrix
+
+
+class StackedWeights:
+    """Mixin for a ``HookedRootModule`` with ``self.blocks`` and ``self.cfg``."""
+
+    def _stack(self, path: str) -> Tensor:
+        owner, name = path.split(".")
+        return torch.stack([getattr(getattr(block, owner), name) for block in self.blocks])
+
+    @property
+    def W_Q(self) -> Float[Tensor, "n_layers n_heads d_model d_head"]:
+        return self._stack("attn.W_Q")
+
+    @property
+    def W_K(self) -> Float[Tensor, "n_layers n_heads d_model d_head"]:
+        return self._stack("attn.W_K")
+
+    @property
+    def W_V(self) -> Float[Tensor, "n_layers n_heads d_model d_head"]:
+        return self._stack("attn.W_V")
+
+    @property
+    def W_O(self) -> Float[Tensor, "n_layers n_heads d_head d_model"]:
+        return self._stack("attn.W_O")
+
+    @property
+    def b_Q(self) -> Float[Tensor, "n_layers n_heads d_head"]:
+        return self._stack("attn.b_Q")
+
+    @property
+    def b_K(self) -> Float[Tensor, "n_layers n_heads d_head"]:
+        return self._stack("attn.b_K")
+
+    @property
+    def b_V(self) -> Float[Tensor, "n_layers n_heads d_head"]:
+        return self._stack("attn.b_V")
+
+    @property
+    def b_O(self) -> Float[Tensor, "n_layers d_model"]:
+        return self._stack("attn.b_O")
+
+    @property
+    def W_in(self) -> Float[Tensor, "n_layers d_model d_mlp"]:
+        return self._stack("mlp.W_in")
+
+    @property
+    def W_out(self) -> Float[Tensor, "n_layers d_mlp d_model"]:
+        return self._stack("mlp.W_out")
+
+    @property
+    def b_in(self) -> Float[Tensor, "n_layers d_mlp"]:
+        return self._stack("mlp.b_in")
+
+    @property
+    def b_out(self) -> Float[Tensor, "n_layers d_model"]:
+        return self._stack("mlp.b_out")
+
+    @property
+    def QK(self) -> FactoredMatrix:
+        """Bilinear attention-score form per head: score = x_q · (W_Q W_Kᵀ) · x_k (before 1/√d_head, biases)."""
+        return FactoredMatrix(self.W_Q, self.W_K.transpose(-2, -1))
+
+    @property
+    def OV(self) -> FactoredMatrix:
+        """What each head writes per unit of attention: x_src · W_V W_O (before b_V, b_O)."""
+        return FactoredMatrix(self.W_V, self.W_O)
+
+    # ----------------------------------------------------------- cfg.device
+    def _sync_cfg_device(self) -> None:
+        first = next(self.parameters(), None)
+        self.cfg.device = first.device if first is not None else torch.device("cpu")
+
+    def _apply(self, fn, *args, **kwargs):
+        out = super()._apply(fn, *args, **kwargs)
+        self._sync_cfg_device()
+        return out
