@@ -210,24 +210,42 @@ def collect_second_order(
     progress: bool = False,
 ) -> SecondOrderStats:
     """Second-order statistics of ``layer`` for a tensor of images (one forward with only these hooks per batch)."""
-    capture = SecondOrderCapture(model, layer, shares)
-    rows = []
+    return collect_layers(model, images, [layer], labels, batch_size, shares, progress)[check_supported(model, layer)]
+
+
+def collect_layers(
+    model: HookedViT,
+    images: Float[Tensor, "n channel height width"],
+    layers: Sequence[int],
+    labels: Optional[Int[Tensor, "n"]] = None,
+    batch_size: int = 64,
+    shares: bool = False,
+    progress: bool = False,
+) -> dict[int, SecondOrderStats]:
+    """``collect_second_order`` for several layers in the same forward passes."""
+    captures = {c.layer: c for c in (SecondOrderCapture(model, l, shares) for l in layers)}
+    rows: dict[int, list[dict[str, Tensor]]] = {l: [] for l in captures}
     device = model.W_proj.device
-    for start in tqdm(range(0, images.shape[0], batch_size), desc=f"second order L{capture.layer}", disable=not progress):
+    for start in tqdm(range(0, images.shape[0], batch_size), desc="second-order statistics", disable=not progress):
         batch = images[start : start + batch_size].to(device)
         with torch.no_grad():
-            model.run_with_hooks(batch, fwd_hooks=capture.hooks())
-        row = {k: v.cpu() for k, v in capture.finish().items()}
-        row["indices"] = torch.arange(start, start + batch.shape[0])
-        row["labels"] = labels[start : start + batch.shape[0]].cpu() if labels is not None else torch.full_like(row["indices"], -1)
-        rows.append(row)
-    return SecondOrderStats.concat([SecondOrderStats(capture.layer, capture.later, **r) for r in rows])
+            model.run_with_hooks(batch, fwd_hooks=[h for c in captures.values() for h in c.hooks()])
+        index = torch.arange(start, start + batch.shape[0])
+        label = labels[start : start + batch.shape[0]].cpu() if labels is not None else torch.full_like(index, -1)
+        for l, capture in captures.items():
+            rows[l].append({**{k: v.cpu() for k, v in capture.finish().items()}, "indices": index, "labels": label})
+    return {l: SecondOrderStats.concat([SecondOrderStats(l, captures[l].later, **r) for r in rows[l]]) for l in captures}
 
 
 def neuron_vectors(model: HookedViT, layer: int, dtype: torch.dtype = torch.float32) -> tuple[
         Float[Tensor, "later heads neurons d_out"], Float[Tensor, "later heads d_out"]]:
     """U_{j,h,n} = ((γ_j ⊙ w_n)·W_V^h·W_O^h ⊙ γ_f)·P and the same for b_out (image-independent)."""
     layer = check_supported(model, layer)
+    with torch.no_grad():
+        return _neuron_vectors(model, layer, dtype)
+
+
+def _neuron_vectors(model: HookedViT, layer: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     mlp = model.blocks[layer].mlp
     writes = torch.cat([mlp.W_out, mlp.b_out[None]]).to(dtype)  # [N+1, d]
     gamma_f, P = model.ln_final.w.to(dtype), model.W_proj.to(dtype)
@@ -299,6 +317,15 @@ class NeuronEffects:
         """Row index chunks over the images."""
         for start in tqdm(range(0, len(self), batch_size), desc=desc, disable=not progress):
             yield torch.arange(start, min(start + batch_size, len(self)))
+
+    def effects_at(self, rows: Int[Tensor, "k neurons"], neurons: Int[Tensor, "neurons"]) -> Float[Tensor, "k neurons d_out"]:
+        """φ_n(I) for given (image, neuron) pairs: image rows[i, c] for neuron neurons[c]."""
+        s = self.stats.s[rows[..., None, None], torch.arange(self.U.shape[0])[:, None], torch.arange(self.U.shape[1]),
+                         neurons[:, None, None]]  # [k, c, J, H]
+        out = torch.einsum("kcjh,jhcd->kcd", s, self.U[:, :, neurons]) * self.scale(rows)[..., None]
+        if self.shares:
+            out = out + self.bias_effect(rows.reshape(-1)).reshape(*rows.shape, -1) / self.n_neurons
+        return out
 
     def project(self, directions: Float[Tensor, "d_out k"], rows: Optional[Tensor] = None) -> Float[Tensor, "batch neurons k"]:
         """φ_n(I) · directions, from (U · directions) without forming the effects."""
