@@ -80,6 +80,13 @@ def _cmd_train(args: argparse.Namespace) -> None:
     train_main(args.train_args)
 
 
+def _cmd_neurons(args: argparse.Namespace) -> None:
+    from vit_lens_clip.app.sections_neurons import run_neurons_command
+    from vit_lens_clip.loading import load_clip
+
+    run_neurons_command(args, load_clip(args.model, args.pretrained, device=args.device, precision=args.precision))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vit-lens-clip", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -112,6 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("segment", help="zero-shot segmentation: decomposition vs baselines, with metrics")
     add_segment_arguments(p)
     p.set_defaults(func=_cmd_segment)
+
+    from vit_lens_clip.app.sections_neurons import add_neurons_arguments
+
+    p = sub.add_parser("neurons", help="second-order neuron lens: selectivity, ablations, texts, segmentation")
+    _model_arguments(p)
+    add_neurons_arguments(p)
+    p.set_defaults(func=_cmd_neurons)
 
     p = sub.add_parser("train-embedded", help="train the embedded shapes CLIP (arguments go to the trainer)")
     p.add_argument("train_args", nargs=argparse.REMAINDER)
