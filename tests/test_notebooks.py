@@ -13,6 +13,8 @@ nbclient = pytest.importorskip("nbclient")
 
 DEMOS = Path(__file__).resolve().parents[1] / "demos"
 NOTEBOOKS = sorted(DEMOS.glob("*.ipynb"))
+# Notebooks paired with a jupytext percent-format source (demos/NAME.py) are checked against it instead.
+PAIRED = sorted(p for p in DEMOS.glob("*.py") if p.name != "make_notebooks.py" and p.with_suffix(".ipynb").exists())
 
 
 def _generator():
@@ -24,8 +26,9 @@ def _generator():
 
 def test_notebooks_match_their_generator():
     generator = _generator()
-    assert sorted(p.name for p in NOTEBOOKS) == sorted(generator.NOTEBOOKS)
-    for path in NOTEBOOKS:
+    generated = [p for p in NOTEBOOKS if p.with_suffix(".py") not in PAIRED]
+    assert sorted(p.name for p in generated) == sorted(generator.NOTEBOOKS)
+    for path in generated:
         assert path.read_text(encoding="utf-8") == generator.render(path.name), (
             f"{path.name} is out of date: run python demos/make_notebooks.py")
 
@@ -46,3 +49,11 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
     assert not errors, errors
     executed = [cell.get("execution_count") for cell in nb.cells if cell.cell_type == "code"]
     assert all(count is not None for count in executed), "some code cells did not run"
+
+
+@pytest.mark.parametrize("source", PAIRED, ids=lambda p: p.stem)
+def test_paired_notebooks_match_their_source(source):
+    jupytext = pytest.importorskip("jupytext")
+    cells = lambda nb: [(c.cell_type, c.source) for c in nb.cells]  # noqa: E731
+    assert cells(nbformat.read(source.with_suffix(".ipynb"), as_version=4)) == cells(jupytext.read(source)), (
+        f"{source.with_suffix('.ipynb').name} is out of date: run jupytext --to ipynb {source.name}")
