@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from vit_lens_clip.app.sections_neurons import add_to_report as add_neurons_to_report
 from vit_lens_clip.ablation import cumulative_layer_curve
 from vit_lens_clip.datasets.folder import ImageFolder
 from vit_lens_clip.datasets.shapes_world import ATTRIBUTES, ShapesDataset, label_of
@@ -27,7 +28,7 @@ from vit_lens_clip.decompose import Decomposition, MeanReducer, StackReducer, ru
 from vit_lens_clip.loading import LoadedCLIP, load_clip
 from vit_lens_clip.zeroshot import accuracy, build_classifier, logits
 
-SECTIONS = ("ablation", "textspan", "completeness", "heatmaps", "segmentation", "spurious", "attention")
+SECTIONS = ("ablation", "textspan", "completeness", "heatmaps", "segmentation", "spurious", "attention", "neurons")
 SIMPLE_TEMPLATES = (lambda c: f"a photo of a {c}.", lambda c: f"a {c}.", lambda c: f"an image of a {c}.")
 
 
@@ -48,6 +49,8 @@ def add_report_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--spurious-queries", nargs="*", default=None,
                    help="texts that pick the role heads from their TextSpan texts (default: the shapes world's "
                         "place phrases, 'on water', 'on grass', ...)")
+    p.add_argument("--neuron-images", type=int, default=None,
+                   help="reference scenes of the neuron section (default 3 x --n-images; synthetic data only)")
     p.add_argument("--skip", nargs="*", default=[], choices=SECTIONS, help="sections to leave out")
     p.add_argument("--queries", nargs="*", default=["a colour", "a shape", "a location in the image", "a place", "a number of objects"],
                    help="texts for the 'which heads span this text' search")
@@ -418,6 +421,9 @@ def run_report(args: argparse.Namespace) -> Path:
     if "attention" not in skip:
         with state.timed("attention"):
             _attention_section(state, dataset)
+    if "neurons" not in skip and not args.images:
+        with state.timed("neurons"):
+            add_neurons_to_report(state, args)
     state.timings["total"] = round(time.perf_counter() - t_start, 2)
     state.numbers["timings_s"] = state.timings
     intro = (f"Model **{state.loaded.name}** ({cfg.n_layers} layers, {cfg.n_heads} heads, width {cfg.d_model}, "

@@ -223,3 +223,19 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, (np.floating, np.integer)):
         return value.item()
     return str(value)
+
+
+# ------------------------------------------------------------------------------------------------- report
+def add_to_report(state, args: argparse.Namespace) -> None:
+    """The report's neuron section on shapes-world scenes: items appended to ``state.sections``, numbers to
+    ``state.numbers["neurons"]`` (reference scenes: ``--neuron-images``, default 3 × ``--n-images``)."""
+    n_eval = args.n_images
+    options = NeuronOptions(n_reference=args.neuron_images or 3 * n_eval, n_eval=n_eval, seed=args.seed,
+                            segmentation_images=args.segmentation_images, batch_size=args.batch_size,
+                            progress=not args.quiet)
+    items, numbers = neurons_section(state.loaded, options)
+    state.sections.extend(items)
+    state.numbers["neurons"] = numbers
+    for layer, summary in numbers["layers"].items():
+        for metric, value in summary.items():
+            state.record("neurons", f"L{layer}.{metric}", value)
