@@ -11,7 +11,6 @@ from vit_lens_clip.decompose.reducers import run_reducers
 from vit_lens_clip.methods.neurons.effects import (
     NeuronEffects,
     SecondOrderReducer,
-    SecondOrderStats,
     collect_second_order,
 )
 

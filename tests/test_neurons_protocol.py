@@ -16,10 +16,16 @@ from vit_lens_clip.methods.neurons.ablation import (
     significance_threshold,
 )
 from vit_lens_clip.methods.neurons.concepts import image_concepts, spurious_words
-from vit_lens_clip.methods.neurons.directions import neuron_directions, variance_explained
+from vit_lens_clip.methods.neurons.directions import (
+    neuron_directions,
+    variance_explained,
+)
 from vit_lens_clip.methods.neurons.effects import NeuronEffects, collect_second_order
 from vit_lens_clip.methods.neurons.omp import SparseCode
-from vit_lens_clip.methods.neurons.segmentation import neuron_maps, top_neurons_per_class
+from vit_lens_clip.methods.neurons.segmentation import (
+    neuron_maps,
+    top_neurons_per_class,
+)
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +79,7 @@ def test_ablation_settings_bracket_the_baseline(setup):
     out = ablated_embeddings(fx, mean, tau, dirs.directions, batch_size=16)
     along = torch.einsum("bnd,nd->bn", delta, dirs.directions)
     assert rel_err(out["rank1"], out["all"] + torch.einsum("bn,nd->bd", along, dirs.directions)) <= 1e-5
-    ve, pooled = variance_explained(fx, mean, dirs.directions, batch_size=16)
+    ve, _ = variance_explained(fx, mean, dirs.directions, batch_size=16)
     assert rel_err(ve, along.pow(2).sum(0) / delta.pow(2).sum((0, 2))) <= 1e-4
     # sign by majority over each neuron's top images (a tie at exactly half stays a tie)
     top_delta = delta[dirs.top_rows.T, torch.arange(norms.shape[1])]  # [k, N, D]

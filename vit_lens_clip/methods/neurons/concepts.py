@@ -15,7 +15,6 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Optional, Sequence
 
-import torch
 from jaxtyping import Float
 from torch import Tensor
 

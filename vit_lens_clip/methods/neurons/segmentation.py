@@ -17,6 +17,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
+from vit_lens_clip.datasets.segmentation import collate_segmentation
 from vit_lens_clip.model.hooked_vit import HookedViT
 from vit_lens_clip.spatial.evaluate import method_maps
 from vit_lens_clip.spatial.geometry import upsample_patch_map
@@ -71,8 +72,6 @@ def compare_segmentation(
     progress: bool = True,
 ) -> dict[str, dict[str, float]]:
     """Pixel accuracy, mIoU and mAP of the neuron map beside the head-based (and baseline) maps, same images."""
-    from vit_lens_clip.datasets.segmentation import collate_segmentation
-
     model: HookedViT = loaded.model
     if limit is not None:
         dataset = Subset(dataset, range(min(limit, len(dataset))))

@@ -16,7 +16,11 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from vit_lens_clip.datasets.shapes_world import ShapesDataset, label_of, zero_shot_labels
+from vit_lens_clip.datasets.shapes_world import (
+    ShapesDataset,
+    label_of,
+    zero_shot_labels,
+)
 from vit_lens_clip.methods.neurons.ablation import (
     PAPER_TOP_FRACTION,
     ablated_embeddings,
@@ -25,9 +29,17 @@ from vit_lens_clip.methods.neurons.ablation import (
     selectivity,
     significance_threshold,
 )
-from vit_lens_clip.methods.neurons.directions import neuron_directions, variance_explained
+from vit_lens_clip.methods.neurons.directions import (
+    neuron_directions,
+    variance_explained,
+)
 from vit_lens_clip.methods.neurons.effects import NeuronEffects, collect_layers
-from vit_lens_clip.methods.neurons.omp import Normalization, SparseCode, omp, prepare_pool
+from vit_lens_clip.methods.neurons.omp import (
+    Normalization,
+    SparseCode,
+    omp,
+    prepare_pool,
+)
 from vit_lens_clip.zeroshot import build_classifier
 
 
