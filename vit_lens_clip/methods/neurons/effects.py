@@ -121,6 +121,7 @@ class SecondOrderCapture:
                 hooks.append((f"blocks.{j}.hook_resid_pre", self._keep(f"mu.{j}", lambda t: t.float().mean(-1))))
         return hooks
 
+    @torch.no_grad()
     def finish(self) -> dict[str, Tensor]:
         """s, s_bias, inv_scale, norm, embedding, shares for the batch (float32, or float64 for a float64 model)."""
         st, m = self.store, self.model
