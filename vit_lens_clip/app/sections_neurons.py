@@ -25,7 +25,7 @@ from vit_lens_clip.methods.neurons.effects import check_supported, collect_layer
 from vit_lens_clip.methods.neurons.segmentation import compare_segmentation
 from vit_lens_clip.methods.neurons.study import NeuronStudy, run_study, shapes_images
 from vit_lens_clip.spatial.evaluate import ShapesSegmentation
-from vit_lens_clip.textspan.pools import load_pool
+from vit_lens_clip.textspan.pools import embed_texts_cached, load_pool
 from vit_lens_clip.viz.figures import bar_table, to_display_image
 from vit_lens_clip.viz.html import figures_to_html
 from vit_lens_clip.zeroshot import build_classifier
@@ -55,6 +55,18 @@ class NeuronOptions:
     extra: dict = field(default_factory=dict)
 
 
+def pool_embeddings(loaded, pools: Sequence[str]) -> tuple[list[str], torch.Tensor]:
+    """Texts of the pools (first occurrence kept) and their unit embeddings, cached on disk per pool."""
+    texts, rows = [], []
+    for pool in pools:
+        pool_texts = load_pool(pool)
+        rows.append(embed_texts_cached(pool_texts, loaded.encode_text, loaded.key))
+        texts += pool_texts
+    first = {t: i for i, t in reversed(list(enumerate(texts)))}
+    keep = sorted(first.values())
+    return [texts[i] for i in keep], torch.cat(rows)[keep]
+
+
 def default_layers(n_layers: int) -> list[int]:
     return list(range(n_layers - 1))
 
@@ -63,9 +75,8 @@ def neurons_section(loaded, options: NeuronOptions) -> tuple[list[tuple[str, Any
     """Selectivity per layer, ablation table, variance explained, neuron texts and top images, segmentation."""
     model = loaded.model
     layers = [check_supported(model, l) for l in (options.layers or default_layers(model.cfg.n_layers))]
-    texts = [t for pool in options.pools for t in load_pool(pool)]
-    texts = list(dict.fromkeys(texts))
-    study = run_study(loaded, layers, options.task, options.n_reference, options.n_eval, options.seed, texts,
+    texts, embeddings = pool_embeddings(loaded, options.pools)
+    study = run_study(loaded, layers, options.task, options.n_reference, options.n_eval, options.seed, texts, embeddings,
                       n_texts=options.n_texts, normalization=options.normalization, top_fraction=options.top_fraction,
                       shares=options.shares, batch_size=options.batch_size, progress=options.progress)
     numbers: dict[str, Any] = {"task": options.task, "n_reference": study.n_reference, "n_eval": study.n_eval,
