@@ -283,7 +283,7 @@ def test_hook_pooled_edit_at_eot():
 
 
 def test_cli_prints_text_hooks(capsys):
-    from vit_lens_clip.cli import main
+    from vit_lens_clip.app.cli import main
 
     assert main(["hooks", "--text"]) == 0
     out = capsys.readouterr().out

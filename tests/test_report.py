@@ -27,8 +27,9 @@ def test_report_files_and_numbers(report_dir):
     for name in ("report.html", "results.json", "results.csv", "textspan.json", "textspan.md", "textspan.html"):
         assert (report_dir / name).stat().st_size > 0, name
     numbers = json.loads((report_dir / "results.json").read_text())
-    assert set(numbers) >= {"model", "zero_shot", "ablation", "textspan", "completeness", "segmentation", "spurious"}
+    assert set(numbers) >= {"model", "zero_shot", "ablation", "textspan", "completeness", "segmentation", "spurious", "neurons"}
     assert numbers["zero_shot"]["colour"] > 0.5  # a trained model, far above 1/7 chance
+    assert all(0 <= v["selectivity_mean"] <= 1 for v in numbers["neurons"]["layers"].values())
     seg = numbers["segmentation"]
     assert set(seg) == {"decomposition", "raw_attention", "rollout", "gradcam", "chefer"}
     assert all(0 <= m["miou"] <= 1 for m in seg.values())

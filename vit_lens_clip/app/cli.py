@@ -6,7 +6,13 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from vit_lens_clip.app.config import ReportConfig, add_model_arguments, add_report_arguments, add_segment_arguments
+from vit_lens_clip.app.config import (
+    ReportConfig,
+    add_model_arguments,
+    add_neurons_arguments,
+    add_report_arguments,
+    add_segment_arguments,
+)
 
 # The parser imports only the light options module above; each command imports its heavy modules (torch,
 # open_clip) inside its handler, so ``vit-lens-clip --help`` and every ``<command> --help`` stay instant.
@@ -85,6 +91,13 @@ def _cmd_train(args: argparse.Namespace) -> None:
     train_main(args.train_args)
 
 
+def _cmd_neurons(args: argparse.Namespace) -> None:
+    from vit_lens_clip.app.neurons import run_neurons_command
+    from vit_lens_clip.loading import load_clip
+
+    run_neurons_command(args, load_clip(args.model, args.pretrained, device=args.device, precision=args.precision))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vit-lens-clip", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -114,6 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("segment", help="zero-shot segmentation: decomposition vs baselines, with metrics")
     add_segment_arguments(p)
     p.set_defaults(func=_cmd_segment)
+
+    p = sub.add_parser("neurons", help="second-order neuron lens: selectivity, ablations, texts, segmentation")
+    add_model_arguments(p)
+    add_neurons_arguments(p)
+    p.set_defaults(func=_cmd_neurons)
 
     p = sub.add_parser("train-embedded", help="train the embedded shapes CLIP (arguments go to the trainer)")
     p.add_argument("train_args", nargs=argparse.REMAINDER)

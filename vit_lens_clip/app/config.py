@@ -13,7 +13,7 @@ from typing import Optional
 from vit_lens_clip.embedded import EMBEDDED_NAME
 
 SECTION_NAMES: tuple[str, ...] = (
-    "ablation", "textspan", "completeness", "heatmaps", "segmentation", "spurious", "attention",
+    "ablation", "textspan", "completeness", "heatmaps", "segmentation", "spurious", "attention", "neurons",
 )
 DEFAULT_QUERIES: tuple[str, ...] = (
     "a colour", "a shape", "a location in the image", "a place", "a number of objects",
@@ -40,6 +40,7 @@ class ReportConfig:
     spurious_images: int = 400
     spurious_bird_size: Optional[str] = None
     spurious_queries: Optional[tuple[str, ...]] = None
+    neuron_images: Optional[int] = None
     skip: tuple[str, ...] = ()
     queries: tuple[str, ...] = DEFAULT_QUERIES
     seed: int = 0
@@ -92,6 +93,8 @@ def add_report_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--spurious-queries", nargs="*", default=None,
                    help="texts that pick the role heads from their TextSpan texts (default: the shapes world's "
                         "place phrases, 'on water', 'on grass', ...)")
+    p.add_argument("--neuron-images", type=int, default=None,
+                   help="reference scenes of the neuron section (default 3 x --n-images; synthetic scenes only)")
     p.add_argument("--skip", nargs="*", default=[], choices=SECTION_NAMES, help="sections to leave out")
     p.add_argument("--queries", nargs="*", default=list(DEFAULT_QUERIES),
                    help="texts for the 'which heads span this text' search")
@@ -124,3 +127,25 @@ def add_segment_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
                         help="score in the model-input frame or on the original image")
     parser.add_argument("--examples", type=int, default=4, help="images shown in the HTML report")
     return parser
+
+
+def add_neurons_arguments(p: argparse.ArgumentParser) -> None:
+    """The ``neurons`` command's own options (the model options come from ``add_model_arguments``)."""
+    p.add_argument("action", nargs="?", default="report", choices=["report", "collect", "describe", "ablate", "segment"],
+                   help="report: everything as HTML/JSON; collect: save per-image statistics; describe: neuron texts; "
+                        "ablate: the ablation table; segment: neuron vs head segmentation")
+    p.add_argument("--layers", type=int, nargs="*", default=None, help="MLP layers (default: all but the last)")
+    p.add_argument("--task", default="shape", help="shapes-world attribute for zero-shot accuracy")
+    p.add_argument("--n-reference", type=int, default=2562, help="reference scenes (means, thresholds, directions)")
+    p.add_argument("--n-eval", type=int, default=1000, help="evaluation scenes")
+    p.add_argument("--pools", nargs="+", default=["descriptions", "words"], help="text pools (built-in names or files)")
+    p.add_argument("--n-texts", type=int, default=32, help="texts per neuron (OMP atoms)")
+    p.add_argument("--normalization", default="text", choices=["text", "dimension"],
+                   help="pool scaling: per text (default) or per embedding dimension (the published code)")
+    p.add_argument("--shares", action="store_true", help="give each neuron the official mean/bias shares")
+    p.add_argument("--segmentation-images", type=int, default=150)
+    p.add_argument("--top-neurons", type=int, default=200, help="neurons per class for segmentation")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="vit_lens_clip_neurons", help="output folder")
+    p.add_argument("--quiet", action="store_true")

@@ -7,6 +7,7 @@ from vit_lens_clip.app.sections.completeness import CompletenessSection
 from vit_lens_clip.app.sections.data import DataSection
 from vit_lens_clip.app.sections.decomposition import DecompositionSection
 from vit_lens_clip.app.sections.heatmaps import HeatmapSection
+from vit_lens_clip.app.sections.neurons import NeuronsSection
 from vit_lens_clip.app.sections.segmentation import SegmentationSection
 from vit_lens_clip.app.sections.spurious import SpuriousSection
 from vit_lens_clip.app.sections.textspan import TextSpanSection
@@ -23,6 +24,7 @@ SECTIONS: tuple[Section, ...] = (
     SegmentationSection(),
     SpuriousSection(),
     AttentionSection(),
+    NeuronsSection(),
 )
 
 __all__ = ["SECTIONS", "ReportContext", "Section", "Task"]

@@ -1,0 +1,176 @@
+"""Second-order effects of neurons equal a brute-force hooked computation (float64, perturbed random weights)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import rel_err, tiny_clip
+
+from vit_lens_clip import HookedViT
+from vit_lens_clip.decompose.reducers import run_reducers
+from vit_lens_clip.methods.neurons.effects import (
+    NeuronEffects,
+    SecondOrderReducer,
+    collect_second_order,
+)
+
+TOL = 1e-5
+LAYER = 1
+
+
+@pytest.fixture(scope="module", params=["tok", "avg"])
+def model64(request):
+    extra = {} if request.param == "tok" else {"pool_type": "avg", "final_ln_after_pool": True}
+    hooked = HookedViT.from_open_clip(tiny_clip(seed=2, layers=4, **extra)).double()
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    return hooked, x
+
+
+def brute_force(model: HookedViT, x: torch.Tensor, layer: int, write) -> torch.Tensor:
+    """Σ_{j>l} change of the folded pooled output when ``write(cache)`` [B, T, d] is added to ln_1's input of
+    block j alone: ln_1 statistics and attention patterns frozen at the clean forward, the changed attention
+    output read at the pooled position only (nothing downstream sees it), final LN statistics frozen."""
+    _, cache = model.run_with_cache(x)
+    delta = write(cache)
+    pooled = cache["hook_pooled"]
+    sigma_f = ((pooled - pooled.mean(-1, keepdim=True)).pow(2).mean(-1, keepdim=True) + model.ln_final.eps).sqrt()
+    total = 0
+    for j in range(layer + 1, model.cfg.n_layers):
+        resid = cache[f"blocks.{j}.hook_resid_pre"]
+        mu, sigma = resid.mean(-1, keepdim=True), cache[f"blocks.{j}.ln1.hook_scale"].double()
+        pooled_out = []
+        for add in (torch.zeros_like(delta), delta):
+            hooks = [
+                (f"blocks.{j}.ln1.hook_normalized", lambda t, hook, add=add: (resid + add - mu) / sigma),
+                (f"blocks.{j}.attn.hook_pattern", lambda t, hook: cache[f"blocks.{j}.attn.hook_pattern"]),
+                (f"blocks.{j}.hook_attn_out", lambda t, hook: pooled_out.append(model.pool_tokens(t))
+                 or cache[f"blocks.{j}.hook_attn_out"]),
+            ]
+            with torch.no_grad():
+                model.run_with_hooks(x, fwd_hooks=hooks)
+        change = pooled_out[1] - pooled_out[0]
+        total = total + (model.ln_final.w * change / sigma_f) @ model.W_proj
+    return total
+
+
+def test_neuron_effect_equals_brute_force(model64):
+    model, x = model64
+    stats = collect_second_order(model, x, LAYER)
+    assert stats.s.dtype == torch.float64
+    effects = NeuronEffects(model, stats, normalized=False).effects(torch.arange(len(x)))
+    W_out = model.blocks[LAYER].mlp.W_out
+    for n in (0, 7, 100):
+        expected = brute_force(model, x, LAYER, lambda c: c[f"blocks.{LAYER}.mlp.hook_post"][..., n, None] * W_out[n])
+        assert expected.abs().max() > 1e-4  # the path is not trivially zero
+        assert rel_err(effects[:, n], expected) <= TOL
+
+
+def test_neurons_plus_bias_share_sum_to_layer(model64):
+    model, x = model64
+    stats = collect_second_order(model, x, LAYER)
+    fx = NeuronEffects(model, stats, normalized=False)
+    rows = torch.arange(len(x))
+    whole = brute_force(model, x, LAYER, lambda c: c[f"blocks.{LAYER}.hook_mlp_out"])
+    assert rel_err(fx.effects(rows).sum(1) + fx.bias_effect(rows), whole) <= TOL
+    assert rel_err(fx.layer_effect(rows), whole) <= TOL
+    # the bias share is a real part of the whole (perturbed b_out), not zero
+    assert fx.bias_effect(rows).abs().max() > 1e-3 * whole.abs().max()
+
+
+def official_formula(model: HookedViT, x: torch.Tensor, layer: int, n: int) -> torch.Tensor:
+    """The official code's per-neuron formula, evaluated literally (every mean/bias share, b_out/N)."""
+    _, cache = model.run_with_cache(x)
+    cfg = model.cfg
+    L, H, N = cfg.n_layers, cfg.n_heads, cfg.d_mlp
+    K_L = 2 * L + 1
+    a = cache[f"blocks.{layer}.mlp.hook_post"][..., n]  # [B, T]
+    w, b_out = model.blocks[layer].mlp.W_out[n], model.blocks[layer].mlp.b_out
+    pooled = cache["hook_pooled"]
+    mu_f = pooled.mean(-1, keepdim=True)
+    sigma_f = ((pooled - mu_f).pow(2).mean(-1, keepdim=True) + model.ln_final.eps).sqrt()
+    total = 0
+    for j in range(layer + 1, L):
+        K_j = 2 * j + 1
+        blk = model.blocks[j]
+        resid = cache[f"blocks.{j}.hook_resid_pre"]
+        mu, sigma = resid.mean(-1, keepdim=True), cache[f"blocks.{j}.ln1.hook_scale"].double()
+        A = cache[f"blocks.{j}.attn.hook_pattern"].double()
+        A = A[:, :, 1:].mean(2) if cfg.pool_type == "avg" else A[:, :, 0]  # [B, H, T]
+        x_n = blk.ln1.w * (a[..., None] * w + b_out / N - mu / (K_j * N)) / sigma + blk.ln1.b / (K_j * N)
+        for h in range(H):
+            v = x_n @ blk.attn.W_V[h] + blk.attn.b_V[h] / (K_j * N)
+            o = torch.einsum("bt,bte->be", A[:, h], v) @ blk.attn.W_O[h] + blk.attn.b_O / (K_j * H * N)
+            c = K_L * K_j * H * N
+            total = total + (model.ln_final.w * (o - mu_f / c) / sigma_f + model.ln_final.b / c) @ model.W_proj
+    return total
+
+
+def test_shares_option_is_the_official_formula(model64):
+    model, x = model64
+    stats = collect_second_order(model, x, LAYER, shares=True)
+    fx = NeuronEffects(model, stats, normalized=False, shares=True)
+    effects = fx.effects(torch.arange(len(x)))
+    for n in (3, 50):
+        assert rel_err(effects[:, n], official_formula(model, x, LAYER, n)) <= TOL
+    # the shares are one vector for every neuron: centred effects do not depend on the convention
+    pure = NeuronEffects(model, stats, normalized=False).effects(torch.arange(len(x)))
+    diff = effects - pure
+    assert rel_err(diff[:, 0], diff[:, 1]) <= TOL and diff.abs().max() > 0
+
+
+def test_projection_and_normalisation(model64):
+    model, x = model64
+    stats = collect_second_order(model, x, LAYER)
+    fx = NeuronEffects(model, stats)  # 100 e/‖e‖ space
+    rows = torch.arange(len(x))
+    directions = torch.randn(model.cfg.output_dim, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    assert rel_err(fx.project(directions), fx.effects(rows) @ directions) <= TOL
+    raw = NeuronEffects(model, stats, normalized=False).effects(rows)
+    assert rel_err(fx.effects(rows), raw * 100 / stats.norm[:, None, None]) <= TOL
+    assert rel_err(fx.embedding().norm(dim=-1), torch.full((len(x),), 100.0, dtype=torch.float64)) <= TOL
+
+
+class _Items(torch.utils.data.Dataset):
+    def __init__(self, x):
+        self.x = x
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return {"image": self.x[i], "index": i, "label": i % 2}
+
+
+def test_reducer_streams_resumes_and_merges(model64, tmp_path):
+    model, x = model64
+    direct = collect_second_order(model, x, LAYER)
+    reducer = SecondOrderReducer(model, LAYER)
+    run_reducers(model, _Items(x), [reducer], batch_size=2, extra_hooks=reducer.hooks(), progress=False,
+                 checkpoint_dir=tmp_path / "ckpt", checkpoint_every=1)
+    streamed = reducer.result()
+    for k in ("s", "s_bias", "inv_scale", "norm", "embedding"):
+        assert rel_err(getattr(streamed, k), getattr(direct, k)) <= TOL, k
+    assert streamed.labels.tolist() == [0, 1, 0]
+    # resume: a new reducer loads the finished checkpoint without recomputing
+    again = SecondOrderReducer(model, LAYER)
+    run_reducers(model, _Items(x), [again], batch_size=2, extra_hooks=again.hooks(), progress=False,
+                 checkpoint_dir=tmp_path / "ckpt")
+    assert torch.equal(again.result().s, streamed.s)
+    # merge two parts processed separately (as two processes would)
+    first, second = SecondOrderReducer(model, LAYER), SecondOrderReducer(model, LAYER)
+    for part, rows in ((first, [2]), (second, [0, 1])):
+        run_reducers(model, torch.utils.data.Subset(_Items(x), rows), [part], batch_size=2,
+                     extra_hooks=part.hooks(), progress=False)
+    first.merge(second)
+    merged = first.result()
+    assert merged.indices.tolist() == [0, 1, 2]
+    assert rel_err(merged.s, direct.s) <= TOL
+    assert direct.bytes_per_image() >= direct.s[0].numel() * direct.s.element_size()
+
+
+def test_rejects_bad_layers(model64):
+    model, x = model64
+    with pytest.raises(ValueError, match="last layer"):
+        collect_second_order(model, x, model.cfg.n_layers - 1)
+    with pytest.raises(ValueError, match="out of range"):
+        collect_second_order(model, x, 99)

@@ -1,0 +1,1 @@
+"""Application layer: the CLI, the report and its sections, the bench."""

@@ -1,0 +1,26 @@
+"""The second-order neuron lens on shapes-world scenes: selectivity, ablations, texts, segmentation."""
+
+from __future__ import annotations
+
+from vit_lens_clip.app.neurons import NeuronOptions, neurons_section
+from vit_lens_clip.app.sections.base import ReportContext
+
+
+class NeuronsSection:
+    name, needs, uses, gives, skippable, grad = "neurons", (), (), (), True, False
+
+    def run(self, ctx: ReportContext) -> None:
+        config = ctx.config
+        if config.images:
+            ctx.page.append(("Neurons", "The neuron section runs on the shapes world's labelled scenes only; "
+                                        "it was left out because --images was given."))
+            return
+        options = NeuronOptions(n_reference=config.neuron_images or 3 * config.n_images, n_eval=config.n_images,
+                                seed=config.seed, segmentation_images=config.segmentation_images,
+                                batch_size=config.batch_size, progress=ctx.progress)
+        items, numbers = neurons_section(ctx.loaded, options)
+        ctx.page.extend(items)
+        ctx.numbers["neurons"] = numbers
+        for layer, summary in numbers["layers"].items():
+            for metric, value in summary.items():
+                ctx.record("neurons", f"L{layer}.{metric}", value)
