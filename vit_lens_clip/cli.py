@@ -74,6 +74,18 @@ def _cmd_report(args: argparse.Namespace) -> None:
     run_report(args)
 
 
+def _cmd_collect(args: argparse.Namespace) -> None:
+    from vit_lens_clip.app.collect import run_collect
+
+    run_collect(args)
+
+
+def _cmd_textspan(args: argparse.Namespace) -> None:
+    from vit_lens_clip.app.collect import run_textspan_command
+
+    run_textspan_command(args)
+
+
 def _cmd_train(args: argparse.Namespace) -> None:
     from vit_lens_clip.embedded.train import main as train_main
 
@@ -112,6 +124,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("segment", help="zero-shot segmentation: decomposition vs baselines, with metrics")
     add_segment_arguments(p)
     p.set_defaults(func=_cmd_segment)
+
+    from vit_lens_clip.app.collect import add_collect_arguments, add_textspan_arguments
+
+    p = sub.add_parser("collect", help="dataset-scale collection of parts into safetensors shards (torchrun-aware)")
+    _model_arguments(p)
+    add_collect_arguments(p)
+    p.set_defaults(func=_cmd_collect)
+
+    p = sub.add_parser("textspan", help="TextSpan of every kept head of a collection folder (heads split over ranks)")
+    add_textspan_arguments(p)
+    p.set_defaults(func=_cmd_textspan)
 
     p = sub.add_parser("train-embedded", help="train the embedded shapes CLIP (arguments go to the trainer)")
     p.add_argument("train_args", nargs=argparse.REMAINDER)
