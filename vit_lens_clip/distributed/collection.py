@@ -83,7 +83,9 @@ def check_folder(out: Path, identity: dict[str, Any], world_size: int) -> bool:
         return False
     stored = json.loads(path.read_text())
     old = stored.get("identity", {})
-    changed = [k for k in sorted(set(old) | set(identity)) if old.get(k) != identity.get(k)]
+    first = ["model", "dataset", "n"]  # report the most telling difference first
+    order = first + sorted((set(old) | set(identity)) - set(first))
+    changed = [k for k in order if old.get(k) != identity.get(k)]
     if changed:
         k = changed[0]
         raise ValueError(f"{out} was written by a different {k} ({old.get(k)!r}, now {identity.get(k)!r}); "
