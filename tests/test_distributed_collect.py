@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -244,3 +245,18 @@ def test_profile_prints_the_ratio(loaded, dataset):
     plan = CollectionPlan(layers=(2, 3, 4, 5), batch_size=4)
     text = profile_collection(loaded, torch.utils.data.Subset(dataset, range(8)), plan, repeats=1)
     assert "plain encode_image" in text and "x of plain" in text
+
+
+def test_imagenet_val_layout_gets_open_clip_class_names(loaded, tmp_path):
+    image = Image.new("RGB", (8, 8), (10, 200, 30))
+    for i in range(1000):
+        (tmp_path / f"n{i:08d}").mkdir()
+    for i in (0, 999):
+        image.save(tmp_path / f"n{i:08d}" / "a.png")
+    with pytest.raises(ValueError, match="has 2 class folders"):
+        open_dataset(f"imagenet-val:{tmp_path}", loaded.preprocess)
+    for i in range(1, 999):
+        image.save(tmp_path / f"n{i:08d}" / "a.png")
+    data, fp = open_dataset(f"imagenet-val:{tmp_path}", loaded.preprocess)
+    assert data.classes == list(IMAGENET_CLASSNAMES) and data.wordnet_ids[999] == "n00000999"
+    assert data[999]["label"] == 999 and fp.startswith("imagenet-val:")
