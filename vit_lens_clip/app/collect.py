@@ -13,13 +13,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from vit_lens_clip.datasets.folder import collate_images
 from vit_lens_clip.datasets.sources import open_dataset
+from vit_lens_clip.decompose.parts import Decomposition
 from vit_lens_clip.decompose.reducers import MeanReducer, run_reducers
 from vit_lens_clip.distributed.collection import (
     AUTOCAST_DTYPES,
@@ -29,14 +30,25 @@ from vit_lens_clip.distributed.collection import (
     read_collection_info,
     read_means,
 )
-from vit_lens_clip.distributed.ranks import RankInfo, barrier, finish_distributed, gather_to_main, start_distributed
+from vit_lens_clip.distributed.ranks import (
+    RankInfo,
+    barrier,
+    finish_distributed,
+    gather_to_main,
+    start_distributed,
+)
 from vit_lens_clip.distributed.sampler import rank_range
-from vit_lens_clip.distributed.shards import PART_FIELDS, PartShardReducer, heads_shape, read_head_columns, read_parts
+from vit_lens_clip.distributed.shards import (
+    PART_FIELDS,
+    PartShardReducer,
+    heads_shape,
+    read_head_columns,
+    read_parts,
+)
 from vit_lens_clip.loading import LoadedCLIP, load_clip
 from vit_lens_clip.textspan.algorithm import TextSpanResult, text_span
 from vit_lens_clip.textspan.pools import embed_texts_cached, load_pool
 from vit_lens_clip.textspan.runs import HeadContributions, TextSpanTable, kept_layers
-
 
 # ------------------------------------------------------------------------------------------ arguments
 
@@ -93,12 +105,12 @@ def plan_from_args(args: argparse.Namespace, n_layers: int, on_cuda: bool) -> Co
     )
 
 
-def _texts(loaded: LoadedCLIP, pool: str, cache_dir: Optional[str] = None) -> tuple[list[str], torch.Tensor]:
+def _texts(loaded: LoadedCLIP, pool: str, cache_dir: str | None = None) -> tuple[list[str], torch.Tensor]:
     texts = load_pool(pool)
     return texts, embed_texts_cached(texts, loaded.encode_text, loaded.key, cache_dir=cache_dir)
 
 
-def run_collect(args: argparse.Namespace, dataset: Optional[Dataset] = None, fingerprint: Optional[str] = None) -> Path:
+def run_collect(args: argparse.Namespace, dataset: Dataset | None = None, fingerprint: str | None = None) -> Path:
     """The ``collect`` command on this rank. ``dataset`` replaces ``--data`` (tests wrap datasets this way)."""
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -139,7 +151,7 @@ def _loader(dataset: Dataset, plan: CollectionPlan) -> DataLoader:
 
 
 def profile_collection(loaded: LoadedCLIP, dataset: Dataset, plan: CollectionPlan,
-                       texts: Optional[torch.Tensor] = None, repeats: int = 2) -> str:
+                       texts: torch.Tensor | None = None, repeats: int = 2) -> str:
     """Images/s of the collection (hooks, fold, shards on disk) and of plain ``encode_image``, same DataLoader.
 
     Each is timed ``repeats`` times after one warm-up batch, alternating; the best time of each is used.
@@ -227,19 +239,35 @@ def load_contributions(folder: str | Path) -> HeadContributions:
     )
 
 
+def load_decomposition(folder: str | Path) -> tuple[Decomposition, dict[str, torch.Tensor], torch.Tensor | None]:
+    """A finished collection as (``Decomposition`` of every image, means, labels) for post-hoc ablation
+    (``ablation.ablate_posthoc``, ``cumulative_layer_curve``); needs parts heads, embed, layers, mlps, means."""
+    meta = read_collection_info(folder)
+    identity = meta["identity"]
+    missing = {"heads", "embed", "layers", "mlps", "means"} - set(identity["parts"])
+    if missing:
+        raise ValueError(f"{folder} lacks parts {sorted(missing)} for ablation: collect with --parts "
+                         f"heads,embed,layers,mlps,means")
+    rows = read_parts(folder, ["heads", "embed", "attns", "mlps", "embedding", "labels"])
+    parts = Decomposition(rows["embed"].float(), rows["attns"].float(), rows["mlps"].float(), rows["heads"].float(),
+                          list(identity["layers"]), rows["embedding"], "equal_share", identity["normalize"])
+    return parts, read_means(folder), rows.get("labels")
+
+
 def _light(row: TextSpanResult) -> TextSpanResult:
     """A row without its [n, D] reconstruction (not needed by the table; keeps the gather small)."""
     return dataclasses.replace(row, reconstruction=row.reconstruction[:0], prefix_reconstructions={})
 
 
-def textspan_from_collection(folder: str | Path, text_embeddings: torch.Tensor, pool: Optional[list[str]],
-                             k: int = 10, rank: int = 80, info: RankInfo = RankInfo(),
-                             device: torch.device = torch.device("cpu")) -> Optional[TextSpanTable]:
+def textspan_from_collection(folder: str | Path, text_embeddings: torch.Tensor, pool: list[str] | None,
+                             k: int = 10, rank: int = 80, info: RankInfo | None = None,
+                             device: torch.device | None = None) -> TextSpanTable | None:
     """TextSpan of every kept head of a collection; heads are split over the ranks and gathered on rank 0.
 
     Rank r reads only its heads' columns (``rank_range`` over the layer-major head list) from the shards.
     Returns the table on rank 0, None elsewhere.
     """
+    info, device = info or RankInfo(), device or torch.device("cpu")
     meta = read_collection_info(folder)
     layers = list(meta["identity"]["layers"])
     if "heads" not in meta["identity"]["parts"]:
@@ -261,7 +289,7 @@ def textspan_from_collection(folder: str | Path, text_embeddings: torch.Tensor, 
     return TextSpanTable(dict(sorted(table.items())), pool)
 
 
-def run_textspan_command(args: argparse.Namespace) -> Optional[Path]:
+def run_textspan_command(args: argparse.Namespace) -> Path | None:
     info, device = start_distributed(args.device)
     try:
         meta = read_collection_info(args.source)

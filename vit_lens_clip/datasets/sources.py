@@ -16,8 +16,9 @@ from __future__ import annotations
 import hashlib
 import io
 import tarfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from PIL import Image
 from torch.utils.data import Dataset
@@ -90,7 +91,7 @@ class WebDatasetShards(Dataset):
 
     def _tar(self, s: int) -> tarfile.TarFile:
         if s not in self._open:  # opened lazily, so each DataLoader worker gets its own handle
-            self._open[s] = tarfile.open(self.shards[s])
+            self._open[s] = tarfile.open(self.shards[s])  # noqa: SIM115 (kept open for later items)
         return self._open[s]
 
     def __getstate__(self) -> dict:
@@ -105,7 +106,7 @@ class WebDatasetShards(Dataset):
         try:
             with Image.open(io.BytesIO(tar.extractfile(image).read())) as im:
                 item["image"] = self.preprocess(im.convert("RGB"))
-        except Exception as e:  # a corrupt member is skipped and listed, as in ImageFolder
+        except Exception as e:  # noqa: BLE001 - a corrupt member is skipped and listed, as in ImageFolder
             item["error"] = f"{type(e).__name__}: {e}"
         return item
 

@@ -21,7 +21,7 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from jaxtyping import Float
@@ -33,7 +33,12 @@ from tqdm.auto import tqdm
 from vit_lens_clip.datasets.folder import Batch
 from vit_lens_clip.decompose.parts import Decomposition
 from vit_lens_clip.decompose.reducers import MeanReducer, Reducer, run_reducers
-from vit_lens_clip.distributed.ranks import RankInfo, barrier, broadcast_from_main, gather_to_main
+from vit_lens_clip.distributed.ranks import (
+    RankInfo,
+    barrier,
+    broadcast_from_main,
+    gather_to_main,
+)
 from vit_lens_clip.distributed.sampler import rank_range
 from vit_lens_clip.distributed.shards import PartShardReducer, read_manifest
 from vit_lens_clip.model.hooked_vit import HookedViT
@@ -54,7 +59,7 @@ class CollectionPlan:
     checkpoint_every: int = 50
     num_workers: int = 0
     pin_memory: bool = False
-    autocast: Optional[str] = None
+    autocast: str | None = None
 
     def identity(self) -> dict[str, Any]:
         """The settings that change the collected numbers (a resume must use the same)."""
@@ -117,9 +122,9 @@ def collect_on_rank(
     out: str | Path,
     plan: CollectionPlan,
     identity: dict[str, Any],
-    info: RankInfo = RankInfo(),
-    device: Optional[torch.device] = None,
-    texts: Optional[Float[Tensor, "n_texts d_out"]] = None,
+    info: RankInfo | None = None,
+    device: torch.device | None = None,
+    texts: Float[Tensor, "n_texts d_out"] | None = None,
     progress: bool = True,
 ) -> Path:
     """Collect this rank's block of ``dataset`` into ``out`` and, on rank 0, merge all ranks.
@@ -127,7 +132,7 @@ def collect_on_rank(
     ``identity`` names the model and dataset (e.g. ``{"model": loaded.key, "dataset": "shapes:n=41,seed=0"}``);
     the plan's settings and the dataset size are added. Every rank must call this (it synchronises).
     """
-    out = Path(out)
+    info, out = info or RankInfo(), Path(out)
     n = len(dataset)
     if n == 0:
         raise ValueError("the dataset is empty")

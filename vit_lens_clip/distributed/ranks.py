@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -29,15 +29,15 @@ class RankInfo:
         return self.world_size > 1
 
     @classmethod
-    def from_env(cls) -> "RankInfo":
+    def from_env(cls) -> RankInfo:
         """RANK / WORLD_SIZE / LOCAL_RANK as torchrun sets them (defaults: one process)."""
         try:
-            return cls(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
-                       int(os.environ.get("LOCAL_RANK", 0)))
+            return cls(int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")),
+                       int(os.environ.get("LOCAL_RANK", "0")))
         except ValueError as e:
             raise ValueError(f"RANK/WORLD_SIZE/LOCAL_RANK must be integers: {e}") from None
 
-    def device(self, requested: Optional[str] = None) -> torch.device:
+    def device(self, requested: str | None = None) -> torch.device:
         """The device this rank computes on: ``cuda:LOCAL_RANK`` for "cuda"/"auto" with CUDA, else the CPU."""
         if requested in (None, "auto"):
             requested = "cuda" if torch.cuda.is_available() else "cpu"
@@ -48,7 +48,7 @@ class RankInfo:
         return torch.device(requested)
 
 
-def start_distributed(device: Optional[str] = None) -> tuple[RankInfo, torch.device]:
+def start_distributed(device: str | None = None) -> tuple[RankInfo, torch.device]:
     """Read the rank from the environment and, for several ranks, join torchrun's process group."""
     info = RankInfo.from_env()
     dev = info.device(device)
@@ -69,11 +69,11 @@ def barrier() -> None:
         dist.barrier()
 
 
-def gather_to_main(obj: Any, info: RankInfo) -> Optional[list[Any]]:
+def gather_to_main(obj: Any, info: RankInfo) -> list[Any] | None:
     """Every rank's ``obj`` on rank 0 (in rank order); None on the other ranks. One process: ``[obj]``."""
     if not info.distributed:
         return [obj]
-    out: Optional[list[Any]] = [None] * info.world_size if info.is_main else None
+    out: list[Any] | None = [None] * info.world_size if info.is_main else None
     dist.gather_object(obj, out, dst=0)
     return out
 

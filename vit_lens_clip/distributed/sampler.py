@@ -8,7 +8,7 @@ padded in, so every image is seen exactly once for any n and W.
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 from torch.utils.data import Sampler
 

@@ -8,8 +8,8 @@ dataset has them) and the chosen parts under their ``Decomposition`` names: ``he
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import torch
 from jaxtyping import Float
@@ -74,7 +74,7 @@ def read_parts(folder: str | Path, keys: Sequence[str]) -> dict[str, Tensor]:
     for shard in manifest["shards"]:
         with safe_open(str(folder / shard["file"]), framework="pt") as f:
             for k in keys:
-                if k in f.keys():
+                if k in f.keys():  # noqa: SIM118 (safe_open has no __contains__)
                     out[k].append(f.get_tensor(k))
     return {k: torch.cat(v) for k, v in out.items() if v}
 
@@ -106,12 +106,12 @@ def heads_shape(folder: str | Path) -> list[int]:
     if not manifest["shards"]:
         raise ValueError(f"{folder} holds no shards")
     with safe_open(str(folder / manifest["shards"][0]["file"]), framework="pt") as f:
-        if "heads" not in f.keys():
+        if "heads" not in f.keys():  # noqa: SIM118 (safe_open has no __contains__)
             raise ValueError(f"{folder} holds no per-head parts; collect with --parts heads,...")
         return list(f.get_slice("heads").get_shape())
 
 
-def shard_files(folder: str | Path, manifest: Optional[dict] = None) -> list[Path]:
+def shard_files(folder: str | Path, manifest: dict | None = None) -> list[Path]:
     folder = Path(folder)
     manifest = manifest if manifest is not None else read_manifest(folder)
     return [folder / s["file"] for s in manifest["shards"]]
