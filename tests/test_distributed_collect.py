@@ -294,3 +294,18 @@ def test_ablation_reads_a_collection_folder(loaded, dataset, tmp_path):
 def _only_heads(loaded, subset, out):
     plan = CollectionPlan(parts=("heads",), layers=(5,), batch_size=4)
     return collect_on_rank(loaded.model, subset, out, plan, identity(loaded, "first 9"), progress=False)
+
+
+def test_autocast_bf16_and_fp16_storage(loaded, dataset, tmp_path):
+    subset = torch.utils.data.Subset(dataset, range(8))
+    got = {}
+    for autocast in (None, "bf16"):
+        plan = CollectionPlan(parts=("heads",), layers=(4, 5), batch_size=4, autocast=autocast, store_dtype="fp16")
+        out = collect_on_rank(loaded.model, subset, tmp_path / str(autocast), plan, identity(loaded, "first 8"),
+                              progress=False)
+        got[autocast] = read_parts(out, ["heads", "embedding"])
+    assert got["bf16"]["heads"].dtype == torch.float16 and got["bf16"]["embedding"].dtype == torch.float32
+    for k in ("heads", "embedding"):
+        a, b = got[None][k].float(), got["bf16"][k].float()
+        err = ((a - b).abs().max() / a.abs().max()).item()
+        assert 0 < err < 2e-2, (k, err)  # bf16 changed the numbers, within bf16's precision

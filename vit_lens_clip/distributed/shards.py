@@ -58,6 +58,10 @@ class PartShardReducer(HeadStackReducer):
         if self.buffered >= self.shard_size:
             self.flush()
 
+    def flush(self) -> None:
+        with torch.autocast("cpu", enabled=False):  # the buffers are CPU tensors of their final dtype
+            super().flush()
+
 
 def read_manifest(folder: str | Path) -> dict:
     path = Path(folder) / "manifest.json"
