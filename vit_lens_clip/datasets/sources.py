@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
 from PIL import Image
 from torch.utils.data import Dataset
 
@@ -44,8 +45,6 @@ class ShapesItems(ShapesDataset):
 
 def imagenet_val(root: str | Path, preprocess: Callable) -> ImageFolder:
     """The ImageNet validation layout: 1000 WordNet-id folders; ``classes`` become open_clip's class names."""
-    from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
-
     data = ImageFolder(root, preprocess, labelled=True)
     if len(data.classes) != len(IMAGENET_CLASSNAMES):
         raise ValueError(f"{root} has {len(data.classes)} class folders; the ImageNet validation layout has "
