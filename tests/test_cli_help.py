@@ -11,11 +11,13 @@ from vit_lens_clip.methods.spatial.evaluate import METHODS
 HEAVY = ("torch", "open_clip", "transformers", "transformer_lens", "numpy", "plotly")
 
 CODE = f"""
-import contextlib, io, sys
+import argparse, contextlib, io, sys
 from vit_lens_clip.app.cli import build_parser
 
 parser = build_parser()
-for argv in ([], ["report"], ["hooks"], ["bench"], ["segment"]):
+commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+# every subcommand (train-embedded hands its arguments, --help included, to the trainer's own parser)
+for argv in [[]] + [[name] for name in commands if name != "train-embedded"]:
     with contextlib.redirect_stdout(io.StringIO()) as text:
         try:
             parser.parse_args(argv + ["--help"])
@@ -38,3 +40,12 @@ def test_segment_method_choices_match_the_methods():
 
 def test_report_section_names_match_the_sections():
     assert SECTION_NAMES == tuple(s.name for s in SECTIONS if s.skippable)
+
+
+def test_light_collect_options_match_the_shard_writer():
+    from vit_lens_clip.app.config import COLLECT_PARTS
+    from vit_lens_clip.distributed.collection import AUTOCAST_DTYPES
+    from vit_lens_clip.distributed.shards import PART_FIELDS
+
+    assert COLLECT_PARTS == tuple(PART_FIELDS)
+    assert sorted(AUTOCAST_DTYPES) == ["bf16", "fp16"]

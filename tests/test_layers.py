@@ -13,7 +13,7 @@ from pathlib import Path
 import vit_lens_clip
 
 PACKAGE = Path(vit_lens_clip.__file__).resolve().parent
-CORE_RANK = {"model": 0, "convert": 0, "loading": 0, "decompose": 1, "methods": 2, "app": 3}
+CORE_RANK = {"model": 0, "convert": 0, "loading": 0, "decompose": 1, "distributed": 1.5, "methods": 2, "app": 3}
 LEAVES = {"datasets", "viz", "embedded"}
 # imports that may sit inside a function, each with its reason
 LAZY_OK = {

@@ -8,10 +8,12 @@ from typing import Optional, Sequence
 
 from vit_lens_clip.app.config import (
     ReportConfig,
+    add_collect_arguments,
     add_model_arguments,
     add_neurons_arguments,
     add_report_arguments,
     add_segment_arguments,
+    add_textspan_arguments,
 )
 
 # The parser imports only the light options module above; each command imports its heavy modules (torch,
@@ -85,6 +87,18 @@ def _cmd_report(args: argparse.Namespace) -> None:
     run_report(ReportConfig.from_args(args))
 
 
+def _cmd_collect(args: argparse.Namespace) -> None:
+    from vit_lens_clip.app.collect import run_collect
+
+    run_collect(args)
+
+
+def _cmd_textspan(args: argparse.Namespace) -> None:
+    from vit_lens_clip.app.collect import run_textspan_command
+
+    run_textspan_command(args)
+
+
 def _cmd_train(args: argparse.Namespace) -> None:
     from vit_lens_clip.embedded.train import main as train_main
 
@@ -132,6 +146,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_arguments(p)
     add_neurons_arguments(p)
     p.set_defaults(func=_cmd_neurons)
+
+    p = sub.add_parser("collect", help="dataset-scale collection of parts into safetensors shards (torchrun-aware)")
+    add_model_arguments(p)
+    add_collect_arguments(p)
+    p.set_defaults(func=_cmd_collect)
+
+    p = sub.add_parser("textspan", help="TextSpan of every kept head of a collection folder (heads split over ranks)")
+    add_textspan_arguments(p)
+    p.set_defaults(func=_cmd_textspan)
 
     p = sub.add_parser("train-embedded", help="train the embedded shapes CLIP (arguments go to the trainer)")
     p.add_argument("train_args", nargs=argparse.REMAINDER)

@@ -149,3 +149,43 @@ def add_neurons_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="vit_lens_clip_neurons", help="output folder")
     p.add_argument("--quiet", action="store_true")
+
+
+# the parts ``collect`` can store (a test checks they match vit_lens_clip.distributed.shards.PART_FIELDS)
+COLLECT_PARTS: tuple[str, ...] = ("heads", "layers", "mlps", "embed", "scores")
+
+
+def add_collect_arguments(p: argparse.ArgumentParser) -> None:
+    """The ``collect`` command's own options (the model options come from ``add_model_arguments``)."""
+    p.add_argument("--data", required=True, help="shapes:N, folder:PATH, labelled:PATH, imagenet-val:PATH or wds:SHARDS")
+    p.add_argument("--seed", type=int, default=0, help="seed of the shapes world")
+    p.add_argument("--out", required=True, help="output folder (a killed run resumes when relaunched on it)")
+    p.add_argument("--parts", default="heads,embed,means",
+                   help=f"comma list of {', '.join(COLLECT_PARTS)}, means (default heads,embed,means)")
+    p.add_argument("--last-layers", type=int, default=4, help="layers whose heads (and head-patch scores) are kept")
+    p.add_argument("--texts", default=None, help="text pool (name or file) for the 'scores' part")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes per rank")
+    p.add_argument("--pin-memory", action="store_true", help="page-locked batches (default on with CUDA)")
+    p.add_argument("--autocast", choices=["bf16", "fp16"], default=None, help="run the model under autocast")
+    p.add_argument("--store", choices=["fp32", "fp16", "bf16"], default="fp32", help="dtype of the stored parts")
+    p.add_argument("--shard-size", type=int, default=4096, help="images per safetensors shard")
+    p.add_argument("--checkpoint-every", type=int, default=50, help="batches between checkpoints")
+    p.add_argument("--no-normalize", action="store_true", help="keep parts unscaled (default: divide by ‖y‖)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads per rank (0: torch's default)")
+    p.add_argument("--profile", action="store_true",
+                   help="print collection vs plain encode_image throughput through the same DataLoader, then exit")
+    p.add_argument("--profile-ranks", type=int, default=0,
+                   help="with --profile: also time torchrun with this many ranks against one rank (1 thread each)")
+    p.add_argument("--quiet", action="store_true")
+
+
+def add_textspan_arguments(p: argparse.ArgumentParser) -> None:
+    """The ``textspan --from DIR`` command's options."""
+    p.add_argument("--from", dest="source", required=True, help="a folder written by `vit-lens-clip collect`")
+    p.add_argument("--pool", default="descriptions", help="text pool: descriptions, words or a file (one text a line)")
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--rank", type=int, default=80)
+    p.add_argument("--out", default=None, help="output folder (default: FROM/textspan)")
+    p.add_argument("--cache-dir", default=None, help="text-embedding cache folder")
+    p.add_argument("--device", default="cpu")

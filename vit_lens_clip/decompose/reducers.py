@@ -104,6 +104,13 @@ class MeanReducer(Reducer):
             self.sums[k] = self.sums[k] + v if k in self.sums else v.clone()
         self.count += other.count
 
+    def merge_from(self, states: Sequence[dict[str, Tensor]]) -> None:
+        """Add other processes' ``state_dict()``s (float64 sums and counts), in the order given."""
+        for state in states:
+            other = MeanReducer()
+            other.load_state_dict(state)
+            self.merge(other)
+
 
 class ActivationMeanReducer:
     """Per-position mean of raw activations (e.g. ``blocks.3.hook_attn_out``), for intervention ablation.
@@ -312,6 +319,7 @@ def run_reducers(
     checkpoint_dir: Optional[str | Path] = None,
     checkpoint_every: int = 50,
     num_workers: int = 0,
+    pin_memory: bool = False,
     progress: bool = True,
     device: Optional[torch.device] = None,
 ) -> RunSummary:
@@ -355,7 +363,7 @@ def run_reducers(
         os.replace(ckpt / "progress.json.tmp", ckpt / "progress.json")
 
     loader = DataLoader(Subset(dataset, range(start, n)), batch_size=batch_size, shuffle=False,
-                        num_workers=num_workers, collate_fn=collate_images)
+                        num_workers=num_workers, collate_fn=collate_images, pin_memory=pin_memory)
     done = start
     bar = tqdm(loader, desc="decomposing", disable=not progress, initial=start // batch_size,
                total=(n + batch_size - 1) // batch_size)

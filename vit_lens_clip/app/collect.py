@@ -1,0 +1,273 @@
+"""``vit-lens-clip collect`` and ``vit-lens-clip textspan --from DIR``: dataset-scale runs, one process or a
+torchrun job (``torchrun --nproc-per-node N -m vit_lens_clip collect ...``); see docs/scaling.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from vit_lens_clip.datasets.folder import collate_images
+from vit_lens_clip.datasets.sources import open_dataset
+from vit_lens_clip.decompose.parts import Decomposition
+from vit_lens_clip.decompose.reducers import MeanReducer, run_reducers
+from vit_lens_clip.distributed.collection import (
+    CollectionPlan,
+    collect_on_rank,
+    rank_dir,
+    read_collection_info,
+    read_means,
+)
+from vit_lens_clip.distributed.ranks import (
+    RankInfo,
+    barrier,
+    finish_distributed,
+    gather_to_main,
+    start_distributed,
+)
+from vit_lens_clip.distributed.sampler import rank_range
+from vit_lens_clip.distributed.shards import (
+    PART_FIELDS,
+    PartShardReducer,
+    heads_shape,
+    read_head_columns,
+    read_parts,
+)
+from vit_lens_clip.loading import LoadedCLIP, load_clip
+from vit_lens_clip.methods.textspan.algorithm import TextSpanResult, text_span
+from vit_lens_clip.methods.textspan.pools import embed_texts_cached, load_pool
+from vit_lens_clip.methods.textspan.runs import HeadContributions, TextSpanTable, kept_layers
+
+# ------------------------------------------------------------------------------------------ collect
+
+
+def plan_from_args(args: argparse.Namespace, n_layers: int, on_cuda: bool) -> CollectionPlan:
+    parts = tuple(p.strip() for p in args.parts.split(",") if p.strip())
+    unknown = [p for p in parts if p not in PART_FIELDS and p != "means"]
+    if unknown or not parts:
+        raise ValueError(f"unknown parts {unknown or parts}; choose from {', '.join(PART_FIELDS)}, means")
+    if "scores" in parts and not args.texts:
+        raise ValueError("the 'scores' part needs --texts POOL")
+    return CollectionPlan(
+        parts=parts, layers=tuple(kept_layers(n_layers, args.last_layers)), batch_size=args.batch_size,
+        normalize=not args.no_normalize, store_dtype=args.store, shard_size=args.shard_size,
+        checkpoint_every=args.checkpoint_every, num_workers=args.workers, pin_memory=args.pin_memory or on_cuda,
+        autocast=args.autocast,
+    )
+
+
+def _texts(loaded: LoadedCLIP, pool: str, cache_dir: str | None = None) -> tuple[list[str], torch.Tensor]:
+    texts = load_pool(pool)
+    return texts, embed_texts_cached(texts, loaded.encode_text, loaded.key, cache_dir=cache_dir)
+
+
+def run_collect(args: argparse.Namespace, dataset: Dataset | None = None, fingerprint: str | None = None) -> Path:
+    """The ``collect`` command on this rank. ``dataset`` replaces ``--data`` (tests wrap datasets this way)."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    info, device = start_distributed(args.device)
+    try:
+        loaded = load_clip(args.model, args.pretrained, device=device, precision=args.precision)
+        if dataset is None:
+            dataset, fingerprint = open_dataset(args.data, loaded.preprocess, args.seed)
+        plan = plan_from_args(args, loaded.model.cfg.n_layers, device.type == "cuda")
+        identity: dict[str, Any] = {"model": loaded.key, "load": [args.model, args.pretrained, args.precision],
+                                    "dataset": fingerprint or args.data}
+        texts = None
+        if "scores" in plan.parts:
+            pool, texts = _texts(loaded, args.texts)
+            identity["texts"] = [args.texts, len(pool)]
+        if args.profile:
+            if info.is_main:
+                print(profile_collection(loaded, dataset, plan, texts))
+                if args.profile_ranks > 1:
+                    print(profile_ranks(args, args.profile_ranks))
+            return Path(args.out)
+        out = collect_on_rank(loaded.model, dataset, args.out, plan, identity, info, device, texts, not args.quiet)
+        if info.is_main and not args.quiet:
+            manifest = json.loads((out / "manifest.json").read_text())
+            print(f"collected {manifest['n_images']} images on {info.world_size} rank(s) into {out}"
+                  + (f"; skipped {len(manifest['skipped'])} unreadable" if manifest["skipped"] else ""))
+        return out
+    finally:
+        finish_distributed()
+
+
+# ------------------------------------------------------------------------------------------ profile
+
+
+def _loader(dataset: Dataset, plan: CollectionPlan) -> DataLoader:
+    return DataLoader(dataset, batch_size=plan.batch_size, num_workers=plan.num_workers, collate_fn=collate_images,
+                      pin_memory=plan.pin_memory)
+
+
+def profile_collection(loaded: LoadedCLIP, dataset: Dataset, plan: CollectionPlan,
+                       texts: torch.Tensor | None = None, repeats: int = 2) -> str:
+    """Images/s of the collection (hooks, fold, shards on disk) and of plain ``encode_image``, same DataLoader.
+
+    Each is timed ``repeats`` times after one warm-up batch, alternating; the best time of each is used.
+    """
+    model, device = loaded.model, loaded.model.W_proj.device
+    n = len(dataset)
+
+    def plain() -> float:
+        start = time.perf_counter()
+        with torch.no_grad():
+            for batch in _loader(dataset, plan):
+                if batch.images is not None:
+                    model(batch.images.to(device, non_blocking=True))
+        return time.perf_counter() - start
+
+    def collection() -> float:
+        with tempfile.TemporaryDirectory() as tmp:
+            reducers = [PartShardReducer(tmp, [p for p in plan.parts if p != "means"], plan.shard_size, plan.store_dtype)]
+            reducers += [MeanReducer()] if "means" in plan.parts else []
+            start = time.perf_counter()
+            run_reducers(model, dataset, reducers, batch_size=plan.batch_size, layers=list(plan.layers),
+                         texts=texts, normalize=plan.normalize, num_workers=plan.num_workers,
+                         pin_memory=plan.pin_memory, progress=False, device=device)
+            reducers[0].result()
+            return time.perf_counter() - start
+
+    plain(), collection()  # warm-up (allocator, worker start, page cache)
+    t_plain, t_coll = min(plain() for _ in range(repeats)), min(collection() for _ in range(repeats))
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (f"collect --profile ({model.cfg.model_name}, {n} images, batch {plan.batch_size}, "
+            f"{torch.get_num_threads()} threads, parts {','.join(plan.parts)}):\n"
+            f"  plain encode_image: {n / t_plain:8.1f} img/s\n"
+            f"  collection:         {n / t_coll:8.1f} img/s   ratio {t_plain / t_coll:.2f}x of plain")
+
+
+def profile_ranks(args: argparse.Namespace, ranks: int) -> str:
+    """Time the same collection under torchrun with 1 rank and with ``ranks`` ranks, 1 thread each.
+
+    The time of a run is the slowest rank's collection loop (``run.json``), so model loading and process
+    start-up are left out; the wall time of each torchrun is printed too.
+    """
+    results = {}
+    for world in (1, ranks):
+        with tempfile.TemporaryDirectory() as tmp:
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world}",
+                   "-m", "vit_lens_clip", "collect", "--model", args.model, "--data", args.data, "--seed", str(args.seed),
+                   "--out", tmp, "--parts", args.parts, "--last-layers", str(args.last_layers),
+                   "--batch-size", str(args.batch_size), "--workers", str(args.workers), "--threads", "1",
+                   "--store", args.store, "--quiet"]
+            if args.pretrained:
+                cmd += ["--pretrained", args.pretrained]
+            if args.texts:
+                cmd += ["--texts", args.texts]
+            env = {**os.environ, "OMP_NUM_THREADS": "1"}
+            start = time.perf_counter()
+            subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
+            wall = time.perf_counter() - start
+            loop = max(json.loads((rank_dir(Path(tmp), r) / "run.json").read_text())["seconds"] for r in range(world))
+            results[world] = (loop, wall)
+    (l1, w1), (ln, wn) = results[1], results[ranks]
+    return (f"torchrun scaling ({args.data}, 1 thread per rank):\n"
+            f"  1 rank:  collection {l1:7.2f} s (wall {w1:6.2f} s)\n"
+            f"  {ranks} ranks: collection {ln:7.2f} s (wall {wn:6.2f} s)   speed-up {l1 / ln:.2f}x "
+            f"(wall {w1 / wn:.2f}x)")
+
+
+# ------------------------------------------------------------------------------------------ downstream
+
+
+def load_contributions(folder: str | Path) -> HeadContributions:
+    """A finished collection as ``HeadContributions`` (needs parts heads, embed and means), for TextSpan,
+    completeness and the spurious experiment, whatever number of ranks wrote it."""
+    meta = read_collection_info(folder)
+    identity = meta["identity"]
+    if not {"heads", "embed", "means"} <= set(identity["parts"]):
+        raise ValueError(f"{folder} lacks parts for TextSpan: collect with --parts heads,embed,means")
+    rows = read_parts(folder, ["heads", "embed", "embedding", "indices", "labels"])
+    means = read_means(folder)
+    n_layers = means["attns"].shape[0]
+    return HeadContributions(
+        heads=rows["heads"].float(), layers=list(identity["layers"]), embed=rows["embed"].float(),
+        embedding=rows["embedding"], labels=rows.get("labels"), indices=rows["indices"], means=means,
+        normalized=identity["normalize"], n_layers=n_layers,
+    )
+
+
+def load_decomposition(folder: str | Path) -> tuple[Decomposition, dict[str, torch.Tensor], torch.Tensor | None]:
+    """A finished collection as (``Decomposition`` of every image, means, labels) for post-hoc ablation
+    (``ablation.ablate_posthoc``, ``cumulative_layer_curve``); needs parts heads, embed, layers, mlps, means."""
+    meta = read_collection_info(folder)
+    identity = meta["identity"]
+    missing = {"heads", "embed", "layers", "mlps", "means"} - set(identity["parts"])
+    if missing:
+        raise ValueError(f"{folder} lacks parts {sorted(missing)} for ablation: collect with --parts "
+                         f"heads,embed,layers,mlps,means")
+    rows = read_parts(folder, ["heads", "embed", "attns", "mlps", "embedding", "labels"])
+    parts = Decomposition(rows["embed"].float(), rows["attns"].float(), rows["mlps"].float(), rows["heads"].float(),
+                          list(identity["layers"]), rows["embedding"], "equal_share", identity["normalize"])
+    return parts, read_means(folder), rows.get("labels")
+
+
+def _light(row: TextSpanResult) -> TextSpanResult:
+    """A row without its [n, D] reconstruction (not needed by the table; keeps the gather small)."""
+    return dataclasses.replace(row, reconstruction=row.reconstruction[:0], prefix_reconstructions={})
+
+
+def textspan_from_collection(folder: str | Path, text_embeddings: torch.Tensor, pool: list[str] | None,
+                             k: int = 10, rank: int = 80, info: RankInfo | None = None,
+                             device: torch.device | None = None) -> TextSpanTable | None:
+    """TextSpan of every kept head of a collection; heads are split over the ranks and gathered on rank 0.
+
+    Rank r reads only its heads' columns (``rank_range`` over the layer-major head list) from the shards.
+    Returns the table on rank 0, None elsewhere.
+    """
+    info, device = info or RankInfo(), device or torch.device("cpu")
+    meta = read_collection_info(folder)
+    layers = list(meta["identity"]["layers"])
+    if "heads" not in meta["identity"]["parts"]:
+        raise ValueError(f"{folder} holds no per-head parts; collect with --parts heads,...")
+    n_heads = heads_shape(folder)[2]
+    keys = [(i, h) for i in range(len(layers)) for h in range(n_heads)]
+    mine = [keys[j] for j in rank_range(len(keys), info.world_size, info.rank)]
+    rows: dict[tuple[int, int], TextSpanResult] = {}
+    if mine:
+        columns = read_head_columns(folder, mine).float().to(device)
+        result = text_span(columns, text_embeddings.to(device), k=k, rank=rank, texts=pool)
+        rows = {(layers[i], h): _light(result[j]) for j, (i, h) in enumerate(mine)}
+    gathered = gather_to_main(rows, info)
+    if not info.is_main:
+        return None
+    table: dict[tuple[int, int], TextSpanResult] = {}
+    for part in gathered:
+        table.update(part)
+    return TextSpanTable(dict(sorted(table.items())), pool)
+
+
+def run_textspan_command(args: argparse.Namespace) -> Path | None:
+    info, device = start_distributed(args.device)
+    try:
+        meta = read_collection_info(args.source)
+        model, pretrained, precision = meta["identity"]["load"]
+        loaded = load_clip(model, pretrained, device=device, precision=precision)
+        if info.is_main:  # one rank fills the text-embedding cache, the others then read it
+            pool, emb = _texts(loaded, args.pool, args.cache_dir)
+        barrier()
+        if not info.is_main:
+            pool, emb = _texts(loaded, args.pool, args.cache_dir)
+        table = textspan_from_collection(args.source, emb, pool, args.k, args.rank, info, device)
+        if table is None:
+            return None
+        out = Path(args.out or Path(args.source) / "textspan")
+        paths = table.write(out)
+        print(f"TextSpan of {len(table.rows)} heads on {info.world_size} rank(s): {', '.join(map(str, paths.values()))}")
+        return out
+    finally:
+        finish_distributed()
