@@ -665,6 +665,11 @@ NOTEBOOKS = {
 }
 
 
+# Notebooks written as jupytext percent scripts (demos/NN_name.py, paired with NN_name.ipynb): rendered by jupytext.
+JUPYTEXT = {p.with_suffix(".ipynb").name: p for p in sorted(HERE.glob("[0-9]*.py"))}
+NOTEBOOKS.update({name: None for name in JUPYTEXT})
+
+
 def build(name: str) -> nbformat.NotebookNode:
     """The notebook ``name`` with deterministic cell ids and Colab-friendly metadata, no outputs."""
     nb = new_notebook(cells=NOTEBOOKS[name]())
@@ -681,6 +686,13 @@ def build(name: str) -> nbformat.NotebookNode:
 
 
 def render(name: str) -> str:
+    if name in JUPYTEXT:  # `jupytext --to ipynb demos/NN_name.py`, with deterministic cell ids
+        import jupytext
+
+        nb = jupytext.read(JUPYTEXT[name])
+        for i, cell in enumerate(nb.cells):  # deterministic ids, as in build()
+            cell["id"] = f"nb{name.split('_')[0]}-cell{i:02d}"
+        return jupytext.writes(nb, fmt="ipynb")
     return nbformat.writes(build(name)) + "\n"
 
 
