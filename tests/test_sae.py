@@ -7,15 +7,27 @@ import json
 
 import pytest
 import torch
+from conftest import rel_err, tiny_clip
 from safetensors.torch import save_file
 
-from conftest import rel_err, tiny_clip
 from vit_lens_clip.decompose.fold import LNFold
 from vit_lens_clip.methods.sae import explain
-from vit_lens_clip.methods.sae.formats import SAEFormatError, from_sae_lens, load_peer, load_sae, load_sae_lens, save_sae_lens
+from vit_lens_clip.methods.sae.formats import (
+    SAEFormatError,
+    from_sae_lens,
+    load_peer,
+    load_sae,
+    load_sae_lens,
+    save_sae_lens,
+)
 from vit_lens_clip.methods.sae.sae import SAEConfig, SparseAutoencoder
 from vit_lens_clip.methods.sae.splice import (
-    attach_sae, attached_saes, check_compatible, detach_sae, sae_hook_name, saes_spliced,
+    attach_sae,
+    attached_saes,
+    check_compatible,
+    detach_sae,
+    sae_hook_name,
+    saes_spliced,
 )
 from vit_lens_clip.model.hooked_vit import HookedViT
 

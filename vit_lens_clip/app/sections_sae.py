@@ -14,10 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
-import numpy as np
+import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
-import plotly.graph_objects as go
 
 from vit_lens_clip.datasets.shapes_world import Scene, label_of, zero_shot_labels
 from vit_lens_clip.methods.sae import explain

@@ -32,6 +32,7 @@ features, scored like the package's other maps (``spatial.evaluate``).
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Optional, Sequence
@@ -383,7 +384,7 @@ def factor_alignment(scores: Float[Tensor, "n n_feat"], labels: dict[str, list[O
             s = scores[idx, j]
             for v, name in enumerate(value_names[attribute]):
                 a = auroc(s, y == v)
-                if a == a and a > best["auroc"]:
+                if not math.isnan(a) and a > best["auroc"]:
                     best = {"feature": j, "attribute": attribute, "value": name, "auroc": a}
         rows.append(best)
     return rows

@@ -17,7 +17,12 @@ from typing import Sequence
 
 import torch
 
-from vit_lens_clip.datasets.shapes_world import ATTRIBUTES, Scene, label_of, zero_shot_labels
+from vit_lens_clip.datasets.shapes_world import (
+    ATTRIBUTES,
+    Scene,
+    label_of,
+    zero_shot_labels,
+)
 from vit_lens_clip.loading import load_clip
 from vit_lens_clip.methods.sae import explain
 from vit_lens_clip.methods.sae.sae import SparseAutoencoder

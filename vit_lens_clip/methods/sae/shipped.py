@@ -5,7 +5,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from vit_lens_clip.datasets.shapes_world import COLOURS, COUNTS, PLACES, POSITIONS, SHAPES, SIZES, place_phrase, position_phrase
+from vit_lens_clip.datasets.shapes_world import (
+    COLOURS,
+    COUNTS,
+    PLACES,
+    POSITIONS,
+    SHAPES,
+    SIZES,
+    place_phrase,
+    position_phrase,
+)
 from vit_lens_clip.embedded import EMBEDDED_MODEL_DIR
 from vit_lens_clip.methods.sae.formats import load_sae_lens
 from vit_lens_clip.methods.sae.sae import SparseAutoencoder

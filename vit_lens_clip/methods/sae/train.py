@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -33,8 +32,14 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from vit_lens_clip.datasets.shapes_world import (
+    ATTRIBUTES,
+    Scene,
+    ShapesWorld,
+    label_of,
+    zero_shot_labels,
+)
 from vit_lens_clip.loading import load_clip
-from vit_lens_clip.datasets.shapes_world import ATTRIBUTES, Scene, ShapesWorld, label_of, zero_shot_labels
 from vit_lens_clip.methods.sae.formats import save_sae_lens
 from vit_lens_clip.methods.sae.sae import SAEConfig, SparseAutoencoder
 from vit_lens_clip.methods.sae.splice import saes_spliced
@@ -149,7 +154,7 @@ def zero_shot_with_sae(loaded, sae: SparseAutoencoder, scene_list: Sequence[Scen
         labels = torch.tensor([label_of(scene_list[i].attributes, attribute) for i in idx])
         names, templates = zero_shot_labels(attribute)
         W = build_classifier(loaded, names, templates)
-        acc = lambda e: float(((e[idx] @ W).argmax(-1) == labels).float().mean())  # noqa: E731
+        acc = lambda e: float(((e[idx] @ W).argmax(-1) == labels).float().mean())
         out[attribute] = {"plain": acc(plain), "sae": acc(spliced), "n": len(idx)}
     return out
 
