@@ -322,3 +322,16 @@ def test_ablation_effects_maps_and_auroc(model, x):
     sklearn = pytest.importorskip("sklearn.metrics")
     s, y = torch.tensor([0.1, 0.4, 0.4, 0.8, 0.2, 0.4]), torch.tensor([0, 1, 0, 1, 0, 1])
     assert abs(explain.auroc(s, y) - sklearn.roc_auc_score(y.numpy(), s.numpy())) < 1e-12
+
+
+def test_peer_format_plain_pt_state_dict(model, x, tmp_path):
+    ref = random_sae(architecture="topk", normalize="none", seed=11)
+    torch.save({"state_dict": _weights(ref)}, tmp_path / "n_images_100.pt")
+    (tmp_path / "config.json").write_text(json.dumps({
+        "hook_point": "blocks.1.hook_resid_post", "d_in": D, "d_sae": D_SAE, "activation_fn_str": "topk",
+        "activation_fn_kwargs": {"k": 8}, "normalize_activations": "none", "dtype": "float32"}))
+    sae = load_sae(tmp_path)
+    assert sae.cfg.source == "vit_prisma" and sae.cfg.k == 8
+    torch.save([1, 2], tmp_path / "n_images_100.pt")
+    with pytest.raises(SAEFormatError, match="dict of tensors"):
+        load_sae(tmp_path)

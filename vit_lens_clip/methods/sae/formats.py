@@ -5,7 +5,8 @@ threshold for JumpReLU). Both config layouts are read: 6.x (``architecture`` sta
 ``metadata.hook_name``) and 5.x (``hook_name`` at the top, ``activation_fn_str`` relu/topk with
 ``activation_fn_kwargs.k``).
 
-The peer library's (ViT-Prisma's) folder: ``config.json`` + one ``*.safetensors`` with the same weight names.
+The peer library's (ViT-Prisma's) folder: ``config.json`` + one ``*.safetensors`` with the same weight names
+(or, for older checkpoints, one ``*.pt`` holding a plain tensor state dict, read with ``weights_only=True``).
 Its config names the hook as ``hook_point`` or ``blocks.{hook_point_layer}.{layer_subtype}``, gives d_sae or
 ``expansion_factor``, ``activation_fn_str`` relu/topk, ``normalize_activations`` (its default: "layer_norm"),
 the dtype as a string or ``{"__type__": "torch.dtype", "value": "torch.float32"}``, and ``cls_token_only`` /
@@ -199,10 +200,26 @@ def load_peer(path: str | Path) -> SparseAutoencoder:
     preferred = [t for t in tensors if t.name in ("weights.safetensors", "sae_weights.safetensors")]
     if preferred:
         tensors = preferred
+    if not tensors:  # older checkpoints: a plain state dict in a .pt file, read with weights_only=True
+        tensors = sorted(path.glob("*.pt"))
     if len(tensors) != 1:
-        raise SAEFormatError(f"{path}: expected exactly one *.safetensors weights file, found {[t.name for t in tensors]}")
+        raise SAEFormatError(f"{path}: expected exactly one *.safetensors (or *.pt) weights file, found "
+                             f"{[t.name for t in tensors]}")
     cfg = peer_config(json.loads(cfg_file.read_text()), str(cfg_file))
-    return _build(cfg, load_file(str(tensors[0])), str(tensors[0]))
+    return _build(cfg, _read_weights(tensors[0]), str(tensors[0]))
+
+
+def _read_weights(file: Path) -> dict[str, torch.Tensor]:
+    if file.suffix == ".safetensors":
+        return load_file(str(file))
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickled objects other than tensors are refused by weights_only
+        raise SAEFormatError(f"{file}: not a plain tensor state dict ({type(e).__name__}); save it as safetensors") from e
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise SAEFormatError(f"{file}: expected a dict of tensors")
+    return state
 
 
 def load_sae(path: str | Path) -> SparseAutoencoder:
