@@ -255,10 +255,10 @@ def test_live_sae_lens_object(model, x, tmp_path):
     sae_lens = pytest.importorskip(
         "sae_lens", reason="sae_lens is not installed here: it needs transformer_lens<4 (the [sae] extra; "
                            ".ci/sae-resolution runs this test in that resolution)")
-    ref = random_sae(architecture="topk", normalize="none", seed=7)
+    ref = random_sae(architecture="topk", normalize="expected_average_only_in", seed=7)  # the scale is folded
     save_sae_lens(ref, tmp_path)
     live = sae_lens.SAE.load_from_disk(str(tmp_path), device="cpu")
-    acts = torch.randn(5, D)
+    acts = torch.randn(5, D) * 3
     assert rel_err(live.encode(acts), ref.encode(acts)) <= 1e-5  # SAELens reads our folder as we do
     assert rel_err(live.decode(live.encode(acts)), ref.decode(ref.encode(acts))) <= 1e-5
     converted = from_sae_lens(live)

@@ -133,23 +133,33 @@ def load_sae_lens(path: str | Path) -> SparseAutoencoder:
 
 
 def save_sae_lens(sae: SparseAutoencoder, path: str | Path, extra_metadata: Optional[Mapping[str, Any]] = None) -> Path:
-    """Write ``sae`` as a SAELens 6.x folder (cfg.json + sae_weights.safetensors) that SAELens can load."""
+    """Write ``sae`` as a SAELens 6.x folder (cfg.json + sae_weights.safetensors) that SAELens loads as we do.
+
+    SAELens does not apply a stored scale for "expected_average_only_in" at inference, so a constant input
+    scale s is folded into the weights (exact): W_enc·s, W_dec/s, b_dec/s, normalisation "none".
+    """
     c = sae.cfg
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     arch = {"relu": "standard", "topk": "topk", "jumprelu": "jumprelu"}[c.architecture]
+    names = ["W_enc", "W_dec", "b_enc", "b_dec"] + (["threshold"] if c.architecture == "jumprelu" else [])
+    weights = {n: getattr(sae, n).detach().cpu().clone() for n in names}
+    normalize, metadata = c.normalize, {**c.metadata, **(extra_metadata or {})}
+    if normalize == "expected_average_only_in":
+        s = float(c.scaling_factor)
+        weights["W_enc"], weights["W_dec"], weights["b_dec"] = weights["W_enc"] * s, weights["W_dec"] / s, weights["b_dec"] / s
+        normalize, metadata["folded_input_scale"] = "none", s
     cfg: dict[str, Any] = {
         "architecture": arch, "d_in": c.d_in, "d_sae": c.d_sae, "dtype": c.dtype, "device": "cpu",
-        "apply_b_dec_to_input": c.apply_b_dec_to_input, "normalize_activations": c.normalize,
+        "apply_b_dec_to_input": c.apply_b_dec_to_input, "normalize_activations": normalize,
         "reshape_activations": "none",
-        "metadata": {**c.metadata, **(extra_metadata or {}), "hook_name": c.hook_name, "positions": c.positions},
+        # sae_lens_version marks the 6.x config layout; without it SAELens reads the file as a pre-6.0 config
+        "metadata": {**metadata, "hook_name": c.hook_name, "positions": c.positions,
+                     "sae_lens_version": metadata.get("sae_lens_version", "6.0.0")},
     }
     if c.architecture == "topk":
         cfg["k"] = c.k
-    if c.scaling_factor is not None:
-        cfg["scaling_factor"] = c.scaling_factor
-    names = ["W_enc", "W_dec", "b_enc", "b_dec"] + (["threshold"] if c.architecture == "jumprelu" else [])
-    save_file({n: getattr(sae, n).detach().cpu().contiguous() for n in names}, str(path / SAELENS_WEIGHTS))
+    save_file({n: w.contiguous() for n, w in weights.items()}, str(path / SAELENS_WEIGHTS))
     (path / SAELENS_CONFIG).write_text(json.dumps(cfg, indent=2) + "\n")
     return path
 
