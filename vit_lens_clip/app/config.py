@@ -13,7 +13,7 @@ from typing import Optional
 from vit_lens_clip.embedded import EMBEDDED_NAME
 
 SECTION_NAMES: tuple[str, ...] = (
-    "ablation", "textspan", "completeness", "heatmaps", "segmentation", "spurious", "attention", "neurons",
+    "ablation", "textspan", "completeness", "heatmaps", "segmentation", "spurious", "attention", "neurons", "sae",
 )
 DEFAULT_QUERIES: tuple[str, ...] = (
     "a colour", "a shape", "a location in the image", "a place", "a number of objects",
@@ -41,6 +41,7 @@ class ReportConfig:
     spurious_bird_size: Optional[str] = None
     spurious_queries: Optional[tuple[str, ...]] = None
     neuron_images: Optional[int] = None
+    sae: Optional[str] = None
     skip: tuple[str, ...] = ()
     queries: tuple[str, ...] = DEFAULT_QUERIES
     seed: int = 0
@@ -95,6 +96,9 @@ def add_report_arguments(p: argparse.ArgumentParser) -> None:
                         "place phrases, 'on water', 'on grass', ...)")
     p.add_argument("--neuron-images", type=int, default=None,
                    help="reference scenes of the neuron section (default 3 x --n-images; synthetic scenes only)")
+    p.add_argument("--sae", default=None,
+                   help="a SAELens or ViT-Prisma SAE folder for a hook of the model (default: the embedded model's "
+                        "shipped SAE; other models skip the SAE section without one)")
     p.add_argument("--skip", nargs="*", default=[], choices=SECTION_NAMES, help="sections to leave out")
     p.add_argument("--queries", nargs="*", default=list(DEFAULT_QUERIES),
                    help="texts for the 'which heads span this text' search")

@@ -8,6 +8,7 @@ from vit_lens_clip.app.sections.data import DataSection
 from vit_lens_clip.app.sections.decomposition import DecompositionSection
 from vit_lens_clip.app.sections.heatmaps import HeatmapSection
 from vit_lens_clip.app.sections.neurons import NeuronsSection
+from vit_lens_clip.app.sections.sae import SAESection
 from vit_lens_clip.app.sections.segmentation import SegmentationSection
 from vit_lens_clip.app.sections.spurious import SpuriousSection
 from vit_lens_clip.app.sections.textspan import TextSpanSection
@@ -25,6 +26,7 @@ SECTIONS: tuple[Section, ...] = (
     SpuriousSection(),
     AttentionSection(),
     NeuronsSection(),
+    SAESection(),
 )
 
 __all__ = ["SECTIONS", "ReportContext", "Section", "Task"]

@@ -1,0 +1,63 @@
+"""The SAE shipped with the embedded model: it loads offline, its recorded figures are consistent with a
+re-measurement, and the report section explains its features end to end."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vit_lens_clip.app.sae import sae_section
+from vit_lens_clip.loading import load_clip
+from vit_lens_clip.methods.sae import explain
+from vit_lens_clip.methods.sae.factors import factor_summary
+from vit_lens_clip.methods.sae.shipped import (
+    SHIPPED_SAE_HOOK,
+    load_shipped_sae,
+    shipped_figures,
+)
+from vit_lens_clip.methods.sae.splice import check_compatible
+from vit_lens_clip.methods.sae.train import (
+    EVAL_SEED,
+    collect_activations,
+    images_of,
+    reconstruction_figures,
+    scenes,
+)
+from vit_lens_clip.viz.html import Markdown
+
+
+@pytest.fixture(scope="module")
+def loaded():
+    return load_clip("vit-lens-clip/shapes")
+
+
+@pytest.fixture(scope="module")
+def world():
+    return scenes(24, EVAL_SEED + 7)
+
+
+def test_shipped_sae_loads_and_matches_its_figures(loaded, world):
+    sae = load_shipped_sae()
+    assert sae.cfg.hook_name == SHIPPED_SAE_HOOK and sae.cfg.d_in == loaded.model.cfg.d_model
+    check_compatible(loaded.model, sae)
+    figures = shipped_figures()
+    assert set(figures["zero_shot"]) >= {"colour", "shape", "position", "place", "count", "size"}
+    acts = collect_activations(loaded.model, images_of(loaded, world), SHIPPED_SAE_HOOK, progress=False)
+    again = reconstruction_figures(sae, acts.flatten(0, 1))
+    assert again["l0"] == pytest.approx(sae.cfg.k, abs=0.5)  # TopK: k features per token (fewer if ≤ 0)
+    assert abs(again["explained_variance"] - figures["explained_variance"]) < 0.05
+
+
+def test_report_section_explains_features(loaded, world):
+    out = sae_section(loaded, world, n_features=2, n_top_images=2, ablation_images=8, segmentation_images=4,
+                      batch_size=16, progress=False)
+    titles = [t for t, _ in out.items]
+    assert len(titles) == 4 and isinstance(out.items[0][1], Markdown)
+    assert len(out.numbers["per_feature"]) == 2
+    row = out.numbers["per_feature"][0]
+    assert len(row["nearest_texts"]) == 3 and len(row["top_heads"]) == 3 and 0.5 <= row["best_factor"]["auroc"] <= 1
+    assert set(out.numbers["segmentation"]) == {"decomposition", "sae_features", "sae_top_feature"}
+    acts = explain.feature_activations(loaded.model, load_shipped_sae(), images_of(loaded, world))
+    summary = factor_summary(acts, world)
+    assert summary["n_alive"] > 0 and len(summary["per_feature"]) == summary["n_alive"]
+    assert torch.isfinite(torch.tensor([r["auroc"] for r in summary["per_feature"]])).all()
