@@ -17,7 +17,6 @@ image, so the parts sum to y_i/‖y_i‖ and TextSpan sees cosine-like contribut
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -27,11 +26,11 @@ from typing import Any, Union
 import torch
 from einops import rearrange
 from jaxtyping import Float, Int
-from safetensors.torch import save_file
 from torch import Tensor
 from torch.utils.data import Dataset
 
 from vit_lens_clip.datasets.folder import Batch, TensorImages
+from vit_lens_clip.decompose.checkpoint import atomic_save_tensors, claim_run_folder, run_identity
 from vit_lens_clip.decompose.parts import Decomposition
 from vit_lens_clip.decompose.reducers import HeadStackReducer, MeanReducer, Reducer, load_head_stack, run_reducers
 from vit_lens_clip.model.hooked_vit import HookedViT
@@ -215,19 +214,14 @@ def collect_head_contributions(
         run_reducers(model, dataset, [stack, means], **kwargs)
         rows = stack.result()
     else:
-        out = Path(out_dir)
-        meta = {"model": model.cfg.model_name, "layers": layers, "normalize": normalize, "n": len(dataset),
-                "batch_size": batch_size}
-        meta_path = out / "meta.json"
-        if meta_path.exists() and json.loads(meta_path.read_text()) != meta:
-            raise ValueError(f"{out} holds a run with other settings ({meta_path.read_text()}); use another out_dir")
-        out.mkdir(parents=True, exist_ok=True)
-        meta_path.write_text(json.dumps(meta, indent=1))
+        # run.json records model weights, data identity and settings; any mismatch refuses the folder
+        out = claim_run_folder(out_dir, run_identity(model, dataset, layers=layers, normalize=normalize,
+                                                     batch_size=batch_size, kind="head_contributions"))
         stack = HeadAndEmbedStackReducer(out / "heads", shard_size=shard_size)
         run_reducers(model, dataset, [stack, means], checkpoint_dir=out / "checkpoint",
                      checkpoint_every=checkpoint_every, **kwargs)
         rows = load_head_stack(stack.result())
-        save_file({k: v.contiguous() for k, v in means.result().items()}, str(out / "means.safetensors"))
+        atomic_save_tensors(out / "means.safetensors", means.result())
     if "heads" not in rows:
         raise ValueError("no image of the dataset could be read")
     return HeadContributions(
