@@ -25,3 +25,45 @@ class CorruptFileError(UserInputError, ValueError):
 
 class OutputFolderError(UserInputError, OSError):
     """An output folder cannot be used: it is a file, read-only, or holds files of another run."""
+
+
+_PICKLE_ADVICE = ("refused to load a checkpoint that holds pickled objects other than tensors "
+                  "(read with torch.load(weights_only=True) for safety); convert it to .safetensors")
+
+
+def user_error_message(exc: BaseException) -> str | None:
+    """One line describing an expected failure, or None for a bug (which deserves a traceback).
+
+    Expected: ``UserInputError`` and the errors the package raises for bad input (ValueError, missing or
+    unwritable paths), a refused pickle (torch's advice to set ``weights_only=False`` is never repeated) and
+    unreadable safetensors files.
+    """
+    import pickle
+
+    try:
+        from safetensors import SafetensorError
+    except ImportError:  # pragma: no cover
+        SafetensorError = ()  # type: ignore[assignment]
+    chain, seen = [], set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    for e in chain:
+        if isinstance(e, pickle.UnpicklingError) or "weights_only" in str(e):
+            return _PICKLE_ADVICE
+    for e in chain:
+        if isinstance(e, SafetensorError):
+            return f"not a readable safetensors file: {_one_line(e)}"
+    if isinstance(exc, (UserInputError, ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
+                        PermissionError, FileExistsError)):
+        return _one_line(exc)
+    return None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        text = f"{exc.strerror}: {exc.filename}"
+    return text or type(exc).__name__

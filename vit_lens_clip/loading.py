@@ -23,6 +23,8 @@ from jaxtyping import Float
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from vit_lens_clip.errors import UserInputError
+from vit_lens_clip.integrity import check_finite_weights, check_weights_file, verify_local_dir
 from vit_lens_clip.model.hooked_vit import HookedViT
 
 from vit_lens_clip.embedded import EMBEDDED_MODEL_DIR as EMBEDDED_DIR
@@ -30,7 +32,7 @@ from vit_lens_clip.embedded import EMBEDDED_NAME
 _PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-class WeightsUnavailableError(RuntimeError):
+class WeightsUnavailableError(RuntimeError, UserInputError):
     """Pretrained weights could not be fetched (usually: offline); the message says how to load locally."""
 
 
@@ -133,6 +135,7 @@ def _load_hf(identifier: str, device: torch.device, dtype: torch.dtype) -> Loade
             super().__init__()
             self.vision_model, self.visual_projection, self.config = m.vision_model, m.visual_projection, m.config.vision_config
 
+    check_finite_weights(clip, f"hf:{identifier}")
     hooked = hooked_vit_from_hf(_VisionWithProjection(clip)).to(device=device, dtype=dtype)
 
     class _HFText(nn.Module):
@@ -189,6 +192,7 @@ def load_clip(
     else:
         key_name = name
     schema_local = name.startswith("local-dir:")
+    verify_local_dir(name.split(":", 1)[1]) if schema_local else check_weights_file(pretrained)  # sha256, truncation
     if pretrained is not None and os.path.sep in pretrained and not os.path.isfile(pretrained):
         raise FileNotFoundError(f"pretrained file not found: {pretrained}")
     if not schema_local and not name.startswith("hf-hub:") and name not in open_clip.list_models():
@@ -216,6 +220,7 @@ def load_clip(
         raise
     tokenizer = open_clip.get_tokenizer(name)
     clip.eval()
+    check_finite_weights(clip, pretrained or name)
     hooked = HookedViT.from_open_clip(clip, name=key_name)
     if pretrained and os.path.isfile(pretrained):
         weights_key = _file_digest(Path(pretrained))

@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import Dataset
 
 from vit_lens_clip.ablation import cumulative_layer_curve
+from vit_lens_clip.app.run_folder import check_report_inputs, finish_report_folder, prepare_report_folder, report_settings
 from vit_lens_clip.datasets.folder import ImageFolder
 from vit_lens_clip.datasets.shapes_world import ATTRIBUTES, ShapesDataset, label_of
 from vit_lens_clip.decompose import Decomposition, MeanReducer, StackReducer, run_reducers
@@ -53,6 +54,8 @@ def add_report_arguments(p: argparse.ArgumentParser) -> None:
                    help="texts for the 'which heads span this text' search")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--overwrite", action="store_true",
+                   help="reuse a non-empty --out that is not a report of the same settings (removes only files a report wrote)")
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -369,8 +372,8 @@ def run_report(args: argparse.Namespace) -> Path:
     from vit_lens_clip.viz.html import figures_to_html
 
     t_start = time.perf_counter()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_report_inputs(args)
+    out, kept_files = prepare_report_folder(args.out, report_settings(args), getattr(args, "overwrite", False))
     torch.manual_seed(args.seed)
     state = ReportState(out, load_clip(args.model, args.pretrained, device=args.device, precision=args.precision))
     cfg = state.loaded.model.cfg
@@ -431,6 +434,7 @@ def run_report(args: argparse.Namespace) -> Path:
         writer = csv.DictWriter(f, fieldnames=keys)
         writer.writeheader()
         writer.writerows(state.csv_rows)
+    finish_report_folder(out, report_settings(args), kept_files)
     print(f"[report] wrote {out / 'report.html'}, results.json, results.csv in {state.timings['total']:.0f} s")
     for name, seconds in state.timings.items():
         print(f"  {name:14s} {seconds:8.1f} s")

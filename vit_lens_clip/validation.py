@@ -6,13 +6,15 @@ Python-style negative indices count from the end (``-1`` is the last layer); any
 
 from __future__ import annotations
 
+import os
 import warnings
+from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 import torch
 from torch import Tensor
 
-from vit_lens_clip.errors import BadInputError
+from vit_lens_clip.errors import BadInputError, OutputFolderError
 
 
 def layer_index(layer: int, n_layers: int, what: str = "layer") -> int:
@@ -87,3 +89,16 @@ def check_images(images: Tensor) -> None:
             shown = ", ".join(map(str, idx[:20])) + (", ..." if len(idx) > 20 else "")
             warnings.warn(f"{len(idx)} input image(s) contain NaN or inf (batch indices {shown}); their outputs "
                           "are not finite, the other images are unaffected", RuntimeWarning, stacklevel=3)
+
+
+def check_output_folder(path) -> None:
+    """An output folder must be a folder (created if missing) that this process can write to."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputFolderError(f"output folder {path} is a file")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputFolderError(f"cannot create output folder {path}: {e.strerror or e}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise OutputFolderError(f"output folder {path} is not writable")

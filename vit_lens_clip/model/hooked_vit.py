@@ -36,6 +36,7 @@ from transformer_lens.hook_points import HookPoint
 
 from vit_lens_clip.model.components import AttentionPool, LayerNorm, TransformerBlock
 from vit_lens_clip.model.config import ViTConfig
+from vit_lens_clip.validation import check_images
 
 TextEncoder = Callable[[Sequence[str]], Tensor]
 
@@ -98,6 +99,7 @@ class HookedViT(HookedRootModule):
 
     def forward(self, images: Float[Tensor, "batch channel height width"]) -> Float[Tensor, "batch d_out"]:
         """Image embedding = ln_final(r) · W_proj; equals open_clip's ``encode_image(images)``."""
+        check_images(images)  # uint8 raises; NaN/inf images are named in a warning
         resid = self.embed(images)
         for block in self.blocks:
             resid = block(resid)

@@ -38,6 +38,7 @@ from vit_lens_clip.spatial.baselines import BASELINES, TEXT_DRIVEN
 from vit_lens_clip.spatial.geometry import upsample_patch_map
 from vit_lens_clip.spatial.heatmaps import class_heatmap, predict_classes, text_heatmap
 from vit_lens_clip.spatial.metrics import SegmentationMetrics, zero_shot_segment
+from vit_lens_clip.validation import check_output_folder
 from vit_lens_clip.zeroshot import build_classifier
 
 METHODS: tuple[str, ...] = ("decomposition", "raw_attention", "rollout", "gradcam", "chefer")
@@ -256,12 +257,22 @@ def write_segmentation_report(
     examples: Sequence[SegmentationExample],
     out_dir: str | Path,
     title: str = "Zero-shot segmentation",
+    skipped: Sequence[tuple[str, str]] = (),
 ) -> dict[str, Path]:
     """Write ``segmentation.csv`` (every metric), ``segmentation.md`` (the table) and ``segmentation.html``
-    (the table plus image / heatmap / mask overlays per method; plotly.js inlined once, works offline)."""
+    (the table plus image / heatmap / mask overlays per method; plotly.js inlined once, works offline).
+    Inputs the dataset left out (``skipped``: (file, reason)) are listed in ``segmentation_skipped.csv``
+    and at the end of the Markdown and HTML."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"csv": out / "segmentation.csv", "markdown": out / "segmentation.md", "html": out / "segmentation.html"}
+    paths = {"csv": out / "segmentation.csv", "markdown": out / "segmentation.md", "html": out / "segmentation.html",
+             "skipped": out / "segmentation_skipped.csv"}
+    with open(paths["skipped"], "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["file", "reason"])
+        writer.writerows([str(name), str(reason)] for name, reason in skipped)
+    skipped_md = "".join(f"\n- {name}: {reason}" for name, reason in skipped)
+    skipped_note = f"\n\nSkipped inputs ({len(skipped)}):{skipped_md}\n" if skipped else ""
 
     keys = sorted({k for r in results.values() for k in r}, key=lambda k: (k not in REPORT_METRICS, k))
     with open(paths["csv"], "w", newline="") as f:
@@ -269,7 +280,7 @@ def write_segmentation_report(
         writer.writerow(["method", *keys])
         for method, r in results.items():
             writer.writerow([method, *[r.get(k, "") for k in keys]])
-    paths["markdown"].write_text(segmentation_markdown(results, title))
+    paths["markdown"].write_text(segmentation_markdown(results, title) + skipped_note)
 
     rows = "".join(
         f"<tr><td>{html.escape(METHOD_TITLES.get(m, m))}</td>"
@@ -293,6 +304,9 @@ def write_segmentation_report(
             "foreground = pixels above the map's mean.</p>"
         ),
     ]
+    if skipped:
+        parts.append(f"<p>Skipped inputs ({len(skipped)}):</p><ul>"
+                     + "".join(f"<li>{html.escape(str(n))}: {html.escape(str(r))}</li>" for n, r in skipped) + "</ul>")
     for i, example in enumerate(examples):
         parts.append(_example_figure(example).to_html(full_html=False, include_plotlyjs=(i == 0)))
     parts.append("</body></html>")
@@ -448,9 +462,14 @@ def run_segment_command(args: argparse.Namespace) -> dict[str, dict[str, float]]
     """``vit-lens-clip segment``: load the model, score every method, write CSV / Markdown / HTML to --out."""
     from vit_lens_clip.loading import load_clip
 
+    check_output_folder(args.out)  # before any heavy work
     loaded = load_clip(args.model, pretrained=args.pretrained, device=args.device)
     image_size = loaded.model.cfg.image_size[0]
     dataset = _dataset_from_args(args.dataset, loaded.preprocess, image_size, args.limit)
+    skipped = [(str(name), str(reason)) for name, reason in getattr(dataset, "skipped", [])]  # (file, reason)
+    if skipped:
+        print(f"skipped {len(skipped)} input(s) (listed in segmentation_skipped.csv): "
+              + "; ".join(f"{n} ({r})" for n, r in skipped[:3]) + (" ..." if len(skipped) > 3 else ""))
     classnames, templates = _classes_from_args(args)
     classifier = build_classifier(loaded, classnames, templates)
     results = evaluate_segmentation(loaded, dataset, classifier, methods=args.methods, batch_size=args.batch_size,
@@ -458,7 +477,8 @@ def run_segment_command(args: argparse.Namespace) -> dict[str, dict[str, float]]
     examples = segmentation_examples(loaded, dataset, classifier, methods=args.methods,
                                      n_examples=max(0, args.examples), frame=args.frame) if args.examples > 0 else []
     paths = write_segmentation_report(results, examples, args.out,
-                                      title=f"Zero-shot segmentation: {loaded.name} on {' '.join(args.dataset)}")
+                                      title=f"Zero-shot segmentation: {loaded.name} on {' '.join(args.dataset)}",
+                                      skipped=skipped)
     print(segmentation_markdown(results))
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return results

@@ -36,6 +36,7 @@ from vit_lens_clip.decompose.reducers import HeadStackReducer, MeanReducer, Redu
 from vit_lens_clip.model.hooked_vit import HookedViT
 from vit_lens_clip.textspan.algorithm import TextSpanResult, text_span
 from vit_lens_clip.textspan.report import rank_heads_by_text, to_json, to_markdown, write_reports
+from vit_lens_clip.validation import head_index
 from vit_lens_clip.zeroshot import accuracy, logits
 
 Head = tuple[int, int]
@@ -87,8 +88,7 @@ class HeadContributions:
 
     def head_index(self, key: Head) -> tuple[int, int]:
         """Position (kept-layer index, head) of a (layer, head) key; negative layers count from the end."""
-        layer, head = key
-        layer %= self.n_layers
+        layer, head = head_index(key[0], key[1], self.n_layers, self.n_heads)
         if layer not in self.layers:
             raise ValueError(f"layer {layer} is not among the kept layers {self.layers}")
         if not 0 <= head < self.n_heads:
