@@ -7,8 +7,6 @@ import json
 import os
 import shutil
 import struct
-import warnings
-from argparse import Namespace
 from pathlib import Path
 
 import pytest
@@ -244,3 +242,40 @@ def test_report_folder_rules(tmp_path):
     with pytest.raises(OutputFolderError, match="is a file"):
         prepare_report_folder(foreign / "thesis.tex", settings)
     assert issubclass(OutputFolderError, UserInputError)
+
+
+# ------------------------------------------------------------------ other silent-failure classes found in the sweep
+def test_mismatched_labels_and_means_raise(tiny):
+    model, images = tiny
+    with pytest.raises(ValueError, match="labels"):
+        TensorImages(images, labels=[0, 1])
+    parts = decompose(model, images[:2], layers=[1, 2])
+    other = decompose(model, images[2:4], layers=[2])  # means of other kept layers
+    means = {k: getattr(other, k).mean(0) for k in ("embed", "attns", "mlps", "heads")}
+    with pytest.raises(ValueError, match="other layers"):
+        ablate_posthoc(parts, means, heads=[(2, 0)])
+
+
+def test_damaged_text_cache_is_rebuilt(tmp_path):
+    from vit_lens_clip.textspan.pools import embed_texts_cached
+
+    calls = []
+
+    def encode(texts):
+        calls.append(len(texts))
+        return torch.nn.functional.normalize(torch.ones(len(texts), 4), dim=-1)
+
+    first = embed_texts_cached(["a", "b"], encode, "m", cache_dir=tmp_path)
+    (cached,) = tmp_path.glob("*.safetensors")
+    _nan_into_safetensors(cached)
+    again = embed_texts_cached(["a", "b"], encode, "m", cache_dir=tmp_path)
+    assert len(calls) == 2 and torch.equal(first, again)
+
+
+def test_weights_keys_cover_the_whole_file(tmp_path):
+    from vit_lens_clip.loading import _file_digest
+
+    head = bytes(5 << 20)
+    (tmp_path / "a.bin").write_bytes(head + b"a")
+    (tmp_path / "b.bin").write_bytes(head + b"b")  # same size, same first 5 MB: a fine-tune of the last layer
+    assert _file_digest(tmp_path / "a.bin") != _file_digest(tmp_path / "b.bin")

@@ -54,6 +54,11 @@ def ablate_posthoc(
     if embed:
         swap("embed", ())
     n_heads = src["heads"].shape[2] if "heads" in src else 0
+    for key in ("attns", "mlps", "heads"):  # means of other layers would be applied to the wrong parts
+        mean = means.get(prefix + key)
+        if key in src and mean is not None and tuple(mean.shape) != tuple(src[key].shape[1:]):
+            raise ValueError(f"means[{prefix + key!r}] has shape {tuple(mean.shape)} but the parts are "
+                             f"{tuple(src[key].shape[1:])} per image: means from other layers or another model")
     for l in attn_layers:
         swap("attns", (layer_index(l, n_layers),))
     for l in mlp_layers:

@@ -32,6 +32,29 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def tensor_sha256(*tensors) -> str:
+    """sha256 over the raw bytes, dtypes and shapes of tensors (None entries included as markers)."""
+    h = hashlib.sha256()
+    for t in tensors:
+        if t is None:
+            h.update(b"none")
+            continue
+        t = t.detach().cpu().contiguous()
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def state_dict_sha256(model: nn.Module) -> str:
+    """sha256 over every parameter and buffer of a module (names, dtypes, shapes, bytes)."""
+    h = hashlib.sha256()
+    for name, value in sorted(model.state_dict().items()):
+        if torch.is_tensor(value):
+            h.update(name.encode())
+            h.update(tensor_sha256(value).encode())
+    return h.hexdigest()
+
+
 def check_safetensors_file(path: str | Path) -> None:
     """Raise ``CorruptFileError`` naming the file if its header is unreadable or its data is truncated."""
     path = Path(path)

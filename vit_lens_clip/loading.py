@@ -10,7 +10,6 @@ Accepted names:
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from vit_lens_clip.errors import UserInputError
-from vit_lens_clip.integrity import check_finite_weights, check_weights_file, verify_local_dir
+from vit_lens_clip.integrity import check_finite_weights, check_weights_file, sha256_file, state_dict_sha256, verify_local_dir
 from vit_lens_clip.model.hooked_vit import HookedViT
 
 from vit_lens_clip.embedded import EMBEDDED_MODEL_DIR as EMBEDDED_DIR
@@ -75,19 +74,14 @@ class LoadedCLIP:
         return F.normalize(emb.float(), dim=-1) if normalize else emb
 
 
-def _file_digest(path: Path, limit: int = 1 << 22) -> str:
-    h = hashlib.sha256(str(path.stat().st_size).encode())
-    with open(path, "rb") as f:
-        h.update(f.read(limit))
-    return h.hexdigest()[:16]
+def _file_digest(path: Path) -> str:
+    """Digest of the whole file: two fine-tunes sharing their first megabytes must not share caches."""
+    return sha256_file(path)[:16]
 
 
-def _params_digest(model: nn.Module, n_tensors: int = 4) -> str:
-    """A short digest of a model's weights (enough to tell random initialisations apart)."""
-    h = hashlib.sha256()
-    for _, p in list(model.state_dict().items())[:n_tensors]:
-        h.update(p.detach().float().cpu().numpy().tobytes()[:1 << 20])
-    return h.hexdigest()[:16]
+def _params_digest(model: nn.Module) -> str:
+    """Digest of all of a model's weights (a partial one let fine-tunes share text-embedding caches)."""
+    return state_dict_sha256(model)[:16]
 
 
 def _quick_gelu_for_tag(name: str, pretrained: Optional[str]) -> bool:

@@ -96,7 +96,7 @@ def check_report_inputs(args: Any) -> None:
             raise BadInputError(f"--{name.replace('_', '-')} must not be negative; got {value}")
     images = getattr(args, "images", None)
     if images and not Path(images).is_dir():
-        raise FileNotFoundError(f"--images {images}: no such folder")
+        raise FileNotFoundError(f"image folder not found: --images {images}")
     classes = getattr(args, "classes", None)
     if classes:
         path = Path(classes)

@@ -100,6 +100,8 @@ class TensorImages(Dataset):
     """Wrap in-memory images (already preprocessed tensors) and optional labels in the reducer item format."""
 
     def __init__(self, images: Float[Tensor, "n channel height width"], labels: Optional[Sequence[int]] = None):
+        if labels is not None and len(labels) != len(images):
+            raise ValueError(f"{len(labels)} labels for {len(images)} images")
         self.images, self.labels = images, labels
 
     def __len__(self) -> int:

@@ -28,6 +28,7 @@ from safetensors.torch import save as save_tensor_bytes
 from torch import Tensor, nn
 
 from vit_lens_clip.errors import CorruptFileError, RunFolderMismatchError
+from vit_lens_clip.integrity import state_dict_sha256, tensor_sha256  # noqa: F401 (tensor_sha256 re-exported)
 
 BOUNDARY_HOOK: Optional[Callable[[str], None]] = None
 RUN_RECORD = "run.json"
@@ -104,27 +105,9 @@ def package_version() -> str:
         return "source"
 
 
-def tensor_sha256(*tensors: Optional[Tensor]) -> str:
-    """sha256 over the raw bytes, dtypes and shapes of tensors (None entries included as markers)."""
-    h = hashlib.sha256()
-    for t in tensors:
-        if t is None:
-            h.update(b"none")
-            continue
-        t = t.detach().cpu().contiguous()
-        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
 def model_weights_sha256(model: nn.Module) -> str:
     """sha256 over every parameter and buffer of the model (names, dtypes, shapes, bytes)."""
-    h = hashlib.sha256()
-    for name, value in sorted(model.state_dict().items()):
-        if torch.is_tensor(value):
-            h.update(name.encode())
-            h.update(tensor_sha256(value).encode())
-    return h.hexdigest()
+    return state_dict_sha256(model)
 
 
 def sample_indices(n: int) -> list[int]:
