@@ -57,6 +57,6 @@ def test_report_errors_are_clear(tmp_path, capsys):
     assert "not found" in capsys.readouterr().err
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert main(["report", "--out", str(tmp_path), "--images", str(empty)]) == 2
+    assert main(["report", "--out", str(tmp_path / "out"), "--images", str(empty)]) == 2
     assert "no images" in capsys.readouterr().err
     assert main(["report", "--out", str(tmp_path), "--model", "ViT-B-32", "--pretrained", "/nope.safetensors"]) == 2

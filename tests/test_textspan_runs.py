@@ -78,6 +78,9 @@ class _KillOnce(torch.utils.data.Dataset):
     def __len__(self):
         return len(self.dataset)
 
+    def identity(self):  # the same data as the wrapped set (run folders record it)
+        return self.dataset.identity()
+
     def __getitem__(self, i):
         if i == self.at and not self.killed:
             self.killed = True

@@ -10,7 +10,6 @@ Accepted names:
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,13 +24,15 @@ from tqdm.auto import tqdm
 
 from vit_lens_clip.embedded import EMBEDDED_MODEL_DIR as EMBEDDED_DIR
 from vit_lens_clip.embedded import EMBEDDED_NAME
+from vit_lens_clip.errors import UserInputError
+from vit_lens_clip.integrity import check_finite_weights, check_weights_file, sha256_file, state_dict_sha256, verify_local_dir
 from vit_lens_clip.model.hooked_text import HookedTextTransformer
 from vit_lens_clip.model.hooked_vit import HookedViT
 
 _PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-class WeightsUnavailableError(RuntimeError):
+class WeightsUnavailableError(RuntimeError, UserInputError):
     """Pretrained weights could not be fetched (usually: offline); the message says how to load locally."""
 
 
@@ -84,19 +85,14 @@ class LoadedCLIP:
         return F.normalize(emb.float(), dim=-1) if normalize else emb
 
 
-def _file_digest(path: Path, limit: int = 1 << 22) -> str:
-    h = hashlib.sha256(str(path.stat().st_size).encode())
-    with open(path, "rb") as f:
-        h.update(f.read(limit))
-    return h.hexdigest()[:16]
+def _file_digest(path: Path) -> str:
+    """Digest of the whole file: two fine-tunes sharing their first megabytes must not share caches."""
+    return sha256_file(path)[:16]
 
 
-def _params_digest(model: nn.Module, n_tensors: int = 4) -> str:
-    """A short digest of a model's weights (enough to tell random initialisations apart)."""
-    h = hashlib.sha256()
-    for _, p in list(model.state_dict().items())[:n_tensors]:
-        h.update(p.detach().float().cpu().numpy().tobytes()[:1 << 20])
-    return h.hexdigest()[:16]
+def _params_digest(model: nn.Module) -> str:
+    """Digest of all of a model's weights (a partial one let fine-tunes share text-embedding caches)."""
+    return state_dict_sha256(model)[:16]
 
 
 def _quick_gelu_for_tag(name: str, pretrained: Optional[str]) -> bool:
@@ -144,6 +140,7 @@ def _load_hf(identifier: str, device: torch.device, dtype: torch.dtype) -> Loade
             super().__init__()
             self.vision_model, self.visual_projection, self.config = m.vision_model, m.visual_projection, m.config.vision_config
 
+    check_finite_weights(clip, f"hf:{identifier}")
     hooked = hooked_vit_from_hf(_VisionWithProjection(clip)).to(device=device, dtype=dtype)
 
     class _HFText(nn.Module):
@@ -200,6 +197,7 @@ def load_clip(
     else:
         key_name = name
     schema_local = name.startswith("local-dir:")
+    verify_local_dir(name.split(":", 1)[1]) if schema_local else check_weights_file(pretrained)  # sha256, truncation
     if pretrained is not None and os.path.sep in pretrained and not os.path.isfile(pretrained):
         raise FileNotFoundError(f"pretrained file not found: {pretrained}")
     if not schema_local and not name.startswith("hf-hub:") and name not in open_clip.list_models():
@@ -227,6 +225,7 @@ def load_clip(
         raise
     tokenizer = open_clip.get_tokenizer(name)
     clip.eval()
+    check_finite_weights(clip, pretrained or name)
     hooked = HookedViT.from_open_clip(clip, name=key_name)
     if pretrained and os.path.isfile(pretrained):
         weights_key = _file_digest(Path(pretrained))

@@ -15,6 +15,7 @@ from vit_lens_clip.app.config import (
     add_segment_arguments,
     add_textspan_arguments,
 )
+from vit_lens_clip.errors import user_error_message
 
 # The parser imports only the light options module above; each command imports its heavy modules (torch,
 # open_clip) inside its handler, so ``vit-lens-clip --help`` and every ``<command> --help`` stay instant.
@@ -114,6 +115,7 @@ def _cmd_neurons(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vit-lens-clip", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of any error (any position)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("report", help="the whole analysis, written as an offline HTML report + JSON/CSV")
@@ -163,17 +165,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Expected failures print one line to stderr and return 2; bugs raise (``--debug``: everything raises)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["train-embedded"]:  # everything after the word goes to the trainer untouched
         from vit_lens_clip.embedded.train import main as train_main
 
         train_main(argv[1:])
         return 0
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (FileNotFoundError, ValueError, RuntimeError) as e:
-        print(f"vit-lens-clip {args.command}: error: {e}", file=sys.stderr)
+    except Exception as e:
+        message = None if debug else user_error_message(e)
+        if message is None:
+            raise
+        print(f"vit-lens-clip {args.command}: error: {message}", file=sys.stderr)
         return 2
     return 0
 

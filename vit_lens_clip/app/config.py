@@ -46,6 +46,7 @@ class ReportConfig:
     queries: tuple[str, ...] = DEFAULT_QUERIES
     seed: int = 0
     quiet: bool = False
+    overwrite: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "out", Path(self.out))
@@ -104,6 +105,8 @@ def add_report_arguments(p: argparse.ArgumentParser) -> None:
                    help="texts for the 'which heads span this text' search")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--overwrite", action="store_true",
+                   help="reuse a non-empty --out that is not a report of the same settings (removes only files a report wrote)")
 
 
 # the segmentation methods of ``vit_lens_clip.methods.spatial`` (a test checks they match its registry)

@@ -19,16 +19,16 @@ import torch
 from plotly.subplots import make_subplots
 from safetensors.torch import save_file
 
+from vit_lens_clip.datasets.shapes_adapters import ShapesSegmentation
 from vit_lens_clip.datasets.shapes_world import zero_shot_labels
 from vit_lens_clip.methods.neurons.ablation import PAPER_TOP_FRACTION
 from vit_lens_clip.methods.neurons.effects import check_supported, collect_layers
 from vit_lens_clip.methods.neurons.segmentation import compare_segmentation
 from vit_lens_clip.methods.neurons.study import NeuronStudy, run_study, shapes_images
-from vit_lens_clip.datasets.shapes_adapters import ShapesSegmentation
 from vit_lens_clip.methods.textspan.pools import embed_texts_cached, load_pool
+from vit_lens_clip.methods.zeroshot import build_classifier
 from vit_lens_clip.viz.figures import bar_table, to_display_image
 from vit_lens_clip.viz.html import figures_to_html
-from vit_lens_clip.methods.zeroshot import build_classifier
 
 ABLATION_TITLES = {"baseline": "baseline", "all": "w/o all neurons", "significant": "w/o significant",
                    "insignificant": "w/o insignificant", "rank1": "rank-1 (r_n)", "text": "text reconstruction"}

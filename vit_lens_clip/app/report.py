@@ -73,7 +73,9 @@ def run_report(config: Union[ReportConfig, argparse.Namespace]) -> Path:
     if isinstance(config, argparse.Namespace):  # the old calling convention
         config = ReportConfig.from_args(config)
     t_start = time.perf_counter()
-    config.out.mkdir(parents=True, exist_ok=True)
+    check_report_inputs(config)  # before any heavy work
+    settings = report_settings(config)
+    out, kept_files = prepare_report_folder(config.out, settings, config.overwrite)
     torch.manual_seed(config.seed)
     loaded = load_clip(config.model, config.pretrained, device=config.device, precision=config.precision)
     ctx = ReportContext(config, loaded)
@@ -82,6 +84,7 @@ def run_report(config: Union[ReportConfig, argparse.Namespace]) -> Path:
     ctx.timings["total"] = round(time.perf_counter() - t_start, 2)
     ctx.numbers["timings_s"] = ctx.timings
     _write(ctx)
+    finish_report_folder(out, settings, kept_files)
     print(f"[report] wrote {ctx.out / 'report.html'}, results.json, results.csv in {ctx.timings['total']:.0f} s")
     print("[report] wall time per section:")
     for name, seconds in ctx.timings.items():

@@ -18,15 +18,15 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
+from vit_lens_clip.datasets.shapes_adapters import ShapesSegmentation, shapes_classes
 from vit_lens_clip.datasets.shapes_world import Scene, label_of, zero_shot_labels
 from vit_lens_clip.methods.sae import explain
 from vit_lens_clip.methods.sae.sae import SparseAutoencoder
 from vit_lens_clip.methods.sae.shipped import load_shipped_sae, shapes_texts
 from vit_lens_clip.methods.sae.train import reconstruction_figures
-from vit_lens_clip.datasets.shapes_adapters import ShapesSegmentation, shapes_classes
+from vit_lens_clip.methods.zeroshot import build_classifier
 from vit_lens_clip.viz.figures import map_to_pixels, to_display_image
 from vit_lens_clip.viz.html import Markdown
-from vit_lens_clip.methods.zeroshot import build_classifier
 
 FACTORS = ("colour", "shape", "position", "place", "count", "size")
 

@@ -23,6 +23,7 @@ from vit_lens_clip.methods.spatial.evaluate import (
     write_segmentation_report,
 )
 from vit_lens_clip.methods.zeroshot import build_classifier
+from vit_lens_clip.validation import check_output_folder
 
 
 def _dataset_from_args(kind_and_path: Sequence[str], preprocess: Callable, image_size: int, limit: Optional[int]):
@@ -53,9 +54,14 @@ def _classes_from_args(args: argparse.Namespace) -> tuple[list[str], list]:
 
 def run_segment_command(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     """Load the model, score every method, write CSV / Markdown / HTML to ``args.out``."""
+    check_output_folder(args.out)  # before any heavy work
     loaded = load_clip(args.model, pretrained=args.pretrained, device=args.device)
     image_size = loaded.model.cfg.image_size[0]
     dataset = _dataset_from_args(args.dataset, loaded.preprocess, image_size, args.limit)
+    skipped = [(str(name), str(reason)) for name, reason in getattr(dataset, "skipped", [])]  # (file, reason)
+    if skipped:
+        print(f"skipped {len(skipped)} input(s) (listed in segmentation_skipped.csv): "
+              + "; ".join(f"{n} ({r})" for n, r in skipped[:3]) + (" ..." if len(skipped) > 3 else ""))
     classnames, templates = _classes_from_args(args)
     classifier = build_classifier(loaded, classnames, templates)
     results = evaluate_segmentation(loaded, dataset, classifier, methods=args.methods, batch_size=args.batch_size,
@@ -63,7 +69,8 @@ def run_segment_command(args: argparse.Namespace) -> dict[str, dict[str, float]]
     examples = segmentation_examples(loaded, dataset, classifier, methods=args.methods,
                                      n_examples=max(0, args.examples), frame=args.frame) if args.examples > 0 else []
     paths = write_segmentation_report(results, examples, args.out,
-                                      title=f"Zero-shot segmentation: {loaded.name} on {' '.join(args.dataset)}")
+                                      title=f"Zero-shot segmentation: {loaded.name} on {' '.join(args.dataset)}",
+                                      skipped=skipped)
     print(segmentation_markdown(results))
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return results

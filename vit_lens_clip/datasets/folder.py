@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -61,6 +63,7 @@ class ImageFolder(Dataset):
         if not self.files:
             raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {self.root}")
         self.preprocess = preprocess
+        self.skipped: list[tuple[str, str]] = []  # (name, reason) of files left out; run_reducers reports them
         self.classes: list[str] = []
         self.labels: list[int] = []
         if labelled:
@@ -68,11 +71,23 @@ class ImageFolder(Dataset):
             if not self.classes:
                 raise ValueError(f"labelled=True needs class sub-folders under {self.root}")
             index = {c: i for i, c in enumerate(self.classes)}
+            self.skipped = [(str(p.relative_to(self.root)), "image outside the class folders (no label)")
+                            for p in self.files if p.parent == self.root]
             self.files = [p for p in self.files if p.parent != self.root]
             self.labels = [index[p.relative_to(self.root).parts[0]] for p in self.files]
 
     def __len__(self) -> int:
         return len(self.files)
+
+    def identity(self) -> dict[str, Any]:
+        """Names, sizes and mtimes of the files (and labels): a cheap record that changes when the data does."""
+        h = hashlib.sha256()
+        for i, path in enumerate(self.files):
+            st = path.stat()
+            label = self.labels[i] if self.labels else None
+            h.update(f"{path.relative_to(self.root)}\0{st.st_size}\0{st.st_mtime_ns}\0{label}\n".encode())
+        return {"kind": "ImageFolder", "root": str(self.root.resolve()), "n": len(self.files),
+                "files_sha256": h.hexdigest(), "preprocess": re.sub(r" at 0x[0-9a-fA-F]+", "", repr(self.preprocess))}
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         path = self.files[i]
@@ -91,10 +106,21 @@ class TensorImages(Dataset):
     """Wrap in-memory images (already preprocessed tensors) and optional labels in the reducer item format."""
 
     def __init__(self, images: Float[Tensor, "n channel height width"], labels: Optional[Sequence[int]] = None):
+        if labels is not None and len(labels) != len(images):
+            raise ValueError(f"{len(labels)} labels for {len(images)} images")
         self.images, self.labels = images, labels
 
     def __len__(self) -> int:
         return len(self.images)
+
+    def identity(self) -> dict[str, Any]:
+        """Content hash of every image (and the labels)."""
+        h = hashlib.sha256()
+        images = self.images.detach().cpu().contiguous()
+        h.update(f"{images.dtype}{tuple(images.shape)}".encode())
+        h.update(images.reshape(-1).view(torch.uint8).numpy().tobytes())
+        h.update(repr(None if self.labels is None else [int(v) for v in self.labels]).encode())
+        return {"kind": "TensorImages", "n": len(self.images), "sha256": h.hexdigest()}
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         item = {"index": i, "name": str(i), "image": self.images[i]}

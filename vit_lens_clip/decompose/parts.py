@@ -23,6 +23,7 @@ from torch import Tensor
 
 from vit_lens_clip.decompose.fold import Convention, LNFold
 from vit_lens_clip.model.hooked_vit import HookedViT
+from vit_lens_clip.validation import layer_indices
 
 Hook = tuple[str, Callable]
 
@@ -85,9 +86,8 @@ class DecompositionCapture:
         normalize: bool = False,
     ):
         _check_supported(model)
-        n = model.cfg.n_layers
         self.model = model
-        self.layers = sorted({l % n for l in (range(n) if layers is None else layers)})
+        self.layers = layer_indices(layers, model.cfg.n_layers)  # out-of-range indices raise, never wrap
         self.per_source, self.convention, self.normalize = per_source, convention, normalize
         self.texts = None if texts is None else texts.float()
         self.store: dict[str, Tensor] = {}

@@ -7,13 +7,14 @@ A reducer sees each batch's ``Decomposition`` (and the ``Batch`` it came from) a
             self.best = max(self.best, parts.heads.norm(dim=-1).max().item())
 
 ``run_reducers`` makes one hooked forward pass per batch and feeds every reducer. With ``checkpoint_dir``
-it saves all reducer states every ``checkpoint_every`` batches; a killed run restarts from the last
-checkpoint and, since batches are the same, produces bitwise-identical results.
+it saves all reducer states every ``checkpoint_every`` batches, atomically (``decompose.checkpoint``); a
+killed run restarts from the last checkpoint and, since batches are the same, produces bitwise-identical
+results. The checkpoint records the identity of its inputs (model weights, data, settings) and a resume
+on anything else is refused.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -22,15 +23,17 @@ from typing import Any, Optional, Sequence
 
 import torch
 from jaxtyping import Float
-from safetensors.torch import load_file, save_file
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from vit_lens_clip.datasets.folder import Batch, collate_images
+from vit_lens_clip.decompose import checkpoint as ckpt_io
 from vit_lens_clip.decompose.fold import Convention
 from vit_lens_clip.decompose.parts import Decomposition, DecompositionCapture
+from vit_lens_clip.errors import BadInputError
 from vit_lens_clip.model.hooked_vit import HookedViT
+from vit_lens_clip import validation
 
 
 class Reducer:
@@ -136,7 +139,16 @@ class ActivationMeanReducer:
         self.count += self._batch_size
 
     def result(self) -> dict[str, Tensor]:
+        if self.count == 0:
+            raise ValueError("ActivationMeanReducer saw no images")
         return {k: (v / self.count).float() for k, v in self.sums.items()}
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {**{f"sum.{k}": v for k, v in self.sums.items()}, "count": torch.tensor(self.count)}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        self.sums = {k[4:]: v for k, v in state.items() if k.startswith("sum.")}
+        self.count = int(state["count"]) if "count" in state else 0
 
     def merge(self, other: "ActivationMeanReducer") -> None:
         for k, v in other.sums.items():
@@ -202,8 +214,8 @@ class HeadStackReducer(Reducer):
     """Per-head parts of every image, written to ``out_dir`` in safetensors shards with a manifest.
 
     Each shard holds ``heads`` [n, n_kept, H, D], ``embedding`` [n, D], ``indices`` [n] (and ``labels``).
-    Memory holds at most one shard. ``load_head_stack(out_dir)`` reads it back; manifests from several
-    processes combine with ``merge_manifests``.
+    Memory holds at most one shard. ``load_head_stack(out_dir)`` reads it back, checking each shard against
+    the sha256 in the manifest; manifests from several processes combine with ``merge_manifests``.
     """
 
     def __init__(self, out_dir: str | Path, shard_size: int = 4096):
@@ -231,18 +243,15 @@ class HeadStackReducer(Reducer):
         self.out_dir.mkdir(parents=True, exist_ok=True)
         name = f"shard_{len(self.shards):05d}.safetensors"
         tensors = {k: torch.cat(v).contiguous() for k, v in self.buffer.items()}
-        tmp = self.out_dir / (name + ".tmp")
-        save_file(tensors, str(tmp))
-        os.replace(tmp, self.out_dir / name)
-        self.shards.append({"file": name, "count": self.buffered})
+        sha = ckpt_io.atomic_save_tensors(self.out_dir / name, tensors)
+        self.shards.append({"file": name, "count": self.buffered, "sha256": sha})
         self.buffer, self.buffered = {}, 0
         self._write_manifest(complete=False)
 
     def _write_manifest(self, complete: bool) -> None:
         manifest = {"layers": self.layers, "shards": self.shards, "complete": complete}
-        tmp = self.out_dir / "manifest.json.tmp"
-        tmp.write_text(json.dumps(manifest, indent=1))
-        os.replace(tmp, self.out_dir / "manifest.json")
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        ckpt_io.atomic_write_json(self.out_dir / "manifest.json", manifest)
 
     def result(self) -> Path:
         self.flush()
@@ -251,24 +260,32 @@ class HeadStackReducer(Reducer):
         return self.out_dir
 
     def state_dict(self) -> dict[str, Tensor]:
+        """The shard list itself (counts and sha256 digests), so a resume never trusts a newer manifest."""
         self.flush()
-        return {"n_shards": torch.tensor(len(self.shards))}
+        sha = [bytes.fromhex(s["sha256"]) for s in self.shards]
+        return {"n_shards": torch.tensor(len(self.shards)),
+                "counts": torch.tensor([s["count"] for s in self.shards], dtype=torch.long),
+                "sha256": torch.tensor([list(b) for b in sha], dtype=torch.uint8).reshape(-1, 32),
+                "layers": torch.tensor(self.layers, dtype=torch.long)}
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        manifest = json.loads((self.out_dir / "manifest.json").read_text())
         n = int(state["n_shards"])
-        self.shards, self.layers = manifest["shards"][:n], manifest["layers"]
-        for extra in manifest["shards"][n:]:  # written after the checkpoint: redo them
-            (self.out_dir / extra["file"]).unlink(missing_ok=True)
+        self.layers = state["layers"].tolist()
+        self.shards = [{"file": f"shard_{i:05d}.safetensors", "count": int(state["counts"][i]),
+                        "sha256": bytes(state["sha256"][i].tolist()).hex()} for i in range(n)]
+        for path in sorted(self.out_dir.glob("shard_*.safetensors")):  # written after the checkpoint: redo them
+            if int(path.stem.split("_")[1]) >= n:
+                ckpt_io.remove_file(path)
+        self._write_manifest(complete=False)
 
 
 def load_head_stack(out_dir: str | Path) -> dict[str, Tensor]:
-    """Concatenate a HeadStackReducer's shards (listed by its manifest)."""
+    """Concatenate a HeadStackReducer's shards (listed by its manifest, each checked against its sha256)."""
     out_dir = Path(out_dir)
     manifest = json.loads((out_dir / "manifest.json").read_text())
     parts: dict[str, list[Tensor]] = {}
     for shard in manifest["shards"]:
-        for k, v in load_file(str(out_dir / shard["file"])).items():
+        for k, v in ckpt_io.load_tensors_checked(out_dir / shard["file"], shard.get("sha256")).items():
             parts.setdefault(k, []).append(v)
     if not parts:
         raise ValueError(f"{out_dir} holds no shards")
@@ -286,7 +303,7 @@ def merge_manifests(dirs: Sequence[str | Path], out_dir: str | Path) -> Path:
             raise ValueError("cannot merge stacks of different layers")
         layers = m["layers"]
         shards += [{**s, "file": os.path.relpath(Path(d) / s["file"], out_dir)} for s in m["shards"]]
-    (out_dir / "manifest.json").write_text(json.dumps({"layers": layers, "shards": shards, "complete": True}, indent=1))
+    ckpt_io.atomic_write_json(out_dir / "manifest.json", {"layers": layers, "shards": shards, "complete": True})
     return out_dir
 
 
@@ -297,12 +314,15 @@ class RunSummary:
     resumed_from: int = 0
 
 
-def _fingerprint(model: HookedViT, n: int, batch_size: int, layers, texts) -> str:
-    h = hashlib.sha256(json.dumps([model.cfg.model_name, n, batch_size, list(layers or [])]).encode())
-    h.update(model.W_proj.detach().float().cpu().numpy().tobytes()[:4096])
-    if texts is not None:
-        h.update(texts.float().cpu().numpy().tobytes())
-    return h.hexdigest()[:16]
+def _identity(model: HookedViT, dataset: Dataset, reducers, activation_means, batch_size: int, layers, texts,
+              convention: str, normalize: bool) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed: model weights, data, and every setting that shapes the state."""
+    return ckpt_io.run_identity(
+        model, dataset, n=len(dataset), batch_size=batch_size, layers=list(layers), convention=convention,
+        normalize=normalize, texts_sha256=None if texts is None else ckpt_io.tensor_sha256(texts.float()),
+        reducers=[type(r).__name__ for r in reducers],
+        activation_means=[list(a.names) for a in activation_means],
+    )
 
 
 def run_reducers(
@@ -328,39 +348,40 @@ def run_reducers(
     The dataset yields dicts (see ``datasets.folder``); unreadable items are skipped and listed.
     """
     device = device or model.W_proj.device
+    layers = validation.layer_indices(layers, model.cfg.n_layers)
+    if batch_size < 1 or checkpoint_every < 1:
+        raise BadInputError(f"batch_size and checkpoint_every must be at least 1; got {batch_size}, {checkpoint_every}")
     per_source = any(r.needs_per_source for r in reducers)
     if any(r.needs_source_scores for r in reducers) and texts is None:
         raise ValueError("a reducer needs source scores: pass texts=")
     summary = RunSummary()
+    summary.skipped += list(getattr(dataset, "skipped", []))  # inputs the dataset itself left out
     n = len(dataset)
     if n == 0:
         raise ValueError("the dataset is empty")
     start = 0
     ckpt = Path(checkpoint_dir) if checkpoint_dir else None
-    fingerprint = _fingerprint(model, n, batch_size, layers, texts)
-    if ckpt and (ckpt / "progress.json").exists():
-        progress_state = json.loads((ckpt / "progress.json").read_text())
-        if progress_state["fingerprint"] != fingerprint:
-            raise ValueError(f"{ckpt} holds a checkpoint of a different run (model, data, batch size or layers)")
-        state = load_file(str(ckpt / "state.safetensors"))
-        for i, r in enumerate(reducers):
-            r.load_state_dict({k.split(".", 1)[1]: v for k, v in state.items() if k.startswith(f"{i}.")})
-        start = summary.resumed_from = progress_state["done"]
-        summary.skipped = [tuple(s) for s in progress_state["skipped"]]
-        summary.images = progress_state["images"]
+    identity = None
+    stateful = list(reducers) + list(activation_means)
+    if ckpt:
+        identity = _identity(model, dataset, reducers, activation_means, batch_size, layers, texts, convention, normalize)
+        found = ckpt_io.read_checkpoint(ckpt, identity)
+        if found is not None:
+            progress_state, state = found
+            for i, r in enumerate(stateful):
+                r.load_state_dict({k.split(".", 1)[1]: v for k, v in state.items() if k.startswith(f"{i}.")})
+            start = summary.resumed_from = progress_state["done"]
+            summary.skipped = [tuple(s) for s in progress_state["skipped"]]
+            summary.images = progress_state["images"]
     if start >= n:
         return summary
 
     def save_checkpoint(done: int) -> None:
         if ckpt is None:
             return
-        ckpt.mkdir(parents=True, exist_ok=True)
-        state = {f"{i}.{k}": v.contiguous() for i, r in enumerate(reducers) for k, v in r.state_dict().items()}
-        save_file(state or {"empty": torch.zeros(0)}, str(ckpt / "state.safetensors.tmp"))
-        os.replace(ckpt / "state.safetensors.tmp", ckpt / "state.safetensors")
-        info = {"fingerprint": fingerprint, "done": done, "images": summary.images, "skipped": summary.skipped}
-        (ckpt / "progress.json.tmp").write_text(json.dumps(info))
-        os.replace(ckpt / "progress.json.tmp", ckpt / "progress.json")
+        state = {f"{i}.{k}": v.contiguous() for i, r in enumerate(stateful) for k, v in r.state_dict().items()}
+        info = {"identity": identity, "done": done, "images": summary.images, "skipped": summary.skipped}
+        ckpt_io.write_checkpoint(ckpt, state, info)
 
     loader = DataLoader(Subset(dataset, range(start, n)), batch_size=batch_size, shuffle=False,
                         num_workers=num_workers, collate_fn=collate_images, pin_memory=pin_memory)

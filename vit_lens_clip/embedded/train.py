@@ -12,6 +12,7 @@ float16) loadable with ``open_clip.create_model_and_transforms('local-dir:' + DI
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import time
@@ -91,9 +92,10 @@ def export_local_dir(model: open_clip.CLIP, out: Path, extra: dict | None = None
     config = {"model_cfg": MODEL_CFG, "preprocess_cfg": PREPROCESS_CFG}
     if extra:
         config["training"] = extra
-    (out / CONFIG_NAME).write_text(json.dumps(config, indent=2))
     state = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(out / WEIGHTS_NAME))
+    config["weights_sha256"] = hashlib.sha256((out / WEIGHTS_NAME).read_bytes()).hexdigest()  # verified at load
+    (out / CONFIG_NAME).write_text(json.dumps(config, indent=2))
 
 
 def train(

@@ -15,14 +15,16 @@ from jaxtyping import Float
 from torch import Tensor
 
 from vit_lens_clip.decompose.parts import Decomposition
+from vit_lens_clip.errors import BadInputError
 from vit_lens_clip.methods.zeroshot import accuracy, logits
 from vit_lens_clip.model.hooked_vit import HookedViT
+from vit_lens_clip.validation import head_index, layer_index
 
 Head = tuple[int, int]
 
 
 def _head_index(parts: Decomposition, layer: int, n_layers: int) -> int:
-    layer %= n_layers
+    layer = layer_index(layer, n_layers)
     if layer not in parts.layers:
         raise ValueError(f"layer {layer} heads were not kept in the decomposition (kept: {parts.layers})")
     return parts.layers.index(layer)
@@ -52,11 +54,18 @@ def ablate_posthoc(
 
     if embed:
         swap("embed", ())
+    n_heads = src["heads"].shape[2] if "heads" in src else 0
+    for key in ("attns", "mlps", "heads"):  # means of other layers would be applied to the wrong parts
+        mean = means.get(prefix + key)
+        if key in src and mean is not None and tuple(mean.shape) != tuple(src[key].shape[1:]):
+            raise ValueError(f"means[{prefix + key!r}] has shape {tuple(mean.shape)} but the parts are "
+                             f"{tuple(src[key].shape[1:])} per image: means from other layers or another model")
     for l in attn_layers:
-        swap("attns", (l % n_layers,))
+        swap("attns", (layer_index(l, n_layers),))
     for l in mlp_layers:
-        swap("mlps", (l % n_layers,))
+        swap("mlps", (layer_index(l, n_layers),))
     for l, h in heads:
+        l, h = head_index(l, h, n_layers, n_heads)
         swap("heads", (_head_index(parts, l, n_layers), h))
     if space == "folded":
         return out
@@ -88,6 +97,9 @@ def mean_ablation_hooks(
         return lambda t, hook: mean.to(t).expand_as(t).clone()
 
     def replace_head(mean: Tensor, head: int, source: int | None = None) -> Callable:
+        n_heads = mean.shape[-2]
+        if not 0 <= head < n_heads:
+            raise BadInputError(f"head {head} out of range for a model with {n_heads} heads per layer")
         def hook(t: Tensor, hook) -> Tensor:
             t = t.clone()
             if source is None:

@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
+from vit_lens_clip.validation import head_index, layer_index
+
 Head = tuple[int, int]
 
 
@@ -23,10 +25,10 @@ def head_representation(
     """c_S(i) = Σ over the selected (layer, head) of the head's part, for every image."""
     if not selected:
         raise ValueError("select at least one (layer, head)")
-    layers = [l % n_layers for l in layers]
+    layers = [layer_index(l, n_layers) for l in layers]
     total = torch.zeros(heads.shape[0], heads.shape[-1], dtype=heads.dtype, device=heads.device)
     for layer, head in selected:
-        layer %= n_layers
+        layer, head = head_index(layer, head, n_layers, heads.shape[2])
         if layer not in layers:
             raise ValueError(f"layer {layer} is not among the collected layers {layers}")
         if not 0 <= head < heads.shape[2]:

@@ -37,6 +37,7 @@ from transformer_lens.HookedRootModule import HookedRootModule
 from vit_lens_clip.model.components import AttentionPool, LayerNorm, TransformerBlock
 from vit_lens_clip.model.config import ViTConfig
 from vit_lens_clip.model.stacked_weights import StackedWeights
+from vit_lens_clip.validation import check_images
 
 TextEncoder = Callable[[Sequence[str]], Tensor]
 
@@ -115,6 +116,7 @@ class HookedViT(StackedWeights, HookedRootModule):
 
     def forward(self, images: Float[Tensor, "batch channel height width"]) -> Float[Tensor, "batch d_out"]:
         """Image embedding = ln_final(r) · W_proj; equals open_clip's ``encode_image(images)``."""
+        check_images(images)  # uint8 raises; NaN/inf images are named in a warning
         resid = self.embed(images)
         for block in self.blocks:
             resid = block(resid)

@@ -17,11 +17,11 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
-from vit_lens_clip.datasets.segmentation import collate_segmentation
-from vit_lens_clip.model.hooked_vit import HookedViT
-from vit_lens_clip.methods.spatial.evaluate import method_maps
 from vit_lens_clip.datasets.geometry import upsample_patch_map
+from vit_lens_clip.datasets.segmentation import collate_segmentation
+from vit_lens_clip.methods.spatial.evaluate import method_maps
 from vit_lens_clip.methods.spatial.metrics import SegmentationMetrics, zero_shot_segment
+from vit_lens_clip.model.hooked_vit import HookedViT
 
 
 def top_neurons_per_class(

@@ -46,11 +46,11 @@ from tqdm.auto import tqdm
 from vit_lens_clip.decompose.fold import LNFold
 from vit_lens_clip.methods.sae.sae import SparseAutoencoder
 from vit_lens_clip.methods.sae.splice import attached_saes, sae_hook_name, saes_spliced
-from vit_lens_clip.model.hooked_vit import HookedViT
 from vit_lens_clip.methods.spatial.evaluate import _loader, _segment_batch, method_maps
 from vit_lens_clip.methods.spatial.heatmaps import predict_classes
 from vit_lens_clip.methods.spatial.metrics import SegmentationMetrics
 from vit_lens_clip.methods.textspan.algorithm import TextSpanResult, text_span
+from vit_lens_clip.model.hooked_vit import HookedViT
 
 _RESIDUAL = re.compile(r"^blocks\.(\d+)\.hook_(resid_pre|resid_mid|resid_post|attn_out|mlp_out)$")
 

@@ -241,12 +241,22 @@ def write_segmentation_report(
     examples: Sequence[SegmentationExample],
     out_dir: str | Path,
     title: str = "Zero-shot segmentation",
+    skipped: Sequence[tuple[str, str]] = (),
 ) -> dict[str, Path]:
     """Write ``segmentation.csv`` (every metric), ``segmentation.md`` (the table) and ``segmentation.html``
-    (the table plus image / heatmap / mask overlays per method; plotly.js inlined once, works offline)."""
+    (the table plus image / heatmap / mask overlays per method; plotly.js inlined once, works offline).
+    Inputs the dataset left out (``skipped``: (file, reason)) are listed in ``segmentation_skipped.csv``
+    and at the end of the Markdown and HTML."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"csv": out / "segmentation.csv", "markdown": out / "segmentation.md", "html": out / "segmentation.html"}
+    paths = {"csv": out / "segmentation.csv", "markdown": out / "segmentation.md", "html": out / "segmentation.html",
+             "skipped": out / "segmentation_skipped.csv"}
+    with open(paths["skipped"], "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["file", "reason"])
+        writer.writerows([str(name), str(reason)] for name, reason in skipped)
+    skipped_md = "".join(f"\n- {name}: {reason}" for name, reason in skipped)
+    skipped_note = f"\n\nSkipped inputs ({len(skipped)}):{skipped_md}\n" if skipped else ""
 
     keys = sorted({k for r in results.values() for k in r}, key=lambda k: (k not in REPORT_METRICS, k))
     with open(paths["csv"], "w", newline="") as f:
@@ -254,7 +264,7 @@ def write_segmentation_report(
         writer.writerow(["method", *keys])
         for method, r in results.items():
             writer.writerow([method, *[r.get(k, "") for k in keys]])
-    paths["markdown"].write_text(segmentation_markdown(results, title))
+    paths["markdown"].write_text(segmentation_markdown(results, title) + skipped_note)
 
     rows = "".join(
         f"<tr><td>{html.escape(METHOD_TITLES.get(m, m))}</td>"
@@ -278,6 +288,9 @@ def write_segmentation_report(
             "foreground = pixels above the map's mean.</p>"
         ),
     ]
+    if skipped:
+        parts.append(f"<p>Skipped inputs ({len(skipped)}):</p><ul>"
+                     + "".join(f"<li>{html.escape(str(n))}: {html.escape(str(r))}</li>" for n, r in skipped) + "</ul>")
     for i, example in enumerate(examples):
         parts.append(_example_figure(example).to_html(full_html=False, include_plotlyjs=(i == 0)))
     parts.append("</body></html>")

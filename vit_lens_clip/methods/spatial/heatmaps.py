@@ -26,6 +26,7 @@ from vit_lens_clip.datasets.geometry import PreprocessGeometry, upsample_patch_m
 from vit_lens_clip.decompose.fold import Convention
 from vit_lens_clip.decompose.parts import DecompositionCapture, decompose
 from vit_lens_clip.model.hooked_vit import HookedViT
+from vit_lens_clip.validation import head_indices, layer_indices
 
 HeadIndex = tuple[int, int]
 
@@ -35,22 +36,12 @@ def _resolve_selection(
 ) -> tuple[list[int], Optional[set[HeadIndex]]]:
     """Layers to decompose and, when ``heads`` is given, the (layer, head) pairs to keep (layers mod L)."""
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
-    for l in layers or ():
-        if not -n_layers <= l < n_layers:
-            raise ValueError(f"layer {l} out of range for a {n_layers}-layer model")
-    chosen_layers = None if layers is None else {l % n_layers for l in layers}
+    chosen_layers = None if layers is None else set(layer_indices(layers, n_layers))
     if heads is None:
         if chosen_layers is not None and not chosen_layers:
             raise ValueError("layers is empty: the map would be a sum over nothing")
         return sorted(chosen_layers if chosen_layers is not None else range(n_layers)), None
-    pairs = set()
-    for pair in heads:
-        if len(pair) != 2:
-            raise ValueError(f"heads must be (layer, head) pairs, got {pair!r}")
-        l, h = int(pair[0]), int(pair[1])
-        if not -n_layers <= l < n_layers or not -n_heads <= h < n_heads:
-            raise ValueError(f"head ({l}, {h}) out of range for {n_layers} layers x {n_heads} heads")
-        pairs.add((l % n_layers, h % n_heads))
+    pairs = set(head_indices(heads, n_layers, n_heads))
     if not pairs:
         raise ValueError("heads is empty: the map would be a sum over nothing")
     if chosen_layers is not None and any(l not in chosen_layers for l, _ in pairs):

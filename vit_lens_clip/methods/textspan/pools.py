@@ -86,8 +86,8 @@ def embed_texts_cached(
             embeddings = load_file(str(path))["embeddings"]
         except (OSError, KeyError, SafetensorError):  # an unreadable cache file is rebuilt below
             embeddings = None
-        if embeddings is not None and embeddings.shape[0] == len(texts):
-            return embeddings
+        if embeddings is not None and embeddings.shape[0] == len(texts) and bool(torch.isfinite(embeddings).all()):
+            return embeddings  # (a damaged cache file, e.g. NaN bits, is rebuilt)
 
     batches = []
     for start in tqdm(range(0, len(texts), batch_size), desc="embedding texts", unit="batch"):

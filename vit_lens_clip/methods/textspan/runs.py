@@ -17,7 +17,6 @@ image, so the parts sum to y_i/‖y_i‖ and TextSpan sees cosine-like contribut
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -28,12 +27,12 @@ import plotly.graph_objects as go
 import torch
 from einops import rearrange
 from jaxtyping import Float, Int
-from safetensors.torch import save_file
 from torch import Tensor
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from vit_lens_clip.datasets.folder import Batch, TensorImages
+from vit_lens_clip.decompose.checkpoint import atomic_save_tensors, claim_run_folder, run_identity
 from vit_lens_clip.decompose.parts import Decomposition
 from vit_lens_clip.decompose.reducers import (
     HeadStackReducer,
@@ -47,6 +46,7 @@ from vit_lens_clip.methods.textspan.ranking import rank_heads_by_text
 from vit_lens_clip.methods.textspan.report import to_json, to_markdown, write_reports
 from vit_lens_clip.methods.zeroshot import accuracy, logits
 from vit_lens_clip.model.hooked_vit import HookedViT
+from vit_lens_clip.validation import head_index
 
 Head = tuple[int, int]
 TextSpanSource = Union[
@@ -97,8 +97,7 @@ class HeadContributions:
 
     def head_index(self, key: Head) -> tuple[int, int]:
         """Position (kept-layer index, head) of a (layer, head) key; negative layers count from the end."""
-        layer, head = key
-        layer %= self.n_layers
+        layer, head = head_index(key[0], key[1], self.n_layers, self.n_heads)
         if layer not in self.layers:
             raise ValueError(f"layer {layer} is not among the kept layers {self.layers}")
         if not 0 <= head < self.n_heads:
@@ -207,19 +206,14 @@ def collect_head_contributions(
         run_reducers(model, dataset, [stack, means], **kwargs)
         rows = stack.result() if stack.rows else {}  # no readable image: the error below names the cause
     else:
-        out = Path(out_dir)
-        meta = {"model": model.cfg.model_name, "layers": layers, "normalize": normalize, "n": len(dataset),
-                "batch_size": batch_size}
-        meta_path = out / "meta.json"
-        if meta_path.exists() and json.loads(meta_path.read_text()) != meta:
-            raise ValueError(f"{out} holds a run with other settings ({meta_path.read_text()}); use another out_dir")
-        out.mkdir(parents=True, exist_ok=True)
-        meta_path.write_text(json.dumps(meta, indent=1))
+        # run.json records model weights, data identity and settings; any mismatch refuses the folder
+        out = claim_run_folder(out_dir, run_identity(model, dataset, layers=layers, normalize=normalize,
+                                                     batch_size=batch_size, kind="head_contributions"))
         stack = HeadAndEmbedStackReducer(out / "heads", shard_size=shard_size)
         run_reducers(model, dataset, [stack, means], checkpoint_dir=out / "checkpoint",
                      checkpoint_every=checkpoint_every, **kwargs)
         rows = load_head_stack(stack.result())
-        save_file({k: v.contiguous() for k, v in means.result().items()}, str(out / "means.safetensors"))
+        atomic_save_tensors(out / "means.safetensors", means.result())
     if "heads" not in rows:
         raise ValueError("no image of the dataset could be read")
     return HeadContributions(

@@ -1,0 +1,115 @@
+"""The report's output folder: never mix two runs' files, never delete the user's.
+
+A finished report leaves ``.vit_lens_clip_report.json`` in ``--out``: its settings and the files it wrote.
+``prepare_report_folder`` runs before any heavy work and
+
+* creates a missing folder; refuses a path that is a file or a folder it cannot write to;
+* accepts an empty folder, or one whose record has the same settings (the rerun replaces that report);
+* refuses any other non-empty folder unless ``overwrite``; with it, removes the files a previous report
+  recorded (user files stay).
+
+In every accepted case the files the previous report recorded are removed first, so no stale ``textspan.*``
+survives beside the new report. ``finish_report_folder`` writes the record after the report is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+from vit_lens_clip.errors import BadInputError, OutputFolderError
+from vit_lens_clip.methods.textspan.pools import load_pool
+
+RECORD = ".vit_lens_clip_report.json"
+IGNORED_SETTINGS = ("out", "overwrite", "quiet", "func", "debug", "device")
+
+
+def report_settings(args: Any) -> dict[str, Any]:
+    """The options that shape a report's content (output path, verbosity and device left out)."""
+    items = vars(args).items() if not isinstance(args, dict) else args.items()
+    return {k: v for k, v in sorted(items) if k not in IGNORED_SETTINGS and not callable(v)}
+
+
+def _normalise(settings: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(settings, default=str))
+
+
+def prepare_report_folder(out: str | Path, settings: dict[str, Any], overwrite: bool = False) -> tuple[Path, list[str]]:
+    """Make ``out`` ready for a new report; returns (folder, names of the files that were there before, kept)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise OutputFolderError(f"--out {out} is a file, not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputFolderError(f"cannot create --out {out}: {e.strerror or e}") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise OutputFolderError(f"--out {out} is not writable")
+    record_path = out / RECORD
+    record: dict[str, Any] | None = None
+    if record_path.is_file():
+        try:
+            record = json.loads(record_path.read_text())
+        except json.JSONDecodeError:
+            record = None
+    written = set(record.get("files", [])) if record else set()
+    present = sorted(p.name for p in out.iterdir() if p.name != RECORD)
+    foreign = [name for name in present if name not in written]
+    same = record is not None and record.get("settings") == _normalise(settings)
+    if present and not overwrite:
+        if record is None:
+            raise OutputFolderError(f"--out {out} is not empty and holds no previous report; choose an empty folder or "
+                                    "pass --overwrite (your files there are kept)")
+        if not same:
+            raise OutputFolderError(f"--out {out} holds a report with other settings; choose another folder or pass "
+                                    "--overwrite to replace it (files the report did not write are kept)")
+    for name in sorted(written):  # the previous report's files: replaced by this run, never left stale
+        path = out / name
+        if path.is_file() or path.is_symlink():
+            path.unlink()
+    record_path.unlink(missing_ok=True)
+    return out, foreign
+
+
+def finish_report_folder(out: str | Path, settings: dict[str, Any], kept: Iterable[str]) -> Path:
+    """Record the settings and the files this report wrote (everything in ``out`` but the kept user files)."""
+    out = Path(out)
+    kept = set(kept)
+    files = sorted(p.name for p in out.iterdir() if p.name != RECORD and p.name not in kept)
+    tmp = out / (RECORD + ".tmp")
+    tmp.write_text(json.dumps({"settings": _normalise(settings), "files": files}, indent=1))
+    os.replace(tmp, out / RECORD)
+    return out / RECORD
+
+
+def check_report_inputs(args: Any) -> None:
+    """Cheap validation of the report's options before anything is loaded (one-line errors)."""
+    for name in ("n_images", "last_layers", "k", "batch_size"):
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            raise BadInputError(f"--{name.replace('_', '-')} must be at least 1; got {value}")
+    for name in ("segmentation_images", "spurious_images"):
+        value = getattr(args, name, None)
+        if value is not None and value < 0:
+            raise BadInputError(f"--{name.replace('_', '-')} must not be negative; got {value}")
+    images = getattr(args, "images", None)
+    if images and not Path(images).is_dir():
+        raise FileNotFoundError(f"image folder not found: --images {images}")
+    classes = getattr(args, "classes", None)
+    if classes:
+        path = Path(classes)
+        if not path.is_file():
+            raise FileNotFoundError(f"--classes {classes}: no such file")
+        try:
+            lines = [l for l in path.read_text(encoding="utf-8").splitlines() if l.strip()]
+        except UnicodeDecodeError:
+            raise BadInputError(f"--classes {classes} is not a UTF-8 text file") from None
+        if not lines:
+            raise BadInputError(f"--classes {classes} is empty: give one class name per line")
+    if getattr(args, "texts", None) and "textspan" not in (getattr(args, "skip", None) or ()):
+        try:
+            load_pool(args.texts)  # a missing or empty --texts file fails now, not after the decomposition
+        except UnicodeDecodeError:
+            raise BadInputError(f"--texts {args.texts} is not a UTF-8 text file") from None

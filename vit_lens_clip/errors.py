@@ -1,0 +1,67 @@
+"""User-error exceptions: the failures the CLI reports as one line on stderr with exit status 2.
+
+Anything else that escapes a command is a bug and prints a traceback. This module imports nothing heavy
+(no torch), so the CLI can use it before any model code is loaded.
+"""
+
+from __future__ import annotations
+
+import pickle
+
+from safetensors import SafetensorError
+
+
+class UserInputError(Exception):
+    """Base class of every expected, user-caused failure (bad path, bad file, bad option, unsupported model)."""
+
+
+class BadInputError(UserInputError, ValueError):
+    """An argument or option value that cannot be used (out-of-range index, empty list, wrong dtype)."""
+
+
+class RunFolderMismatchError(UserInputError, ValueError):
+    """A run folder holds the results or checkpoint of a run on other inputs or settings."""
+
+
+class CorruptFileError(UserInputError, ValueError):
+    """A file on disk is truncated, fails its recorded checksum, or holds non-finite weights."""
+
+
+class OutputFolderError(UserInputError, OSError):
+    """An output folder cannot be used: it is a file, read-only, or holds files of another run."""
+
+
+_PICKLE_ADVICE = ("refused to load a checkpoint that holds pickled objects other than tensors "
+                  "(read with torch.load(weights_only=True) for safety); convert it to .safetensors")
+
+
+def user_error_message(exc: BaseException) -> str | None:
+    """One line describing an expected failure, or None for a bug (which deserves a traceback).
+
+    Expected: ``UserInputError`` and the errors the package raises for bad input (ValueError, missing or
+    unwritable paths), a refused pickle (torch's advice to set ``weights_only=False`` is never repeated) and
+    unreadable safetensors files.
+    """
+    chain, seen = [], set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    for e in chain:
+        if isinstance(e, pickle.UnpicklingError) or "weights_only" in str(e):
+            return _PICKLE_ADVICE
+    for e in chain:
+        if isinstance(e, SafetensorError):
+            return f"not a readable safetensors file: {_one_line(e)}"
+    if isinstance(exc, (UserInputError, ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
+                        PermissionError, FileExistsError)):
+        return _one_line(exc)
+    return None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        text = f"{exc.strerror}: {exc.filename}"
+    return text or type(exc).__name__

@@ -1,0 +1,104 @@
+"""Strict checks shared by every public function: layer/head indices and model-input images.
+
+Python-style negative indices count from the end (``-1`` is the last layer); anything outside
+``[-n, n)`` is an error, never wrapped round.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from vit_lens_clip.errors import BadInputError, OutputFolderError
+
+
+def layer_index(layer: int, n_layers: int, what: str = "layer") -> int:
+    """``layer`` as an index in [0, n_layers); negative values count from the end; out of range raises."""
+    if isinstance(layer, bool) or not _is_int_like(layer):
+        raise BadInputError(f"{what} must be an integer, got {layer!r}")
+    layer = int(layer)
+    if not -n_layers <= layer < n_layers:
+        raise BadInputError(f"{what} {layer} out of range for a model with {n_layers} layers "
+                             f"(valid: 0..{n_layers - 1}, or -{n_layers}..-1 from the end)")
+    return layer % n_layers
+
+
+def layer_indices(layers: Optional[Iterable[int]], n_layers: int) -> list[int]:
+    """Sorted distinct layer indices (all layers when ``layers`` is None); raises on any out-of-range index."""
+    if layers is None:
+        return list(range(n_layers))
+    return sorted({layer_index(l, n_layers) for l in layers})
+
+
+def head_index(layer: int, head: int, n_layers: int, n_heads: int) -> tuple[int, int]:
+    """(layer, head) in range, negatives counted from the end; out of range raises."""
+    l = layer_index(layer, n_layers)
+    if isinstance(head, bool) or not _is_int_like(head):
+        raise BadInputError(f"head must be an integer, got {head!r}")
+    head = int(head)
+    if not -n_heads <= head < n_heads:
+        raise BadInputError(f"head {head} out of range for a model with {n_heads} heads per layer "
+                            f"(valid: 0..{n_heads - 1})")
+    return l, head % n_heads
+
+
+def head_indices(heads: Iterable[Sequence[int]], n_layers: int, n_heads: int) -> list[tuple[int, int]]:
+    """Every (layer, head) pair checked with ``head_index``."""
+    out = []
+    for pair in heads:
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            raise BadInputError(f"heads must be (layer, head) pairs, got {pair!r}")
+        out.append(head_index(pair[0], pair[1], n_layers, n_heads))
+    return out
+
+
+def _is_int_like(x) -> bool:
+    if isinstance(x, int):
+        return True
+    if isinstance(x, Tensor) and x.numel() == 1 and not x.is_floating_point() and not x.is_complex():
+        return True
+    try:
+
+        return isinstance(x, np.integer)
+    except ImportError:  # pragma: no cover
+        return False
+
+
+def check_images(images: Tensor) -> None:
+    """Model inputs must be preprocessed float images; warn (naming the images) on NaN or inf.
+
+    uint8 (or any integer) input is raw pixels: the model would see values 0..255 instead of normalised
+    ones and return plausible but wrong embeddings, so it raises.
+    """
+    if not isinstance(images, Tensor):
+        raise BadInputError(f"images must be a torch.Tensor, got {type(images).__name__}")
+    if not images.is_floating_point():
+        raise BadInputError(
+            f"images have dtype {images.dtype}: raw pixels are not model inputs; pass each PIL image through the "
+            "model's preprocess (loaded.preprocess) to get normalised float tensors")
+    if images.ndim >= 1 and images.shape[0] > 0:
+        bad = ~torch.isfinite(images.detach()).flatten(1).all(1) if images.ndim > 1 else ~torch.isfinite(images)
+        if bool(bad.any()):
+            idx = bad.nonzero().flatten().tolist()
+            shown = ", ".join(map(str, idx[:20])) + (", ..." if len(idx) > 20 else "")
+            warnings.warn(f"{len(idx)} input image(s) contain NaN or inf (batch indices {shown}); their outputs "
+                          "are not finite, the other images are unaffected", RuntimeWarning, stacklevel=3)
+
+
+def check_output_folder(path) -> None:
+    """An output folder must be a folder (created if missing) that this process can write to."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputFolderError(f"output folder {path} is a file")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputFolderError(f"cannot create output folder {path}: {e.strerror or e}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise OutputFolderError(f"output folder {path} is not writable")
