@@ -8,7 +8,6 @@ and its agreement max|Δ|/max|y| with an exact counterpart. ``--json`` writes it
 from __future__ import annotations
 
 import argparse
-from typing import Optional
 
 import torch
 
@@ -21,6 +20,7 @@ from vit_lens_clip.benchmarks.suites import (
     textspan_rows,
 )
 from vit_lens_clip.benchmarks.timing import pinned_threads
+
 
 def run_bench(args: argparse.Namespace) -> str:
     """Run the chosen suite under pinned threads; returns the printed tables."""
@@ -54,7 +54,7 @@ def run_bench(args: argparse.Namespace) -> str:
     return "\n\n".join(tables) + "\n\nCPU ms: median (min) per call; x: median over the table's first row."
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     add_bench_arguments(parser)
     print(run_bench(parser.parse_args(argv)))

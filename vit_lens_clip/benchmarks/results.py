@@ -7,7 +7,6 @@ import platform
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Optional
 
 import torch
 
@@ -24,14 +23,14 @@ class Row:
     cpu_s: list[float]
     wall_s: list[float]
     peak_bytes: int
-    agreement: Optional[float]
+    agreement: float | None
     counterpart: str
     note: str = ""
     extra: dict = field(default_factory=dict)
 
     @classmethod
     def of(cls, table: str, name: str, baseline: str, timing: Timing, peak: int, agreement, counterpart: str,
-           note: str = "", **extra) -> "Row":
+           note: str = "", **extra) -> Row:
         return cls(table, name, baseline, timing.cpu_s, timing.wall_s, peak, agreement, counterpart, note, extra)
 
     @property

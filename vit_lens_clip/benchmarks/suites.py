@@ -121,7 +121,7 @@ def textspan_rows(n_heads: int = 48, n_images: int = 2000, n_texts: int = 3498, 
     def loop() -> object:
         """The per-head loop; its first call (a timed one) also records its peak memory and result (NumPy only:
         tracemalloc's cost is a few microseconds per array), so the slowest contender runs ``repeats`` times."""
-        run = lambda: [text_span_reference(Cn[h], Tn, k=k, rank=rank) for h in range(n_heads)]  # noqa: E731
+        run = lambda: [text_span_reference(Cn[h], Tn, k=k, rank=rank) for h in range(n_heads)]
         if loop_measured:
             return run()
         loop_measured["first"] = peak_bytes(run, torch.device("cpu"))
@@ -177,7 +177,7 @@ def heatmap_and_collection_rows(arch: str, batch_size: int, device: torch.device
     grid = hooked.cfg.image_size[0] // hooked.cfg.patch_size[0], hooked.cfg.image_size[1] // hooked.cfg.patch_size[1]
     exact_map = (naive.head_sources[:, :, :, 1:] @ text.T).sum((1, 2))[..., 0].reshape(batch_size, 1, *grid)
     last_n = min(4, hooked.cfg.n_layers)
-    collect = lambda: collect_head_contributions(hooked, dataset, last_n_layers=last_n,  # noqa: E731
+    collect = lambda: collect_head_contributions(hooked, dataset, last_n_layers=last_n,
                                                  batch_size=batch_size, normalize=True, progress=False)
     collect_name = f"collect last-{last_n}-layer heads, {n_collect} images"
     contenders = {
