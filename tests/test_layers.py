@@ -28,7 +28,7 @@ LAZY_OK = {
     ("vit_lens_clip.viz.html", "circuitsvis"): "optional: pages fall back to plotly without it",
     ("vit_lens_clip.methods.sae.formats", "sae_lens"): "optional dependency (extra 'sae')",
     ("vit_lens_clip.viz.attention", "circuitsvis.utils.convert_props"): "optional: as above",
-    ("vit_lens_clip.app.bench", "*"): "benchmark script being rewritten on another branch (helper 'bench')",
+
 }
 # the model/ <-> convert/ circle belongs to the model-families work (issue 18 leaves it to them)
 CIRCLE_OK_AREAS = {"model", "convert"}

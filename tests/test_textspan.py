@@ -55,13 +55,57 @@ def test_batched_matches_reference_float64(n_heads, n_images, d_out, n_texts, k,
 
 def test_batched_matches_reference_float32():
     C, T = structured_heads(5, 70, 32, 60, seed=4)
-    result = text_span(C.float(), T.float(), k=8, rank=16, dtype=torch.float32)
+    result = text_span(C.float(), T.float(), k=8, rank=16, dtype=torch.float32, redecide=False)
     assert result.reconstruction.dtype == torch.float32
     for h in range(5):
         ref = text_span_reference(C[h].float().numpy(), T.float().numpy(), k=8, rank=16, dtype=np.float32)
         np.testing.assert_array_equal(result.indices[h].numpy(), ref.indices)
         np.testing.assert_allclose(result.variance_explained[h].numpy(), ref.variance_explained, atol=1e-5)
         np.testing.assert_allclose(result.reconstruction[h].numpy(), ref.reconstruction, atol=1e-4)
+
+
+def near_tie_heads(seed: int):
+    """Heads and a pool where each head's best texts have twins 1e-12 (a tie) and 1e-8 (not a tie) away."""
+    C, T = structured_heads(4, 80, 24, 40, seed)
+    g = torch.Generator().manual_seed(seed + 100)
+    first = text_span(C, T, k=6, rank=12).indices.flatten().unique()
+    twins = []
+    for scale in (1e-12, 1e-8):
+        nudged = T[first] + scale * torch.randn(len(first), T.shape[1], generator=g, dtype=torch.float64)
+        twins.append(unit_rows(nudged))
+    return C, torch.cat([twins[1], T, twins[0]])  # the 1e-8 twins come first, so lowest index alone cannot decide
+
+
+def test_batched_matches_reference_on_near_ties():
+    C, T = near_tie_heads(seed=12)
+    result = text_span(C, T, k=6, rank=12)
+    for h in range(C.shape[0]):
+        ref = text_span_reference(C[h].numpy(), T.numpy(), k=6, rank=12)
+        np.testing.assert_array_equal(result.indices[h].numpy(), ref.indices)
+        np.testing.assert_allclose(result.reconstruction[h].numpy(), ref.reconstruction, atol=1e-10)
+
+
+def test_float32_with_float64_redecision_gives_float64_picks():
+    C, T = near_tie_heads(seed=13)
+    C32, T32 = C.float(), T.float()
+    result = text_span(C32, T32, k=6, rank=12, dtype=torch.float32)
+    assert result.reconstruction.dtype == torch.float32 and result.redecided.any()
+    for h in range(C.shape[0]):
+        ref = text_span_reference(C32[h].double().numpy(), T32.double().numpy(), k=6, rank=12)
+        np.testing.assert_array_equal(result.indices[h].numpy(), ref.indices)
+        np.testing.assert_allclose(result.reconstruction[h].numpy(), ref.reconstruction, atol=1e-4)
+
+
+@pytest.mark.parametrize("max_memory", [1, 60_000, None])
+def test_head_chunks_from_a_memory_budget_give_the_same_result(max_memory):
+    C, T = structured_heads(5, 50, 20, 40, seed=14)
+    whole = text_span(C, T, k=5, rank=10, prefix_ks=(2,), max_memory=None)
+    chunked = text_span(C, T, k=5, rank=10, prefix_ks=(2,), max_memory=max_memory)
+    assert torch.equal(chunked.indices, whole.indices)
+    torch.testing.assert_close(chunked.reconstruction, whole.reconstruction, rtol=0, atol=1e-12)
+    torch.testing.assert_close(chunked.prefix_reconstructions[2], whole.prefix_reconstructions[2], rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="max_memory"):
+        text_span(C, T, k=5, max_memory=0)
 
 
 def test_head_batch_shape_and_texts_are_kept():

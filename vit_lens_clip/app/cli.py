@@ -6,6 +6,7 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
+from vit_lens_clip.app.benchmarks.arguments import add_bench_arguments
 from vit_lens_clip.app.config import (
     ReportConfig,
     add_collect_arguments,
@@ -51,29 +52,9 @@ def _cmd_hooks(args: argparse.Namespace) -> None:
 
 
 def _cmd_bench(args: argparse.Namespace) -> None:
-    import torch
+    from vit_lens_clip.app.bench import run_bench
 
-    from vit_lens_clip.app.bench import bench_model
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    print(bench_model(args.arch, batch_size=args.batch_size, device=args.device, repeats=args.repeats,
-                      include_naive=not args.no_naive))
-    if args.heatmaps:
-        import open_clip
-        import torch.nn.functional as F
-
-        from vit_lens_clip.methods.spatial.evaluate import bench_heatmaps
-        from vit_lens_clip.model.hooked_vit import HookedViT
-
-        dev = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        model = HookedViT.from_open_clip(open_clip.create_model(args.arch, pretrained=None).eval().to(dev))
-        x = torch.randn(args.batch_size, 3, *model.cfg.image_size, device=dev)
-        bench_heatmaps(model, x, F.normalize(torch.randn(1, model.cfg.output_dim, device=dev), dim=-1), repeats=args.repeats)
-    if args.textspan:
-        from vit_lens_clip.methods.textspan.bench import bench_textspan
-
-        bench_textspan()
+    print(run_bench(args))
 
 
 def _cmd_segment(args: argparse.Namespace) -> None:
@@ -129,15 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text", action="store_true", help="the text tower's hooks (for one short text)")
     p.set_defaults(func=_cmd_hooks)
 
-    p = sub.add_parser("bench", help="HookedViT and decomposition cost as ratios over open_clip / a plain forward")
-    p.add_argument("--arch", default="ViT-B-16", help="open_clip architecture (random weights)")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--device", default=None)
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--no-naive", action="store_true", help="skip the naive [L,H,N,D] build")
-    p.add_argument("--heatmaps", action="store_true", help="also time heatmaps and segmentation baselines")
-    p.add_argument("--textspan", action="store_true", help="also time batched TextSpan vs the reference")
+    p = sub.add_parser("bench", help="CPU/wall time, peak memory and agreement, side by side in one run")
+    add_bench_arguments(p)
     p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("segment", help="zero-shot segmentation: decomposition vs baselines, with metrics")

@@ -84,20 +84,49 @@ class DecompositionCapture:
         texts: Optional[Float[Tensor, "n_texts d_out"]] = None,
         convention: Convention = "equal_share",
         normalize: bool = False,
+        reduce_values: bool = True,
     ):
+        """``reduce_values``: contract the values with the texts' pull-back during the pass (keeps [B, H, N, K+1]
+        per layer instead of the values [B, N, H, d_head]); pass False when ``texts`` is replaced before
+        ``finish()``."""
         _check_supported(model)
         self.model = model
         self.layers = layer_indices(layers, model.cfg.n_layers)  # out-of-range indices raise, never wrap
         self.per_source, self.convention, self.normalize = per_source, convention, normalize
         self.texts = None if texts is None else texts.float()
         self.store: dict[str, Tensor] = {}
+        self._pull_back: Optional[Tensor] = None
+        self.reduce_values = reduce_values
+        self._texts_in_pass = self.texts
 
     # -------------------------------------------------------------- hooks
     def _keep(self, key: str, reduce: Callable[[Tensor], Tensor]) -> Callable:
         def hook(t: Tensor, hook) -> None:
-            self.store[key] = reduce(t.detach())
+            self.store[key] = self._own(reduce(t.detach()))
 
         return hook
+
+    @staticmethod
+    def _own(kept: Tensor) -> Tensor:
+        """A copy when ``kept`` is a view into a larger tensor, so that the whole activation can be freed."""
+        if kept.untyped_storage().nbytes() > kept.numel() * kept.element_size():
+            return kept.clone()
+        return kept
+
+    def _value_scores(self, layer: int) -> Callable[[Tensor], Tensor]:
+        """v [B, N, H, e] → v · (W_O^h G) [B, H, N, K+1]: all the text scores need from the values (G: pull-back)."""
+        attn = self.model.blocks[layer].attn
+
+        def reduce(v: Tensor) -> Tensor:
+            if self._pull_back is None:
+                m = self.model
+                no_stats = torch.empty(0, device=m.W_proj.device)
+                fold = LNFold(no_stats, no_stats, m.ln_final.w.float(), m.ln_final.b.float(), m.W_proj.float(), self.convention)
+                self._pull_back = fold.pull_back(self.texts.to(m.W_proj.device))  # [d, K+1], no image statistics
+            value_dirs = torch.einsum("hed,dk->hek", attn.W_O.float(), self._pull_back)
+            return torch.einsum("bmhe,hek->bhmk", v.float(), value_dirs)
+
+        return reduce
 
     def hook_names(self) -> dict[str, Callable[[Tensor], Tensor]]:
         """Hook name → reduction applied to the activation before it is kept."""
@@ -113,7 +142,7 @@ class DecompositionCapture:
             if self.per_source:
                 names[f"blocks.{l}.attn.hook_result_per_source"] = ident
             if self.texts is not None:
-                names[f"blocks.{l}.attn.hook_v"] = ident
+                names[f"blocks.{l}.attn.hook_v"] = self._value_scores(l) if self.reduce_values else ident
                 names[f"blocks.{l}.attn.hook_pooled_pattern"] = ident
         return names
 
@@ -153,10 +182,15 @@ class DecompositionCapture:
                 sources.append(fold.fold(piece, 1 / (K * H * N)))
             if self.texts is not None:
                 G = fold.pull_back(self.texts)  # [d, K+1]
-                value_dirs = torch.einsum("hed,dk->hek", W_O, G)
-                v = s[f"blocks.{l}.attn.hook_v"].float()
+                if self.reduce_values:
+                    if self.texts is not self._texts_in_pass:
+                        raise ValueError("texts changed after the pass; use DecompositionCapture(reduce_values=False)")
+                    value_scores = s[f"blocks.{l}.attn.hook_v"]  # [B, H, N, K+1], reduced in the hook
+                else:
+                    value_dirs = torch.einsum("hed,dk->hek", W_O, G)
+                    value_scores = torch.einsum("bmhe,hek->bhmk", s[f"blocks.{l}.attn.hook_v"].float(), value_dirs)
                 A = s[f"blocks.{l}.attn.hook_pooled_pattern"].float()
-                dots = A[..., None] * torch.einsum("bmhe,hek->bhmk", v, value_dirs) + (b_O @ G) / (H * N)
+                dots = A[..., None] * value_scores + (b_O @ G) / (H * N)
                 scores.append(fold.scores(dots, self.texts, 1 / (K * H * N)))
         raw = {
             "embed": s["hook_embed"].float(),

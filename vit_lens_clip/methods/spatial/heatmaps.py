@@ -158,7 +158,7 @@ def class_heatmap(
     if classifier.ndim != 2 or classifier.shape[0] != model.cfg.output_dim:
         raise ValueError(f"classifier must be [{model.cfg.output_dim}, n_classes], got {tuple(classifier.shape)}")
     classifier = classifier.to(model.W_proj.device).float()
-    capture = DecompositionCapture(model, texts=classifier.T[:1], convention=convention)
+    capture = DecompositionCapture(model, texts=classifier.T[:1], convention=convention, reduce_values=False)
     with torch.no_grad():
         model.run_with_hooks(images, fwd_hooks=capture.hooks())
     if labels is None:

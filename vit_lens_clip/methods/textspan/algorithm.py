@@ -7,11 +7,24 @@ The algorithm is the one of ``reference.py`` (method.md §4). What makes this ve
   only need C_r = (C - mean) V_r^T [n, r] and T_r = T V_r^T [M, r].
 * The score of text j is std over images of C t_j = sqrt(t_j^T S t_j), with S = C_r^T C_r / n the r x r
   covariance of the centred projected data (the data stay centred under deflation).
-* Deflation by t is a projection P = I - t t^T / |t|^2: S <- P S P, C_r <- C_r P, T_r <- T_r P.
+* Deflation by t is a projection P = I - t t^T / |t|^2: S <- P S P = S - t u^T - u t^T with
+  u = S t / |t|^2 - (t^T S t) / (2 |t|^4) t, C_r <- C_r P, T_r <- T_r P. Since P is idempotent, the new variance
+  of every text is v_j <- v_j - 2 (t_j . t)(t_j . u): two matrix-vector products per pick instead of the
+  O(M r^2) recomputation, and T_r t is needed for the text deflation anyway.
+* The incrementally updated v_j carry rounding that grows with the number of picks, so each pick is decided
+  on exact values: every text whose running variance is within a rounding guard of the tie band around the
+  best is rescored exactly as t_j^T S t_j (all texts, for a head where more than ``_RESCORED`` are close).
 
-A pick therefore costs O(M r^2) (the scores) instead of O(n M D), and all heads run at once. Everything is
-done in ``dtype`` on the inputs' device. Ties are broken by lowest index (``ties.py``); once the best score is
-tied with zero a pick removes nothing, as in the reference.
+A pick costs O(M r) and all heads of a chunk run at once; the one-off costs are the Gram matrix and its
+eigendecomposition (or SVD) per head and the projections. Heads are processed in chunks sized from
+``max_memory``. Ties are broken by lowest index (``ties.py``); once the best score is tied with zero a pick
+removes nothing, as in the reference.
+
+float32: with ``redecide=True`` (the default for float32) a head is recomputed in float64 whenever one of its
+float32 picks was not clear: its best and second-best texts (outside the tie band) lay within
+``redecide_rtol`` (relative to the head's spread) of each other. The other heads keep their float32 results.
+Picks then equal float64 picks unless float32 rounding moves a score by more than ``redecide_rtol`` times the
+spread (docs/textspan.md).
 
 Variance explained by pick i: |C^(i-1) t_i|^2 / |t_i|^2 / |C - mean(C)|_F^2, i.e. the fraction of the head's
 total centred variance (over all D dimensions, not only span(V_r)) that the pick removes. The fractions of one
@@ -26,9 +39,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from einops import rearrange
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from vit_lens_clip.methods.textspan.ties import default_tie_rtol
 
@@ -44,6 +57,7 @@ class TextSpanResult:
     ranks: [*heads] number of singular vectors kept (min(n, D, rank, numerical rank)).
     texts: nested lists with the shape of ``indices`` holding the picked strings, if texts were given.
     prefix_reconstructions: {k': [*heads, n_images, d_out]} reconstructions after the first k' picks.
+    redecided: [*heads] True where a float32 run was redone in float64 because a pick was not clear.
     """
 
     indices: Int[Tensor, "*heads k"]
@@ -53,6 +67,7 @@ class TextSpanResult:
     ranks: Int[Tensor, "*heads"]
     texts: list[Any] | None = field(default=None)
     prefix_reconstructions: dict[int, Tensor] = field(default_factory=dict)
+    redecided: Bool[Tensor, "*heads"] | None = field(default=None)
 
     @property
     def heads_shape(self) -> torch.Size:
@@ -75,6 +90,7 @@ class TextSpanResult:
             ranks=self.ranks[index],
             texts=texts,
             prefix_reconstructions={k: v[index] for k, v in self.prefix_reconstructions.items()},
+            redecided=None if self.redecided is None else self.redecided[index],
         )
 
     def rows(self) -> dict[tuple[int, ...], TextSpanResult]:
@@ -82,8 +98,12 @@ class TextSpanResult:
         return {index: self[index] for index in itertools.product(*map(range, self.heads_shape))}
 
 
-def _top_right_singular(C: Tensor, r: int, eps: float) -> tuple[Tensor, Tensor]:
-    """Singular values and right singular vectors (rows) of each head's C [H, n, D], at least the top r.
+_RESCORED = 32  # texts per head rescored exactly at each pick before falling back to rescoring all
+DEFAULT_MAX_MEMORY = 256 * 2**20  # bytes of working memory per chunk of heads (inputs and outputs excluded)
+
+
+def _top_right_singular(C: Tensor, r: int, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Singular values, right singular vectors (rows, at least the top r) and |C|_F^2 of each head's C [H, n, D].
 
     When n ≥ D and every head's r-th singular value is far above the rounding level of the Gram matrix
     (σ_r² > 1e3·eps·σ_1²·D), the top r come from eigh(CᵀC), which is several times cheaper than an SVD and
@@ -92,13 +112,157 @@ def _top_right_singular(C: Tensor, r: int, eps: float) -> tuple[Tensor, Tensor]:
     """
     H, n, D = C.shape
     if n >= D:
-        evals, evecs = torch.linalg.eigh(torch.bmm(C.transpose(1, 2), C))  # ascending
-        evals, evecs = evals.flip(-1), evecs.flip(-1)
+        gram = torch.bmm(C.transpose(1, 2), C)
+        squared_norm = gram.diagonal(dim1=1, dim2=2).sum(-1)
+        evals, evecs = torch.linalg.eigh(gram)  # ascending
+        del gram
+        evals = evals.flip(-1)
         top = evals[:, :1].clamp_min(torch.finfo(C.dtype).tiny)
         if bool((evals[:, r - 1] > top[:, 0] * 1e3 * eps * D).all()):
-            return evals[:, :r].clamp_min(0).sqrt(), evecs[:, :, :r].transpose(1, 2)
+            return evals[:, :r].clamp_min(0).sqrt(), evecs[:, :, D - r :].flip(-1).transpose(1, 2), squared_norm
     _, singular_values, Vh = torch.linalg.svd(C, full_matrices=False)
-    return singular_values, Vh
+    return singular_values, Vh, singular_values.pow(2).sum(-1)
+
+
+def working_bytes_per_head(n: int, D: int, M: int, rank: int, itemsize: int, converts: bool) -> int:
+    """Estimated working memory of one head in a chunk: Gram + eigenvectors, T_r, scores, a cast copy."""
+    r = min(n, D, rank)
+    elements = 3 * D * D + M * r + 8 * M + (n * D if converts else 0)
+    return elements * itemsize
+
+
+@dataclass
+class _ChunkResult:
+    indices: Tensor  # [h, k]
+    variance_explained: Tensor  # [h, k]
+    mean: Tensor  # [h, D]
+    ranks: Tensor  # [h]
+    margin: Tensor  # [h], smallest clearness of a pick relative to the head's spread
+
+
+def _exact_variances(T_r: Tensor, covariance: Tensor) -> Tensor:
+    """t_j^T S t_j for every text of every head: [h, M]."""
+    return torch.bmm(T_r, covariance).mul_(T_r).sum(-1)
+
+
+def _centred_variance(C: Tensor, mean: Tensor, squared_norm: Tensor) -> Tensor:
+    """|C - mean|_F^2 per head as |C|_F^2 - n |mean|^2, recomputed directly where that cancels badly."""
+    n = C.shape[1]
+    total = (squared_norm - n * mean.pow(2).sum(-1)).clamp_min(0)
+    for i in (total < 1e-3 * squared_norm).nonzero().flatten().tolist():
+        total[i] = torch.linalg.vector_norm(C[i] - mean[i]) ** 2
+    return total
+
+
+def _deflated(t: Tensor, basis: Tensor) -> Tensor:
+    """Rows of t [h, c, r] minus their parts in the span of the orthonormal rows of basis [h, i, r] (twice)."""
+    for _ in range(2):
+        t = t - torch.bmm(torch.bmm(t, basis.transpose(1, 2)), basis)
+    return t
+
+
+def _span_chunk(
+    C: Float[Tensor, "h n d"],
+    T: Float[Tensor, "m d"],
+    k: int,
+    rank: int,
+    tie_rtol: float,
+    prefix_ks: Sequence[int],
+    reconstruction_out: Tensor,
+    prefix_out: dict[int, Tensor],
+) -> _ChunkResult:
+    """TextSpan of one chunk of heads in C's dtype; writes reconstructions into the given [h, n, D] outputs.
+
+    Texts and data are never deflated in memory: with Q the projection off the picked directions q_i (an
+    orthonormal basis B), the deflated text j is Q t_j, computed only for the texts rescored exactly (so the
+    rounding left in S along removed directions is not seen), the running variances use
+    (Q t_j) . x = t_j . x for x in range(Q), and the reconstruction is mean + (C - mean) V_r^T B^T B V_r.
+    """
+    h_count, n, D = C.shape
+    M = T.shape[0]
+    device, dtype = C.device, C.dtype
+
+    # Step 1: top-r right singular vectors of the raw data, masked beyond each head's numerical rank.
+    r = min(n, D, rank)
+    eps = torch.finfo(dtype).eps
+    singular_values, Vh, squared_norm = _top_right_singular(C, r, eps)
+    above_cut = singular_values > singular_values[:, :1] * max(n, D) * eps
+    ranks = above_cut.sum(-1).clamp(max=r)  # [h]
+    keep = torch.arange(r, device=device) < ranks[:, None]  # [h, r]
+    V = Vh[:, :r] * keep[..., None]  # [h, r, D], rows beyond the rank are zero
+    eigenvalues = singular_values[:, :r].pow(2) * keep  # [h, r], of the uncentred C^T C
+    del singular_values, Vh
+    T_r = torch.einsum("md,hrd->hmr", T, V)  # [h, M, r], coordinates of T V_r^T V_r in the V_r basis
+
+    # Step 2: centre. In the V_r basis the uncentred second moment is diag(eigenvalues), so the covariance of
+    # the centred projected data is S = (diag(eigenvalues) - n (V m)(V m)^T) / n.
+    mean = C.mean(dim=1)  # [h, D]
+    total_variance = _centred_variance(C, mean, squared_norm)  # [h]
+    spread = (total_variance / n).sqrt()  # [h], no unit text scores above it
+    tie_tolerance = tie_rtol * spread[:, None]  # [h, 1]
+    mean_r = torch.bmm(V, mean[..., None])  # [h, r, 1]
+    covariance = torch.diag_embed(eigenvalues / n) - mean_r * mean_r.transpose(1, 2)  # [h, r, r]
+    variances = _exact_variances(T_r, covariance)  # [h, M], t^T S t, then updated per pick
+
+    # Step 3: k greedy picks, all heads at once; only the r x r covariance is deflated.
+    head_ids = torch.arange(h_count, device=device)
+    text_ids = torch.arange(M, device=device)
+    indices = torch.zeros(h_count, k, dtype=torch.long, device=device)
+    basis = torch.zeros(h_count, k, r, dtype=dtype, device=device)  # picked unit directions q_i (0 if none)
+    variance_explained = torch.zeros(h_count, k, dtype=dtype, device=device)
+    margin = torch.full((h_count,), float("inf"), dtype=dtype, device=device)
+    safe_total = torch.where(total_variance > 0, total_variance, torch.ones_like(total_variance))
+    safe_spread = torch.where(spread > 0, spread, torch.ones_like(spread))
+    n_rescored = min(_RESCORED, M)
+    for i in range(k):
+        # Rescore exactly every text whose running variance may lie in the tie band of the best.
+        guard = 8 * (r + 2) * (i + 1) * eps * spread**2  # [h], bound on the running variances' drift
+        best_running = variances.max(dim=-1).values
+        floor = ((best_running - guard).clamp_min(0).sqrt() - tie_tolerance[:, 0]).clamp_min(0) ** 2 - guard
+        close = (variances >= floor[:, None]).sum(-1)  # [h]
+        top = variances.topk(n_rescored, dim=-1).indices  # [h, R]
+        t_top = _deflated(T_r.gather(1, top[..., None].expand(-1, -1, r)), basis[:, :i])
+        variances.scatter_(1, top, _exact_variances(t_top, covariance))
+        crowded = close > n_rescored
+        if bool(crowded.any()):
+            variances[crowded] = _exact_variances(_deflated(T_r[crowded], basis[crowded, :i]), covariance[crowded])
+
+        scores = variances.clamp_min(0).sqrt()  # std over images of C t
+        best = scores.max(dim=-1, keepdim=True).values
+        tied = scores >= best - tie_tolerance
+        j = torch.where(tied, text_ids, M).min(dim=-1).values  # [h], lowest index among the best
+        runner_up = torch.where(tied, torch.zeros_like(scores), scores).max(dim=-1).values
+        clearness = torch.minimum(best[:, 0] - runner_up, (best[:, 0] - tie_tolerance[:, 0]).abs())
+        margin = torch.minimum(margin, clearness / safe_spread)
+
+        t = _deflated(T_r[head_ids, j][:, None], basis[:, :i])[:, 0]  # [h, r], the picked text after the earlier deflations
+        tt = (t * t).sum(-1)  # [h]
+        active = (best.squeeze(-1) > tie_tolerance.squeeze(-1)) & (tt > 0)  # else nothing is left to remove
+        inv_tt = torch.where(active, 1 / torch.where(active, tt, torch.ones_like(tt)), torch.zeros_like(tt))
+        # S <- P S P = S - t u^T - u t^T  with  u = S t / |t|^2 - (t^T S t) / (2 |t|^4) t
+        s = torch.bmm(covariance, t[..., None]).squeeze(-1)  # [h, r]
+        tst = (t * s).sum(-1)  # [h], variance of the data along t, times |t|^2
+        u = s * inv_tt[:, None] - (tst * inv_tt**2 / 2)[:, None] * t
+        covariance.baddbmm_(t[..., None], u[:, None, :], alpha=-1).baddbmm_(u[..., None], t[:, None, :], alpha=-1)
+        dots = torch.bmm(T_r, torch.stack([t, u], dim=-1))  # [h, M, 2]: t_j . t and t_j . u
+        variances.sub_(dots[..., 0].mul_(dots[..., 1]), alpha=2)  # v_j <- v_j - 2 (t_j . t)(t_j . u)
+        basis[:, i] = t * inv_tt.sqrt()[:, None]
+        indices[:, i] = j
+        removed_variance = n * tst * inv_tt * active  # |C t|^2 / |t|^2 = n t^T S t / |t|^2
+        variance_explained[:, i] = torch.where(total_variance > 0, removed_variance / safe_total, 0.0)
+
+    # Step 4: reconstruction = mean + the centred data projected on the picked directions (in span(V_r)).
+    directions = torch.bmm(basis, V)  # [h, k, D], the q_i back in D dimensions
+    coefficients = torch.bmm(C, directions.transpose(1, 2)).sub_(torch.bmm(mean[:, None, :], directions.transpose(1, 2)))
+    for kk, out in prefix_out.items():
+        torch.baddbmm(mean[:, None, :], coefficients[..., :kk], directions[:, :kk], out=out)
+    torch.baddbmm(mean[:, None, :], coefficients, directions, out=reconstruction_out)  # [h, n, D]
+    return _ChunkResult(indices, variance_explained, mean, ranks, margin)
+
+
+def _chunks(n_heads: int, per_head_bytes: int, max_memory: int | None) -> list[slice]:
+    size = n_heads if max_memory is None else max(1, min(n_heads, max_memory // max(per_head_bytes, 1)))
+    return [slice(a, min(a + size, n_heads)) for a in range(0, n_heads, size)]
 
 
 def text_span(
@@ -110,12 +274,15 @@ def text_span(
     texts: Sequence[str] | None = None,
     tie_rtol: float | None = None,
     prefix_ks: Sequence[int] = (),
+    max_memory: int | None = DEFAULT_MAX_MEMORY,
+    redecide: bool | None = None,
+    redecide_rtol: float = 1e-4,
 ) -> TextSpanResult:
     """Pick k texts per head that greedily explain the most variance of that head's contributions.
 
     ``contributions`` holds each head's direct contribution to the image embeddings (after the LayerNorm fold
     and the projection); ``text_embeddings`` are unit text embeddings of a pool (used as given, not
-    renormalised). All heads are processed at once; see the module docstring for the math.
+    renormalised). Heads are processed in chunks; see the module docstring for the math.
 
     * rank: the number of top right singular vectors of each head's raw data kept, capped at
       min(n_images, d_out, rank) and at the head's numerical rank (``ranks`` in the result).
@@ -123,7 +290,11 @@ def text_span(
       total centred variance (all d_out dimensions) removed by pick i, C^(i-1) being the centred data after
       the earlier deflations. Summed over picks it equals 1 - |C - reconstruction|_F^2 / |C - mean(C)|_F^2.
     * ties (scores within tie_rtol * head spread, see ``ties.py``) go to the lowest text index.
-    * computed and returned in ``dtype`` (float64 or float32) on the device of ``contributions``.
+    * computed and returned in ``dtype`` (float64 or float32) on the device of ``contributions``. For float32,
+      ``redecide`` (default on) reruns in float64 every head that had a pick closer than ``redecide_rtol``
+      (relative to the head's spread), and the tie rule is float64's, so the picks are float64's.
+    * max_memory: bytes of working memory per chunk of heads (inputs and outputs not counted); None runs all
+      heads at once.
     * prefix_ks: also return the reconstruction after the first k' picks for each k' listed (greedy picks are
       prefix-consistent, so one run with the largest k serves every smaller k), in ``prefix_reconstructions``.
     """
@@ -147,84 +318,79 @@ def text_span(
         raise ValueError("need at least one image")
     if texts is not None and len(texts) != M:
         raise ValueError(f"got {len(texts)} texts for {M} text embeddings")
-    if tie_rtol is None:
-        tie_rtol = default_tie_rtol(str(dtype))
-
-    device = contributions.device
-    C = rearrange(contributions.to(dtype), "... n d -> (...) n d")  # [H, n, D]
-    T = text_embeddings.to(device=device, dtype=dtype)  # [M, D]
-    H = C.shape[0]
-
-    # Step 1: top-r right singular vectors of the raw data, masked beyond each head's numerical rank.
-    r = min(n, D, rank)
-    eps = torch.finfo(dtype).eps
-    singular_values, Vh = _top_right_singular(C, r, eps)
-    above_cut = singular_values > singular_values[:, :1] * max(n, D) * eps
-    ranks = above_cut.sum(-1).clamp(max=r)  # [H]
-    keep = torch.arange(r, device=device) < ranks[:, None]  # [H, r]
-    V = Vh[:, :r] * keep[..., None]  # [H, r, D], rows beyond the rank are zero
-    T_r = torch.einsum("md,hrd->hmr", T, V)  # [H, M, r], coordinates of T V_r^T V_r in the V_r basis
-
-    # Step 2: centre, move the data into the same coordinates.
-    mean = C.mean(dim=1)  # [H, D]
-    C_centred = C - mean[:, None, :]
-    total_variance = torch.linalg.vector_norm(C_centred, dim=(1, 2)) ** 2  # [H]
-    tie_tolerance = tie_rtol * (total_variance / n).sqrt()[:, None]  # [H, 1]
-    C_r = torch.bmm(C_centred, V.transpose(1, 2))  # [H, n, r]
-    del C, C_centred
-    C_r_start = C_r.clone()
-    covariance = torch.bmm(C_r.transpose(1, 2), C_r) / n  # [H, r, r]
-
-    # Step 3: k greedy picks, all heads at once; deflations are in-place rank-one updates.
-    head_ids = torch.arange(H, device=device)
-    text_ids = torch.arange(M, device=device)
-    indices = torch.zeros(H, k, dtype=torch.long, device=device)
-    variance_explained = torch.zeros(H, k, dtype=dtype, device=device)
-    safe_total = torch.where(total_variance > 0, total_variance, torch.ones_like(total_variance))
     if any(not 1 <= kk <= k for kk in prefix_ks):
         raise ValueError(f"prefix_ks must lie in 1..k={k}; got {list(prefix_ks)}")
-    prefix_reconstructions: dict[int, Tensor] = {}
-    for i in range(k):
-        variances = torch.bmm(T_r, covariance).mul_(T_r).sum(-1)  # [H, M], t^T S t
-        scores = variances.clamp_min_(0).sqrt_()  # std over images of C t
-        best = scores.max(dim=-1, keepdim=True).values
-        tied = scores >= best - tie_tolerance
-        j = torch.where(tied, text_ids, M).min(dim=-1).values  # [H], lowest index among the best
-        t = T_r[head_ids, j]  # [H, r] (a copy)
-        tt = (t * t).sum(-1)  # [H]
-        active = (best.squeeze(-1) > tie_tolerance.squeeze(-1)) & (tt > 0)  # else nothing is left to remove
-        inv_tt = torch.where(active, 1 / torch.where(active, tt, torch.ones_like(tt)), torch.zeros_like(tt))
-        t_row = t[:, None, :]  # [H, 1, r]
-        coefficients = torch.bmm(C_r, t[..., None]).mul_(inv_tt[:, None, None])  # [H, n, 1] = C t / |t|^2
-        C_r.baddbmm_(coefficients, t_row, alpha=-1)  # C <- C - (C t / |t|^2) t^T
-        text_coefficients = torch.bmm(T_r, t[..., None]).mul_(inv_tt[:, None, None])  # [H, M, 1]
-        T_r.baddbmm_(text_coefficients, t_row, alpha=-1)  # T <- T - (T t / |t|^2) t^T
-        # S <- P S P = S - t u^T - u t^T  with  u = S t / |t|^2 - (t^T S t) / (2 |t|^4) t
-        s = torch.bmm(covariance, t[..., None]).squeeze(-1)  # [H, r]
-        u = s * inv_tt[:, None] - ((t * s).sum(-1) * inv_tt**2 / 2)[:, None] * t
-        covariance.baddbmm_(t[..., None], u[:, None, :], alpha=-1).baddbmm_(u[..., None], t_row, alpha=-1)
-        indices[:, i] = j
-        removed_variance = coefficients.squeeze(-1).pow(2).sum(-1) * tt * active  # |C t|^2 / |t|^2
-        variance_explained[:, i] = torch.where(total_variance > 0, removed_variance / safe_total, 0.0)
-        if i + 1 in prefix_ks:
-            snapshot = torch.baddbmm(mean[:, None, :], C_r_start - C_r, V)
-            prefix_reconstructions[i + 1] = snapshot.reshape(*heads_shape, n, D)
+    if max_memory is not None and max_memory < 1:
+        raise ValueError(f"max_memory must be a positive number of bytes or None; got {max_memory}")
+    redecide = dtype == torch.float32 if redecide is None else redecide and dtype == torch.float32
+    if tie_rtol is None:
+        tie_rtol = default_tie_rtol("float64" if redecide else str(dtype))
 
-    # Step 4: reconstruction = mean + what the picks removed (only span(V_r) changed).
-    reconstruction = torch.baddbmm(mean[:, None, :], C_r_start - C_r, V)  # [H, n, D]
+    device = contributions.device
+    flat = contributions.reshape(-1, n, D)  # [H, n, D], a view when possible
+    H = flat.shape[0]
+    result = _run_chunks(flat, text_embeddings, k, rank, dtype, tie_rtol, prefix_ks, max_memory)
+    if redecide:
+        unclear = (result["margin"] < redecide_rtol).nonzero().squeeze(-1)
+        if len(unclear):
+            exact = _run_chunks(flat[unclear], text_embeddings, k, rank, torch.float64, tie_rtol, prefix_ks, max_memory)
+            for key, value in exact.items():
+                result[key][unclear] = value.to(result[key].dtype)
+    result["redecided"] = torch.zeros(H, dtype=torch.bool, device=device)
+    if redecide and len(unclear):
+        result["redecided"][unclear] = True
 
+    indices = result["indices"]
     picked_texts = None
     if texts is not None:
         picked_texts = _nest([[texts[j] for j in row] for row in indices.tolist()], heads_shape)
     return TextSpanResult(
         indices=indices.reshape(*heads_shape, k),
-        variance_explained=variance_explained.reshape(*heads_shape, k),
-        reconstruction=reconstruction.reshape(*heads_shape, n, D),
-        mean=mean.reshape(*heads_shape, D),
-        ranks=ranks.reshape(heads_shape),
+        variance_explained=result["variance_explained"].reshape(*heads_shape, k),
+        reconstruction=result["reconstruction"].reshape(*heads_shape, n, D),
+        mean=result["mean"].reshape(*heads_shape, D),
+        ranks=result["ranks"].reshape(heads_shape),
         texts=picked_texts,
-        prefix_reconstructions=prefix_reconstructions,
+        prefix_reconstructions={kk: result[f"prefix_{kk}"].reshape(*heads_shape, n, D) for kk in sorted(set(prefix_ks))},
+        redecided=result["redecided"].reshape(heads_shape),
     )
+
+
+def _run_chunks(
+    flat: Tensor,
+    text_embeddings: Tensor,
+    k: int,
+    rank: int,
+    dtype: torch.dtype,
+    tie_rtol: float,
+    prefix_ks: Sequence[int],
+    max_memory: int | None,
+) -> dict[str, Tensor]:
+    """Every head of ``flat`` [H, n, D] in chunks; outputs are allocated once and filled chunk by chunk."""
+    H, n, D = flat.shape
+    M = text_embeddings.shape[0]
+    device = flat.device
+    T = text_embeddings.to(device=device, dtype=dtype)
+    itemsize = torch.finfo(dtype).bits // 8
+    per_head = working_bytes_per_head(n, D, M, rank, itemsize, flat.dtype != dtype)
+    out = {
+        "indices": torch.zeros(H, k, dtype=torch.long, device=device),
+        "variance_explained": torch.zeros(H, k, dtype=dtype, device=device),
+        "reconstruction": torch.empty(H, n, D, dtype=dtype, device=device),
+        "mean": torch.empty(H, D, dtype=dtype, device=device),
+        "ranks": torch.zeros(H, dtype=torch.long, device=device),
+        "margin": torch.empty(H, dtype=dtype, device=device),
+    }
+    for kk in sorted(set(prefix_ks)):
+        out[f"prefix_{kk}"] = torch.empty(H, n, D, dtype=dtype, device=device)
+    chunks = _chunks(H, per_head, max_memory)
+    for chunk in tqdm(chunks, desc="TextSpan head chunks", disable=len(chunks) < 4, leave=False):
+        prefix_out = {kk: out[f"prefix_{kk}"][chunk] for kk in sorted(set(prefix_ks))}
+        part = _span_chunk(flat[chunk].to(dtype), T, k, rank, tie_rtol, prefix_ks, out["reconstruction"][chunk], prefix_out)
+        for key in ("indices", "variance_explained", "mean", "ranks", "margin"):
+            out[key][chunk] = getattr(part, key)
+    return out
+
 
 
 def _nest(flat: list[Any], shape: Sequence[int]) -> Any:

@@ -1,0 +1,1 @@
+"""Side-by-side benchmarks: CPU and wall time per call, peak memory, and agreement, measured in one run."""

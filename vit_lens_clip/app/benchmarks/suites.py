@@ -1,0 +1,208 @@
+"""What the bench measures: the model suite, the TextSpan suite and the full (GPU-sized) suite.
+
+Every suite builds its contenders on the same weights and inputs, times them interleaved, measures each one's
+peak memory in a separate call, and checks each against its exact counterpart (``Row.agreement``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import open_clip
+import torch
+import torch.nn.functional as F
+
+from vit_lens_clip.app.benchmarks.memory import peak_bytes
+from vit_lens_clip.app.benchmarks.results import Row, agreement
+from vit_lens_clip.app.benchmarks.timing import time_interleaved
+from vit_lens_clip.decompose.parts import decompose
+from vit_lens_clip.model.hooked_vit import HookedViT
+from vit_lens_clip.methods.spatial.heatmaps import text_heatmap
+from vit_lens_clip.methods.textspan.algorithm import text_span
+from vit_lens_clip.methods.textspan.bench import random_head_data
+from vit_lens_clip.methods.textspan.reference import text_span_reference
+from vit_lens_clip.methods.textspan.runs import collect_head_contributions
+
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def perturbed_open_clip(arch: str, device: torch.device, seed: int = 0) -> torch.nn.Module:
+    """open_clip model with random weights and every 1-d parameter (biases, LayerNorm γ and β) moved off its init."""
+    torch.manual_seed(seed)
+    model = open_clip.create_model(arch, pretrained=None).eval()
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim == 1 and not name.startswith("logit"):
+                p.add_(0.1 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    return model.to(device)
+
+
+def _rows(table: str, baseline: str, contenders: dict[str, Callable[[], object]],
+          checks: dict[str, tuple[Callable[[], float | None], str]], device: torch.device, repeats: int,
+          warmup: int = 1, notes: dict[str, str] | None = None) -> list[Row]:
+    with torch.no_grad():
+        timings = time_interleaved(contenders, device, repeats, warmup)
+    rows = []
+    for name, fn in contenders.items():
+        check, counterpart = checks[name]
+        with torch.no_grad():
+            peak, _ = peak_bytes(fn, device)
+        rows.append(Row.of(table, name, baseline, timings[name], peak, check(), counterpart, (notes or {}).get(name, "")))
+    return rows
+
+
+def model_rows(arch: str, batch_size: int, device: torch.device, repeats: int, n_texts: int = 10,
+               include_naive: bool = True, precision: str = "fp32", seed: int = 0, table: str | None = None,
+               with_open_clip: bool = True) -> list[Row]:
+    """open_clip vs HookedViT, and the decompositions over a plain HookedViT forward, on perturbed weights."""
+    dtype = PRECISIONS[precision]
+    model = perturbed_open_clip(arch, device, seed)
+    hooked = HookedViT.from_open_clip(model).to(dtype)
+    g = torch.Generator().manual_seed(seed + 2)
+    x = torch.randn(batch_size, 3, *model.visual.image_size, generator=g).to(device)
+    texts = F.normalize(torch.randn(n_texts, hooked.cfg.output_dim, generator=g), dim=-1).to(device)
+    xd = x.to(dtype)
+    with torch.no_grad():
+        y_open_clip = model.encode_image(x)
+        y = hooked(xd)
+        naive = decompose(hooked, xd, per_source=True)
+    exact_scores = torch.einsum("blhnd,kd->blhnk", naive.head_sources, texts)
+
+    def per_head_check() -> float:
+        dec = decompose(hooked, xd)
+        return max(agreement(dec.total(), y), agreement(dec.heads.sum(2), dec.attns))
+
+    rows: list[Row] = []
+    label = table or f"{arch} batch {batch_size} {precision}"
+    if with_open_clip:
+        rows += _rows(
+            f"port: {label}", "open_clip encode_image",
+            {"open_clip encode_image": lambda: model.encode_image(x), "HookedViT forward (no hooks)": lambda: hooked(xd)},
+            {"open_clip encode_image": (lambda: 0.0, "itself"),
+             "HookedViT forward (no hooks)": (lambda: agreement(hooked(xd), y_open_clip), "open_clip encode_image")},
+            device, repeats)
+    contenders = {
+        "HookedViT forward (no hooks)": lambda: hooked(xd),
+        "per-head decomposition, all layers": lambda: decompose(hooked, xd),
+        f"(head, patch) scores onto {n_texts} texts": lambda: decompose(hooked, xd, texts=texts),
+    }
+    checks = {
+        "HookedViT forward (no hooks)": (lambda: agreement(hooked(xd), y_open_clip), "open_clip (fp32)"),
+        "per-head decomposition, all layers": (per_head_check, "sum of parts = forward; heads sum to layers"),
+        f"(head, patch) scores onto {n_texts} texts": (
+            lambda: agreement(decompose(hooked, xd, texts=texts).source_scores, exact_scores),
+            "naive [L,H,N,D] pieces . texts"),
+    }
+    if include_naive:
+        contenders["naive full [L,H,N,D] build"] = lambda: decompose(hooked, xd, per_source=True)
+        checks["naive full [L,H,N,D] build"] = (
+            lambda: agreement(decompose(hooked, xd, per_source=True).head_sources.sum(3),
+                              decompose(hooked, xd).heads), "per-head decomposition")
+    with torch.no_grad():
+        rows += _rows(f"decomposition over a plain forward: {label}", "HookedViT forward (no hooks)",
+                      contenders, checks, device, repeats)
+    return rows
+
+
+def textspan_rows(n_heads: int = 48, n_images: int = 2000, n_texts: int = 3498, d_out: int = 512, k: int = 20,
+                  rank: int = 80, repeats: int = 3, device: torch.device = torch.device("cpu"),
+                  max_memory: int | None = 256 * 2**20, with_loop: bool = True, seed: int = 0) -> list[Row]:
+    """Batched TextSpan (float64, float32) against the faithful per-head loop, same data, same thread limits."""
+    C, T = random_head_data(n_heads, n_images, n_texts, d_out, seed)
+    C32, T32 = C.float().to(device), T.float().to(device)
+    C64, T64 = C.to(device), T.to(device)
+    Cn, Tn = C.numpy(), T.numpy()
+    loop_name = "per-head loop (reference.py, NumPy float64)"
+    contenders: dict[str, Callable[[], object]] = {}
+    loop_measured: dict[str, tuple[int, object]] = {}
+
+    def loop() -> object:
+        """The per-head loop; its first call (a timed one) also records its peak memory and result (NumPy only:
+        tracemalloc's cost is a few microseconds per array), so the slowest contender runs ``repeats`` times."""
+        run = lambda: [text_span_reference(Cn[h], Tn, k=k, rank=rank) for h in range(n_heads)]
+        if loop_measured:
+            return run()
+        loop_measured["first"] = peak_bytes(run, torch.device("cpu"))
+        return loop_measured["first"][1]
+
+    if with_loop:
+        contenders[loop_name] = loop
+    contenders["text_span float64 (default)"] = lambda: text_span(C64, T64, k=k, rank=rank, max_memory=max_memory)
+    contenders["text_span float32, float64 re-decision"] = lambda: text_span(C32, T32, k=k, rank=rank,
+                                                                              dtype=torch.float32,
+                                                                              max_memory=max_memory)
+    timings = time_interleaved(contenders, device, repeats, warmup=0)
+    peaks_and_results = {name: loop_measured["first"] if name == loop_name else peak_bytes(fn, device)
+                         for name, fn in contenders.items()}
+    if with_loop:
+        loop = peaks_and_results[loop_name][1]
+        exact_indices = torch.as_tensor(np.stack([r.indices for r in loop]))
+        exact_reconstruction = torch.as_tensor(np.stack([r.reconstruction for r in loop]))
+        counterpart = "per-head loop"
+    else:
+        exact = text_span(C64, T64, k=k, rank=rank, max_memory=max_memory)
+        exact_indices, exact_reconstruction = exact.indices.cpu(), exact.reconstruction
+        counterpart = "text_span float64"
+    rows = []
+    baseline = loop_name if with_loop else "text_span float64 (default)"
+    table = f"TextSpan: {n_heads} heads x {n_images} images x {n_texts} texts, D={d_out}, k={k}, rank={rank}"
+    for name in contenders:
+        peak, result = peaks_and_results[name]
+        if name == loop_name:
+            rows.append(Row.of(table, name, baseline, timings[name], peak, 0.0, "itself", f"{n_heads} heads"))
+            continue
+        same = int((result.indices.cpu() == exact_indices).all(-1).sum())
+        note = f"picks identical on {same}/{n_heads} heads"
+        if name.endswith("float64 re-decision"):
+            note += f" ({int(result.redecided.sum())} heads redone in float64)"
+        rows.append(Row.of(table, name, baseline, timings[name], peak,
+                           agreement(result.reconstruction, exact_reconstruction), counterpart, note,
+                           picks_identical=same, heads=n_heads))
+    return rows
+
+
+def heatmap_and_collection_rows(arch: str, batch_size: int, device: torch.device, repeats: int,
+                                n_collect: int, seed: int = 0) -> list[Row]:
+    """Text heatmaps and a report-sized head collection (last 4 layers), over a plain forward."""
+    model = perturbed_open_clip(arch, device, seed)
+    hooked = HookedViT.from_open_clip(model)
+    g = torch.Generator().manual_seed(seed + 3)
+    x = torch.randn(batch_size, 3, *model.visual.image_size, generator=g).to(device)
+    text = F.normalize(torch.randn(1, hooked.cfg.output_dim, generator=g), dim=-1).to(device)
+    dataset = torch.randn(n_collect, 3, *model.visual.image_size, generator=g)
+    with torch.no_grad():
+        naive = decompose(hooked, x, per_source=True)
+    grid = hooked.cfg.image_size[0] // hooked.cfg.patch_size[0], hooked.cfg.image_size[1] // hooked.cfg.patch_size[1]
+    exact_map = (naive.head_sources[:, :, :, 1:] @ text.T).sum((1, 2))[..., 0].reshape(batch_size, 1, *grid)
+    last_n = min(4, hooked.cfg.n_layers)
+    collect = lambda: collect_head_contributions(hooked, dataset, last_n_layers=last_n,
+                                                 batch_size=batch_size, normalize=True, progress=False)
+    collect_name = f"collect last-{last_n}-layer heads, {n_collect} images"
+    contenders = {
+        "HookedViT forward (no hooks)": lambda: hooked(x),
+        "text heatmap (1 text)": lambda: text_heatmap(hooked, x, text),
+        collect_name: collect,
+    }
+    checks = {
+        "HookedViT forward (no hooks)": (lambda: agreement(hooked(x), model.encode_image(x)), "open_clip"),
+        "text heatmap (1 text)": (lambda: agreement(text_heatmap(hooked, x, text), exact_map),
+                                  "naive [L,H,N,D] pieces . text"),
+        collect_name: (lambda: None, "-"),
+    }
+    with torch.no_grad():
+        return _rows(f"heatmaps and collection: {arch} batch {batch_size} fp32", "HookedViT forward (no hooks)",
+                     contenders, checks, device, repeats)
+
+
+def full_rows(arch: str, batch_size: int, device: torch.device, repeats: int, precisions: list[str],
+              textspan_sizes: dict, n_collect: int) -> list[Row]:
+    """Everything at once: model rows per precision, heatmaps, collection, TextSpan (no NumPy loop on CUDA)."""
+    rows = []
+    for i, precision in enumerate(precisions):
+        rows += model_rows(arch, batch_size, device, repeats, precision=precision, include_naive=i == 0,
+                           with_open_clip=i == 0)
+    rows += heatmap_and_collection_rows(arch, batch_size, device, repeats, n_collect)
+    rows += textspan_rows(repeats=repeats, device=device, with_loop=device.type == "cpu", **textspan_sizes)
+    return rows
