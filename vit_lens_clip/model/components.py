@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 
 from vit_lens_clip.model.config import ViTConfig
+from vit_lens_clip.model.pooling import NoPooledTokenError, pooled_row
 
 
 def _hooked(*points: HookPoint) -> bool:
@@ -32,6 +33,13 @@ def _affine(x: Tensor, W: Tensor, b: Tensor) -> Tensor:
 def quick_gelu(x: Tensor) -> Tensor:
     """QuickGELU, x·σ(1.702x), the activation OpenAI's CLIP was trained with."""
     return x * torch.sigmoid(1.702 * x)
+
+
+def activation(x: Tensor, act_fn: str) -> Tensor:
+    """GELU (erf), GELU with the tanh approximation (SigLIP) or QuickGELU."""
+    if act_fn == "quick_gelu":
+        return quick_gelu(x)
+    return F.gelu(x, approximate="tanh" if act_fn == "gelu_tanh" else "none")
 
 
 class LayerNorm(nn.Module):
@@ -84,10 +92,11 @@ class Attention(nn.Module):
         d_out: int,
         d_kv_in: Optional[int] = None,
         pool_type: str = "tok",
+        n_prefix: int = 1,
     ):
         super().__init__()
         d_kv_in = d_kv_in or d_in
-        self.n_heads, self.d_head, self.pool_type = n_heads, d_head, pool_type
+        self.n_heads, self.d_head, self.pool_type, self.n_prefix = n_heads, d_head, pool_type, n_prefix
         self.W_Q = nn.Parameter(torch.empty(n_heads, d_in, d_head))
         self.W_K = nn.Parameter(torch.empty(n_heads, d_kv_in, d_head))
         self.W_V = nn.Parameter(torch.empty(n_heads, d_kv_in, d_head))
@@ -160,10 +169,12 @@ class Attention(nn.Module):
         pattern: Optional[Float[Tensor, "batch n_heads n_query n_src"]] = None,
     ) -> Float[Tensor, "batch n_heads n_src"]:
         """Attention weights of the pooled query: row 0 (token pooling) or mean over patch queries (avg)."""
+        if self.pool_type == "map":
+            raise NoPooledTokenError("this tower is read by its attention pooler: hook attn_pool.attn.hook_pooled_pattern")
         if self.pool_type == "avg":
             if pattern is None:
                 raise RuntimeError("average pooling needs the full pattern")
-            return pattern[:, :, 1:].float().mean(2)
+            return pooled_row(pattern.float(), "avg", self.n_prefix)
         if pattern is not None:
             return pattern[:, :, 0].float()
         scores = torch.einsum("bhe,bshe->bhs", q[:, 0].float(), k.float()) / math.sqrt(self.d_head)
@@ -187,7 +198,7 @@ class MLP(nn.Module):
 
     def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
         pre = self.hook_pre(_affine(x, self.W_in, self.b_in))
-        post = self.hook_post(quick_gelu(pre) if self.act_fn == "quick_gelu" else F.gelu(pre))
+        post = self.hook_post(activation(pre, self.act_fn))
         return _affine(post, self.W_out, self.b_out)
 
 
@@ -201,7 +212,7 @@ class TransformerBlock(nn.Module):
         super().__init__()
         self.layer = layer
         self.ln1 = LayerNorm(cfg.d_model, cfg.eps)
-        self.attn = Attention(cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_model, pool_type=cfg.pool_type)
+        self.attn = Attention(cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_model, pool_type=cfg.pool_type, n_prefix=cfg.n_prefix)
         self.ln2 = LayerNorm(cfg.d_model, cfg.eps)
         self.mlp = MLP(cfg.d_model, cfg.d_mlp, cfg.act_fn)
         self.hook_resid_pre = HookPoint()
@@ -217,18 +228,38 @@ class TransformerBlock(nn.Module):
 
 
 class AttentionPool(nn.Module):
-    """CoCa's attentional pooler: ``attn(ln_q(query), ln_k(tokens))``; no residual, queries are parameters."""
+    """An attentional pooler (config: ``AttentionPoolConfig``); the queries are parameters.
+
+    CoCa: ``out = attn(ln_q(query), ln_k(tokens))``. MAP (SigLIP): ``a = attn(query, ln_k(tokens))`` with
+    ``ln_k`` the trunk's final norm, then ``out = a + mlp(ln_mlp(a))``.
+    """
 
     def __init__(self, cfg: ViTConfig):
         super().__init__()
         pc = cfg.attention_pool
         assert pc is not None
-        self.query = nn.Parameter(torch.zeros(pc.n_queries, pc.d_model))
-        self.ln_q = LayerNorm(pc.d_model, pc.eps)
+        self.include_prefix, self.n_prefix = pc.include_prefix, cfg.n_prefix
+        self.query = nn.Parameter(torch.zeros(pc.n_queries, pc.d_query))
+        self.ln_q = LayerNorm(pc.d_query, pc.eps) if pc.query_norm else None
         self.ln_k = LayerNorm(pc.d_context, pc.eps)
-        self.attn = Attention(pc.d_model, pc.n_heads, pc.d_head, pc.d_model, d_kv_in=pc.d_context, pool_type="tok")
+        self.attn = Attention(pc.d_query, pc.n_heads, pc.d_head, pc.d_model, d_kv_in=pc.d_context, pool_type="tok")
+        self.hook_attn_out = HookPoint()  # [batch, n_queries, d_model]
+        if pc.d_mlp:
+            self.ln_mlp = LayerNorm(pc.d_model, pc.eps)
+            self.mlp = MLP(pc.d_model, pc.d_mlp, pc.act_fn)
+            self.hook_mlp_out = HookPoint()  # [batch, n_queries, d_model]
+        else:
+            self.ln_mlp = self.mlp = None
         self.hook_out = HookPoint()  # [batch, n_queries, d_model]
 
+    def sources(self, tokens: Float[Tensor, "batch pos d"]) -> Float[Tensor, "batch n_src d"]:
+        """The tokens the queries attend to: all, or the patches only (``include_prefix=False``)."""
+        return tokens if self.include_prefix else tokens[:, self.n_prefix :]
+
     def forward(self, tokens: Float[Tensor, "batch pos d_context"]) -> Float[Tensor, "batch n_queries d_pool"]:
-        queries = self.ln_q(self.query).to(tokens.dtype).expand(tokens.shape[0], -1, -1)
-        return self.hook_out(self.attn(queries, self.ln_k(tokens)))
+        queries = self.query if self.ln_q is None else self.ln_q(self.query)
+        queries = queries.to(tokens.dtype).expand(tokens.shape[0], -1, -1)
+        out = self.hook_attn_out(self.attn(queries, self.ln_k(self.sources(tokens))))
+        if self.mlp is not None:
+            out = out + self.hook_mlp_out(self.mlp(self.ln_mlp(out)))
+        return self.hook_out(out)
