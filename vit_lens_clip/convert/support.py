@@ -43,7 +43,7 @@ def check_timm_name(model_name: str, origin: str = "timm") -> None:
     if not timm.is_model(model_name):
         raise UserInputError(f"unknown timm model {model_name!r}; see timm.list_models()")
     module = timm.models.model_entrypoint(model_name).__module__.rsplit(".", 1)[-1]
-    if module == "vision_transformer":
+    if module in ("vision_transformer", "deit"):  # distilled DeiT (two prefix heads) is refused when built
         return
     raise unsupported(f"{model_name} (timm.models.{module})", origin, _NOT_EXACT.get(module, ""))
 

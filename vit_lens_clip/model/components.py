@@ -114,8 +114,9 @@ class Attention(nn.Module):
         self.hook_pattern = HookPoint()  # [batch, head, query, source]
         self.hook_z = HookPoint()  # [batch, query, head, d_head]
         self.hook_result = HookPoint()  # [batch, query, head, d_out]
-        self.hook_pooled_pattern = HookPoint()  # [batch, head, source]
-        self.hook_result_per_source = HookPoint()  # [batch, source, head, d_out]
+        if pool_type != "map":  # a MAP tower's trunk has no pooled token: its pooler carries these hooks
+            self.hook_pooled_pattern = HookPoint()  # [batch, head, source]
+            self.hook_result_per_source = HookPoint()  # [batch, source, head, d_out]
 
     def _project(self, x: Tensor, W: Tensor, b: Tensor) -> Tensor:
         """x · W[h] + b[h] for every head: [..., d] → [..., n_heads, d_head]."""
@@ -131,7 +132,7 @@ class Attention(nn.Module):
         q = self.hook_q(self._project(query_input, self.W_Q, self.b_Q))
         k = self.hook_k(self._project(kv_input, self.W_K, self.b_K))
         v = self.hook_v(self._project(kv_input, self.W_V, self.b_V))
-        want_pooled = _hooked(self.hook_pooled_pattern, self.hook_result_per_source)
+        want_pooled = self.pool_type != "map" and _hooked(self.hook_pooled_pattern, self.hook_result_per_source)
         want_pattern = _hooked(self.hook_attn_scores, self.hook_pattern) or (want_pooled and self.pool_type == "avg")
 
         pattern = None
