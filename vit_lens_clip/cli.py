@@ -10,8 +10,9 @@ from typing import Optional, Sequence
 def _model_arguments(p: argparse.ArgumentParser) -> None:
     from vit_lens_clip.loading import EMBEDDED_NAME
 
-    p.add_argument("--model", default=EMBEDDED_NAME, help="open_clip name, local-dir:PATH, hf-hub:ID, hf:ID, or the embedded default")
-    p.add_argument("--pretrained", default=None, help="pretrained tag or local .safetensors/.bin file")
+    p.add_argument("--model", default=EMBEDDED_NAME, help="open_clip name (SigLIP too), timm:NAME (a timm ViT), local-dir:PATH, hf-hub:ID, hf:ID, or the embedded default")
+    p.add_argument("--pretrained", default=None, help="pretrained tag or local .safetensors/.bin file "
+                   "(omitted: random weights built from the config, no download)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
 

@@ -117,6 +117,12 @@ class HookedViT(HookedRootModule):
         out = pooled @ self.W_proj if self.b_proj is None else torch.addmm(self.b_proj, pooled, self.W_proj)
         return self.hook_image_embed(out)
 
+    def output_from_pooled(self, pooled: Float[Tensor, "batch d_pool"]) -> Float[Tensor, "batch d_out"]:
+        """The head after pooling, for a pooled vector r: ln_final (if any), W_proj, b_proj (if any)."""
+        normed = self.ln_final(pooled) if self.ln_final is not None else pooled
+        out = normed @ self.W_proj.to(normed.dtype)
+        return out + self.b_proj.to(out.dtype) if self.b_proj is not None else out
+
     # --------------------------------------------------------------- caching
     def run_with_cache(self, *model_args: Any, return_cache_object: bool = True, **kwargs: Any):
         """Run and cache activations; returns (embedding, ``transformer_lens.ActivationCache``)."""
