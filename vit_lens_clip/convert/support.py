@@ -18,9 +18,9 @@ SUPPORTED_FAMILIES = (
 
 # timm modules whose towers are not softmax(qkᵀ)v with plain additive position embeddings.
 _NOT_EXACT = {
-    "eva": "EVA02 / Perception Encoder (PE-Core) towers use rotary position embeddings inside attention "
-    "(and EVA02 SwiGLU MLPs with sub-LayerNorm); HookedViT's attention has no rotary step, so a port would "
-    "not be exact",
+    "eva": "EVA02 / Perception Encoder (PE-Core) towers rotate q and k with rotary position embeddings inside "
+    "attention (EVA02 also has SwiGLU MLPs and a sub-LayerNorm on the attention output that mixes heads); "
+    "HookedViT's attention has no rotary step yet, so a port would not be exact and none is attempted",
 }
 
 
