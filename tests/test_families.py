@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from conftest import perturb_, rel_err
 from open_clip.timm_model import TimmModel
+from timm.layers import apply_rot_embed_cat
 from transformer_lens import ActivationCache
 
 from vit_lens_clip import HookedViT
@@ -190,8 +191,7 @@ def test_text_heatmap_on_siglip_sums_the_trunk_pieces():
 # ---------------------------------------------------------------- unsupported, from the config alone
 @pytest.mark.parametrize("name, words", [
     ("RN50", "ModifiedResNet"),
-    ("EVA02-B-16", "rotary"),
-    ("PE-Core-B-16", "Perception Encoder"),
+    ("EVA02-B-16", "sub-LayerNorm"),
     ("convnext_base_w", "convnext"),
 ])
 def test_unsupported_towers_fail_from_the_config(name, words):
@@ -208,6 +208,47 @@ def test_unsupported_timm_name():
         check_timm_name("convnext_tiny")
     check_timm_name("vit_small_patch14_reg4_dinov2")
     check_open_clip_name("ViT-B-16-SigLIP")
+    check_open_clip_name("PE-Core-B-16")
+
+
+# ---------------------------------------------------------------- Perception Encoder: rotary attention
+def small_pe(seed: int = 0):
+    torch.manual_seed(seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = timm.create_model("vit_pe_core_base_patch16_224", pretrained=False, **SMALL, img_size=32,
+                                  attn_pool_num_heads=2, num_classes=48)
+    with torch.no_grad():  # timm's small init leaves attention near-uniform; sharpen it so the rotation matters
+        for block in model.blocks:
+            (block.attn.qkv.weight if block.attn.qkv is not None else block.attn.q_proj.weight).mul_(8)
+    return perturb_(model.eval(), seed=seed)
+
+
+def test_pe_core_port_is_exact_and_decomposes():
+    model = small_pe()
+    hooked = HookedViT.from_timm(model)
+    assert hooked.cfg.rotary and hooked.cfg.pool_type == "map" and hooked.cfg.class_token
+    x = _images(hooked)
+    with torch.no_grad():
+        y = model(x)
+        assert rel_err(hooked(x), y) <= TOL
+    _, cache = hooked.run_with_cache(x)
+    # the rotation is timm's own, applied to the patch tokens only (the class token stays unrotated)
+    q = cache["blocks.0.attn.hook_q"]
+    rotated = apply_rot_embed_cat(q[:, 1:].transpose(1, 2), model.rope.get_embed()).transpose(1, 2)
+    assert rel_err(cache["blocks.0.attn.hook_rot_q"][:, 1:], rotated) <= TOL
+    assert torch.equal(cache["blocks.0.attn.hook_rot_q"][:, :1], q[:, :1])
+    with torch.no_grad():  # and it is used: without it the attention pattern changes
+        saved = hooked.rope.clone()
+        hooked.rope.zero_()
+        _, unrotated = hooked.run_with_cache(x, names_filter="blocks.0.attn.hook_pattern")
+        hooked.rope.copy_(saved)
+    assert rel_err(unrotated["blocks.0.attn.hook_pattern"], cache["blocks.0.attn.hook_pattern"]) > 1e-3
+    final = cache[f"blocks.{hooked.cfg.n_layers - 1}.hook_resid_post"]
+    assert rel_err(cache.stack_head_results(incl_remainder=True, apply_ln=False).sum(0), final) <= TOL
+    parts = decompose(hooked, x, per_source=True)
+    assert rel_err(parts.total(), y) <= TOL
+    assert rel_err(parts.head_sources.sum(3), parts.heads) <= TOL
 
 
 def test_timm_model_without_text_tower_says_so():

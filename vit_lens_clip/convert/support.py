@@ -14,13 +14,14 @@ SUPPORTED_FAMILIES = (
     "timm VisionTransformer (class token or not, register tokens as in DINOv2, LayerScale, token/avg/map pooling, "
     "fc_norm, classifier head: DeiT, AugReg, DINOv2)",
     "transformers CLIPVisionModelWithProjection / CLIPModel",
+    "Perception Encoder (open_clip PE-Core-*, timm vit_pe_core_*: rotary attention, MAP head)",
 )
 
 # timm modules whose towers are not softmax(qkᵀ)v with plain additive position embeddings.
 _NOT_EXACT = {
-    "eva": "EVA02 / Perception Encoder (PE-Core) towers rotate q and k with rotary position embeddings inside "
-    "attention (EVA02 also has SwiGLU MLPs and a sub-LayerNorm on the attention output that mixes heads); "
-    "HookedViT's attention has no rotary step yet, so a port would not be exact and none is attempted",
+    "eva": "EVA02 towers put a sub-LayerNorm on the attention output, which mixes the heads before W_O, and use "
+    "SwiGLU MLPs; per-head results would not be exact, so no port is attempted (PE-Core's rotary towers are "
+    "ported)",
 }
 
 
@@ -44,6 +45,8 @@ def check_timm_name(model_name: str, origin: str = "timm") -> None:
         raise UserInputError(f"unknown timm model {model_name!r}; see timm.list_models()")
     module = timm.models.model_entrypoint(model_name).__module__.rsplit(".", 1)[-1]
     if module in ("vision_transformer", "deit"):  # distilled DeiT (two prefix heads) is refused when built
+        return
+    if module == "eva" and model_name.startswith("vit_pe_core"):  # Perception Encoder: rotary, ported exactly
         return
     raise unsupported(f"{model_name} (timm.models.{module})", origin, _NOT_EXACT.get(module, ""))
 

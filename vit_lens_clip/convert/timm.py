@@ -137,7 +137,9 @@ def config_from_timm(model: nn.Module, name: Optional[str] = None) -> ViTConfig:
     return cfg
 
 
-def _attention_pool_config(model: nn.Module, norm: Optional[nn.Module], tower: str) -> tuple[AttentionPoolConfig, int]:
+def _attention_pool_config(
+    model: nn.Module, norm: Optional[nn.Module], tower: str, include_prefix: Optional[bool] = None
+) -> tuple[AttentionPoolConfig, int]:
     pool = model.attn_pool
     if type(pool).__name__ != "AttentionPoolLatent":
         raise unsupported(tower, "timm", f"attention pool {type(pool).__name__}")
@@ -162,7 +164,8 @@ def _attention_pool_config(model: nn.Module, norm: Optional[nn.Module], tower: s
         query_norm=False,
         d_mlp=pool.mlp.fc1.out_features,
         act_fn=_check_mlp(pool.mlp, tower),
-        include_prefix=bool(getattr(model, "pool_include_prefix", False)) or model.num_prefix_tokens == 0,
+        include_prefix=include_prefix if include_prefix is not None
+        else bool(getattr(model, "pool_include_prefix", False)) or model.num_prefix_tokens == 0,
     )
     return config, d_out
 
@@ -234,18 +237,7 @@ def state_dict_from_timm(model: nn.Module, cfg: ViTConfig) -> dict[str, Tensor]:
         sd.update(_out_proj(attn.proj, n, f"{p}.attn", _gamma(block.ls1)))
         sd.update(_mlp(block.mlp, f"{p}.mlp", _gamma(block.ls2)))
     if cfg.pool_type == "map":
-        pool, hp = model.attn_pool, cfg.attention_pool.n_heads
-        sd["attn_pool.query"] = pool.latent[0]
-        if isinstance(pool.q, nn.Linear):
-            sd.update(_heads_in(pool.q.weight, pool.q.bias, hp, "attn_pool.attn", "Q"))
-        else:  # q_proj=False: the latent is the query
-            sd.update(_heads_in(torch.eye(cfg.attention_pool.d_attn), None, hp, "attn_pool.attn", "Q"))
-        w_k, w_v = pool.kv.weight.chunk(2)
-        b_k, b_v = pool.kv.bias.chunk(2) if pool.kv.bias is not None else (None, None)
-        sd.update(_heads_in(w_k, b_k, hp, "attn_pool.attn", "K"))
-        sd.update(_heads_in(w_v, b_v, hp, "attn_pool.attn", "V"))
-        sd.update(_out_proj(pool.proj, hp, "attn_pool.attn"))
-        sd.update(_mlp(pool.mlp, "attn_pool.mlp"))
+        sd.update(_map_state(model, cfg))
     head = model.head
     if isinstance(head, nn.Linear):
         sd["W_proj"] = head.weight.T
@@ -254,6 +246,23 @@ def state_dict_from_timm(model: nn.Module, cfg: ViTConfig) -> dict[str, Tensor]:
     else:
         sd["W_proj"] = torch.eye(cfg.d_pool)
     return {k: v.detach() for k, v in sd.items()}
+
+
+def _map_state(model: nn.Module, cfg: ViTConfig) -> dict[str, Tensor]:
+    """The MAP head's weights (``AttentionPoolLatent``) under HookedViT's ``attn_pool.*`` names."""
+    pool, hp = model.attn_pool, cfg.attention_pool.n_heads
+    sd = {"attn_pool.query": pool.latent[0]}
+    if isinstance(pool.q, nn.Linear):
+        sd.update(_heads_in(pool.q.weight, pool.q.bias, hp, "attn_pool.attn", "Q"))
+    else:  # q_proj=False: the latent is the query
+        sd.update(_heads_in(torch.eye(cfg.attention_pool.d_attn), None, hp, "attn_pool.attn", "Q"))
+    w_k, w_v = pool.kv.weight.chunk(2)
+    b_k, b_v = pool.kv.bias.chunk(2) if pool.kv.bias is not None else (None, None)
+    sd.update(_heads_in(w_k, b_k, hp, "attn_pool.attn", "K"))
+    sd.update(_heads_in(w_v, b_v, hp, "attn_pool.attn", "V"))
+    sd.update(_out_proj(pool.proj, hp, "attn_pool.attn"))
+    sd.update(_mlp(pool.mlp, "attn_pool.mlp"))
+    return sd
 
 
 def convert_timm(model: nn.Module, name: Optional[str] = None) -> tuple[ViTConfig, dict[str, Tensor]]:

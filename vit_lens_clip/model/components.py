@@ -35,6 +35,22 @@ def quick_gelu(x: Tensor) -> Tensor:
     return x * torch.sigmoid(1.702 * x)
 
 
+def rotate(x: Float[Tensor, "batch pos head d_head"], table: Float[Tensor, "n_rot two_d_head"], half: bool) -> Tensor:
+    """Rotary position embedding of the last ``n_rot`` positions: x·cos + rot(x)·sin (``table`` = [sin, cos]).
+
+    rot pairs neighbouring channels, (x0, x1) → (−x1, x0), or the two halves (``half``), (a, b) → (−b, a).
+    """
+    sin, cos = (t[:, None, :].to(x.dtype) for t in table.chunk(2, -1))
+    n_rot = table.shape[0]
+    fixed, moving = x[:, : x.shape[1] - n_rot], x[:, x.shape[1] - n_rot :]
+    if half:
+        a, b = moving.chunk(2, -1)
+        turned = torch.cat([-b, a], -1)
+    else:
+        turned = torch.stack([-moving[..., 1::2], moving[..., ::2]], -1).reshape(moving.shape)
+    return torch.cat([fixed, moving * cos + turned * sin], dim=1)
+
+
 def activation(x: Tensor, act_fn: str) -> Tensor:
     """GELU (erf), GELU with the tanh approximation (SigLIP) or QuickGELU."""
     if act_fn == "quick_gelu":
@@ -93,10 +109,15 @@ class Attention(nn.Module):
         d_kv_in: Optional[int] = None,
         pool_type: str = "tok",
         n_prefix: int = 1,
+        rotary: str = "",
     ):
         super().__init__()
         d_kv_in = d_kv_in or d_in
         self.n_heads, self.d_head, self.pool_type, self.n_prefix = n_heads, d_head, pool_type, n_prefix
+        self.rotary = rotary
+        if rotary:  # PE-Core: q and k of the patch tokens are rotated; these hooks see them after the rotation
+            self.hook_rot_q = HookPoint()  # [batch, query, head, d_head]
+            self.hook_rot_k = HookPoint()  # [batch, source, head, d_head]
         self.W_Q = nn.Parameter(torch.empty(n_heads, d_in, d_head))
         self.W_K = nn.Parameter(torch.empty(n_heads, d_kv_in, d_head))
         self.W_V = nn.Parameter(torch.empty(n_heads, d_kv_in, d_head))
@@ -127,10 +148,14 @@ class Attention(nn.Module):
         self,
         query_input: Float[Tensor, "batch n_query d_in"],
         kv_input: Optional[Float[Tensor, "batch n_src d_kv"]] = None,
+        rope: Optional[Float[Tensor, "n_patches two_d_head"]] = None,
     ) -> Float[Tensor, "batch n_query d_out"]:
         kv_input = query_input if kv_input is None else kv_input
         q = self.hook_q(self._project(query_input, self.W_Q, self.b_Q))
         k = self.hook_k(self._project(kv_input, self.W_K, self.b_K))
+        if self.rotary:
+            q = self.hook_rot_q(rotate(q, rope, self.rotary == "half"))
+            k = self.hook_rot_k(rotate(k, rope, self.rotary == "half"))
         v = self.hook_v(self._project(kv_input, self.W_V, self.b_V))
         want_pooled = self.pool_type != "map" and _hooked(self.hook_pooled_pattern, self.hook_result_per_source)
         want_pattern = _hooked(self.hook_attn_scores, self.hook_pattern) or (want_pooled and self.pool_type == "avg")
@@ -213,7 +238,8 @@ class TransformerBlock(nn.Module):
         super().__init__()
         self.layer = layer
         self.ln1 = LayerNorm(cfg.d_model, cfg.eps)
-        self.attn = Attention(cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_model, pool_type=cfg.pool_type, n_prefix=cfg.n_prefix)
+        self.attn = Attention(cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_model, pool_type=cfg.pool_type,
+                              n_prefix=cfg.n_prefix, rotary=cfg.rotary)
         self.ln2 = LayerNorm(cfg.d_model, cfg.eps)
         self.mlp = MLP(cfg.d_model, cfg.d_mlp, cfg.act_fn)
         self.hook_resid_pre = HookPoint()
@@ -222,9 +248,11 @@ class TransformerBlock(nn.Module):
         self.hook_mlp_out = HookPoint()
         self.hook_resid_post = HookPoint()
 
-    def forward(self, resid_pre: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+    def forward(
+        self, resid_pre: Float[Tensor, "batch pos d_model"], rope: Optional[Tensor] = None
+    ) -> Float[Tensor, "batch pos d_model"]:
         resid_pre = self.hook_resid_pre(resid_pre)
-        resid_mid = self.hook_resid_mid(resid_pre + self.hook_attn_out(self.attn(self.ln1(resid_pre))))
+        resid_mid = self.hook_resid_mid(resid_pre + self.hook_attn_out(self.attn(self.ln1(resid_pre), rope=rope)))
         return self.hook_resid_post(resid_mid + self.hook_mlp_out(self.mlp(self.ln2(resid_mid))))
 
 

@@ -77,6 +77,7 @@ class ViTConfig:
     patch_bias: bool = False
     has_ln_final: bool = True
     proj_bias: bool = False
+    rotary: str = ""  # "" | "interleave" | "half": rotary embedding of the patches' q, k (PE-Core)
     ln_eps: dict = field(default_factory=dict)  # LayerNorm module name -> eps, where it differs from ``eps``
     in_channels: int = 3
     model_name: str = "custom"
@@ -99,6 +100,8 @@ class ViTConfig:
             raise ValueError(f"act_fn must be one of {ACT_FNS}, got {self.act_fn!r}")
         if self.pool_type not in POOL_TYPES:
             raise ValueError(f"pool_type must be one of {POOL_TYPES}, got {self.pool_type!r}")
+        if self.rotary not in ("", "interleave", "half"):
+            raise ValueError(f"rotary must be '', 'interleave' or 'half', got {self.rotary!r}")
         if self.pool_type == "map" and self.attention_pool is None:
             raise ValueError("pool_type 'map' needs an attention_pool config")
         if self.pool_type == "tok" and not self.class_token:

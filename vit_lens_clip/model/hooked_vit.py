@@ -37,6 +37,7 @@ from transformer_lens import ActivationCache
 from transformer_lens.HookedRootModule import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
+from vit_lens_clip.convert.eva import convert_eva
 from vit_lens_clip.convert.hf import convert_hf
 from vit_lens_clip.convert.open_clip import convert_open_clip
 from vit_lens_clip.convert.timm import convert_timm
@@ -64,6 +65,10 @@ class HookedViT(HookedRootModule):
         self.ln_pre = LayerNorm(d, cfg.eps) if cfg.has_ln_pre else None
         self.hook_embed = HookPoint()
         self.blocks = nn.ModuleList([TransformerBlock(cfg, layer) for layer in range(cfg.n_layers)])
+        if cfg.rotary:  # [sin | cos] per patch, the source model's rotary table for this image size
+            self.register_buffer("rope", torch.zeros(cfg.n_patches, 2 * cfg.d_head))
+        else:
+            self.rope = None
         self.attn_pool = AttentionPool(cfg) if cfg.attention_pool is not None else None
         self.hook_pooled = HookPoint()
         self.ln_final = LayerNorm(cfg.d_pool, cfg.eps) if cfg.has_ln_final else None
@@ -112,7 +117,7 @@ class HookedViT(HookedRootModule):
         """Image embedding = ln_final(r) · W_proj (+ b_proj); equals the source model's image embedding."""
         resid = self.embed(images)
         for block in self.blocks:
-            resid = block(resid)
+            resid = block(resid, rope=self.rope)
         pooled = self.pool(resid)
         out = pooled @ self.W_proj if self.b_proj is None else torch.addmm(self.b_proj, pooled, self.W_proj)
         return self.hook_image_embed(out)
@@ -230,9 +235,10 @@ class HookedViT(HookedRootModule):
 
     @classmethod
     def from_timm(cls, model: nn.Module, name: Optional[str] = None) -> "HookedViT":
-        """Port a timm ``VisionTransformer``; forward equals ``model(images)`` (logits, or features for
-        ``num_classes=0``). See convert.timm for what is supported."""
-        return cls.from_converted(*convert_timm(model, name=name), device=_device_of(model))
+        """Port a timm ``VisionTransformer`` or a PE-Core ``Eva``; forward equals ``model(images)`` (logits, or
+        features for ``num_classes=0``). See convert.timm and convert.eva for what is supported."""
+        convert = convert_eva if type(model).__name__ == "Eva" else convert_timm
+        return cls.from_converted(*convert(model, name=name), device=_device_of(model))
 
 
 def _device_of(model: nn.Module) -> torch.device:
