@@ -258,3 +258,17 @@ def test_timm_model_without_text_tower_says_so():
     assert loaded.model.cfg.output_dim == 1000 and loaded.model.cfg.proj_bias
     with pytest.raises(NoTextTowerError, match="no text tower"):
         loaded.encode_text(["a dog"])
+
+
+def test_open_clip_pe_core_tower_is_exact():
+    """open_clip's PE-Core-B-16 config: TimmModel with timm_proj=None, the trunk's own head is the projection."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        visual = TimmModel("vit_pe_core_base_patch16_224", embed_dim=48, pool="map", proj=None)
+    visual.trunk = small_pe()
+    hooked = HookedViT.from_open_clip(visual.eval())
+    x = _images(hooked)
+    with torch.no_grad():
+        y = visual(x)
+    assert rel_err(hooked(x), y) <= TOL
+    assert rel_err(decompose(hooked, x, layers=[-1]).total(), y) <= TOL

@@ -4,8 +4,9 @@ Everything is read from the instantiated modules, never from the model name: the
 QuickGELU), the head count, LayerScale, ``ln_pre``, the pooling variant and the attentional pooler.
 LayerScale is folded into the output weights: (x·W + b)·γ = x·(W·γ) + b·γ.
 
-open_clip's own ``VisionTransformer`` is read here; a ``TimmModel`` tower (SigLIP, SigLIP2, SO400M) is a timm
-VisionTransformer trunk (``convert.timm``) followed by open_clip's optional linear projection.
+open_clip's own ``VisionTransformer`` is read here; a ``TimmModel`` tower (SigLIP, SigLIP2, SO400M, PE-Core) is a
+timm VisionTransformer or Eva trunk (``convert.timm``, ``convert.eva``) followed by open_clip's optional linear
+projection.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import einops
 import torch
 from torch import Tensor, nn
 
+from vit_lens_clip.convert.eva import convert_eva
 from vit_lens_clip.convert.support import UnsupportedTowerError, unsupported
 from vit_lens_clip.convert.timm import convert_timm
 from vit_lens_clip.model.config import AttentionPoolConfig, ViTConfig
@@ -198,7 +200,8 @@ def _ln_eps(visual: nn.Module, cfg: ViTConfig) -> dict[str, float]:
 
 def _convert_timm_tower(visual: nn.Module, name: str) -> tuple[ViTConfig, dict[str, Tensor]]:
     """open_clip ``TimmModel``: the timm trunk, then the head (empty, or a linear projection)."""
-    cfg, sd = convert_timm(visual.trunk, name=name)
+    convert = convert_eva if type(visual.trunk).__name__ == "Eva" else convert_timm
+    cfg, sd = convert(visual.trunk, name=name)
     layers = [m for m in visual.head.children() if not isinstance(m, nn.Dropout)]
     if not layers:
         return cfg, sd
