@@ -23,9 +23,11 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import open_clip
+import timm
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float
+from safetensors.torch import load_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
@@ -186,8 +188,6 @@ class _LazyTokenizer:
 
 def _load_timm(name: str, pretrained: Optional[str], device: torch.device, precision: str) -> LoadedCLIP:
     """A timm VisionTransformer as an image-only LoadedCLIP (random weights unless ``pretrained``)."""
-    import timm
-
     check_timm_name(name)
     from_file = pretrained is not None and os.path.isfile(pretrained)
     try:
@@ -197,8 +197,6 @@ def _load_timm(name: str, pretrained: Optional[str], device: torch.device, preci
         raise _offline_help(f"timm:{name}", pretrained or "", e) from e
     if from_file:
         if pretrained.endswith(".safetensors"):
-            from safetensors.torch import load_file
-
             state = load_file(pretrained)
         else:
             state = torch.load(pretrained, map_location="cpu", weights_only=True)

@@ -6,6 +6,9 @@ timm's registry), so an unsupported model fails at once, before any weights are 
 
 from __future__ import annotations
 
+import open_clip
+import timm
+
 from vit_lens_clip.errors import UserInputError
 
 SUPPORTED_FAMILIES = (
@@ -39,8 +42,6 @@ def unsupported(tower: str, origin: str, why: str = "") -> UnsupportedTowerError
 
 def check_timm_name(model_name: str, origin: str = "timm") -> None:
     """Raise UnsupportedTowerError unless timm builds ``model_name`` with its VisionTransformer class."""
-    import timm  # a dependency of open_clip's timm towers; imported here so pure-open_clip users need not load it
-
     if not timm.is_model(model_name):
         raise UserInputError(f"unknown timm model {model_name!r}; see timm.list_models()")
     module = timm.models.model_entrypoint(model_name).__module__.rsplit(".", 1)[-1]
@@ -53,8 +54,6 @@ def check_timm_name(model_name: str, origin: str = "timm") -> None:
 
 def check_open_clip_name(name: str) -> None:
     """Raise UnsupportedTowerError for an open_clip model whose image tower cannot be ported (config only)."""
-    import open_clip
-
     cfg = open_clip.get_model_config(name)
     if cfg is None:
         return  # hf-hub: / local-dir: schemas: checked on the built module instead
