@@ -272,3 +272,14 @@ def test_open_clip_pe_core_tower_is_exact():
         y = visual(x)
     assert rel_err(hooked(x), y) <= TOL
     assert rel_err(decompose(hooked, x, layers=[-1]).total(), y) <= TOL
+
+
+def test_cli_hooks_offline_for_timm_and_one_line_error_for_unsupported(capsys):
+    from vit_lens_clip.cli import main
+
+    assert main(["hooks", "--model", "timm:deit_tiny_patch16_224"]) == 0
+    out = capsys.readouterr().out
+    assert "197 tokens" in out and "blocks.11.attn.hook_result_per_source" in out
+    assert main(["hooks", "--model", "EVA02-B-16"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "UnsupportedTowerError" not in err and "sub-LayerNorm" in err
