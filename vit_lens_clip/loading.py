@@ -5,7 +5,13 @@ Accepted names:
 - an open_clip model name with ``pretrained`` = a tag (downloads when online), or a local ``.safetensors`` /
   ``.bin`` / ``.pt`` file (offline; ``.bin``/``.pt`` are read with ``torch.load(weights_only=True)``);
 - ``"local-dir:/path"`` or ``"hf-hub:org/repo"`` (open_clip schemas);
-- ``"hf:org/repo"`` or ``"hf:/local/dir"``: a transformers CLIPModel.
+- ``"hf:org/repo"`` or ``"hf:/local/dir"``: a transformers CLIPModel;
+- ``"timm:name"``: a timm VisionTransformer (DINOv2, DeiT, AugReg, ...), image tower only (no text tower);
+  random weights unless ``pretrained`` is given (a timm pretrained tag, or a local weights file).
+
+An unsupported tower raises ``UnsupportedTowerError`` from the config alone, before anything is built or
+downloaded; the tokenizer is fetched only when text is first encoded, so a model with random weights
+(``pretrained=None``) loads without any network access.
 """
 
 from __future__ import annotations
@@ -16,12 +22,15 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import open_clip
+import timm
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float
+from safetensors.torch import load_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from vit_lens_clip.convert.support import check_open_clip_name, check_timm_name
 from vit_lens_clip.embedded import EMBEDDED_MODEL_DIR as EMBEDDED_DIR
 from vit_lens_clip.embedded import EMBEDDED_NAME
 from vit_lens_clip.errors import UserInputError
@@ -30,6 +39,10 @@ from vit_lens_clip.model.hooked_text import HookedTextTransformer
 from vit_lens_clip.model.hooked_vit import HookedViT
 
 _PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class NoTextTowerError(UserInputError):
+    """A text-based tool was asked of an image-only model (a timm ViT)."""
 
 
 class WeightsUnavailableError(RuntimeError, UserInputError):
@@ -70,6 +83,9 @@ class LoadedCLIP:
         texts = list(texts)
         if not texts:
             raise ValueError("encode_text got an empty list")
+        if self.tokenizer is None:
+            raise NoTextTowerError(f"{self.name} is an image-only model (no text tower): text-based tools need a CLIP; "
+                                   f"decompose onto your own directions (e.g. classifier weights) instead")
         chunks = range(0, len(texts), batch_size)
         out = []
         with torch.no_grad():
@@ -127,8 +143,6 @@ def _load_hf(identifier: str, device: torch.device, dtype: torch.dtype) -> Loade
         from transformers import CLIPModel, CLIPProcessor
     except ImportError as e:  # pragma: no cover
         raise ImportError("hf: models need transformers: pip install 'vit_lens_clip[hf]'") from e
-    from vit_lens_clip.convert.hf import hooked_vit_from_hf
-
     try:
         clip = CLIPModel.from_pretrained(identifier).eval()
         processor = CLIPProcessor.from_pretrained(identifier)
@@ -141,7 +155,7 @@ def _load_hf(identifier: str, device: torch.device, dtype: torch.dtype) -> Loade
             self.vision_model, self.visual_projection, self.config = m.vision_model, m.visual_projection, m.config.vision_config
 
     check_finite_weights(clip, f"hf:{identifier}")
-    hooked = hooked_vit_from_hf(_VisionWithProjection(clip)).to(device=device, dtype=dtype)
+    hooked = HookedViT.from_hf(_VisionWithProjection(clip)).to(device=device, dtype=dtype)
 
     class _HFText(nn.Module):
         def __init__(self, m):
@@ -167,6 +181,44 @@ class _BatchOnDevice(dict):
         return _BatchOnDevice({k: v.to(device) for k, v in self.items()})
 
 
+class _LazyTokenizer:
+    """open_clip's tokenizer for ``name``, built on first use (SigLIP's comes from the hub)."""
+
+    def __init__(self, name: str):
+        self.name, self._tokenizer = name, None
+
+    def __call__(self, texts):
+        if self._tokenizer is None:
+            self._tokenizer = open_clip.get_tokenizer(self.name)
+        return self._tokenizer(texts)
+
+
+def _load_timm(name: str, pretrained: Optional[str], device: torch.device, precision: str) -> LoadedCLIP:
+    """A timm VisionTransformer as an image-only LoadedCLIP (random weights unless ``pretrained``)."""
+    check_timm_name(name)
+    from_file = pretrained is not None and os.path.isfile(pretrained)
+    try:
+        tagged = f"{name}.{pretrained}" if pretrained and not from_file else name
+        model = timm.create_model(tagged, pretrained=bool(pretrained) and not from_file)
+    except Exception as e:  # offline or missing weights
+        raise _offline_help(f"timm:{name}", pretrained or "", e) from e
+    if from_file:
+        check_weights_file(pretrained)  # truncation, recorded sha256
+        if pretrained.endswith(".safetensors"):
+            state = load_file(pretrained)
+        else:
+            state = torch.load(pretrained, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    check_finite_weights(model, pretrained or f"timm:{name}")
+    model = model.eval().to(device=device, dtype=_PRECISIONS[precision])
+    hooked = HookedViT.from_timm(model, name=f"timm:{name}")
+    data_cfg = timm.data.resolve_data_config({}, model=model)
+    preprocess = timm.data.create_transform(**data_cfg)
+    weights_key = _file_digest(Path(pretrained)) if from_file else (pretrained or _params_digest(model))
+    return LoadedCLIP(hooked, model, None, preprocess, f"timm:{name}", pretrained,
+                      key=f"timm:{name}|{weights_key}|{precision}", device=device)
+
+
 def _attach_text(loaded: LoadedCLIP) -> LoadedCLIP:
     loaded.model.text_encoder = lambda texts: loaded.encode_text(texts)
     return loaded
@@ -189,6 +241,8 @@ def load_clip(
     dev = _resolve_device(device)
     if name.startswith("hf:"):
         return _load_hf(name[3:], dev, _PRECISIONS[precision])
+    if name.startswith("timm:"):
+        return _load_timm(name[5:], pretrained, dev, precision)
     if name == EMBEDDED_NAME:
         if not (EMBEDDED_DIR / "open_clip_config.json").exists():
             raise FileNotFoundError(f"the embedded model is missing from {EMBEDDED_DIR}; reinstall vit_lens_clip")
@@ -202,6 +256,8 @@ def load_clip(
         raise FileNotFoundError(f"pretrained file not found: {pretrained}")
     if not schema_local and not name.startswith("hf-hub:") and name not in open_clip.list_models():
         raise ValueError(f"unknown open_clip model {name!r}; see open_clip.list_models()")
+    if not schema_local and not name.startswith("hf-hub:"):
+        check_open_clip_name(name)
     if pretrained and not os.path.isfile(pretrained) and not name.startswith(("local-dir:", "hf-hub:")):
         tags = [t for m, t in open_clip.list_pretrained() if m == name]
         if pretrained not in tags:
@@ -223,7 +279,7 @@ def load_clip(
         if name.startswith("hf-hub:"):
             raise _offline_help(name, pretrained or "", e) from e
         raise
-    tokenizer = open_clip.get_tokenizer(name)
+    tokenizer = _LazyTokenizer(name)
     clip.eval()
     check_finite_weights(clip, pretrained or name)
     hooked = HookedViT.from_open_clip(clip, name=key_name)

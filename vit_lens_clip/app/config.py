@@ -71,8 +71,10 @@ class ReportConfig:
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """``--model``, ``--pretrained``, ``--device``, ``--precision``: which CLIP to load and where."""
     parser.add_argument("--model", default=EMBEDDED_NAME,
-                        help="open_clip name, local-dir:PATH, hf-hub:ID, hf:ID, or the embedded default")
-    parser.add_argument("--pretrained", default=None, help="pretrained tag or local .safetensors/.bin file")
+                        help="open_clip name (SigLIP too), timm:NAME (a timm ViT), local-dir:PATH, hf-hub:ID, hf:ID, "
+                             "or the embedded default")
+    parser.add_argument("--pretrained", default=None, help="pretrained tag or local .safetensors/.bin file "
+                        "(omitted: random weights built from the config, no download)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
 

@@ -10,9 +10,8 @@ import einops
 import torch
 from torch import Tensor, nn
 
-from vit_lens_clip.convert.open_clip import UnsupportedTowerError
+from vit_lens_clip.convert.support import UnsupportedTowerError
 from vit_lens_clip.model.config import ViTConfig
-from vit_lens_clip.model.hooked_vit import HookedViT
 
 _ACTIVATIONS = {"quick_gelu": "quick_gelu", "gelu": "gelu"}
 
@@ -77,12 +76,7 @@ def state_dict_from_hf(model: nn.Module, cfg: ViTConfig) -> dict[str, Tensor]:
     return {k: v.detach().to(torch.float32).contiguous() for k, v in sd.items()}
 
 
-def hooked_vit_from_hf(model: nn.Module) -> HookedViT:
-    """HookedViT equal to ``model(pixel_values).image_embeds`` on the same weights."""
+def convert_hf(model: nn.Module) -> tuple[ViTConfig, dict[str, Tensor]]:
+    """(ViTConfig, state dict) whose HookedViT equals ``model(pixel_values).image_embeds``."""
     cfg = config_from_hf(model)
-    weight = model.visual_projection.weight
-    with torch.device("meta"):
-        hooked = HookedViT(cfg)
-    hooked.load_state_dict(state_dict_from_hf(model, cfg), strict=True, assign=True)
-    hooked.W_text = torch.zeros(0, cfg.output_dim)
-    return hooked.to(device=weight.device, dtype=weight.dtype).eval()
+    return cfg, state_dict_from_hf(model, cfg)

@@ -1,8 +1,12 @@
-"""open_clip ``VisionTransformer`` → HookedViT.
+"""open_clip image towers → (ViTConfig, state dict) for HookedViT.
 
 Everything is read from the instantiated modules, never from the model name: the activation (GELU or
 QuickGELU), the head count, LayerScale, ``ln_pre``, the pooling variant and the attentional pooler.
 LayerScale is folded into the output weights: (x·W + b)·γ = x·(W·γ) + b·γ.
+
+open_clip's own ``VisionTransformer`` is read here; a ``TimmModel`` tower (SigLIP, SigLIP2, SO400M, PE-Core) is a
+timm VisionTransformer or Eva trunk (``convert.timm``, ``convert.eva``) followed by open_clip's optional linear
+projection.
 """
 
 from __future__ import annotations
@@ -13,22 +17,21 @@ import einops
 import torch
 from torch import Tensor, nn
 
+from vit_lens_clip.convert.eva import convert_eva
+from vit_lens_clip.convert.support import UnsupportedTowerError, unsupported
+from vit_lens_clip.convert.timm import convert_timm
 from vit_lens_clip.model.config import AttentionPoolConfig, ViTConfig
-from vit_lens_clip.model.hooked_vit import HookedViT
 
-
-class UnsupportedTowerError(ValueError):
-    """The vision tower is not a ViT that HookedViT can represent exactly."""
+__all__ = ["UnsupportedTowerError", "convert_open_clip", "config_from_open_clip", "state_dict_from_open_clip"]
 
 
 def _vision_tower(model_or_visual: nn.Module) -> nn.Module:
     visual = getattr(model_or_visual, "visual", model_or_visual)
     kind = type(visual).__name__
+    if kind == "TimmModel":
+        return visual
     if kind != "VisionTransformer" or not hasattr(visual, "transformer"):
-        raise UnsupportedTowerError(
-            f"vit_lens_clip supports open_clip ViT towers (VisionTransformer); this model's image tower is "
-            f"{kind} (e.g. timm SigLIP/EVA/ConvNeXt or ModifiedResNet), which cannot be ported."
-        )
+        raise unsupported(kind, "open_clip")
     return visual
 
 
@@ -143,7 +146,7 @@ def config_from_open_clip(visual: nn.Module, name: str = "open_clip") -> ViTConf
 def state_dict_from_open_clip(visual: nn.Module, cfg: ViTConfig) -> dict[str, Tensor]:
     """Map open_clip weights to HookedViT names, folding LayerScale into W_O/b_O and W_out/b_out."""
     if visual.conv1.bias is not None:
-        raise UnsupportedTowerError("patch embedding with a bias is not supported")
+        raise unsupported("VisionTransformer", "open_clip", "a patch embedding with a bias")
     sd: dict[str, Tensor] = {
         "W_patch": visual.conv1.weight.detach(),
         "class_embedding": visual.class_embedding.detach(),
@@ -183,28 +186,48 @@ def state_dict_from_open_clip(visual: nn.Module, cfg: ViTConfig) -> dict[str, Te
     return sd
 
 
-def _copy_eps(hooked: HookedViT, visual: nn.Module) -> None:
+def _ln_eps(visual: nn.Module, cfg: ViTConfig) -> dict[str, float]:
     """Each LayerNorm keeps the eps of the module it was ported from."""
-    pairs = [(hooked.ln_final, visual.ln_post)]
-    if hooked.ln_pre is not None:
-        pairs.append((hooked.ln_pre, visual.ln_pre))
-    for block, src in zip(hooked.blocks, visual.transformer.resblocks):
-        pairs += [(block.ln1, src.ln_1), (block.ln2, src.ln_2)]
-    if hooked.attn_pool is not None:
-        pairs += [(hooked.attn_pool.ln_q, visual.attn_pool.ln_q), (hooked.attn_pool.ln_k, visual.attn_pool.ln_k)]
-    for dst, src in pairs:
-        dst.eps = src.eps
+    pairs = {"ln_final": visual.ln_post}
+    if cfg.has_ln_pre:
+        pairs["ln_pre"] = visual.ln_pre
+    for i, src in enumerate(visual.transformer.resblocks):
+        pairs[f"blocks.{i}.ln1"], pairs[f"blocks.{i}.ln2"] = src.ln_1, src.ln_2
+    if visual.attn_pool is not None:
+        pairs["attn_pool.ln_q"], pairs["attn_pool.ln_k"] = visual.attn_pool.ln_q, visual.attn_pool.ln_k
+    return {k: m.eps for k, m in pairs.items() if m.eps != cfg.eps}
 
 
-def hooked_vit_from_open_clip(model_or_visual: nn.Module, name: str = "open_clip") -> HookedViT:
-    """Build a HookedViT whose forward equals ``model.encode_image`` (unnormalised) on the same weights."""
+def _convert_timm_tower(visual: nn.Module, name: str) -> tuple[ViTConfig, dict[str, Tensor]]:
+    """open_clip ``TimmModel``: the timm trunk, then the head (empty, or a linear projection)."""
+    convert = convert_eva if type(visual.trunk).__name__ == "Eva" else convert_timm
+    cfg, sd = convert(visual.trunk, name=name)
+    layers = [m for m in visual.head.children() if not isinstance(m, nn.Dropout)]
+    if not layers:
+        return cfg, sd
+    if len(layers) != 1 or not isinstance(layers[0], nn.Linear):
+        raise unsupported(f"TimmModel head {[type(m).__name__ for m in layers]}", "open_clip", "only a linear projection is ported")
+    proj = layers[0]
+    # (x·W + b)·Pᵀ + c = x·(W·Pᵀ) + (b·Pᵀ + c)
+    W = sd["W_proj"].float() @ proj.weight.detach().T.float()
+    b = sd["b_proj"].float() @ proj.weight.detach().T.float() if "b_proj" in sd else torch.zeros(proj.out_features)
+    if proj.bias is not None:
+        b = b + proj.bias.detach().float()
+    sd["W_proj"] = W
+    cfg.output_dim = proj.out_features
+    if cfg.proj_bias or proj.bias is not None:
+        sd["b_proj"], cfg.proj_bias = b, True
+    return cfg, sd
+
+
+def convert_open_clip(model_or_visual: nn.Module, name: str = "open_clip") -> tuple[ViTConfig, dict[str, Tensor]]:
+    """(ViTConfig, state dict) of an open_clip image tower; ``HookedViT.from_converted`` builds the model.
+
+    The port's forward equals ``model.encode_image`` (unnormalised) on the same weights.
+    """
     visual = _vision_tower(model_or_visual)
+    if type(visual).__name__ == "TimmModel":
+        return _convert_timm_tower(visual, name)
     cfg = config_from_open_clip(visual, name=name)
-    dtype, device = visual.conv1.weight.dtype, visual.conv1.weight.device
-    with torch.device("meta"):
-        hooked = HookedViT(cfg)
-    state = {k: v.to(torch.float32) for k, v in state_dict_from_open_clip(visual, cfg).items()}
-    hooked.load_state_dict(state, strict=True, assign=True)
-    hooked.W_text = torch.zeros(0, cfg.output_dim)
-    _copy_eps(hooked, visual)
-    return hooked.to(device=device, dtype=dtype).eval()
+    cfg.ln_eps = _ln_eps(visual, cfg)
+    return cfg, state_dict_from_open_clip(visual, cfg)

@@ -21,7 +21,9 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from vit_lens_clip.decompose.fold import Convention, LNFold
+from vit_lens_clip.decompose.fold import Convention
+from vit_lens_clip.decompose.map_pool import finish_map_pool, map_pool_hook_names
+from vit_lens_clip.decompose.output_fold import output_fold
 from vit_lens_clip.model.hooked_vit import HookedViT
 from vit_lens_clip.validation import layer_indices
 
@@ -53,8 +55,9 @@ class Decomposition:
     extra: dict[str, Tensor] = field(default_factory=dict)
 
     def total(self) -> Float[Tensor, "batch d_out"]:
-        """embed + Σ_l attn_l + Σ_l mlp_l."""
-        return self.embed + self.attns.sum(1) + self.mlps.sum(1)
+        """embed + Σ_l attn_l + Σ_l mlp_l (+ the MAP pooler's MLP part, ``extra["pool_mlp"]``, if any)."""
+        total = self.embed + self.attns.sum(1) + self.mlps.sum(1)
+        return total + self.extra["pool_mlp"] if "pool_mlp" in self.extra else total
 
     def head_scores(self, texts: Float[Tensor, "n_texts d_out"]) -> Float[Tensor, "batch n_kept n_heads n_texts"]:
         """ĉ_{l,h} · t for unit text embeddings t."""
@@ -130,6 +133,8 @@ class DecompositionCapture:
 
     def hook_names(self) -> dict[str, Callable[[Tensor], Tensor]]:
         """Hook name → reduction applied to the activation before it is kept."""
+        if self.model.cfg.pool_type == "map":
+            return map_pool_hook_names(self.model, self.layers, self.per_source)
         if self.model.attn_pool is not None:
             return self._attention_pool_hook_names()
         pool, ident = _pool(self.model), (lambda t: t)
@@ -157,12 +162,17 @@ class DecompositionCapture:
 
     # ----------------------------------------------------------- folding
     def finish(self) -> Decomposition:
+        if self.model.cfg.pool_type == "map":
+            parts = finish_map_pool(self.model, self.store, self.layers, self.per_source, self.texts,
+                                    self.convention, self.normalize)
+            self.store = {}
+            return Decomposition(**parts)
         if self.model.attn_pool is not None:
             return self._finish_attention_pool()
         m, s, cfg = self.model, self.store, self.model.cfg
         L, H, N = cfg.n_layers, cfg.n_heads, cfg.n_ctx
         K = 2 * L + 1
-        fold = LNFold.from_residual(s["hook_pooled"], m.ln_final.w, m.ln_final.b, m.W_proj, m.ln_final.eps, self.convention)
+        fold = output_fold(m, s["hook_pooled"], self.convention)
         embedding = s["hook_image_embed"].float()
         norm = embedding.norm(dim=-1) if self.normalize else torch.ones(embedding.shape[0], device=embedding.device)
         per_image = lambda x: x / norm.reshape(-1, *([1] * (x.ndim - 1)))  # noqa: E731
@@ -263,7 +273,7 @@ class DecompositionCapture:
 
         K0 = -through(mu.expand_as(x)) + torch.einsum("i,hid->d", beta_k, W_VO) + (
             torch.einsum("he,hed->d", b_V, W_O) + b_O)
-        fold = LNFold.from_residual(s["hook_pooled"], m.ln_final.w, m.ln_final.b, m.W_proj, m.ln_final.eps, self.convention)
+        fold = output_fold(m, s["hook_pooled"], self.convention)
         embedding = s["hook_image_embed"].float()
         norm = embedding.norm(dim=-1) if self.normalize else torch.ones(embedding.shape[0], device=embedding.device)
         per_image = lambda t: t / norm.reshape(-1, *([1] * (t.ndim - 1)))  # noqa: E731

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Callable, Iterable
 
-import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
@@ -71,8 +70,7 @@ def ablate_posthoc(
         return out
     if model is None:
         raise ValueError("space='residual' needs the model (for the final LayerNorm and projection)")
-    ln = model.ln_final
-    return F.layer_norm(out, out.shape[-1:], ln.w.float(), ln.b.float(), ln.eps) @ model.W_proj.float()
+    return model.output_from_pooled(out.to(model.W_proj.dtype)).float()
 
 
 def mean_ablation_hooks(

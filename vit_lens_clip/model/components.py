@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 
 from vit_lens_clip.model.config import ViTConfig
+from vit_lens_clip.model.pooling import NoPooledTokenError, pooled_row
 
 
 def _hooked(*points: HookPoint) -> bool:
@@ -32,6 +33,29 @@ def _affine(x: Tensor, W: Tensor, b: Tensor) -> Tensor:
 def quick_gelu(x: Tensor) -> Tensor:
     """QuickGELU, x·σ(1.702x), the activation OpenAI's CLIP was trained with."""
     return x * torch.sigmoid(1.702 * x)
+
+
+def rotate(x: Float[Tensor, "batch pos head d_head"], table: Float[Tensor, "n_rot two_d_head"], half: bool) -> Tensor:
+    """Rotary position embedding of the last ``n_rot`` positions: x·cos + rot(x)·sin (``table`` = [sin, cos]).
+
+    rot pairs neighbouring channels, (x0, x1) → (−x1, x0), or the two halves (``half``), (a, b) → (−b, a).
+    """
+    sin, cos = (t[:, None, :].to(x.dtype) for t in table.chunk(2, -1))
+    n_rot = table.shape[0]
+    fixed, moving = x[:, : x.shape[1] - n_rot], x[:, x.shape[1] - n_rot :]
+    if half:
+        a, b = moving.chunk(2, -1)
+        turned = torch.cat([-b, a], -1)
+    else:
+        turned = torch.stack([-moving[..., 1::2], moving[..., ::2]], -1).reshape(moving.shape)
+    return torch.cat([fixed, moving * cos + turned * sin], dim=1)
+
+
+def activation(x: Tensor, act_fn: str) -> Tensor:
+    """GELU (erf), GELU with the tanh approximation (SigLIP) or QuickGELU."""
+    if act_fn == "quick_gelu":
+        return quick_gelu(x)
+    return F.gelu(x, approximate="tanh" if act_fn == "gelu_tanh" else "none")
 
 
 class LayerNorm(nn.Module):
@@ -89,10 +113,16 @@ class Attention(nn.Module):
         d_out: int,
         d_kv_in: Optional[int] = None,
         pool_type: str = "tok",
+        n_prefix: int = 1,
+        rotary: str = "",
     ):
         super().__init__()
         d_kv_in = d_kv_in or d_in
-        self.n_heads, self.d_head, self.pool_type = n_heads, d_head, pool_type
+        self.n_heads, self.d_head, self.pool_type, self.n_prefix = n_heads, d_head, pool_type, n_prefix
+        self.rotary = rotary
+        if rotary:  # PE-Core: q and k of the patch tokens are rotated; these hooks see them after the rotation
+            self.hook_rot_q = HookPoint()  # [batch, query, head, d_head]
+            self.hook_rot_k = HookPoint()  # [batch, source, head, d_head]
         self.W_Q = nn.Parameter(torch.empty(n_heads, d_in, d_head))
         self.W_K = nn.Parameter(torch.empty(n_heads, d_kv_in, d_head))
         self.W_V = nn.Parameter(torch.empty(n_heads, d_kv_in, d_head))
@@ -110,8 +140,9 @@ class Attention(nn.Module):
         self.hook_pattern = HookPoint()  # [batch, head, query, source]
         self.hook_z = HookPoint()  # [batch, query, head, d_head]
         self.hook_result = HookPoint()  # [batch, query, head, d_out]
-        self.hook_pooled_pattern = HookPoint()  # [batch, head, source]
-        self.hook_result_per_source = HookPoint()  # [batch, source, head, d_out]
+        if pool_type != "map":  # a MAP tower's trunk has no pooled token: its pooler carries these hooks
+            self.hook_pooled_pattern = HookPoint()  # [batch, head, source]
+            self.hook_result_per_source = HookPoint()  # [batch, source, head, d_out]
 
     def _project(self, x: Tensor, W: Tensor, b: Tensor) -> Tensor:
         """x · W[h] + b[h] for every head: [..., d] → [..., n_heads, d_head]."""
@@ -124,12 +155,16 @@ class Attention(nn.Module):
         kv_input: Optional[Float[Tensor, "batch n_src d_kv"]] = None,
         attn_mask: Optional[Float[Tensor, "batch_or_1 heads_or_1 n_query n_src"]] = None,
         pool_index: Optional[Int[Tensor, "batch"]] = None,
+        rope: Optional[Float[Tensor, "n_patches two_d_head"]] = None,
     ) -> Float[Tensor, "batch n_query d_out"]:
         kv_input = query_input if kv_input is None else kv_input
         q = self.hook_q(self._project(query_input, self.W_Q, self.b_Q))
         k = self.hook_k(self._project(kv_input, self.W_K, self.b_K))
+        if self.rotary:
+            q = self.hook_rot_q(rotate(q, rope, self.rotary == "half"))
+            k = self.hook_rot_k(rotate(k, rope, self.rotary == "half"))
         v = self.hook_v(self._project(kv_input, self.W_V, self.b_V))
-        want_pooled = _hooked(self.hook_pooled_pattern, self.hook_result_per_source)
+        want_pooled = self.pool_type != "map" and _hooked(self.hook_pooled_pattern, self.hook_result_per_source)
         want_pattern = _hooked(self.hook_attn_scores, self.hook_pattern) or (
             want_pooled and self.pool_type == "avg" and pool_index is None
         )
@@ -182,7 +217,7 @@ class Attention(nn.Module):
             rows = torch.arange(out.shape[0], device=out.device)
             out[rows, pool_index] += change.to(out.dtype)
         elif self.pool_type == "avg":
-            out[:, 1:] += change.to(out.dtype)[:, None]
+            out[:, self.n_prefix:] += change.to(out.dtype)[:, None]
         else:
             out[:, 0] += change.to(out.dtype)
         return out
@@ -197,6 +232,8 @@ class Attention(nn.Module):
     ) -> Float[Tensor, "batch n_heads n_src"]:
         """Attention weights of the pooled query: row ``pool_index`` (per sequence), row 0 (token pooling) or
         the mean over patch queries (avg)."""
+        if self.pool_type == "map":
+            raise NoPooledTokenError("this tower is read by its attention pooler: hook attn_pool.attn.hook_pooled_pattern")
         rows = torch.arange(q.shape[0], device=q.device)
         if pool_index is not None:
             if pattern is not None:
@@ -209,7 +246,7 @@ class Attention(nn.Module):
         if self.pool_type == "avg":
             if pattern is None:
                 raise RuntimeError("average pooling needs the full pattern")
-            return pattern[:, :, 1:].float().mean(2)
+            return pooled_row(pattern.float(), "avg", self.n_prefix)
         if pattern is not None:
             return pattern[:, :, 0].float()
         scores = torch.einsum("bhe,bshe->bhs", q[:, 0].float(), k.float()) / math.sqrt(self.d_head)
@@ -235,7 +272,7 @@ class MLP(nn.Module):
 
     def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
         pre = self.hook_pre(_affine(x, self.W_in, self.b_in))
-        post = self.hook_post(quick_gelu(pre) if self.act_fn == "quick_gelu" else F.gelu(pre))
+        post = self.hook_post(activation(pre, self.act_fn))
         return _affine(post, self.W_out, self.b_out)
 
 
@@ -249,7 +286,8 @@ class TransformerBlock(nn.Module):
         super().__init__()
         self.layer = layer
         self.ln1 = LayerNorm(cfg.d_model, cfg.eps)
-        self.attn = Attention(cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_model, pool_type=cfg.pool_type)
+        self.attn = Attention(cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_model, pool_type=cfg.pool_type,
+                              n_prefix=cfg.n_prefix, rotary=cfg.rotary)
         self.ln2 = LayerNorm(cfg.d_model, cfg.eps)
         self.mlp = MLP(cfg.d_model, cfg.d_mlp, cfg.act_fn)
         self.hook_resid_pre = HookPoint()
@@ -258,25 +296,47 @@ class TransformerBlock(nn.Module):
         self.hook_mlp_out = HookPoint()
         self.hook_resid_post = HookPoint()
 
-    def forward(self, resid_pre: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+    def forward(
+        self, resid_pre: Float[Tensor, "batch pos d_model"], rope: Optional[Tensor] = None
+    ) -> Float[Tensor, "batch pos d_model"]:
         resid_pre = self.hook_resid_pre(resid_pre)
-        resid_mid = self.hook_resid_mid(resid_pre + self.hook_attn_out(self.attn(self.ln1(resid_pre))))
+        resid_mid = self.hook_resid_mid(resid_pre + self.hook_attn_out(self.attn(self.ln1(resid_pre), rope=rope)))
         return self.hook_resid_post(resid_mid + self.hook_mlp_out(self.mlp(self.ln2(resid_mid))))
 
 
 class AttentionPool(nn.Module):
-    """CoCa's attentional pooler: ``attn(ln_q(query), ln_k(tokens))``; no residual, queries are parameters."""
+    """An attentional pooler (config: ``AttentionPoolConfig``); the queries are parameters.
+
+    CoCa: ``out = attn(ln_q(query), ln_k(tokens))``. MAP (SigLIP): ``a = attn(query, ln_k(tokens))`` with
+    ``ln_k`` the trunk's final norm, then ``out = a + mlp(ln_mlp(a))``.
+    """
 
     def __init__(self, cfg: ViTConfig):
         super().__init__()
         pc = cfg.attention_pool
         assert pc is not None
-        self.query = nn.Parameter(torch.zeros(pc.n_queries, pc.d_model))
-        self.ln_q = LayerNorm(pc.d_model, pc.eps)
+        self.include_prefix, self.n_prefix = pc.include_prefix, cfg.n_prefix
+        self.query = nn.Parameter(torch.zeros(pc.n_queries, pc.d_query))
+        self.ln_q = LayerNorm(pc.d_query, pc.eps) if pc.query_norm else None
         self.ln_k = LayerNorm(pc.d_context, pc.eps)
-        self.attn = Attention(pc.d_model, pc.n_heads, pc.d_head, pc.d_model, d_kv_in=pc.d_context, pool_type="tok")
+        self.attn = Attention(pc.d_query, pc.n_heads, pc.d_head, pc.d_model, d_kv_in=pc.d_context, pool_type="tok")
+        self.hook_attn_out = HookPoint()  # [batch, n_queries, d_model]
+        if pc.d_mlp:
+            self.ln_mlp = LayerNorm(pc.d_model, pc.eps)
+            self.mlp = MLP(pc.d_model, pc.d_mlp, pc.act_fn)
+            self.hook_mlp_out = HookPoint()  # [batch, n_queries, d_model]
+        else:
+            self.ln_mlp = self.mlp = None
         self.hook_out = HookPoint()  # [batch, n_queries, d_model]
 
+    def sources(self, tokens: Float[Tensor, "batch pos d"]) -> Float[Tensor, "batch n_src d"]:
+        """The tokens the queries attend to: all, or the patches only (``include_prefix=False``)."""
+        return tokens if self.include_prefix else tokens[:, self.n_prefix :]
+
     def forward(self, tokens: Float[Tensor, "batch pos d_context"]) -> Float[Tensor, "batch n_queries d_pool"]:
-        queries = self.ln_q(self.query).to(tokens.dtype).expand(tokens.shape[0], -1, -1)
-        return self.hook_out(self.attn(queries, self.ln_k(tokens)))
+        queries = self.query if self.ln_q is None else self.ln_q(self.query)
+        queries = queries.to(tokens.dtype).expand(tokens.shape[0], -1, -1)
+        out = self.hook_attn_out(self.attn(queries, self.ln_k(self.sources(tokens))))
+        if self.mlp is not None:
+            out = out + self.hook_mlp_out(self.mlp(self.ln_mlp(out)))
+        return self.hook_out(out)

@@ -7,26 +7,45 @@ from typing import Literal, Optional
 
 import torch
 
-PoolType = Literal["tok", "avg"]
-ActFn = Literal["gelu", "quick_gelu"]
+from vit_lens_clip.model.pooling import POOL_TYPES, PoolType, n_prefix_tokens
+
+ActFn = Literal["gelu", "quick_gelu", "gelu_tanh"]
+ACT_FNS = ("gelu", "quick_gelu", "gelu_tanh")
 
 
 @dataclass
 class AttentionPoolConfig:
-    """CoCa-style attentional pooler: learned queries cross-attend to the tokens.
+    """An attentional pooler: learned queries cross-attend to the tower's tokens; query 0 is pooled.
 
-    The pooled image embedding is query 0's output (after ``ln_final``), as in open_clip's CoCa.
+    CoCa (open_clip): ``attn(ln_q(query), ln_k(tokens))``, then ``ln_final`` and the projection.
+    MAP (timm ``AttentionPoolLatent``; SigLIP, ``global_pool="map"``): the queries are not normalised
+    (``query_norm=False``), ``ln_k`` is the trunk's final norm (per token), and an MLP with a residual follows:
+    ``a + mlp(ln_mlp(a))`` (``d_mlp > 0``). ``include_prefix=False`` keeps prefix tokens out of the sources.
     """
 
     n_queries: int
     n_heads: int
-    d_model: int  # query / output width (open_clip: the tower's output_dim)
+    d_model: int  # output width of the pooler (open_clip CoCa: the tower's output_dim)
     d_context: int  # key/value input width (the tower's width)
     eps: float = 1e-5
+    d_query: int = -1  # width of the learned queries (-1: d_model)
+    d_attn: int = -1  # n_heads * d_head (-1: d_model)
+    query_norm: bool = True
+    d_mlp: int = 0
+    act_fn: str = "gelu"
+    include_prefix: bool = True
+
+    def __post_init__(self) -> None:
+        if self.d_query == -1:
+            self.d_query = self.d_model
+        if self.d_attn == -1:
+            self.d_attn = self.d_model
+        if self.d_attn % self.n_heads:
+            raise ValueError(f"pooler width {self.d_attn} is not divisible by its {self.n_heads} heads")
 
     @property
     def d_head(self) -> int:
-        return self.d_model // self.n_heads
+        return self.d_attn // self.n_heads
 
 
 @dataclass
@@ -53,6 +72,13 @@ class ViTConfig:
     has_ln_pre: bool = True
     final_ln_after_pool: bool = False
     attention_pool: Optional[AttentionPoolConfig] = None
+    class_token: bool = True
+    n_registers: int = 0
+    patch_bias: bool = False
+    has_ln_final: bool = True
+    proj_bias: bool = False
+    rotary: str = ""  # "" | "interleave" | "half": rotary embedding of the patches' q, k (PE-Core)
+    ln_eps: dict = field(default_factory=dict)  # LayerNorm module name -> eps, where it differs from ``eps``
     in_channels: int = 3
     model_name: str = "custom"
     dtype: torch.dtype = torch.float32
@@ -70,10 +96,16 @@ class ViTConfig:
             self.d_head = self.d_model // self.n_heads
         if self.n_heads * self.d_head != self.d_model:
             raise ValueError("n_heads * d_head must equal d_model")
-        if self.act_fn not in ("gelu", "quick_gelu"):
-            raise ValueError(f"act_fn must be 'gelu' or 'quick_gelu', got {self.act_fn!r}")
-        if self.pool_type not in ("tok", "avg"):
-            raise ValueError(f"pool_type must be 'tok' or 'avg', got {self.pool_type!r}")
+        if self.act_fn not in ACT_FNS:
+            raise ValueError(f"act_fn must be one of {ACT_FNS}, got {self.act_fn!r}")
+        if self.pool_type not in POOL_TYPES:
+            raise ValueError(f"pool_type must be one of {POOL_TYPES}, got {self.pool_type!r}")
+        if self.rotary not in ("", "interleave", "half"):
+            raise ValueError(f"rotary must be '', 'interleave' or 'half', got {self.rotary!r}")
+        if self.pool_type == "map" and self.attention_pool is None:
+            raise ValueError("pool_type 'map' needs an attention_pool config")
+        if self.pool_type == "tok" and not self.class_token:
+            raise ValueError("token pooling needs a class token")
         for i in range(2):
             if self.image_size[i] % self.patch_size[i]:
                 raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
@@ -87,9 +119,14 @@ class ViTConfig:
         return self.grid_size[0] * self.grid_size[1]
 
     @property
+    def n_prefix(self) -> int:
+        """Tokens before the patches: the class token (if any) and the register tokens."""
+        return n_prefix_tokens(self.class_token, self.n_registers)
+
+    @property
     def n_ctx(self) -> int:
-        """Tokens in the residual stream: one class token plus the patches."""
-        return self.n_patches + 1
+        """Tokens in the residual stream: the prefix tokens plus the patches."""
+        return self.n_patches + self.n_prefix
 
     @property
     def d_pool(self) -> int:

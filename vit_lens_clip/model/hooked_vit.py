@@ -3,9 +3,10 @@
 Forward: images [B, C, H, W] → image embedding [B, output_dim], equal to open_clip's ``encode_image``
 (unnormalised). ``run_with_cache`` returns a ``transformer_lens.ActivationCache``.
 
-Hook names (TransformerLens conventions, pos = 1 + n_patches, CLS at position 0):
+Hook names (TransformerLens conventions, pos = n_prefix + n_patches: the class token at position 0 when the
+tower has one, then any register tokens, then the patches; see ``model.pooling``):
 
-    hook_tokens                      [B, pos, d_model]   patch + class + positional embedding
+    hook_tokens                      [B, pos, d_model]   patch + class/register + positional embedding
     ln_pre.hook_scale/normalized     (absent when the tower has no ln_pre)
     hook_embed                       [B, pos, d_model]   what enters block 0 (after ln_pre)
     blocks.{l}.hook_resid_pre/mid/post, hook_attn_out, hook_mlp_out
@@ -16,9 +17,11 @@ Hook names (TransformerLens conventions, pos = 1 + n_patches, CLS at position 0)
     blocks.{l}.attn.hook_pooled_pattern      [B, head, source]
     blocks.{l}.attn.hook_result_per_source   [B, source, head, d_model]
     blocks.{l}.mlp.hook_pre/hook_post        [B, pos, d_mlp]
-    attn_pool.*                      CoCa only: the pooler's attention (queries instead of positions)
+    attn_pool.*                      CoCa / MAP (SigLIP): the pooler's attention (queries instead of positions);
+                                     MAP: attn_pool.ln_k is the trunk's final norm, attn_pool.hook_attn_out,
+                                     attn_pool.mlp.*, attn_pool.hook_mlp_out the pooler's MLP with its residual
     hook_pooled                      [B, d_pool]   the pooled vector r before ln_final
-    ln_final.hook_scale/normalized   [B, pos, 1] (or [B, 1] when the LN is applied after pooling)
+    ln_final.hook_scale/normalized   [B, pos, 1] (or [B, 1] when the LN is applied after pooling; absent if none)
     hook_image_embed                 [B, output_dim]
 """
 
@@ -34,10 +37,15 @@ from transformer_lens import ActivationCache
 from transformer_lens.hook_points import HookPoint
 from transformer_lens.HookedRootModule import HookedRootModule
 
+from vit_lens_clip.convert.eva import convert_eva
+from vit_lens_clip.convert.hf import convert_hf
+from vit_lens_clip.convert.open_clip import convert_open_clip
+from vit_lens_clip.convert.timm import convert_timm
 from vit_lens_clip.model.components import AttentionPool, LayerNorm, TransformerBlock
 from vit_lens_clip.model.config import ViTConfig
 from vit_lens_clip.model.stacked_weights import StackedWeights
 from vit_lens_clip.validation import check_images
+from vit_lens_clip.model.pooling import pool_tokens
 
 TextEncoder = Callable[[Sequence[str]], Tensor]
 
@@ -55,16 +63,23 @@ class HookedViT(StackedWeights, HookedRootModule):
         d = cfg.d_model
         self.W_patch = nn.Parameter(torch.empty(d, cfg.in_channels, *cfg.patch_size))
         nn.init.normal_(self.W_patch, std=(cfg.in_channels * cfg.patch_size[0] * cfg.patch_size[1]) ** -0.5)
-        self.class_embedding = nn.Parameter(torch.randn(d) * d**-0.5)
+        self.b_patch = nn.Parameter(torch.zeros(d)) if cfg.patch_bias else None
+        self.class_embedding = nn.Parameter(torch.randn(d) * d**-0.5) if cfg.class_token else None
+        self.register_tokens = nn.Parameter(torch.randn(cfg.n_registers, d) * d**-0.5) if cfg.n_registers else None
         self.W_pos = nn.Parameter(torch.randn(cfg.n_ctx, d) * d**-0.5)
         self.hook_tokens = HookPoint()
         self.ln_pre = LayerNorm(d, cfg.eps) if cfg.has_ln_pre else None
         self.hook_embed = HookPoint()
         self.blocks = nn.ModuleList([TransformerBlock(cfg, layer) for layer in range(cfg.n_layers)])
+        if cfg.rotary:  # [sin | cos] per patch, the source model's rotary table for this image size
+            self.register_buffer("rope", torch.zeros(cfg.n_patches, 2 * cfg.d_head))
+        else:
+            self.rope = None
         self.attn_pool = AttentionPool(cfg) if cfg.attention_pool is not None else None
         self.hook_pooled = HookPoint()
-        self.ln_final = LayerNorm(cfg.d_pool, cfg.eps)
+        self.ln_final = LayerNorm(cfg.d_pool, cfg.eps) if cfg.has_ln_final else None
         self.W_proj = nn.Parameter(torch.randn(cfg.d_pool, cfg.output_dim) * cfg.d_pool**-0.5)
+        self.b_proj = nn.Parameter(torch.zeros(cfg.output_dim)) if cfg.proj_bias else None
         self.hook_image_embed = HookPoint()
         self.text_encoder: Optional[TextEncoder] = None
         self.text_vocab: list[str] = []
@@ -74,15 +89,16 @@ class HookedViT(StackedWeights, HookedRootModule):
 
     # ------------------------------------------------------------------ forward
     def embed(self, images: Float[Tensor, "batch channel height width"]) -> Float[Tensor, "batch pos d_model"]:
-        """Patchify (a strided conv), prepend the class token, add positional embeddings, apply ln_pre."""
+        """Patchify (a strided conv), prepend the class and register tokens, add positional embeddings, ln_pre."""
         if images.ndim != 4 or images.shape[1] != self.cfg.in_channels:
             raise ValueError(f"expected images [batch, {self.cfg.in_channels}, H, W], got {tuple(images.shape)}")
         if tuple(images.shape[-2:]) != tuple(self.cfg.image_size):
             raise ValueError(f"expected {self.cfg.image_size} images, got {tuple(images.shape[-2:])}")
         images = images.to(self.W_patch.dtype)
-        patches = F.conv2d(images, self.W_patch, stride=self.cfg.patch_size).flatten(2).transpose(1, 2)
-        cls = self.class_embedding.to(patches.dtype).expand(patches.shape[0], 1, -1)
-        tokens = self.hook_tokens(torch.cat([cls, patches], dim=1) + self.W_pos.to(patches.dtype))
+        patches = F.conv2d(images, self.W_patch, self.b_patch, stride=self.cfg.patch_size).flatten(2).transpose(1, 2)
+        prefix = [t.to(patches.dtype).reshape(-1, t.shape[-1]).expand(patches.shape[0], -1, -1)
+                  for t in (self.class_embedding, self.register_tokens) if t is not None]
+        tokens = self.hook_tokens(torch.cat([*prefix, patches], dim=1) + self.W_pos.to(patches.dtype))
         return self.hook_embed(self.ln_pre(tokens) if self.ln_pre is not None else tokens)
 
     def pool(self, resid: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch d_pool"]:
@@ -93,10 +109,11 @@ class HookedViT(StackedWeights, HookedRootModule):
         into the CLS position before ln_final (average pooling before the LN has no such position: editing
         it raises). CLIPA (``final_ln_after_pool``) and CoCa pool first, then normalise ([B, 1] scale).
         """
+        ln = self.ln_final if self.ln_final is not None else (lambda x: x)
         if self.attn_pool is not None:
-            return self.ln_final(self.hook_pooled(self.attn_pool(resid)[:, 0]))
+            return ln(self.hook_pooled(self.attn_pool(resid)[:, 0]))
         if self.cfg.final_ln_after_pool:
-            return self.ln_final(self.hook_pooled(self.pool_tokens(resid)))
+            return ln(self.hook_pooled(self.pool_tokens(resid)))
         if self.hook_pooled.fwd_hooks:
             pooled = self.pool_tokens(resid)
             edited = self.hook_pooled(pooled.clone())
@@ -108,19 +125,27 @@ class HookedViT(StackedWeights, HookedRootModule):
                     "hook_pooled cannot be edited when patches are averaged after the final LayerNorm "
                     f"(no position holds the pooled residual); edit blocks.{self.cfg.n_layers - 1}.hook_resid_post"
                 )
-        return self.pool_tokens(self.ln_final(resid))
+        return self.pool_tokens(ln(resid))
 
     def pool_tokens(self, x: Float[Tensor, "... pos d"]) -> Float[Tensor, "... d"]:
-        """Token pooling of any per-position tensor: CLS (position 0) or the mean over patch positions."""
-        return x[..., 1:, :].mean(-2) if self.cfg.pool_type == "avg" else x[..., 0, :]
+        """Token pooling of any per-position tensor (``model.pooling.pool_tokens``)."""
+        return pool_tokens(x, self.cfg.pool_type, self.cfg.n_prefix)
 
     def forward(self, images: Float[Tensor, "batch channel height width"]) -> Float[Tensor, "batch d_out"]:
-        """Image embedding = ln_final(r) · W_proj; equals open_clip's ``encode_image(images)``."""
+        """Image embedding = ln_final(r) · W_proj (+ b_proj); equals the source model's image embedding."""
         check_images(images)  # uint8 raises; NaN/inf images are named in a warning
         resid = self.embed(images)
         for block in self.blocks:
-            resid = block(resid)
-        return self.hook_image_embed(self.pool(resid) @ self.W_proj)
+            resid = block(resid, rope=self.rope)
+        pooled = self.pool(resid)
+        out = pooled @ self.W_proj if self.b_proj is None else torch.addmm(self.b_proj, pooled, self.W_proj)
+        return self.hook_image_embed(out)
+
+    def output_from_pooled(self, pooled: Float[Tensor, "batch d_pool"]) -> Float[Tensor, "batch d_out"]:
+        """The head after pooling, for a pooled vector r: ln_final (if any), W_proj, b_proj (if any)."""
+        normed = self.ln_final(pooled) if self.ln_final is not None else pooled
+        out = normed @ self.W_proj.to(normed.dtype)
+        return out + self.b_proj.to(out.dtype) if self.b_proj is not None else out
 
     # --------------------------------------------------------------- caching
     def run_with_cache(self, *model_args: Any, return_cache_object: bool = True, **kwargs: Any):
@@ -187,7 +212,8 @@ class HookedViT(StackedWeights, HookedRootModule):
             text_emb = self.W_text[torch.as_tensor(tokens, device=self.W_text.device)]
         else:
             text_emb = tokens.to(self.W_proj)
-        return (text_emb @ self.W_proj.T) * self.ln_final.w
+        direction = text_emb @ self.W_proj.T
+        return direction * self.ln_final.w if self.ln_final is not None else direction
 
     # ------------------------------------------------------------ utilities
     @property
@@ -196,15 +222,44 @@ class HookedViT(StackedWeights, HookedRootModule):
         return self.W_proj
 
     @classmethod
-    def from_open_clip(cls, model_or_visual: nn.Module, **kwargs: Any) -> "HookedViT":
-        """Port an open_clip ``CLIP``/``CoCa`` model or its ``VisionTransformer`` (see convert.open_clip)."""
-        from vit_lens_clip.convert.open_clip import hooked_vit_from_open_clip
+    def from_converted(
+        cls,
+        cfg: ViTConfig,
+        state_dict: dict[str, Tensor],
+        device: Optional[Union[str, torch.device]] = None,
+    ) -> "HookedViT":
+        """The one loader: build a HookedViT from a converter's (config, state dict), in ``cfg.dtype``.
 
-        return hooked_vit_from_open_clip(model_or_visual, **kwargs)
+        Every LayerNorm named in ``cfg.ln_eps`` keeps the eps of the module it was ported from.
+        """
+        with torch.device("meta"):
+            hooked = cls(cfg)
+        state = {k: v.detach().to(torch.float32).contiguous() for k, v in state_dict.items()}
+        hooked.load_state_dict(state, strict=True, assign=True)
+        hooked.W_text = torch.zeros(0, cfg.output_dim)
+        for name, eps in cfg.ln_eps.items():
+            hooked.get_submodule(name).eps = eps
+        return hooked.to(device=device, dtype=cfg.dtype).eval()
 
     @classmethod
-    def from_hf(cls, model: nn.Module, **kwargs: Any) -> "HookedViT":
-        """Port a transformers ``CLIPVisionModelWithProjection`` (see convert.hf)."""
-        from vit_lens_clip.convert.hf import hooked_vit_from_hf
+    def from_open_clip(cls, model_or_visual: nn.Module, name: str = "open_clip") -> "HookedViT":
+        """Port an open_clip ``CLIP``/``CoCa`` model or its image tower (``VisionTransformer``, or a timm
+        ViT/SigLIP tower in ``TimmModel``); forward equals ``encode_image`` (see convert.open_clip)."""
+        return cls.from_converted(*convert_open_clip(model_or_visual, name=name), device=_device_of(model_or_visual))
 
-        return hooked_vit_from_hf(model, **kwargs)
+    @classmethod
+    def from_hf(cls, model: nn.Module) -> "HookedViT":
+        """Port a transformers ``CLIPVisionModelWithProjection`` (see convert.hf)."""
+        return cls.from_converted(*convert_hf(model), device=_device_of(model))
+
+    @classmethod
+    def from_timm(cls, model: nn.Module, name: Optional[str] = None) -> "HookedViT":
+        """Port a timm ``VisionTransformer`` or a PE-Core ``Eva``; forward equals ``model(images)`` (logits, or
+        features for ``num_classes=0``). See convert.timm and convert.eva for what is supported."""
+        convert = convert_eva if type(model).__name__ == "Eva" else convert_timm
+        return cls.from_converted(*convert(model, name=name), device=_device_of(model))
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    first = next(iter(model.parameters()), None)
+    return first.device if first is not None else torch.device("cpu")

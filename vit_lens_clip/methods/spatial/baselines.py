@@ -25,6 +25,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from vit_lens_clip.model.hooked_vit import HookedViT
+from vit_lens_clip.model.pooling import patch_slice, pooled_row
 
 
 def _patch_grid(model: HookedViT, per_patch: Float[Tensor, "batch n_patches"]) -> Tensor:
@@ -34,7 +35,7 @@ def _patch_grid(model: HookedViT, per_patch: Float[Tensor, "batch n_patches"]) -
 
 def _pooled_row(model: HookedViT, matrix: Float[Tensor, "batch n_query n_src"]) -> Float[Tensor, "batch n_src"]:
     """Row of the pooled token: CLS, or the mean over patch queries for average pooling."""
-    return matrix[:, 1:].mean(1) if model.cfg.pool_type == "avg" else matrix[:, 0]
+    return pooled_row(matrix, model.cfg.pool_type, model.cfg.n_prefix)
 
 
 def _check_supported(model: HookedViT) -> None:
@@ -66,7 +67,7 @@ def raw_attention(model: HookedViT, images: Float[Tensor, "batch channel height 
     name = f"blocks.{model.cfg.n_layers - 1}.attn.hook_pooled_pattern"
     with torch.no_grad():
         model.run_with_hooks(images, fwd_hooks=[(name, _keep(store, "pooled"))])
-    return _patch_grid(model, store["pooled"].float().mean(1)[:, 1:])
+    return _patch_grid(model, store["pooled"].float().mean(1)[:, patch_slice(model.cfg.n_prefix)])
 
 
 def attention_rollout(
@@ -84,7 +85,7 @@ def attention_rollout(
         mixed = mixed + torch.eye(mixed.shape[-1], device=mixed.device)
         mixed = mixed / mixed.sum(-1, keepdim=True)
         rollout = mixed if rollout is None else mixed @ rollout
-    return _patch_grid(model, _pooled_row(model, rollout)[:, 1:])
+    return _patch_grid(model, _pooled_row(model, rollout)[:, patch_slice(model.cfg.n_prefix)])
 
 
 def _score_with_grads(
@@ -111,7 +112,8 @@ def gradcam(
     _check_supported(model)
     name = f"blocks.{model.cfg.n_layers - 1}.hook_resid_pre"
     acts, grads = _score_with_grads(model, images, texts, [name])
-    tokens, grad = acts[name][:, 1:].float(), grads[name][:, 1:].float()
+    patches = patch_slice(model.cfg.n_prefix)
+    tokens, grad = acts[name][:, patches].float(), grads[name][:, patches].float()
     weights = grad.mean(1)  # [B, d]: GradCAM's channel weights, pooled over the patch positions
     return _patch_grid(model, torch.einsum("bmd,bd->bm", tokens, weights).clamp(min=0))
 
@@ -131,7 +133,7 @@ def chefer(
         if relevance is None:
             relevance = torch.eye(weighted.shape[-1], device=weighted.device).expand_as(weighted)
         relevance = relevance + weighted @ relevance
-    return _patch_grid(model, _pooled_row(model, relevance)[:, 1:])
+    return _patch_grid(model, _pooled_row(model, relevance)[:, patch_slice(model.cfg.n_prefix)])
 
 
 

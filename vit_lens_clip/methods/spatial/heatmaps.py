@@ -26,6 +26,7 @@ from vit_lens_clip.datasets.geometry import PreprocessGeometry, upsample_patch_m
 from vit_lens_clip.decompose.fold import Convention
 from vit_lens_clip.decompose.parts import DecompositionCapture, decompose
 from vit_lens_clip.model.hooked_vit import HookedViT
+from vit_lens_clip.model.pooling import patch_slice
 from vit_lens_clip.validation import head_indices, layer_indices
 
 HeadIndex = tuple[int, int]
@@ -72,7 +73,7 @@ def _sum_sources(
     pairs: Optional[set[HeadIndex]],
 ) -> Float[Tensor, "batch n_texts grid_h grid_w"]:
     mask = _head_mask(kept_layers, model.cfg.n_heads, pairs).to(source_scores)
-    per_patch = torch.einsum("blhmk,lh->bmk", source_scores[:, :, :, 1:], mask)
+    per_patch = torch.einsum("blhmk,lh->bmk", source_scores[:, :, :, patch_slice(model.cfg.n_prefix)], mask)
     return _to_grid(model, per_patch)
 
 
