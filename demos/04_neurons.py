@@ -35,8 +35,7 @@ import torch
 
 from vit_lens_clip import load_clip
 from vit_lens_clip.datasets.shapes_world import zero_shot_labels
-from vit_lens_clip.methods.neurons.ablation import (ablated_embeddings, ablation_accuracy, selectivity,
-                                                    significance_threshold)
+from vit_lens_clip.methods.neurons.ablation import ablated_embeddings, ablation_accuracy, selectivity, significance_threshold
 from vit_lens_clip.methods.neurons.concepts import image_concepts, spurious_words
 from vit_lens_clip.methods.neurons.directions import neuron_directions, variance_explained
 from vit_lens_clip.methods.neurons.effects import NeuronEffects, collect_second_order

@@ -6,8 +6,8 @@ import sys
 import time
 from pathlib import Path
 
-from vit_lens_clip.app.collect import run_collect
 from vit_lens_clip.app.cli import build_parser
+from vit_lens_clip.app.collect import run_collect
 from vit_lens_clip.datasets.sources import ShapesItems
 from vit_lens_clip.loading import load_clip
 

@@ -22,13 +22,12 @@ from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
 from PIL import Image
 from safetensors.torch import load_file
 
-from vit_lens_clip.methods.ablation import ablate_posthoc
+from vit_lens_clip.app.cli import main
 from vit_lens_clip.app.collect import (
     load_contributions,
     load_decomposition,
     profile_collection,
 )
-from vit_lens_clip.app.cli import main
 from vit_lens_clip.datasets.folder import ImageFolder
 from vit_lens_clip.datasets.sources import ShapesItems, open_dataset
 from vit_lens_clip.decompose.reducers import MeanReducer, StackReducer, run_reducers
@@ -41,6 +40,7 @@ from vit_lens_clip.distributed.collection import (
 from vit_lens_clip.distributed.sampler import ContiguousSampler, rank_range
 from vit_lens_clip.distributed.shards import read_parts
 from vit_lens_clip.loading import load_clip
+from vit_lens_clip.methods.ablation import ablate_posthoc
 from vit_lens_clip.methods.textspan.runs import collect_head_contributions, run_textspan
 
 N, BATCH = 41, 7  # odd size; 7 divides both ranks' blocks (21, 20 → batches 7,7,7 | 7,7,6), so batches match

@@ -15,13 +15,13 @@ from conftest import tiny_clip
 from PIL import Image
 
 from vit_lens_clip import HookedViT
-from vit_lens_clip.methods.ablation import ablate_posthoc, mean_ablation_hooks
 from vit_lens_clip.app.run_folder import finish_report_folder, prepare_report_folder
 from vit_lens_clip.datasets.folder import ImageFolder, TensorImages
 from vit_lens_clip.decompose.parts import decompose
 from vit_lens_clip.decompose.reducers import HeadStackReducer, MeanReducer, Reducer, load_head_stack, run_reducers
 from vit_lens_clip.errors import CorruptFileError, OutputFolderError, RunFolderMismatchError, UserInputError
 from vit_lens_clip.loading import EMBEDDED_DIR, load_clip
+from vit_lens_clip.methods.ablation import ablate_posthoc, mean_ablation_hooks
 from vit_lens_clip.methods.retrieval import head_representation
 from vit_lens_clip.methods.spatial.heatmaps import text_heatmap
 from vit_lens_clip.methods.textspan.runs import collect_head_contributions

@@ -30,8 +30,8 @@ if TYPE_CHECKING:
     from vit_lens_clip.loading import EMBEDDED_NAME, LoadedCLIP, WeightsUnavailableError, load_clip
     from vit_lens_clip.model.config import ViTConfig
     from vit_lens_clip.model.hooked_text import HookedTextTransformer
-    from vit_lens_clip.model.text_config import TextConfig
     from vit_lens_clip.model.hooked_vit import HookedViT
+    from vit_lens_clip.model.text_config import TextConfig
 
 
 def __getattr__(name: str) -> Any:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from vit_lens_clip.app.config import ReportConfig, add_report_arguments
+from vit_lens_clip.app.run_folder import check_report_inputs, finish_report_folder, prepare_report_folder, report_settings
 from vit_lens_clip.app.sections import SECTIONS, ReportContext, Section
 from vit_lens_clip.loading import load_clip
 from vit_lens_clip.viz.html import figures_to_html

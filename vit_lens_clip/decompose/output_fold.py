@@ -41,7 +41,7 @@ class BiasedFold:
     """Any fold, plus the share w_c·b of the projection bias b on each piece."""
 
     inner: Union[LNFold, ProjectionFold]
-    bias: Float[Tensor, "d_out"]
+    bias: Float[Tensor, " d_out"]
 
     def fold(self, pieces: Tensor, share: float) -> Tensor:
         return self.inner.fold(pieces, share) + share * self.bias

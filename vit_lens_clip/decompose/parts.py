@@ -123,9 +123,10 @@ class DecompositionCapture:
         def reduce(v: Tensor) -> Tensor:
             if self._pull_back is None:
                 m = self.model
-                no_stats = torch.empty(0, device=m.W_proj.device)
-                fold = LNFold(no_stats, no_stats, m.ln_final.w.float(), m.ln_final.b.float(), m.W_proj.float(), self.convention)
-                self._pull_back = fold.pull_back(self.texts.to(m.W_proj.device))  # [d, K+1], no image statistics
+                # the pull-back reads only γ and P (no image statistics): any pooled vector builds the fold
+                placeholder = torch.zeros(1, m.W_proj.shape[0], device=m.W_proj.device)
+                fold = output_fold(m, placeholder, self.convention)
+                self._pull_back = fold.pull_back(self.texts.to(m.W_proj.device))  # [d, K+1]
             value_dirs = torch.einsum("hed,dk->hek", attn.W_O.float(), self._pull_back)
             return torch.einsum("bmhe,hek->bhmk", v.float(), value_dirs)
 

@@ -27,13 +27,13 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
+from vit_lens_clip import validation
 from vit_lens_clip.datasets.folder import Batch, collate_images
 from vit_lens_clip.decompose import checkpoint as ckpt_io
 from vit_lens_clip.decompose.fold import Convention
 from vit_lens_clip.decompose.parts import Decomposition, DecompositionCapture
 from vit_lens_clip.errors import BadInputError
 from vit_lens_clip.model.hooked_vit import HookedViT
-from vit_lens_clip import validation
 
 
 class Reducer:

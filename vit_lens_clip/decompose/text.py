@@ -39,7 +39,7 @@ class TextDecomposition:
     heads: Float[Tensor, "batch n_layers n_heads d_out"]
     proj_bias: Float[Tensor, "batch d_out"]
     embedding: Float[Tensor, "batch d_out"]
-    pool_index: Int[Tensor, "batch"]
+    pool_index: Int[Tensor, " batch"]
     convention: Convention
     head_tokens: Optional[Float[Tensor, "batch n_layers n_heads n_tokens d_out"]] = None
 

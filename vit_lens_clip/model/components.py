@@ -154,7 +154,7 @@ class Attention(nn.Module):
         query_input: Float[Tensor, "batch n_query d_in"],
         kv_input: Optional[Float[Tensor, "batch n_src d_kv"]] = None,
         attn_mask: Optional[Float[Tensor, "batch_or_1 heads_or_1 n_query n_src"]] = None,
-        pool_index: Optional[Int[Tensor, "batch"]] = None,
+        pool_index: Optional[Int[Tensor, " batch"]] = None,
         rope: Optional[Float[Tensor, "n_patches two_d_head"]] = None,
     ) -> Float[Tensor, "batch n_query d_out"]:
         kv_input = query_input if kv_input is None else kv_input
@@ -228,7 +228,7 @@ class Attention(nn.Module):
         k: Float[Tensor, "batch n_src n_heads d_head"],
         pattern: Optional[Float[Tensor, "batch n_heads n_query n_src"]] = None,
         attn_mask: Optional[Tensor] = None,
-        pool_index: Optional[Int[Tensor, "batch"]] = None,
+        pool_index: Optional[Int[Tensor, " batch"]] = None,
     ) -> Float[Tensor, "batch n_heads n_src"]:
         """Attention weights of the pooled query: row ``pool_index`` (per sequence), row 0 (token pooling) or
         the mean over patch queries (avg)."""

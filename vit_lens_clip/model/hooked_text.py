@@ -31,8 +31,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 from transformer_lens import ActivationCache
-from transformer_lens.HookedRootModule import HookedRootModule
 from transformer_lens.hook_points import HookPoint
+from transformer_lens.HookedRootModule import HookedRootModule
 
 from vit_lens_clip.convert.hf_text import hf_text_to_hooked
 from vit_lens_clip.convert.open_clip_text import open_clip_text_to_hooked
@@ -63,7 +63,7 @@ class TextBlock(nn.Module):
         self,
         resid_pre: Float[Tensor, "batch n d_model"],
         attn_mask: Optional[Tensor],
-        pool_index: Int[Tensor, "batch"],
+        pool_index: Int[Tensor, " batch"],
     ) -> Float[Tensor, "batch n d_model"]:
         resid_pre = self.hook_resid_pre(resid_pre)
         attn_out = self.attn(self.ln1(resid_pre), attn_mask=attn_mask, pool_index=pool_index)
@@ -108,7 +108,7 @@ class HookedTextTransformer(StackedWeights, HookedRootModule):
             raise ValueError(f"attention_mask {tuple(attention_mask.shape)} does not match tokens {tuple(tokens.shape)}")
         return tokens.to(self.W_E.device), None if attention_mask is None else attention_mask.to(self.W_E.device)
 
-    def pool_index(self, tokens: Int[Tensor, "batch n"]) -> Int[Tensor, "batch"]:
+    def pool_index(self, tokens: Int[Tensor, "batch n"]) -> Int[Tensor, " batch"]:
         """Position of the pooled token in each sequence (argmax id = EOT for CLIP, first eos_id, first, last)."""
         cfg = self.cfg
         if cfg.pool_type == "argmax":
@@ -175,7 +175,7 @@ class HookedTextTransformer(StackedWeights, HookedRootModule):
 
     def accumulated_bias(
         self, layer: int, mlp_input: bool = False, include_mlp_biases: bool = True
-    ) -> Float[Tensor, "d_model"]:
+    ) -> Float[Tensor, " d_model"]:
         """Σ b_O (and Σ b_out) of the blocks before ``layer``: the bias part of the residual stream."""
         bias = torch.zeros(self.cfg.d_model, device=self.W_pos.device, dtype=self.W_pos.dtype)
         for i in range(layer):

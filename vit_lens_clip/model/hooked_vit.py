@@ -43,9 +43,9 @@ from vit_lens_clip.convert.open_clip import convert_open_clip
 from vit_lens_clip.convert.timm import convert_timm
 from vit_lens_clip.model.components import AttentionPool, LayerNorm, TransformerBlock
 from vit_lens_clip.model.config import ViTConfig
+from vit_lens_clip.model.pooling import pool_tokens
 from vit_lens_clip.model.stacked_weights import StackedWeights
 from vit_lens_clip.validation import check_images
-from vit_lens_clip.model.pooling import pool_tokens
 
 TextEncoder = Callable[[Sequence[str]], Tensor]
 

@@ -17,12 +17,12 @@ from vit_lens_clip.app.benchmarks.memory import peak_bytes
 from vit_lens_clip.app.benchmarks.results import Row, agreement
 from vit_lens_clip.app.benchmarks.timing import time_interleaved
 from vit_lens_clip.decompose.parts import decompose
-from vit_lens_clip.model.hooked_vit import HookedViT
 from vit_lens_clip.methods.spatial.heatmaps import text_heatmap
 from vit_lens_clip.methods.textspan.algorithm import text_span
 from vit_lens_clip.methods.textspan.bench import random_head_data
 from vit_lens_clip.methods.textspan.reference import text_span_reference
 from vit_lens_clip.methods.textspan.runs import collect_head_contributions
+from vit_lens_clip.model.hooked_vit import HookedViT
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 

@@ -28,7 +28,7 @@ PAPER_TOP_FRACTION = 100 / 5124
 SETTINGS = ("baseline", "all", "significant", "insignificant", "rank1", "text")
 
 
-def significance_threshold(norms: Float[Tensor, "images neurons"], top_fraction: float = PAPER_TOP_FRACTION) -> Float[Tensor, "neurons"]:
+def significance_threshold(norms: Float[Tensor, "images neurons"], top_fraction: float = PAPER_TOP_FRACTION) -> Float[Tensor, " neurons"]:
     """τ_n = the k-th largest ‖δ_n‖ over the reference images, k = max(1, round(top_fraction · images))."""
     if not 0 < top_fraction < 1:
         raise ValueError(f"top_fraction must be in (0, 1), got {top_fraction}")
@@ -36,12 +36,12 @@ def significance_threshold(norms: Float[Tensor, "images neurons"], top_fraction:
     return norms.topk(k, dim=0).values[-1]
 
 
-def selectivity(norms: Float[Tensor, "images neurons"], threshold: Float[Tensor, "neurons"]) -> Float[Tensor, "neurons"]:
+def selectivity(norms: Float[Tensor, "images neurons"], threshold: Float[Tensor, " neurons"]) -> Float[Tensor, " neurons"]:
     """Fraction of images on which each neuron's centred effect is significant (‖δ_n‖ > τ_n)."""
     return (norms > threshold).float().mean(0)
 
 
-def concentration(norms: Float[Tensor, "images neurons"], top_fraction: float = PAPER_TOP_FRACTION) -> Float[Tensor, "neurons"]:
+def concentration(norms: Float[Tensor, "images neurons"], top_fraction: float = PAPER_TOP_FRACTION) -> Float[Tensor, " neurons"]:
     """Share of Σ_I ‖δ_n(I)‖² carried by each neuron's top ``top_fraction`` images (= top_fraction if uniform)."""
     k = max(1, round(top_fraction * norms.shape[0]))
     sq = norms.double().pow(2)
@@ -51,7 +51,7 @@ def concentration(norms: Float[Tensor, "images neurons"], top_fraction: float = 
 def ablated_embeddings(
     effects: NeuronEffects,
     mean: Float[Tensor, "neurons d_out"],
-    threshold: Float[Tensor, "neurons"],
+    threshold: Float[Tensor, " neurons"],
     directions: Optional[Float[Tensor, "neurons d_out"]] = None,
     text_directions: Optional[Float[Tensor, "neurons d_out"]] = None,
     batch_size: int = 64,
@@ -82,7 +82,7 @@ def ablated_embeddings(
 def ablation_accuracy(
     embeddings: dict[str, Float[Tensor, "images d_out"]],
     classifier: Float[Tensor, "d_out n_classes"],
-    labels: Int[Tensor, "images"],
+    labels: Int[Tensor, " images"],
 ) -> dict[str, float]:
     """Zero-shot top-1 accuracy (argmax e·C) of each setting, over images with a label ≥ 0."""
     keep = labels >= 0

@@ -23,7 +23,7 @@ from vit_lens_clip.methods.neurons.omp import SparseCode
 
 def image_concepts(
     norms: Float[Tensor, "images neurons"],
-    threshold: Float[Tensor, "neurons"],
+    threshold: Float[Tensor, " neurons"],
     code: SparseCode,
     texts: Sequence[str],
     top: int = 10,
@@ -45,8 +45,8 @@ def spurious_words(
     directions: Float[Tensor, "neurons d_out"],
     code: SparseCode,
     texts: Sequence[str],
-    target: Float[Tensor, "d_out"],
-    true: Float[Tensor, "d_out"],
+    target: Float[Tensor, " d_out"],
+    true: Float[Tensor, " d_out"],
     blocked: Sequence[str] = (),
     text_embeddings: Optional[Float[Tensor, "n_texts d_out"]] = None,
     max_cosine: float = 0.6,

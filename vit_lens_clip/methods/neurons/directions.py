@@ -24,7 +24,7 @@ class NeuronDirections:
     directions: Float[Tensor, "neurons d_out"]
     top_rows: Int[Tensor, "neurons k"]
     top_norms: Float[Tensor, "neurons k"]
-    top_variance_explained: Float[Tensor, "neurons"]
+    top_variance_explained: Float[Tensor, " neurons"]
 
 
 def neuron_directions(
@@ -60,7 +60,7 @@ def variance_explained(
     mean: Float[Tensor, "neurons d_out"],
     directions: Float[Tensor, "neurons d_out"],
     batch_size: int = 64,
-) -> tuple[Float[Tensor, "neurons"], float]:
+) -> tuple[Float[Tensor, " neurons"], float]:
     """Per neuron Σ_I ⟨δ_n(I), r_n⟩² / Σ_I ‖δ_n(I)‖², and the same pooled over all neurons."""
     along = torch.zeros(directions.shape[0], dtype=torch.float64)
     total = torch.zeros_like(along)

@@ -67,12 +67,12 @@ class SecondOrderStats:
     later: list[int]
     s: Float[Tensor, "images later heads neurons"]
     s_bias: Float[Tensor, "images later heads"]
-    inv_scale: Float[Tensor, "images"]
-    norm: Float[Tensor, "images"]
+    inv_scale: Float[Tensor, " images"]
+    norm: Float[Tensor, " images"]
     embedding: Float[Tensor, "images d_out"]
     shares: Float[Tensor, "images d_out"]
-    indices: Int[Tensor, "images"]
-    labels: Int[Tensor, "images"]
+    indices: Int[Tensor, " images"]
+    labels: Int[Tensor, " images"]
 
     TENSORS = ("s", "s_bias", "inv_scale", "norm", "embedding", "shares", "indices", "labels")
 
@@ -205,7 +205,7 @@ def collect_second_order(
     model: HookedViT,
     images: Float[Tensor, "n channel height width"],
     layer: int,
-    labels: Optional[Int[Tensor, "n"]] = None,
+    labels: Optional[Int[Tensor, " n"]] = None,
     batch_size: int = 64,
     shares: bool = False,
     progress: bool = False,
@@ -218,7 +218,7 @@ def collect_layers(
     model: HookedViT,
     images: Float[Tensor, "n channel height width"],
     layers: Sequence[int],
-    labels: Optional[Int[Tensor, "n"]] = None,
+    labels: Optional[Int[Tensor, " n"]] = None,
     batch_size: int = 64,
     shares: bool = False,
     progress: bool = False,
@@ -285,7 +285,7 @@ class NeuronEffects:
     def __len__(self) -> int:
         return len(self.stats)
 
-    def scale(self, rows: Tensor) -> Float[Tensor, "batch"]:
+    def scale(self, rows: Tensor) -> Float[Tensor, " batch"]:
         """1/σ_f, times 100/‖e‖ when normalised."""
         scale = self.stats.inv_scale[rows]
         return scale * 100 / self.stats.norm[rows] if self.normalized else scale
@@ -319,7 +319,7 @@ class NeuronEffects:
         for start in tqdm(range(0, len(self), batch_size), desc=desc, disable=not progress):
             yield torch.arange(start, min(start + batch_size, len(self)))
 
-    def effects_at(self, rows: Int[Tensor, "k neurons"], neurons: Int[Tensor, "neurons"]) -> Float[Tensor, "k neurons d_out"]:
+    def effects_at(self, rows: Int[Tensor, "k neurons"], neurons: Int[Tensor, " neurons"]) -> Float[Tensor, "k neurons d_out"]:
         """φ_n(I) for given (image, neuron) pairs: image rows[i, c] for neuron neurons[c]."""
         s = self.stats.s[rows[..., None, None], torch.arange(self.U.shape[0])[:, None], torch.arange(self.U.shape[1]),
                          neurons[:, None, None]]  # [k, c, J, H]

@@ -42,7 +42,7 @@ def neuron_maps(
     images: Float[Tensor, "batch channel height width"],
     classifier: Float[Tensor, "d_out n_classes"],
     selected: tuple[Int[Tensor, "n_classes top"], Int[Tensor, "n_classes top"]],
-    labels: Optional[Int[Tensor, "batch"]] = None,
+    labels: Optional[Int[Tensor, " batch"]] = None,
 ) -> Float[Tensor, "batch grid_h grid_w"]:
     """Mean post-activation of the predicted class's selected neurons at each patch, in one forward pass."""
     layer_of, neuron_of = selected

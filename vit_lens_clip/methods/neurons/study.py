@@ -44,7 +44,7 @@ from vit_lens_clip.methods.zeroshot import build_classifier
 
 
 def shapes_images(preprocess: Callable, n: int, seed: int, task: str = "shape", progress: bool = False) -> tuple[
-        Float[Tensor, "n channel height width"], Int[Tensor, "n"]]:
+        Float[Tensor, "n channel height width"], Int[Tensor, " n"]]:
     """``n`` shapes-world scenes as model inputs and their labels for ``task`` (−1 where undefined)."""
     data = ShapesDataset(n, seed=seed)
     images, labels = [], []
