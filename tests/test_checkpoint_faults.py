@@ -38,7 +38,8 @@ class _Killed(BaseException):
 def setup():
     model = HookedViT.from_open_clip(tiny_clip(seed=3))
     images = torch.randn(N, 3, 32, 32, generator=torch.Generator().manual_seed(5))
-    texts = torch.nn.functional.normalize(torch.randn(4, model.cfg.output_dim, generator=torch.Generator().manual_seed(6)), dim=-1)
+    texts = torch.nn.functional.normalize(torch.randn(4, model.cfg.output_dim, generator=torch.Generator().manual_seed(6)),
+                                          dim=-1)
     return model, images, texts
 
 

@@ -23,7 +23,8 @@ def test_neurons_collect_and_describe(tmp_path, capsys):
     layer = numbers["layers"]["4"]
     assert 0 <= layer["selectivity_mean"] <= 1 and 0 <= layer["variance_explained_pooled"] <= 1
     assert set(k for k in layer if k.startswith("acc_")) == {f"acc_{s}" for s in
-                                                               ("baseline", "all", "significant", "insignificant", "rank1", "text")}
+                                                               ("baseline", "all", "significant", "insignificant", "rank1",
+                                                                "text")}
     assert all(len(texts) == 3 for texts in numbers["neurons"].values())
     assert "texts" in capsys.readouterr().out
 

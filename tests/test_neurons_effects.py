@@ -41,9 +41,10 @@ def brute_force(model: HookedViT, x: torch.Tensor, layer: int, write) -> torch.T
         pooled_out = []
         for add in (torch.zeros_like(delta), delta):
             hooks = [
-                (f"blocks.{j}.ln1.hook_normalized", lambda t, hook, add=add: (resid + add - mu) / sigma),
-                (f"blocks.{j}.attn.hook_pattern", lambda t, hook: cache[f"blocks.{j}.attn.hook_pattern"]),
-                (f"blocks.{j}.hook_attn_out", lambda t, hook: pooled_out.append(model.pool_tokens(t))
+                (f"blocks.{j}.ln1.hook_normalized",
+                 lambda t, hook, add=add, resid=resid, mu=mu, sigma=sigma: (resid + add - mu) / sigma),
+                (f"blocks.{j}.attn.hook_pattern", lambda t, hook, j=j: cache[f"blocks.{j}.attn.hook_pattern"]),
+                (f"blocks.{j}.hook_attn_out", lambda t, hook, j=j, pooled_out=pooled_out: pooled_out.append(model.pool_tokens(t))
                  or cache[f"blocks.{j}.hook_attn_out"]),
             ]
             with torch.no_grad():
@@ -60,7 +61,7 @@ def test_neuron_effect_equals_brute_force(model64):
     effects = NeuronEffects(model, stats, normalized=False).effects(torch.arange(len(x)))
     W_out = model.blocks[LAYER].mlp.W_out
     for n in (0, 7, 100):
-        expected = brute_force(model, x, LAYER, lambda c: c[f"blocks.{LAYER}.mlp.hook_post"][..., n, None] * W_out[n])
+        expected = brute_force(model, x, LAYER, lambda c, n=n: c[f"blocks.{LAYER}.mlp.hook_post"][..., n, None] * W_out[n])
         assert expected.abs().max() > 1e-4  # the path is not trivially zero
         assert rel_err(effects[:, n], expected) <= TOL
 

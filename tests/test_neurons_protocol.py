@@ -100,7 +100,8 @@ def test_text_setting_with_exact_text_direction(setup):
 def test_neuron_maps_and_selection(setup):
     model, x, fx, _, _ = setup
     classifier = F.normalize(torch.randn(fx.d_out, 3, generator=torch.Generator().manual_seed(1)), dim=0)
-    dirs = {0: F.normalize(torch.randn(model.cfg.d_mlp, fx.d_out), dim=-1), 1: F.normalize(torch.randn(model.cfg.d_mlp, fx.d_out), dim=-1)}
+    dirs = {0: F.normalize(torch.randn(model.cfg.d_mlp, fx.d_out), dim=-1),
+            1: F.normalize(torch.randn(model.cfg.d_mlp, fx.d_out), dim=-1)}
     layer_of, neuron_of = top_neurons_per_class(dirs, classifier, top=7)
     scores = torch.cat([dirs[0], dirs[1]]) @ classifier
     best = scores.abs().topk(7, dim=0).indices.T
@@ -109,7 +110,8 @@ def test_neuron_maps_and_selection(setup):
     maps = neuron_maps(model, x[:2], classifier, (layer_of, neuron_of), labels=labels)
     _, cache = model.run_with_cache(x[:2])
     for b, c in enumerate(labels.tolist()):
-        acts = torch.stack([cache[f"blocks.{l}.mlp.hook_post"][b, 1:, n] for l, n in zip(layer_of[c].tolist(), neuron_of[c].tolist())])
+        acts = torch.stack([cache[f"blocks.{l}.mlp.hook_post"][b, 1:, n]
+                            for l, n in zip(layer_of[c].tolist(), neuron_of[c].tolist())])
         assert rel_err(maps[b].flatten(), acts.mean(0)) <= 1e-5
 
 

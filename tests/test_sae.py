@@ -205,7 +205,8 @@ def test_sae_lens_folder_6x_and_5x_layouts_load_and_run(model, x, tmp_path):
         sae = load_sae(tmp_path / folder)
         assert sae.cfg.source == "sae_lens" and sae.cfg.architecture == original.cfg.architecture
         with torch.no_grad():
-            expected = model.run_with_hooks(x, fwd_hooks=[(original.cfg.hook_name, lambda a, hook: manual_reconstruction(original, a))])
+            expected = model.run_with_hooks(
+                x, fwd_hooks=[(original.cfg.hook_name, lambda a, hook, original=original: manual_reconstruction(original, a))])
             with saes_spliced(model, sae):
                 assert rel_err(model(x), expected) <= 1e-5
     # round trip through our writer
@@ -227,7 +228,8 @@ def test_peer_format_loads_and_runs(model, x, tmp_path):
     assert sae.cfg.hook_name == "blocks.1.hook_resid_post" and sae.cfg.normalize == "layer_norm"
     assert sae.cfg.source == "vit_prisma"
     with torch.no_grad():
-        expected = model.run_with_hooks(x, fwd_hooks=[("blocks.1.hook_resid_post", lambda a, hook: manual_reconstruction(ref, a))])
+        expected = model.run_with_hooks(x, fwd_hooks=[("blocks.1.hook_resid_post",
+                                                       lambda a, hook: manual_reconstruction(ref, a))])
         with saes_spliced(model, sae):
             assert rel_err(model(x), expected) <= 1e-5
 

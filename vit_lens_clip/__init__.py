@@ -24,7 +24,8 @@ _PUBLIC: dict[str, str] = {
     "WeightsUnavailableError": "vit_lens_clip.loading",
 }
 
-__all__ = ["HookedViT", "ViTConfig", "HookedTextTransformer", "TextConfig", "load_clip", "LoadedCLIP", "EMBEDDED_NAME", "WeightsUnavailableError"]
+__all__ = ["HookedViT", "ViTConfig", "HookedTextTransformer", "TextConfig", "load_clip", "LoadedCLIP", "EMBEDDED_NAME",
+           "WeightsUnavailableError"]
 
 if TYPE_CHECKING:
     from vit_lens_clip.loading import EMBEDDED_NAME, LoadedCLIP, WeightsUnavailableError, load_clip

@@ -106,7 +106,8 @@ def neurons_section(loaded, options: NeuronOptions) -> tuple[list[tuple[str, Any
                                    top=options.top_neurons, batch_size=options.batch_size, progress=options.progress)
         numbers["segmentation"] = {"layers": seg_layers, "top_neurons": options.top_neurons, **seg}
         lines = ["| map | pixel accuracy | mIoU | mAP |", "|---|---|---|---|"]
-        titles = {"neurons": f"neurons (layers {seg_layers}, top {options.top_neurons} per class)", "decomposition": "heads (decomposition)"}
+        titles = {"neurons": f"neurons (layers {seg_layers}, top {options.top_neurons} per class)",
+                  "decomposition": "heads (decomposition)"}
         for name, m in seg.items():
             lines.append(f"| {titles.get(name, name)} | {m['pixel_accuracy']:.3f} | {m['miou']:.3f} | {m['mean_ap']:.3f} |")
         items.append((f"Second-order neurons: zero-shot segmentation beside the heads ({options.segmentation_images} scenes)",
@@ -122,8 +123,10 @@ def _layer_table(study: NeuronStudy) -> str:
         s, a = r.summary(), r.accuracy
         lines.append(f"| {l} | {100 * s['selectivity_mean']:.2f}% / {100 * s['selectivity_median']:.2f}% | "
                      f"{100 * s['concentration_top2pct']:.1f}% | {100 * s['variance_explained_mean']:.1f}% / "
-                     f"{100 * s['variance_explained_pooled']:.1f}% | {100 * s.get('text_variance_explained_pooled', float('nan')):.1f}% | "
-                     + " | ".join(f"{100 * a[k]:.1f}" for k in ("baseline", "all", "significant", "insignificant", "rank1", "text")) + " |")
+                     f"{100 * s['variance_explained_pooled']:.1f}% | "
+                     f"{100 * s.get('text_variance_explained_pooled', float('nan')):.1f}% | "
+                     + " | ".join(f"{100 * a[k]:.1f}"
+                                  for k in ("baseline", "all", "significant", "insignificant", "rank1", "text")) + " |")
     return "\n".join(lines) + (
         f"\n\nReference set {study.n_reference} scenes (means, thresholds τ_n = the top {100 * PAPER_TOP_FRACTION:.2f}% "
         f"of ‖δ_n‖, directions), evaluation set {study.n_eval} other scenes. Accuracies in %, zero-shot {study.task}.")
@@ -191,7 +194,8 @@ def run_neurons_command(args: argparse.Namespace, loaded) -> dict[str, Any]:
             save_file({k: getattr(s, k).contiguous() for k in s.TENSORS}, str(out / f"second_order_L{l}.safetensors"),
                       metadata={"layer": str(l), "later": json.dumps(s.later)})
             numbers[l] = {"images": len(s), "bytes_per_image": s.bytes_per_image()}
-            print(f"layer {l}: {len(s)} images, {s.bytes_per_image()} bytes per image -> {out / f'second_order_L{l}.safetensors'}")
+            print(f"layer {l}: {len(s)} images, {s.bytes_per_image()} bytes per image "
+                  f"-> {out / f'second_order_L{l}.safetensors'}")
         return numbers
     options = NeuronOptions(layers=layers, task=args.task, n_reference=args.n_reference, n_eval=args.n_eval,
                             pools=args.pools, n_texts=args.n_texts, normalization=args.normalization, shares=args.shares,

@@ -206,7 +206,8 @@ def _convert_timm_tower(visual: nn.Module, name: str) -> tuple[ViTConfig, dict[s
     if not layers:
         return cfg, sd
     if len(layers) != 1 or not isinstance(layers[0], nn.Linear):
-        raise unsupported(f"TimmModel head {[type(m).__name__ for m in layers]}", "open_clip", "only a linear projection is ported")
+        raise unsupported(f"TimmModel head {[type(m).__name__ for m in layers]}", "open_clip",
+                          "only a linear projection is ported")
     proj = layers[0]
     # (x·W + b)·Pᵀ + c = x·(W·Pᵀ) + (b·Pᵀ + c)
     W = sd["W_proj"].float() @ proj.weight.detach().T.float()

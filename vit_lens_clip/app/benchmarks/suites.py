@@ -107,9 +107,11 @@ def model_rows(arch: str, batch_size: int, device: torch.device, repeats: int, n
 
 
 def textspan_rows(n_heads: int = 48, n_images: int = 2000, n_texts: int = 3498, d_out: int = 512, k: int = 20,
-                  rank: int = 80, repeats: int = 3, device: torch.device = torch.device("cpu"),
+                  rank: int = 80, repeats: int = 3, device: torch.device | None = None,
                   max_memory: int | None = 256 * 2**20, with_loop: bool = True, seed: int = 0) -> list[Row]:
-    """Batched TextSpan (float64, float32) against the faithful per-head loop, same data, same thread limits."""
+    """Batched TextSpan (float64, float32) against the faithful per-head loop, same data, same thread limits
+    (``device`` None: the CPU)."""
+    device = torch.device("cpu") if device is None else device
     C, T = random_head_data(n_heads, n_images, n_texts, d_out, seed)
     C32, T32 = C.float().to(device), T.float().to(device)
     C64, T64 = C.to(device), T.to(device)

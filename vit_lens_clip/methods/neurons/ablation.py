@@ -28,7 +28,8 @@ PAPER_TOP_FRACTION = 100 / 5124
 SETTINGS = ("baseline", "all", "significant", "insignificant", "rank1", "text")
 
 
-def significance_threshold(norms: Float[Tensor, "images neurons"], top_fraction: float = PAPER_TOP_FRACTION) -> Float[Tensor, " neurons"]:
+def significance_threshold(norms: Float[Tensor, "images neurons"],
+                           top_fraction: float = PAPER_TOP_FRACTION) -> Float[Tensor, " neurons"]:
     """τ_n = the k-th largest ‖δ_n‖ over the reference images, k = max(1, round(top_fraction · images))."""
     if not 0 < top_fraction < 1:
         raise ValueError(f"top_fraction must be in (0, 1), got {top_fraction}")

@@ -39,8 +39,8 @@ def bench_second_order(
     model = HookedViT.from_open_clip(clip.eval()).to(dev)
     del clip
     capture = SecondOrderCapture(model, layer)
-    x = torch.randn(batch_size, 3, *model.cfg.image_size, device=dev, generator=torch.Generator().manual_seed(0)) if dev.type == "cpu" \
-        else torch.randn(batch_size, 3, *model.cfg.image_size, device=dev)
+    x = torch.randn(batch_size, 3, *model.cfg.image_size, device=dev, generator=torch.Generator().manual_seed(0)) \
+        if dev.type == "cpu" else torch.randn(batch_size, 3, *model.cfg.image_size, device=dev)
     plain, collect = [], []
     with torch.no_grad():
         model(x)  # warm-up

@@ -25,7 +25,8 @@ from tqdm.auto import tqdm
 Normalization = Literal["text", "dimension"]
 
 
-def prepare_pool(embeddings: Float[Tensor, "n_texts d_out"], normalization: Normalization = "text") -> Float[Tensor, "n_texts d_out"]:
+def prepare_pool(embeddings: Float[Tensor, "n_texts d_out"],
+                 normalization: Normalization = "text") -> Float[Tensor, "n_texts d_out"]:
     """Centred pool atoms: unit text embeddings ×100 minus their mean, then per-text or per-dimension scaling."""
     if normalization not in ("text", "dimension"):
         raise ValueError(f"normalization must be 'text' or 'dimension', got {normalization!r}")

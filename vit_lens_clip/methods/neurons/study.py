@@ -129,7 +129,8 @@ def run_study(
     t0 = time.perf_counter()
     classnames, templates = zero_shot_labels(task)
     classifier = build_classifier(loaded, classnames, templates)
-    ref_x, ref_y = reference if reference is not None else shapes_images(loaded.preprocess, n_reference, seed + 1000, task, progress)
+    ref_x, ref_y = reference if reference is not None else shapes_images(loaded.preprocess, n_reference, seed + 1000, task,
+                                                                         progress)
     ev_x, ev_y = evaluation if evaluation is not None else shapes_images(loaded.preprocess, n_eval, seed + 2000, task, progress)
     timings["data"] = time.perf_counter() - t0
     t0 = time.perf_counter()

@@ -171,7 +171,8 @@ class SparseAutoencoder(nn.Module):
 
     def _check(self, x: Tensor) -> Tensor:
         if x.shape[-1] != self.cfg.d_in:
-            raise ValueError(f"SAE at {self.cfg.hook_name} reads width {self.cfg.d_in}, got an activation of shape {tuple(x.shape)}")
+            raise ValueError(f"SAE at {self.cfg.hook_name} reads width {self.cfg.d_in}, "
+                             f"got an activation of shape {tuple(x.shape)}")
         return x
 
     def extra_repr(self) -> str:

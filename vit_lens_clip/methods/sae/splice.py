@@ -73,7 +73,8 @@ def _splice(sae: SparseAutoencoder):
         if positions == "all":
             return sae(x)
         if x.ndim < 3:
-            raise ValueError(f"an SAE trained on {positions!r} positions needs a [batch, pos, d] activation, got {tuple(x.shape)}")
+            raise ValueError(f"an SAE trained on {positions!r} positions needs a [batch, pos, d] activation, "
+                             f"got {tuple(x.shape)}")
         part = slice(0, 1) if positions == "cls" else slice(1, None)
         out = x.clone()
         out[:, part] = sae(x[:, part])

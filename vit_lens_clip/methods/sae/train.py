@@ -154,7 +154,7 @@ def zero_shot_with_sae(loaded, sae: SparseAutoencoder, scene_list: Sequence[Scen
         labels = torch.tensor([label_of(scene_list[i].attributes, attribute) for i in idx])
         names, templates = zero_shot_labels(attribute)
         W = build_classifier(loaded, names, templates)
-        acc = lambda e: float(((e[idx] @ W).argmax(-1) == labels).float().mean())
+        acc = lambda e, idx=idx, W=W, labels=labels: float(((e[idx] @ W).argmax(-1) == labels).float().mean())
         out[attribute] = {"plain": acc(plain), "sae": acc(spliced), "n": len(idx)}
     return out
 
