@@ -113,7 +113,8 @@ def test_full_suite_runs_on_cpu_at_tiny_sizes_and_writes_json(tmp_path, capsys):
     assert data["environment"]["threads"]["torch"] == 1 and data["environment"]["versions"]["torch"]
     rows = data["rows"]
     names = {r["name"] for r in rows}
-    assert {"text heatmap (1 text)", "text_span float64 (default)", "open_clip encode_image"} <= names
+    assert {"text heatmap (1 text)", "text_span float64 (default)", "open_clip encode_image",
+            "second-order stats, layer 0"} <= names
     for r in rows:
         assert r["cpu_s"] and r["wall_s"] and r["peak_bytes"] >= 0
         if r["agreement"] is not None and "fp32" in r["table"]:

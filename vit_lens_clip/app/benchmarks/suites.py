@@ -217,7 +217,7 @@ def neuron_rows(arch: str, batch_size: int, device: torch.device, repeats: int, 
     model = perturbed_open_clip(arch, device, seed)
     hooked = HookedViT.from_open_clip(model)
     cfg = hooked.cfg
-    layer = cfg.n_layers - 3 if layer is None else layer
+    layer = max(cfg.n_layers - 3, 0) if layer is None else layer  # layer 0 in a tower of 2 or 3 layers
     capture = SecondOrderCapture(hooked, layer)
     g = torch.Generator().manual_seed(seed + 4)
     x = torch.randn(batch_size, 3, *model.visual.image_size, generator=g).to(device)
