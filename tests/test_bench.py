@@ -113,10 +113,33 @@ def test_full_suite_runs_on_cpu_at_tiny_sizes_and_writes_json(tmp_path, capsys):
     assert data["environment"]["threads"]["torch"] == 1 and data["environment"]["versions"]["torch"]
     rows = data["rows"]
     names = {r["name"] for r in rows}
-    assert {"text heatmap (1 text)", "text_span float64 (default)", "open_clip encode_image"} <= names
+    assert {"text heatmap (1 text)", "text_span float64 (default)", "open_clip encode_image",
+            "second-order stats, layer 0"} <= names
     for r in rows:
         assert r["cpu_s"] and r["wall_s"] and r["peak_bytes"] >= 0
         if r["agreement"] is not None and "fp32" in r["table"]:
             assert r["agreement"] < 1e-4, r
     textspan = [r for r in rows if r["name"].startswith("text_span")]
     assert all(r["extra"]["picks_identical"] == r["extra"]["heads"] for r in textspan)
+
+
+def test_neuron_rows_agree_with_a_direct_computation_and_report_bytes(tmp_path):
+    """Second-order statistics of a tiny tower: s matches run_with_cache, bytes per image are in note and extra."""
+    from vit_lens_clip.app.benchmarks.suites import neuron_rows
+
+    config = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 4, "width": 64, "patch_size": 8,
+                                              "head_width": 16},
+              "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+    (tmp_path / "bench-tiny-neurons.json").write_text(json.dumps(config))
+    open_clip.add_model_config(tmp_path / "bench-tiny-neurons.json")
+    with pinned_threads(1):
+        rows = neuron_rows("bench-tiny-neurons", 2, CPU, repeats=3)
+    plain, stats = rows
+    assert plain.name == "HookedViT forward (no hooks)" and stats.name == "second-order stats, layer 1"
+    assert stats.agreement is not None and stats.agreement <= 1e-5
+    assert "run_with_cache" in stats.counterpart
+    # 2 later layers x 4 heads x 256 neurons x 4 bytes
+    assert stats.extra["s_bytes_per_image"] == 2 * 4 * 256 * 4
+    assert stats.extra["stored_bytes_per_image"] > stats.extra["s_bytes_per_image"]
+    assert stats.extra["effects_bytes_per_image"] == 256 * 32 * 4
+    assert "kB" in stats.note and len(stats.cpu_s) == 3 and stats.peak_bytes > 0

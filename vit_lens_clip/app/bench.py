@@ -17,6 +17,7 @@ from vit_lens_clip.app.benchmarks.suites import (
     full_rows,
     heatmap_and_collection_rows,
     model_rows,
+    neuron_rows,
     textspan_rows,
 )
 from vit_lens_clip.app.benchmarks.timing import pinned_threads
@@ -42,6 +43,8 @@ def run_bench(args: argparse.Namespace) -> str:
             if args.heatmaps:
                 rows += heatmap_and_collection_rows(args.arch, args.batch_size, device, args.repeats,
                                                     args.collect_images)
+            if args.neurons:
+                rows += neuron_rows(args.arch, args.batch_size, device, args.repeats)
             if args.textspan:
                 rows += textspan_rows(repeats=args.repeats, device=device, with_loop=device.type == "cpu", **sizes)
         env = environment(device, threads)

@@ -12,7 +12,7 @@ TEXTSPAN_SIZES = {
 
 def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--suite", choices=["default", "textspan", "full"], default="default",
-                   help="default: model rows (+ --heatmaps, --textspan); textspan: TextSpan rows only; "
+                   help="default: model rows (+ --heatmaps, --neurons, --textspan); textspan: TextSpan rows only; "
                         "full: all rows, model rows in each of --precisions")
     p.add_argument("--arch", default="ViT-B-16", help="open_clip architecture (random weights, perturbed)")
     p.add_argument("--batch-size", type=int, default=8)
@@ -22,6 +22,8 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-naive", action="store_true", help="skip the naive [L,H,N,D] build")
     p.add_argument("--heatmaps", action="store_true", help="also time text heatmaps and a head collection")
     p.add_argument("--collect-images", type=int, default=64, help="images in the timed head collection")
+    p.add_argument("--neurons", action="store_true",
+                   help="also time collecting one layer's neuron second-order statistics (layer n_layers - 3)")
     p.add_argument("--textspan", action="store_true", help="also time batched TextSpan vs the per-head loop")
     p.add_argument("--textspan-size", choices=sorted(TEXTSPAN_SIZES), default="paper")
     p.add_argument("--max-memory", type=float, default=256, help="TextSpan working memory per head chunk, MiB")

@@ -17,6 +17,7 @@ from vit_lens_clip.app.benchmarks.memory import peak_bytes
 from vit_lens_clip.app.benchmarks.results import Row, agreement
 from vit_lens_clip.app.benchmarks.timing import time_interleaved
 from vit_lens_clip.decompose.parts import decompose
+from vit_lens_clip.methods.neurons.effects import SecondOrderCapture
 from vit_lens_clip.methods.spatial.heatmaps import text_heatmap
 from vit_lens_clip.methods.textspan.algorithm import text_span
 from vit_lens_clip.methods.textspan.bench import random_head_data
@@ -198,13 +199,68 @@ def heatmap_and_collection_rows(arch: str, batch_size: int, device: torch.device
                      contenders, checks, device, repeats)
 
 
+def second_order_direct(hooked: HookedViT, x: torch.Tensor, layer: int, later: int) -> torch.Tensor:
+    """s_{j,h,n} for one later layer j, straight from a plain ``run_with_cache`` (float64): the full attention
+    pattern pooled over queries as the model pools tokens, σ_j(t) recomputed from ``resid_pre``, a_n(t) from
+    ``mlp.hook_post``; none of the capture's hooks or reductions are used."""
+    with torch.no_grad():
+        _, cache = hooked.run_with_cache(x)
+    post = cache[f"blocks.{layer}.mlp.hook_post"].double()  # [B, T, N]
+    A = hooked.pool_tokens(cache[f"blocks.{later}.attn.hook_pattern"].double())  # [B, H, Q, K] -> [B, H, K]
+    resid = cache[f"blocks.{later}.hook_resid_pre"].double()
+    sigma = (resid.var(-1, unbiased=False) + hooked.blocks[later].ln1.eps).sqrt()  # [B, T]
+    return torch.einsum("bht,btn->bhn", A / sigma[:, None, :], post)
+
+
+def neuron_rows(arch: str, batch_size: int, device: torch.device, repeats: int, layer: int | None = None,
+                seed: int = 0) -> list[Row]:
+    """Cost of collecting one layer's second-order statistics (``SecondOrderCapture``) over a plain forward,
+    the bytes it stores per image, and its s against a direct computation from a plain ``run_with_cache``."""
+    model = perturbed_open_clip(arch, device, seed)
+    hooked = HookedViT.from_open_clip(model)
+    cfg = hooked.cfg
+    layer = max(cfg.n_layers - 3, 0) if layer is None else layer  # layer 0 in a tower of 2 or 3 layers
+    capture = SecondOrderCapture(hooked, layer)
+    g = torch.Generator().manual_seed(seed + 4)
+    x = torch.randn(batch_size, 3, *model.visual.image_size, generator=g).to(device)
+
+    def collect() -> dict[str, torch.Tensor]:
+        hooked.run_with_hooks(x, fwd_hooks=capture.hooks())
+        return capture.finish()
+
+    with torch.no_grad():
+        out = collect()
+    later = capture.later[-1]  # the last layer: the longest way from layer l's neurons
+    s_bytes = out["s"][0].numel() * out["s"].element_size()
+    stored = sum(v[0].numel() * v.element_size() for v in out.values()) + 2 * 8  # + int64 index and label
+    effects_bytes = cfg.d_mlp * cfg.output_dim * out["s"].element_size()
+    name = f"second-order stats, layer {capture.layer}"
+    note = (f"{len(capture.later)} later layers x {cfg.n_heads} heads x {cfg.d_mlp} neurons; stored/image "
+            f"{stored / 1e3:.1f} kB (s alone {s_bytes / 1e3:.1f} kB), [N, D] effects would be "
+            f"{effects_bytes / 1e6:.2f} MB ({effects_bytes / stored:.0f}x)")
+    contenders = {"HookedViT forward (no hooks)": lambda: hooked(x), name: collect}
+    checks = {
+        "HookedViT forward (no hooks)": (lambda: agreement(hooked(x), model.encode_image(x)), "open_clip"),
+        name: (lambda: agreement(collect()["s"][:, -1], second_order_direct(hooked, x, capture.layer, later)),
+               f"s of layer {later} from a plain run_with_cache (float64)"),
+    }
+    with torch.no_grad():
+        rows = _rows(f"neuron second-order statistics: {arch} batch {batch_size} fp32", "HookedViT forward (no hooks)",
+                     contenders, checks, device, repeats, notes={name: note})
+    rows[-1].extra.update(layer=capture.layer, s_bytes_per_image=s_bytes, stored_bytes_per_image=stored,
+                          effects_bytes_per_image=effects_bytes)
+    return rows
+
+
 def full_rows(arch: str, batch_size: int, device: torch.device, repeats: int, precisions: list[str],
               textspan_sizes: dict, n_collect: int) -> list[Row]:
-    """Everything at once: model rows per precision, heatmaps, collection, TextSpan (no NumPy loop on CUDA)."""
+    """Everything at once: model rows per precision, heatmaps, collection, neuron second-order statistics,
+    TextSpan (no NumPy loop on CUDA)."""
     rows = []
     for i, precision in enumerate(precisions):
         rows += model_rows(arch, batch_size, device, repeats, precision=precision, include_naive=i == 0,
                            with_open_clip=i == 0)
     rows += heatmap_and_collection_rows(arch, batch_size, device, repeats, n_collect)
+    rows += neuron_rows(arch, batch_size, device, repeats)
     rows += textspan_rows(repeats=repeats, device=device, with_loop=device.type == "cpu", **textspan_sizes)
     return rows
