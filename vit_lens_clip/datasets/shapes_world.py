@@ -264,7 +264,7 @@ def _cross(cx: float, cy: float, r: float) -> list[tuple[float, float]]:
     ]
 
 
-def _draw_glyph(draw: ImageDraw.ImageDraw, kind: str, cx: float, cy: float, r: float) -> None:
+def _draw_glyph(draw: ImageDraw.ImageDraw, kind: str, cx: float | int, cy: float | int, r: float | int) -> None:
     """Draw a filled glyph with value 255 on an 'L' canvas (no antialiasing, so the mask is exact)."""
     if kind == "circle":
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
