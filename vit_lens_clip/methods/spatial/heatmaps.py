@@ -118,7 +118,7 @@ def joint_map(
     images: Float[Tensor, "batch channel height width"],
     layer: int,
     head: int,
-    text: Union[Float[Tensor, " d_out"], str],
+    text: Union[Float[Tensor, " d_out"], Float[Tensor, "1 d_out"], str],  # one text, maybe as a row (report)
     convention: Convention = "equal_share",
     normalize: bool = False,
 ) -> Float[Tensor, "batch grid_h grid_w"]:
