@@ -1,5 +1,6 @@
 """Geometry of open_clip eval preprocessing: masks and maps must land on the same pixels as the image."""
 
+import jaxtyping
 import numpy as np
 import open_clip
 import pytest
@@ -193,7 +194,8 @@ def test_longest_mode_pads_with_background():
 def test_bad_inputs_raise():
     with pytest.raises(ValueError, match="unsupported transform"):
         PreprocessGeometry.from_transform(open_clip.image_transform(64, is_train=True), (100, 120))
-    with pytest.raises(ValueError, match="resize_mode"):
+    # breaks the annotation: jaxtyping's run-time check (pyproject's addopts) speaks first when on
+    with pytest.raises((ValueError, jaxtyping.TypeCheckError), match="resize_mode"):
         PreprocessGeometry.from_image_size(64, (10, 10), resize_mode="stretch")
     geo = PreprocessGeometry.from_image_size(64, (100, 120))
     with pytest.raises(ValueError, match="original size"):

@@ -59,7 +59,7 @@ class LoadedCLIP:
 
     model: HookedViT
     clip: nn.Module
-    tokenizer: Callable
+    tokenizer: Optional[Callable]  # None for an image-only tower (timm without a text tower)
     preprocess: Callable
     name: str
     pretrained: Optional[str]

@@ -181,8 +181,11 @@ def _top_images(study: NeuronStudy, layer: int, n: int, preprocess, per_neuron: 
 # ------------------------------------------------------------------------------------------------ command
 
 
-def run_neurons_command(args: argparse.Namespace, loaded) -> dict[str, Any]:
-    """``vit-lens-clip neurons``: writes results.json (and report.html / stats) under ``--out``; prints a summary."""
+def run_neurons_command(args: argparse.Namespace, loaded) -> dict[int | str, Any]:
+    """``vit-lens-clip neurons``: writes results.json (and report.html / stats) under ``--out``; prints a summary.
+
+    Returns the summary numbers: keyed by layer for ``collect``, by name otherwise.
+    """
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     layers = args.layers or default_layers(loaded.model.cfg.n_layers)

@@ -45,7 +45,7 @@ _PIXELWISE_TRANSFORMS = {
 }
 
 
-def _pair(size: int | Sequence[int]) -> tuple[int, int]:
+def _pair(size: int | Sequence[int | np.integer]) -> tuple[int, int]:
     if isinstance(size, int):
         return (size, size)
     size = tuple(int(s) for s in size)
@@ -105,7 +105,7 @@ def _as_tensor(x: Tensor | np.ndarray) -> Tensor:
 
 
 def upsample_patch_map(
-    patch_map: Float[Tensor, "*batch grid_h grid_w"], image_size: int | Sequence[int]
+    patch_map: Float[Tensor, "*batch grid_h grid_w"], image_size: int | Sequence[int | np.integer]
 ) -> Float[Tensor, "*batch H W"]:
     """Bilinear upsampling (``align_corners=False``) of a patch-grid map to the model input size.
 
@@ -144,8 +144,8 @@ class PreprocessGeometry:
     @classmethod
     def from_image_size(
         cls,
-        image_size: int | Sequence[int],
-        original_size: Sequence[int],
+        image_size: int | Sequence[int | np.integer],
+        original_size: Sequence[int | np.integer],
         resize_mode: ResizeMode = "shortest",
     ) -> PreprocessGeometry:
         """Geometry of ``open_clip.image_transform(image_size, is_train=False, resize_mode=...)``."""
@@ -168,7 +168,7 @@ class PreprocessGeometry:
         return cls(original, resized, offset, target)
 
     @classmethod
-    def from_transform(cls, preprocess: Callable, original_size: Sequence[int]) -> PreprocessGeometry:
+    def from_transform(cls, preprocess: Callable, original_size: Sequence[int | np.integer]) -> PreprocessGeometry:
         """Read the geometry off a preprocess pipeline (a torchvision ``Compose`` or a list of transforms).
 
         Understands torchvision ``Resize`` and ``CenterCrop`` and open_clip ``ResizeKeepRatio`` and

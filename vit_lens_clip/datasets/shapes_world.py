@@ -246,7 +246,7 @@ def render_background(place: str, size: int, texture_seed: int) -> np.ndarray:
 # --------------------------------------------------------------------------------------------- glyphs
 
 
-def _star(cx: float, cy: float, r: float) -> list[tuple[float, float]]:
+def _star(cx: float | int, cy: float | int, r: float | int) -> list[tuple[float, float]]:
     pts = []
     for k in range(10):
         rad = r if k % 2 == 0 else r * 0.45
@@ -255,7 +255,7 @@ def _star(cx: float, cy: float, r: float) -> list[tuple[float, float]]:
     return pts
 
 
-def _cross(cx: float, cy: float, r: float) -> list[tuple[float, float]]:
+def _cross(cx: float | int, cy: float | int, r: float | int) -> list[tuple[float | int, float | int]]:
     w = r * 0.38
     return [
         (cx - w, cy - r), (cx + w, cy - r), (cx + w, cy - w), (cx + r, cy - w), (cx + r, cy + w),
@@ -264,7 +264,7 @@ def _cross(cx: float, cy: float, r: float) -> list[tuple[float, float]]:
     ]
 
 
-def _draw_glyph(draw: ImageDraw.ImageDraw, kind: str, cx: float, cy: float, r: float) -> None:
+def _draw_glyph(draw: ImageDraw.ImageDraw, kind: str, cx: float | int, cy: float | int, r: float | int) -> None:
     """Draw a filled glyph with value 255 on an 'L' canvas (no antialiasing, so the mask is exact)."""
     if kind == "circle":
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)

@@ -62,8 +62,9 @@ class ViTConfig:
     n_heads: int
     d_mlp: int
     output_dim: int
-    image_size: tuple[int, int] = (224, 224)
-    patch_size: tuple[int, int] = (16, 16)
+    # an int is accepted (a square) and made a pair in __post_init__; afterwards both are always pairs
+    image_size: int | tuple[int, int] = (224, 224)
+    patch_size: int | tuple[int, int] = (16, 16)
     d_head: int = -1
     act_fn: ActFn = "gelu"
     eps: float = 1e-5

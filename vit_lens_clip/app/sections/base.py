@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 
@@ -57,6 +57,7 @@ class ReportContext:
         return value is not None and not (isinstance(value, (list, tuple, dict)) and len(value) == 0)
 
 
+@runtime_checkable  # so that run-time checks (beartype) can check annotations naming it
 class Section(Protocol):
     """One part of the report. ``needs``: values it cannot run without (it is skipped when one is missing);
     ``uses``: values it reads when present; ``gives``: values it adds to ``ReportContext.values``."""

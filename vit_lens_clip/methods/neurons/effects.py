@@ -285,8 +285,8 @@ class NeuronEffects:
     def __len__(self) -> int:
         return len(self.stats)
 
-    def scale(self, rows: Tensor) -> Float[Tensor, " batch"]:
-        """1/σ_f, times 100/‖e‖ when normalised."""
+    def scale(self, rows: Int[Tensor, "*rows"]) -> Float[Tensor, "*rows"]:
+        """1/σ_f, times 100/‖e‖ when normalised; shaped like ``rows`` (callers pass [batch] and [batch, k])."""
         scale = self.stats.inv_scale[rows]
         return scale * 100 / self.stats.norm[rows] if self.normalized else scale
 

@@ -94,7 +94,7 @@ def _as_texts(model: HookedViT, texts: Union[Tensor, str, Sequence[str]]) -> Flo
 def text_heatmap(
     model: HookedViT,
     images: Float[Tensor, "batch channel height width"],
-    texts: Union[Float[Tensor, "n_texts d_out"], Sequence[str]],
+    texts: Union[Float[Tensor, "n_texts d_out"], Float[Tensor, " d_out"], str, Sequence[str]],  # one text: joint_map
     layers: Optional[Sequence[int]] = None,
     heads: Optional[Sequence[HeadIndex]] = None,
     convention: Convention = "equal_share",
@@ -118,7 +118,7 @@ def joint_map(
     images: Float[Tensor, "batch channel height width"],
     layer: int,
     head: int,
-    text: Union[Float[Tensor, " d_out"], str],
+    text: Union[Float[Tensor, " d_out"], Float[Tensor, "1 d_out"], str],  # one text, maybe as a row (report)
     convention: Convention = "equal_share",
     normalize: bool = False,
 ) -> Float[Tensor, "batch grid_h grid_w"]:

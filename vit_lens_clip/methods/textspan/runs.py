@@ -294,7 +294,7 @@ class CompletenessTable:
     early_ablated: MLPs and non-kept attention layers mean-ablated, heads intact (the ceiling as k grows).
     """
 
-    rows: list[dict[str, float]]
+    rows: list[dict[str, int | float]]  # {"k": int, "top1": float}
     baseline: float
     early_ablated: float
     layers: list[int]

@@ -23,7 +23,7 @@ def default_tie_rtol(dtype_name: str) -> float:
     return _DEFAULT_TIE_RTOL[name]
 
 
-def numerical_rank(singular_values: np.ndarray, n_rows: int, n_cols: int, eps: float) -> int:
+def numerical_rank(singular_values: np.ndarray, n_rows: int, n_cols: int, eps: float | np.floating) -> int:
     """Number of singular values above sigma_max * max(n_rows, n_cols) * eps (LAPACK's usual cut)."""
     if singular_values.size == 0 or singular_values[0] <= 0:
         return 0
