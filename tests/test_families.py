@@ -283,3 +283,10 @@ def test_cli_hooks_offline_for_timm_and_one_line_error_for_unsupported(capsys):
     assert main(["hooks", "--model", "EVA02-B-16"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "UnsupportedTowerError" not in err and "sub-LayerNorm" in err
+
+
+def test_siglip_refuses_a_convention_it_cannot_honour():
+    """The per-token fold of a MAP tower has equal shares only: asking for own_mean raises, never falls back."""
+    hooked = HookedViT.from_timm(small_timm("siglip"))
+    with pytest.raises(ValueError, match="not defined for attention-pooled"):
+        decompose(hooked, _images(hooked, batch=1), convention="own_mean")

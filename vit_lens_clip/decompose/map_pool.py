@@ -102,6 +102,9 @@ def finish_map_pool(
     normalize: bool,
 ) -> dict:
     """Fold the kept activations into ``Decomposition`` fields (see the module docstring)."""
+    if convention != "equal_share":  # the per-token fold shares each token's mean equally; no other convention exists
+        raise ValueError(f"convention={convention!r} is not defined for attention-pooled (MAP) towers: the trunk's "
+                         "norm is folded per token with equal shares; use convention='equal_share'")
     s, cfg = store, model.cfg
     L, H, N = cfg.n_layers, cfg.n_heads, cfg.n_ctx
     K1 = 2 * L + 2  # K' = trunk components + the pooler MLP
