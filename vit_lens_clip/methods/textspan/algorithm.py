@@ -181,6 +181,11 @@ def _span_chunk(
     h_count, n, D = C.shape
     M = T.shape[0]
     device, dtype = C.device, C.dtype
+    # The greedy bookkeeping (r x r covariances, running variances, picked directions) is float64 whatever
+    # ``dtype`` is: it costs O(M r) per pick, and float32's rounding guard would send most picks to a rescoring
+    # of every text. ``dtype`` governs the costly parts: the Gram matrix, its eigenvectors, the projections
+    # and the reconstruction.
+    work = torch.float64
 
     # Step 1: top-r right singular vectors of the raw data, masked beyond each head's numerical rank.
     r = min(n, D, rank)
@@ -190,27 +195,28 @@ def _span_chunk(
     ranks = above_cut.sum(-1).clamp(max=r)  # [h]
     keep = torch.arange(r, device=device) < ranks[:, None]  # [h, r]
     V = Vh[:, :r] * keep[..., None]  # [h, r, D], rows beyond the rank are zero
-    eigenvalues = singular_values[:, :r].pow(2) * keep  # [h, r], of the uncentred C^T C
+    eigenvalues = singular_values[:, :r].to(work).pow(2) * keep  # [h, r], of the uncentred C^T C
     del singular_values, Vh
-    T_r = torch.einsum("md,hrd->hmr", T, V)  # [h, M, r], coordinates of T V_r^T V_r in the V_r basis
+    T_r = torch.einsum("md,hrd->hmr", T, V).to(work)  # [h, M, r], coordinates of T V_r^T V_r in the V_r basis
 
     # Step 2: centre. In the V_r basis the uncentred second moment is diag(eigenvalues), so the covariance of
     # the centred projected data is S = (diag(eigenvalues) - n (V m)(V m)^T) / n.
     mean = C.mean(dim=1)  # [h, D]
-    total_variance = _centred_variance(C, mean, squared_norm)  # [h]
+    total_variance = _centred_variance(C, mean, squared_norm).to(work)  # [h]
     spread = (total_variance / n).sqrt()  # [h], no unit text scores above it
     tie_tolerance = tie_rtol * spread[:, None]  # [h, 1]
-    mean_r = torch.bmm(V, mean[..., None])  # [h, r, 1]
+    mean_r = torch.bmm(V, mean[..., None]).to(work)  # [h, r, 1]
     covariance = torch.diag_embed(eigenvalues / n) - mean_r * mean_r.transpose(1, 2)  # [h, r, r]
     variances = _exact_variances(T_r, covariance)  # [h, M], t^T S t, then updated per pick
+    eps = torch.finfo(work).eps
 
     # Step 3: k greedy picks, all heads at once; only the r x r covariance is deflated.
     head_ids = torch.arange(h_count, device=device)
     text_ids = torch.arange(M, device=device)
     indices = torch.zeros(h_count, k, dtype=torch.long, device=device)
-    basis = torch.zeros(h_count, k, r, dtype=dtype, device=device)  # picked unit directions q_i (0 if none)
-    variance_explained = torch.zeros(h_count, k, dtype=dtype, device=device)
-    margin = torch.full((h_count,), float("inf"), dtype=dtype, device=device)
+    basis = torch.zeros(h_count, k, r, dtype=work, device=device)  # picked unit directions q_i (0 if none)
+    variance_explained = torch.zeros(h_count, k, dtype=work, device=device)
+    margin = torch.full((h_count,), float("inf"), dtype=work, device=device)
     safe_total = torch.where(total_variance > 0, total_variance, torch.ones_like(total_variance))
     safe_spread = torch.where(spread > 0, spread, torch.ones_like(spread))
     n_rescored = min(_RESCORED, M)
@@ -252,7 +258,7 @@ def _span_chunk(
         variance_explained[:, i] = torch.where(total_variance > 0, removed_variance / safe_total, 0.0)
 
     # Step 4: reconstruction = mean + the centred data projected on the picked directions (in span(V_r)).
-    directions = torch.bmm(basis, V)  # [h, k, D], the q_i back in D dimensions
+    directions = torch.bmm(basis.to(dtype), V)  # [h, k, D], the q_i back in D dimensions
     coefficients = torch.bmm(C, directions.transpose(1, 2)).sub_(torch.bmm(mean[:, None, :], directions.transpose(1, 2)))
     for kk, out in prefix_out.items():
         torch.baddbmm(mean[:, None, :], coefficients[..., :kk], directions[:, :kk], out=out)
