@@ -32,14 +32,13 @@ import torch
 from jaxtyping import Float, Int
 from plotly.subplots import make_subplots
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from vit_lens_clip.datasets.geometry import upsample_patch_map
-from vit_lens_clip.datasets.segmentation import collate_segmentation
+from vit_lens_clip.datasets.segmentation import segmentation_loader
 from vit_lens_clip.methods.spatial.baselines import attention_rollout, chefer, gradcam, raw_attention
 from vit_lens_clip.methods.spatial.heatmaps import predict_classes, text_heatmap
-from vit_lens_clip.methods.spatial.metrics import SegmentationMetrics, zero_shot_segment
+from vit_lens_clip.methods.spatial.metrics import SegmentationMetrics, segment_batch
 from vit_lens_clip.methods.spatial.registry import MAP_METHODS
 from vit_lens_clip.model.hooked_vit import HookedViT
 
@@ -73,32 +72,6 @@ def method_maps(
     return {k: v.detach().float().cpu() for k, v in maps.items()}
 
 
-def _loader(dataset: Dataset, batch_size: int, limit: Optional[int]) -> DataLoader:
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if limit is not None:
-        if limit < 1:
-            raise ValueError(f"limit must be >= 1, got {limit}")
-        dataset = Subset(dataset, range(min(limit, len(dataset))))
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_segmentation)
-
-
-def _segment_batch(
-    maps: Float[Tensor, "batch grid_h grid_w"], batch: dict[str, Any], frame: str, image_size: tuple[int, int], threshold
-) -> list[tuple[Tensor, Tensor, Tensor]]:
-    """(soft map, predicted mask, ground truth) per image, in the model-input or the original frame."""
-    if frame == "model":
-        seg = zero_shot_segment(upsample_patch_map(maps, image_size), threshold=threshold)
-        return list(zip(seg.soft_map, seg.mask, batch["mask"]))
-    if "geometry" not in batch:
-        raise ValueError("frame='original' needs a dataset built with include_original=True")
-    out = []
-    for patch_map, geometry, gt in zip(maps, batch["geometry"], batch["original_mask"]):
-        seg = zero_shot_segment(geometry.model_map_to_original(patch_map), threshold=threshold)
-        out.append((seg.soft_map, seg.mask, gt))
-    return out
-
-
 def evaluate_segmentation(
     loaded,
     dataset: Dataset,
@@ -124,10 +97,10 @@ def evaluate_segmentation(
     model: HookedViT = loaded.model
     image_size = model.cfg.image_size
     metrics = {m: SegmentationMetrics(ap_mode=ap_mode) for m in methods}
-    for batch in tqdm(_loader(dataset, batch_size, limit), desc="segmentation", disable=not progress):
+    for batch in tqdm(segmentation_loader(dataset, batch_size, limit), desc="segmentation", disable=not progress):
         maps = method_maps(model, batch["image"], classifier, methods)
         for method in methods:
-            for soft, pred, gt in _segment_batch(maps[method], batch, frame, image_size, threshold):
+            for soft, pred, gt in segment_batch(maps[method], batch, frame, image_size, threshold):
                 metrics[method].update(soft, pred, gt)
     return {m: metrics[m].compute() for m in methods}
 
@@ -174,9 +147,9 @@ def segmentation_examples(
     """The first ``n_examples`` images with every method's soft map and mask (for the report)."""
     methods = _check_methods(methods)
     model: HookedViT = loaded.model
-    batch = next(iter(_loader(dataset, n_examples, n_examples)))
+    batch = next(iter(segmentation_loader(dataset, n_examples, n_examples)))
     maps = method_maps(model, batch["image"], classifier, methods)
-    per_method = {m: _segment_batch(maps[m], batch, frame, model.cfg.image_size, threshold) for m in methods}
+    per_method = {m: segment_batch(maps[m], batch, frame, model.cfg.image_size, threshold) for m in methods}
     examples = []
     for i in range(batch["image"].shape[0]):
         if frame == "original":
