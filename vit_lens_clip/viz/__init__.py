@@ -24,7 +24,7 @@ from vit_lens_clip.viz.html import (
     html_table,
     markdown_to_html,
 )
-from vit_lens_clip.viz.pages import segmentation_page, textspan_page
+from vit_lens_clip.viz.pages import segmentation_page, textspan_cards, textspan_page
 
 __all__ = [
     "Markdown",
@@ -45,6 +45,7 @@ __all__ = [
     "patch_labels",
     "segmentation_example_figure",
     "segmentation_page",
+    "textspan_cards",
     "textspan_page",
     "to_display_image",
 ]

@@ -19,12 +19,11 @@ def _bar(fraction: float) -> RawHTML:
     return RawHTML(f"<span class='bar' style='width:{max(0.0, fraction) * 300:.1f}px'></span>")
 
 
-def textspan_page(heads: Sequence[Mapping[str, Any]], title: str = "TextSpan") -> str:
+def textspan_cards(heads: Sequence[Mapping[str, Any]]) -> RawHTML:
     """One card per head with its picked texts, each pick's share of the variance and a bar of that share.
 
     ``heads``: records as ``methods.textspan.report.head_records`` gives them: ``head`` (a label), ``rank``,
     ``total_variance_explained`` and ``picks`` (dicts with ``order``, ``text``, ``variance_explained``).
-    No figure: the page holds no script.
     """
     cards = []
     for head in heads:
@@ -35,8 +34,12 @@ def textspan_page(heads: Sequence[Mapping[str, Any]], title: str = "TextSpan") -
             f"{head['total_variance_explained']:.1%} explained</small></h3>"
             + html_table(["#", "text", "var.", ""], rows) + "</div>"
         )
-    return figures_to_html([(f"Heads ({len(cards)})", RawHTML(f"<div class='cards'>{''.join(cards)}</div>"))],
-                           title=title, table_of_contents=False)
+    return RawHTML(f"<div class='cards'>{''.join(cards)}</div>")
+
+
+def textspan_page(heads: Sequence[Mapping[str, Any]], title: str = "TextSpan") -> str:
+    """A page of ``textspan_cards``; no figure, so the page holds no script."""
+    return figures_to_html([(f"Heads ({len(heads)})", textspan_cards(heads))], title=title, table_of_contents=False)
 
 
 def segmentation_page(
