@@ -224,15 +224,16 @@ print(segmentation_markdown(seg, title=f"{clip.name} on 150 synthetic scenes"))
 # ("on water", "on grass", ...).
 
 # %%
-from vit_lens_clip.methods.spurious import SHAPES_PLACE_QUERIES, run_spurious, shapes_eval_set, shapes_group_names
+from vit_lens_clip.datasets.shapes_adapters import SHAPES_PLACE_QUERIES, shapes_eval_set, shapes_group_names
+from vit_lens_clip.methods.spurious import SpuriousConfig, run_spurious
 from vit_lens_clip.viz import bar_table
 
+settings = SpuriousConfig(group_names=shapes_group_names(), pool=pool, k=10, queries=SHAPES_PLACE_QUERIES,
+                          progress=False)
 tables = {}
 for bird_size in ("small", "large"):
     birds = shapes_eval_set(clip.preprocess, n_images=400, bird_size=bird_size)
-    tables[bird_size] = run_spurious(clip, birds, group_names=shapes_group_names(), pool=pool,
-                                     pool_embeddings=pool_embeddings, k=10,
-                                     queries=SHAPES_PLACE_QUERIES, progress=False)
+    tables[bird_size] = run_spurious(clip, birds, settings, pool_embeddings=pool_embeddings)
     print(f"birds: {bird_size}")
     print(tables[bird_size].to_markdown())
 bar_table({f"{row.setting.split(' (')[0]}, {size} birds": {"average": row.average, "worst_group": row.worst_group}

@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 from vit_lens_clip.app.config import add_segment_arguments
 from vit_lens_clip.app.segment import run_segment_command
 from vit_lens_clip.datasets.geometry import PreprocessGeometry, upsample_patch_map
-from vit_lens_clip.datasets.segmentation import MaskFolder
+from vit_lens_clip.datasets.segmentation import MaskFolder, segmentation_loader
 from vit_lens_clip.datasets.shapes_adapters import ShapesSegmentation
 from vit_lens_clip.decompose.parts import decompose
 from vit_lens_clip.methods.spatial import registry
@@ -42,7 +42,7 @@ from vit_lens_clip.methods.spatial.heatmaps import (
     predict_classes,
     text_heatmap,
 )
-from vit_lens_clip.methods.spatial.metrics import SegmentationMetrics, zero_shot_segment
+from vit_lens_clip.methods.spatial.metrics import SegmentationMetrics, segment_batch, zero_shot_segment
 from vit_lens_clip.model.hooked_vit import HookedViT
 
 
@@ -274,6 +274,31 @@ def test_evaluate_segmentation_end_to_end(tmp_path):
 
     timings = bench_heatmaps(loaded.model, dataset[0]["image"][None], classifier.T, repeats=1, verbose=False)
     assert set(timings) == {"forward", *METHODS} and all(v["seconds"] > 0 for v in timings.values())
+
+
+def test_segmentation_loader_and_segment_batch(tmp_path):
+    """The public batch helpers that the benchmark and the SAE segmentation share."""
+    dataset = _write_mask_folder(tmp_path / "data")
+    batches = list(segmentation_loader(dataset, batch_size=2, limit=3))
+    assert [b["index"].tolist() for b in batches] == [[0, 1], [2]]
+    with pytest.raises(ValueError, match="batch_size"):
+        segmentation_loader(dataset, batch_size=0)
+    with pytest.raises(ValueError, match="limit"):
+        segmentation_loader(dataset, batch_size=2, limit=0)
+
+    batch = batches[0]
+    maps = torch.randn(2, 4, 4, generator=torch.Generator().manual_seed(0))
+    model_frame = segment_batch(maps, batch, "model", (32, 32))
+    expected = zero_shot_segment(upsample_patch_map(maps, 32))
+    for i, image in enumerate(model_frame):
+        assert torch.equal(image.mask, expected.mask[i]) and torch.equal(image.ground_truth, batch["mask"][i])
+        torch.testing.assert_close(image.soft_map, expected.soft_map[i], rtol=0, atol=0)
+    for i, image in enumerate(segment_batch(maps, batch, "original")):
+        original = zero_shot_segment(batch["geometry"][i].model_map_to_original(maps[i]))
+        assert image.mask.shape == batch["original_mask"][i].shape == image.ground_truth.shape
+        assert torch.equal(image.mask, original.mask) and torch.equal(image.ground_truth, batch["original_mask"][i])
+    with pytest.raises(ValueError, match="image_size"):
+        segment_batch(maps, batch, "model")
 
 
 def test_shapes_adapter_masks_follow_the_scene():

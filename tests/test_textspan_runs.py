@@ -12,16 +12,18 @@ import torch.nn.functional as F
 from conftest import rel_err, tiny_clip
 
 from vit_lens_clip import HookedViT, LoadedCLIP
+from vit_lens_clip.datasets import shapes_world
 from vit_lens_clip.datasets.folder import TensorImages
+from vit_lens_clip.datasets.shapes_adapters import SHAPES_PLACE_QUERIES, shapes_eval_set, shapes_group_names
 from vit_lens_clip.decompose.parts import decompose
 from vit_lens_clip.methods.ablation import ablate_posthoc
 from vit_lens_clip.methods.spurious import (
     LabelGroupItems,
+    SpuriousConfig,
+    dataset_cue_and_class_effects,
     group_accuracy,
     random_heads,
     run_spurious,
-    shapes_eval_set,
-    shapes_group_names,
     spurious_table,
 )
 from vit_lens_clip.methods.textspan.algorithm import text_span
@@ -309,7 +311,6 @@ def test_cue_and_class_effects_by_hand():
 
 
 def test_dataset_cue_and_class_effects_add_up_on_tiny_model():
-    from vit_lens_clip.methods.spurious import dataset_cue_and_class_effects, shapes_world
     from vit_lens_clip.methods.zeroshot import build_classifier
 
     loaded = tiny_loaded(seed=1)
@@ -335,6 +336,14 @@ def test_spurious_end_to_end_on_tiny_model(tmp_path):
     table = run_spurious(loaded, dataset, last_n_layers=LAST, batch_size=8, pool=pool, k=3,
                          hand_picked=[(2, 0), (1, 1)], group_names=shapes_group_names(), cache_dir=tmp_path,
                          progress=False)
+    # the same settings as one SpuriousConfig, and as a config with a keyword override, give the same table
+    config = SpuriousConfig(last_n_layers=LAST, batch_size=8, pool=pool, k=3, hand_picked=[(2, 0), (1, 1)],
+                            group_names=shapes_group_names(), cache_dir=tmp_path, progress=False)
+    for again in (run_spurious(loaded, dataset, config),
+                  run_spurious(loaded, dataset, SpuriousConfig(**{**vars(config), "k": 7, "batch_size": 5}), k=3,
+                               batch_size=8)):
+        assert again.to_dict() == table.to_dict()
+        assert torch.equal(again.classifier, table.classifier)
     settings = [row.setting for row in table.rows]
     assert settings[:2] == ["baseline", "extra ablations only"]
     assert any(s.startswith("random heads (1,") for s in settings)  # 15% of 8 kept heads -> 1 role head
@@ -360,7 +369,6 @@ def test_spurious_end_to_end_on_tiny_model(tmp_path):
     parts = decompose(loaded.model, images, layers=[1, 2], normalize=True)
     means = {"embed": parts.embed.mean(0), "attns": parts.attns.mean(0), "mlps": parts.mlps.mean(0),
              "heads": parts.heads.mean(0)}
-    from vit_lens_clip.methods.spurious import shapes_world
     from vit_lens_clip.methods.zeroshot import build_classifier
 
     classifier = build_classifier(loaded, *shapes_world.zero_shot_labels("bird"))
@@ -372,3 +380,41 @@ def test_spurious_end_to_end_on_tiny_model(tmp_path):
         expected = group_accuracy(logits(y, classifier).argmax(-1), labels, groups)
         row = table.row(setting)
         assert (row.worst_group, row.average) == (expected.worst_group, expected.average)
+
+
+def test_spurious_config_checks_and_shapes_defaults(tmp_path):
+    with pytest.raises(TypeError, match="unknown settings \\['n_image'\\]"):
+        run_spurious(None, None, n_image=3)
+    with pytest.raises(ValueError, match="picker"):
+        SpuriousConfig(picker="by hand")
+    with pytest.raises(ValueError, match="k must be at least 1"):
+        SpuriousConfig(k=0)
+    config = SpuriousConfig(classnames=["a", "b"], queries=["on water"], hand_picked=[(1, 0)], pool=["x", "y"])
+    assert (config.classnames, config.queries, config.hand_picked, config.pool) == (
+        ("a", "b"), ("on water",), ((1, 0),), ("x", "y"))
+    with pytest.raises(AttributeError):
+        config.k = 3  # frozen
+
+    # no dataset: the shapes world's balanced bird set with its groups and place queries
+    loaded = tiny_loaded(seed=1)
+    pool = ["on water", "on the grass", "a bird", "a red square", "in the snow", "a circle"]
+    config = SpuriousConfig(n_images=8, last_n_layers=LAST, batch_size=8, pool=pool, k=2, n_random_seeds=1,
+                            cache_dir=tmp_path, progress=False)
+    default = run_spurious(loaded, config=config)
+    explicit = run_spurious(loaded, shapes_eval_set(loaded.preprocess, 8, 0), config,
+                            queries=SHAPES_PLACE_QUERIES, group_names=shapes_group_names())
+    assert default.to_dict() == explicit.to_dict() and default.n_images == 8
+    assert set(default.to_dict()["rows"][0]["per_group"]) == set(shapes_group_names().values())
+
+
+def test_moved_shapes_names_warn_and_are_the_same_objects():
+    import vit_lens_clip.datasets.shapes_adapters as adapters
+    import vit_lens_clip.methods.spurious as spurious
+
+    for name in ("SHAPES_PLACE_QUERIES", "shapes_group_names", "shapes_eval_set"):
+        with pytest.warns(DeprecationWarning, match=f"spurious.{name} moved to vit_lens_clip.datasets.shapes_adapters"):
+            assert getattr(spurious, name) is getattr(adapters, name)
+    with pytest.warns(DeprecationWarning):
+        assert spurious.shapes_world is shapes_world
+    with pytest.raises(AttributeError):
+        spurious.no_such_name  # noqa: B018

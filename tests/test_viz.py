@@ -26,9 +26,11 @@ from vit_lens_clip.viz.figures import (
     heatmap_overlay,
     layer_head_grid,
     overlay_grid,
+    segmentation_example_figure,
     to_display_image,
 )
-from vit_lens_clip.viz.html import figures_to_html, markdown_to_html, plotly_script
+from vit_lens_clip.viz.html import RawHTML, escape, figures_to_html, html_table, markdown_to_html, plotly_script
+from vit_lens_clip.viz.pages import segmentation_page, textspan_page
 
 needs_circuitsvis = pytest.mark.skipif(circuitsvis_bundle_path() is None, reason="circuitsvis bundle not installed")
 
@@ -257,3 +259,37 @@ def test_markdown_subset():
     assert "<p>Some <em>text</em> with <code>a&lt;b</code> and <strong>bold</strong>.</p>" in out
     assert "<ul><li>one</li><li>two</li></ul>" in out
     assert "<table><tr><th>a</th><th>b</th></tr><tr><td>x</td><td class='num'>1.5%</td></tr></table>" in out
+
+
+def test_html_table_escapes_marks_numbers_and_keeps_raw_cells():
+    table = html_table(["a<b", "n"], [["x & y", "12.5%"], [RawHTML("<i>raw</i>"), "-3"], ["n/a", "1,024"]])
+    assert table.startswith("<table><tr><th>a&lt;b</th><th>n</th></tr>") and table.endswith("</table>")
+    assert "<tr><td>x &amp; y</td><td class='num'>12.5%</td></tr>" in table
+    assert "<tr><td><i>raw</i></td><td class='num'>-3</td></tr>" in table
+    assert "<tr><td class='num'>n/a</td><td class='num'>1,024</td></tr>" in table
+    assert escape("\"'<&>") == "&quot;&#x27;&lt;&amp;&gt;"
+
+
+def test_pages_escape_their_records_and_share_the_one_stylesheet():
+    heads = [{"head": "L1.H<2>", "rank": 7, "total_variance_explained": 0.5,
+              "picks": [{"order": 1, "text": "a <b> & 'c'", "variance_explained": 0.25},
+                        {"order": 2, "text": "plain", "variance_explained": -0.01}]}]
+    page = textspan_page(heads, title="Heads <x>")
+    assert "<title>Heads &lt;x&gt;</title>" in page and "L1.H&lt;2&gt;" in page
+    assert "a &lt;b&gt; &amp; &#x27;c&#x27;" in page and "<td class='num'>25.00%</td>" in page
+    assert "style='width:75.0px'" in page and "style='width:0.0px'" in page  # negative shares draw no bar
+    assert "<script" not in page and "http" not in page and ".cards {" in page
+
+    image = np.zeros((8, 8, 3), dtype=np.uint8)
+    truth = np.eye(8, dtype=bool)
+    fig = segmentation_example_figure("scene <1>", image, truth, {"m": np.eye(8, dtype=np.float32)}, {"m": truth},
+                                      titles={"m": "Method M"})
+    assert [a.text for a in fig.layout.annotations] == ["image", "Method M", "ground truth", "m mask"]
+    assert fig.layout.title.text == "scene &lt;1&gt;"
+    with pytest.raises(ValueError, match="same methods"):
+        segmentation_example_figure("x", image, truth, {"m": truth.astype(np.float32)}, {})
+    page = segmentation_page(["method", "mIoU"], [["M <1>", "50.00"]], [fig, fig], [("bad<file>.png", "unreadable")],
+                             title="Seg", note="Percent.")
+    assert "<td>M &lt;1&gt;</td><td class='num'>50.00</td>" in page and "<p>Percent.</p>" in page
+    assert "<li>bad&lt;file&gt;.png: unreadable</li>" in page
+    assert page.count("Plotly.newPlot(") == 2 and page.count(plotly_script()) == 1 and ".cards {" in page

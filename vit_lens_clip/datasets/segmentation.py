@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from vit_lens_clip.datasets.geometry import PreprocessGeometry
@@ -76,6 +76,17 @@ def collate_segmentation(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
         else:
             out[key] = values
     return out
+
+
+def segmentation_loader(dataset: Dataset, batch_size: int, limit: int | None = None) -> DataLoader:
+    """The first ``limit`` items of ``dataset`` (all when None) in order, batched by ``collate_segmentation``."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if limit is not None:
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        dataset = Subset(dataset, range(min(limit, len(dataset))))
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_segmentation)
 
 
 # ------------------------------------------------------------------------------------- ImageNet-segmentation

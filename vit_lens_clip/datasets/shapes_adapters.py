@@ -1,12 +1,24 @@
 """The synthetic shapes world as the datasets the methods and the report read (items in the formats of
-``datasets.folder`` and ``datasets.segmentation``). Every shapes-world adapter lives here."""
+``datasets.folder`` and ``datasets.segmentation``), and the defaults of its tasks (class names, templates, the
+spurious-cue set, its groups and place queries). Every shapes-world adapter lives here."""
 
 from __future__ import annotations
 
 from typing import Any, Callable
 
 from vit_lens_clip.datasets.segmentation import make_item
-from vit_lens_clip.datasets.shapes_world import ATTRIBUTES, ShapesDataset, ShapesWorld, label_of, zero_shot_labels
+from vit_lens_clip.datasets.shapes_world import (
+    ATTRIBUTES,
+    BIRDS,
+    PLACE_GROUPS,
+    PLACES,
+    ShapesDataset,
+    ShapesWorld,
+    SpuriousBirdsDataset,
+    label_of,
+    place_phrase,
+    zero_shot_labels,
+)
 
 
 class ShapesScenes(ShapesDataset):
@@ -53,3 +65,28 @@ class ShapesSegmentation(ShapesDataset):
 def shapes_classes() -> tuple[list[str], list[Callable[[str], str]]]:
     """Class names and templates for the shapes world's zero-shot segmentation (the shape of the objects)."""
     return zero_shot_labels("shape")
+
+
+# ------------------------------------------------------------------------------------- the spurious-cue task
+# the shapes world's text tower only knows its own captions' words, so it is asked about places in them
+SHAPES_PLACE_QUERIES: tuple[str, ...] = tuple(place_phrase(p) for p in PLACES)
+
+
+def shapes_group_names() -> dict[int, str]:
+    """Names of the shapes world's four bird groups (group = 2 * bird index + place-group index)."""
+    return {2 * b + p: f"{bird} on {place}" for b, bird in enumerate(BIRDS) for p, place in enumerate(PLACE_GROUPS)}
+
+
+def shapes_bird_classes() -> tuple[list[str], list[Callable[[str], str]]]:
+    """Class names and templates for the shapes world's landbird / waterbird zero-shot task."""
+    return zero_shot_labels("bird")
+
+
+def shapes_eval_set(preprocess: Callable, n_images: int = 400, seed: int = 0,
+                    bird_size: str | None = None) -> SpuriousBirdsDataset:
+    """The shapes world's balanced spurious evaluation set (item i is in group i % 4).
+
+    Birds are drawn at the training size by default; ``bird_size="large"`` draws bigger glyphs than training
+    used (a shifted set where the bird is easier to read).
+    """
+    return SpuriousBirdsDataset(n_images, seed=seed, split="eval", transform=preprocess, bird_size=bird_size)

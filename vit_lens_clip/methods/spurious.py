@@ -17,8 +17,11 @@ All means are taken over the evaluation set itself and every ablation is post-ho
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import json
-from collections.abc import Callable, Mapping, Sequence
+import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +31,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from vit_lens_clip.datasets import shapes_world
+from vit_lens_clip.datasets import shapes_adapters
 from vit_lens_clip.decompose import Decomposition, StackReducer, run_reducers
 from vit_lens_clip.methods.textspan.algorithm import TextSpanResult
 from vit_lens_clip.methods.textspan.pools import embed_texts_cached, load_pool
@@ -44,25 +47,6 @@ from vit_lens_clip.methods.textspan.runs import (
 from vit_lens_clip.methods.zeroshot import build_classifier, logits
 
 PLACE_QUERIES: tuple[str, ...] = ("a place", "a location", "a background")
-# the shapes world's text tower only knows its own captions' words, so it is asked about places in them
-SHAPES_PLACE_QUERIES: tuple[str, ...] = tuple(shapes_world.place_phrase(p) for p in shapes_world.PLACES)
-
-
-def shapes_group_names() -> dict[int, str]:
-    """Names of the shapes world's four groups (group = 2 * bird index + place-group index)."""
-    return {2 * b + p: f"{bird} on {place}" for b, bird in enumerate(shapes_world.BIRDS)
-            for p, place in enumerate(shapes_world.PLACE_GROUPS)}
-
-
-def shapes_eval_set(preprocess: Callable, n_images: int = 400, seed: int = 0,
-                    bird_size: str | None = None) -> Dataset:
-    """The shapes world's balanced spurious evaluation set (item i is in group i % 4).
-
-    Birds are drawn at the training size by default; ``bird_size="large"`` draws bigger glyphs than training
-    used (a shifted set where the bird is easier to read).
-    """
-    return shapes_world.SpuriousBirdsDataset(n_images, seed=seed, split="eval", transform=preprocess,
-                                             bird_size=bird_size)
 
 
 class LabelGroupItems(Dataset):
@@ -284,80 +268,132 @@ def pick_role_heads(
     raise ValueError("picker must be 'textspan' or 'variance'")
 
 
+def _tuple_or_none(value: Sequence[Any] | None) -> tuple[Any, ...] | None:
+    return None if value is None else tuple(value)
+
+
+@dataclass(frozen=True)
+class SpuriousConfig:
+    """The settings of ``run_spurious`` (its data — the dataset, pool embeddings, TextSpan rows — are arguments).
+
+    Evaluation set (used when no dataset is given): the shapes world's balanced bird set of ``n_images`` drawn
+    with ``seed`` (``seed`` also starts the random-head seeds). ``classnames`` / ``templates``: the zero-shot
+    classes (default: the shapes world's birds). ``group_names`` name the groups in tables (default: the shapes
+    world's for its set). Heads: the last ``last_n_layers`` layers are kept, collected ``batch_size`` images at
+    a time (``normalize``: unit-norm embeddings). TextSpan: ``k`` texts per head at ``rank`` from ``pool`` (a
+    shipped pool's name or the texts). Role heads: ``n_heads`` (default ``default_role_head_count``) picked by
+    ``queries`` (default: the shapes world's place phrases for its set, else ``PLACE_QUERIES``) with ``picker``
+    ("textspan" or "variance"); ``hand_picked`` heads add a row. Random heads: best of ``n_random_seeds``.
+    ``heads_only`` adds the head rows without the extra ablations. ``cache_dir`` caches text embeddings;
+    ``out_dir`` keeps the collected contributions on disk (resumable). Sequences are stored as tuples.
+    """
+
+    n_images: int = 400
+    seed: int = 0
+    classnames: Sequence[str] | None = None
+    templates: Sequence[Any] | None = None
+    group_names: Mapping[int, str] | None = None
+    last_n_layers: int = 4
+    batch_size: int = 32
+    normalize: bool = True
+    pool: str | Path | Sequence[str] = "descriptions"
+    k: int = 10
+    rank: int = 80
+    queries: Sequence[str] | None = None
+    picker: str = "textspan"
+    n_heads: int | None = None
+    hand_picked: Sequence[Head] | None = None
+    n_random_seeds: int = 5
+    heads_only: bool = True
+    cache_dir: str | Path | None = None
+    out_dir: str | Path | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("classnames", "templates", "queries", "hand_picked"):
+            object.__setattr__(self, name, _tuple_or_none(getattr(self, name)))
+        if not isinstance(self.pool, (str, Path)):
+            object.__setattr__(self, "pool", tuple(self.pool))
+        if self.group_names is not None:
+            object.__setattr__(self, "group_names", dict(self.group_names))
+        if self.picker not in ("textspan", "variance"):
+            raise ValueError(f"picker must be 'textspan' or 'variance', got {self.picker!r}")
+        for name in ("n_images", "last_n_layers", "batch_size", "k", "rank", "n_random_seeds"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.n_heads is not None and self.n_heads < 0:
+            raise ValueError(f"n_heads must be non-negative, got {self.n_heads}")
+
+
+SPURIOUS_SETTINGS: frozenset[str] = frozenset(f.name for f in dataclasses.fields(SpuriousConfig))
+
+
 def run_spurious(
     loaded,
     dataset: Dataset | None = None,
+    config: SpuriousConfig | None = None,
     *,
-    n_images: int = 400,
-    seed: int = 0,
-    classnames: Sequence[str] | None = None,
-    templates: Sequence[Any] | None = None,
-    group_names: Mapping[int, str] | None = None,
-    last_n_layers: int = 4,
-    batch_size: int = 32,
-    normalize: bool = True,
-    pool: str | Sequence[str] = "descriptions",
     pool_embeddings: Float[Tensor, "n_texts d_out"] | None = None,
     textspan_rows: Mapping[Head, TextSpanResult] | None = None,
-    k: int = 10,
-    rank: int = 80,
-    queries: Sequence[str] | None = None,
-    picker: str = "textspan",
-    n_heads: int | None = None,
-    hand_picked: Sequence[Head] | None = None,
-    n_random_seeds: int = 5,
-    heads_only: bool = True,
-    cache_dir: str | Path | None = None,
-    out_dir: str | Path | None = None,
-    progress: bool = True,
+    **settings: Any,
 ) -> SpuriousTable:
     """The whole experiment on any model and a balanced evaluation set with group labels.
 
     ``dataset`` items hold a preprocessed ``image``, a class ``label`` and a ``group``; the default is the
-    shapes world's balanced bird set (``shapes_eval_set``, ``n_images``, ``seed``) with its class names and
-    templates (``zero_shot_labels("bird")``). TextSpan (``k``, ``rank``) runs on the kept heads over this set
-    with the text ``pool`` unless ``textspan_rows`` are given (e.g. computed on a general image set);
-    ``n_heads`` role heads (default ``default_role_head_count``) are picked by ``queries`` with ``picker``
-    (default: ``SHAPES_PLACE_QUERIES`` for the default shapes set, else ``PLACE_QUERIES``).
-    ``heads_only`` adds the head rows without the extra ablations. ``out_dir`` keeps the collected
-    contributions on disk (resumable).
+    shapes world's balanced bird set (``datasets.shapes_adapters.shapes_eval_set``). ``config`` holds the
+    settings (``SpuriousConfig``); keyword ``settings`` (its field names, e.g. ``k=5``) override it, so
+    ``run_spurious(loaded, dataset, k=5)`` equals ``run_spurious(loaded, dataset, SpuriousConfig(k=5))``.
+    TextSpan runs on the kept heads over this set with the text pool unless ``textspan_rows`` are given (e.g.
+    computed on a general image set); ``pool_embeddings`` are the pool's text embeddings (computed and cached
+    when None).
     """
+    unknown = sorted(set(settings) - SPURIOUS_SETTINGS)
+    if unknown:
+        raise TypeError(f"run_spurious got unknown settings {unknown}; the settings are SpuriousConfig's fields: "
+                        f"{sorted(SPURIOUS_SETTINGS)}")
+    config = dataclasses.replace(config or SpuriousConfig(), **settings)
+    classnames, templates = config.classnames, config.templates
     if classnames is None or templates is None:
-        default_names, default_templates = shapes_world.zero_shot_labels("bird")
+        default_names, default_templates = shapes_adapters.shapes_bird_classes()
         classnames = default_names if classnames is None else classnames
         templates = default_templates if templates is None else templates
-    if queries is None:
-        queries = SHAPES_PLACE_QUERIES if dataset is None else PLACE_QUERIES
+    queries, group_names = config.queries, config.group_names
     if dataset is None:
-        dataset = shapes_eval_set(loaded.preprocess, n_images, seed)
-        group_names = shapes_group_names() if group_names is None else group_names
+        dataset = shapes_adapters.shapes_eval_set(loaded.preprocess, config.n_images, config.seed)
+        queries = shapes_adapters.SHAPES_PLACE_QUERIES if queries is None else queries
+        group_names = shapes_adapters.shapes_group_names() if group_names is None else group_names
+    elif queries is None:
+        queries = PLACE_QUERIES
     classifier = build_classifier(loaded, list(classnames), list(templates))
     items = LabelGroupItems(dataset, len(classnames))
-    contributions = collect_head_contributions(loaded, items, last_n_layers, batch_size, normalize, out_dir, progress)
+    contributions = collect_head_contributions(loaded, items, config.last_n_layers, config.batch_size,
+                                               config.normalize, config.out_dir, config.progress)
     labels, groups = items.unpack(contributions.labels)
     contributions.labels = labels
 
-    texts = load_pool(pool) if isinstance(pool, (str, Path)) else list(pool)
+    texts = load_pool(config.pool) if isinstance(config.pool, (str, Path)) else list(config.pool)
     if pool_embeddings is None:
-        pool_embeddings = embed_texts_cached(texts, loaded.encode_text, loaded.key, cache_dir)
+        pool_embeddings = embed_texts_cached(texts, loaded.encode_text, loaded.key, config.cache_dir)
     elif pool_embeddings.shape[0] != len(texts):
         raise ValueError(f"pool_embeddings has {pool_embeddings.shape[0]} rows for a pool of {len(texts)} texts")
     table = None
-    if textspan_rows is None and picker == "textspan":
-        table = TextSpanTable.compute(contributions, pool_embeddings, texts, k=k, rank=rank)
+    if textspan_rows is None and config.picker == "textspan":
+        table = TextSpanTable.compute(contributions, pool_embeddings, texts, k=config.k, rank=config.rank)
         textspan_rows = table.rows
     elif textspan_rows is not None:
         table = TextSpanTable(dict(textspan_rows), texts)
     query_embeddings = loaded.encode_text(list(queries)).float().cpu()
-    count = default_role_head_count(len(contributions.head_keys())) if n_heads is None else n_heads
-    ranking = pick_role_heads(contributions, query_embeddings, picker, textspan_rows, pool_embeddings)
+    count = default_role_head_count(len(contributions.head_keys())) if config.n_heads is None else config.n_heads
+    ranking = pick_role_heads(contributions, query_embeddings, config.picker, textspan_rows, pool_embeddings)
     role = [key for key, _ in ranking[:count]]
-    result = spurious_table(contributions, labels, groups, classifier, role, hand_picked, n_random_seeds, seed,
-                            group_names, role_label=f"automatic, {picker}", heads_only=heads_only)
+    hand_picked = list(config.hand_picked or [])
+    result = spurious_table(contributions, labels, groups, classifier, role, hand_picked, config.n_random_seeds,
+                            config.seed, group_names, role_label=f"automatic, {config.picker}",
+                            heads_only=config.heads_only)
     result.head_scores = ranking
     result.classifier = classifier
     if table is not None:
-        result.role_head_texts = {key: table.texts(key) for key in sorted(set(role) | set(hand_picked or []))}
+        result.role_head_texts = {key: table.texts(key) for key in sorted(set(role) | set(hand_picked))}
     return result
 
 
@@ -450,3 +486,20 @@ def dataset_cue_and_class_effects(
     parts = Decomposition(embed=rows["embed"], attns=rows["attns"], mlps=rows["mlps"], heads=rows["heads"],
                           layers=stack.layers, embedding=rows["embedding"], convention="equal_share", normalized=True)
     return cue_and_class_effects(parts, classifier, labels, groups % 2)
+
+
+# shapes-world names that moved to vit_lens_clip.datasets.shapes_adapters (methods hold no synthetic data)
+_MOVED_NAMES: dict[str, str] = {
+    "SHAPES_PLACE_QUERIES": "vit_lens_clip.datasets.shapes_adapters",
+    "shapes_group_names": "vit_lens_clip.datasets.shapes_adapters",
+    "shapes_eval_set": "vit_lens_clip.datasets.shapes_adapters",
+    "shapes_world": "vit_lens_clip.datasets",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Deprecated access to names that moved (looked up on use, with a DeprecationWarning)."""
+    if name not in _MOVED_NAMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    warnings.warn(f"{__name__}.{name} moved to {_MOVED_NAMES[name]}.{name}", DeprecationWarning, stacklevel=2)
+    return getattr(importlib.import_module(_MOVED_NAMES[name]), name)

@@ -12,15 +12,19 @@ from vit_lens_clip.viz.figures import (
     layer_head_grid,
     map_to_pixels,
     overlay_grid,
+    segmentation_example_figure,
     to_display_image,
 )
 from vit_lens_clip.viz.html import (
     Markdown,
     RawHTML,
+    escape,
     figure_html,
     figures_to_html,
+    html_table,
     markdown_to_html,
 )
+from vit_lens_clip.viz.pages import segmentation_page, textspan_cards, textspan_page
 
 __all__ = [
     "Markdown",
@@ -29,13 +33,19 @@ __all__ = [
     "attention_pattern_figure",
     "attention_patterns_html",
     "bar_table",
+    "escape",
     "figure_html",
     "figures_to_html",
     "heatmap_overlay",
+    "html_table",
     "layer_head_grid",
     "map_to_pixels",
     "markdown_to_html",
     "overlay_grid",
     "patch_labels",
+    "segmentation_example_figure",
+    "segmentation_page",
+    "textspan_cards",
+    "textspan_page",
     "to_display_image",
 ]

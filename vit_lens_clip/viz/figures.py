@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import plotly.graph_objects as go
 import torch
-from jaxtyping import Float
+from jaxtyping import Bool, Float, UInt8
 from plotly.subplots import make_subplots
 from torch import Tensor
 
@@ -339,4 +339,42 @@ def bar_table(
         title=html.escape(title), barmode="group", yaxis_title=y_title, width=max(480, 130 * len(methods) + 200),
         height=420, yaxis={"tickformat": ".0%", "range": [0, 1.08]} if as_fraction else {},
     )
+    return fig
+
+
+def segmentation_example_figure(
+    name: str,
+    image: UInt8[np.ndarray, "H W 3"],
+    ground_truth: Bool[np.ndarray, "H W"],
+    soft_maps: Mapping[str, Float[np.ndarray, "H W"]],
+    masks: Mapping[str, Bool[np.ndarray, "H W"]],
+    titles: Mapping[str, str] | None = None,
+) -> go.Figure:
+    """One image of a segmentation benchmark: the image over its ground truth, then per method its soft map
+    (in [0, 1]) over its predicted mask. ``titles`` name the methods in the top row (default: their keys)."""
+    methods = list(soft_maps)
+    if set(masks) != set(methods):
+        raise ValueError(f"soft_maps and masks must name the same methods, got {methods} and {list(masks)}")
+    titles = dict(titles or {})
+    cols = 1 + len(methods)
+    subplot_titles = ["image"] + [titles.get(m, m) for m in methods] + ["ground truth"] + [f"{m} mask" for m in methods]
+    fig = make_subplots(rows=2, cols=cols, subplot_titles=subplot_titles, horizontal_spacing=0.01,
+                        vertical_spacing=0.08)
+    fig.add_trace(go.Image(z=image), row=1, col=1)
+    grey = [[0, "#111111"], [1, "#f5f5f5"]]
+    fig.add_trace(go.Heatmap(z=ground_truth.astype(np.uint8), colorscale=grey, showscale=False, zmin=0, zmax=1),
+                  row=2, col=1)
+    for j, m in enumerate(methods, start=2):
+        soft = np.round(soft_maps[m].astype(np.float64), 3)
+        fig.add_trace(go.Heatmap(z=soft, colorscale="Viridis", zmin=0, zmax=1, showscale=False), row=1, col=j)
+        fig.add_trace(go.Heatmap(z=masks[m].astype(np.uint8), colorscale=grey, zmin=0, zmax=1, showscale=False),
+                      row=2, col=j)
+    fig.update_xaxes(showticklabels=False, constrain="domain")
+    fig.update_yaxes(showticklabels=False, autorange="reversed", constrain="domain")
+    for r in (1, 2):
+        for c in range(1, cols + 1):
+            k = (r - 1) * cols + c  # subplot k draws on axes xk / yk (k = 1 is plain "x")
+            fig.update_yaxes(scaleanchor="x" if k == 1 else f"x{k}", row=r, col=c)
+    fig.update_layout(title=html.escape(name), height=420, width=190 * cols + 40,
+                      margin={"l": 10, "r": 10, "t": 70, "b": 10})
     return fig

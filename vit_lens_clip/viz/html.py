@@ -1,4 +1,6 @@
-"""One self-contained, offline HTML page from a list of sections (plotly figures, raw HTML, Markdown-ish text).
+"""The package's one HTML writer: a self-contained, offline page from a list of sections (plotly figures, raw
+HTML, Markdown-ish text), its stylesheet, escaping and tables. Pages of method results (``viz.pages``) and the
+report are built from these; no other module writes markup.
 
 plotly.js is inlined exactly once in ``<head>`` (``plotly.offline.get_plotlyjs()``) and every figure is
 written with ``include_plotlyjs=False``. JavaScript libraries that sections inline themselves (the circuitsvis
@@ -12,7 +14,7 @@ import functools
 import html
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Union
 
@@ -33,6 +35,11 @@ th { background: #f4f4f4; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 code { background: #f3f3f3; padding: 0 3px; border-radius: 3px; }
 .figure { margin: 1em 0; overflow-x: auto; }
+.cards { display: flex; flex-wrap: wrap; gap: 1.2em; }
+.card { border: 1px solid #ccc; border-radius: 6px; padding: 0.6em 0.8em; min-width: 22em; }
+.card h3 { font-size: 1.05em; margin: 0 0 0.4em 0; }
+.card table { width: 100%; }
+.bar { background: #4a7bd0; height: 0.7em; display: inline-block; }
 """
 
 
@@ -109,16 +116,34 @@ def _inline(text: str) -> str:
 _NUMBER = re.compile(r"^[-+]?[\d.,]+%?$|^n/a$")
 
 
+def escape(value: object) -> str:
+    """``str(value)`` with ``& < > " '`` escaped: safe as element text and inside quoted attributes."""
+    return html.escape(str(value))
+
+
+def html_table(
+    header: Sequence[object], rows: Sequence[Sequence[object]], cell: Callable[[str], str] = escape
+) -> RawHTML:
+    """A ``<table>``: the header as ``<th>`` cells, then one ``<tr>`` per row.
+
+    Each cell is ``cell(str(value))`` (escaped by default), except ``RawHTML`` cells, inserted verbatim. A cell
+    that reads as a number (``12.5``, ``-3%``, ``1,024``, ``n/a``) gets class ``num`` (right-aligned).
+    """
+    def td(value: object) -> str:
+        if isinstance(value, RawHTML):
+            return f"<td>{value}</td>"
+        text = str(value)
+        return f"<td class='num'>{cell(text)}</td>" if _NUMBER.match(text) else f"<td>{cell(text)}</td>"
+
+    out = ["<table><tr>" + "".join(f"<th>{cell(str(c))}</th>" for c in header) + "</tr>"]
+    out += ["<tr>" + "".join(td(c) for c in row) + "</tr>" for row in rows]
+    return RawHTML("".join(out) + "</table>")
+
+
 def _table(lines: list[str]) -> str:
     rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in lines]
     rows = [r for r in rows if not all(re.fullmatch(r":?-{2,}:?", c) for c in r)]
-    head, body = rows[0], rows[1:]
-    out = ["<table><tr>" + "".join(f"<th>{_inline(c)}</th>" for c in head) + "</tr>"]
-    for r in body:
-        out.append("<tr>" + "".join(
-            f"<td class='num'>{_inline(c)}</td>" if _NUMBER.match(c) else f"<td>{_inline(c)}</td>" for c in r
-        ) + "</tr>")
-    return "".join(out) + "</table>"
+    return html_table(rows[0], rows[1:], cell=_inline)
 
 
 def markdown_to_html(text: str) -> str:
@@ -206,17 +231,17 @@ def figures_to_html(sections: Sequence[tuple[str, Content]], title: str = "vit_l
             raise ValueError(f"section {i} must be a (title, content) pair")
         heading, content = section
         anchor = _anchor(str(heading), i)
-        body.append(f"<section id='{anchor}'><h2>{html.escape(str(heading))}</h2>\n"
+        body.append(f"<section id='{anchor}'><h2>{escape(heading)}</h2>\n"
                     f"{_render(content, libraries, used)}\n</section>")
     toc = ""
     if table_of_contents and len(sections) > 1:
         toc = "<nav><ul>" + "".join(
-            f"<li><a href='#{_anchor(str(h), i)}'>{html.escape(str(h))}</a></li>" for i, (h, _) in enumerate(sections)
+            f"<li><a href='#{_anchor(str(h), i)}'>{escape(h)}</a></li>" for i, (h, _) in enumerate(sections)
         ) + "</ul></nav>"
     head_scripts = "".join(libraries[name] for name in ("plotly", "circuitsvis") if name in used)
     return (
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
-        f"<meta name='viewport' content='width=device-width, initial-scale=1'><title>{html.escape(title)}</title>"
-        f"<style>{_CSS}</style>\n{head_scripts}\n</head><body>\n<h1>{html.escape(title)}</h1>\n{toc}\n"
+        f"<meta name='viewport' content='width=device-width, initial-scale=1'><title>{escape(title)}</title>"
+        f"<style>{_CSS}</style>\n{head_scripts}\n</head><body>\n<h1>{escape(title)}</h1>\n{toc}\n"
         + "\n".join(body) + "\n</body></html>\n"
     )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import torch
 
@@ -11,6 +10,7 @@ from vit_lens_clip.app.sections.base import ReportContext
 from vit_lens_clip.methods.textspan import embed_texts_cached, load_pool
 from vit_lens_clip.methods.textspan.runs import TextSpanTable, heads_for_queries
 from vit_lens_clip.viz.figures import layer_head_grid
+from vit_lens_clip.viz.pages import textspan_cards
 
 
 class TextSpanSection:
@@ -23,7 +23,7 @@ class TextSpanSection:
         pool_emb = embed_texts_cached(pool, ctx.loaded.encode_text, ctx.loaded.key)
         table = TextSpanTable.compute(contributions, pool_emb, pool, k=config.k,
                                       title=f"TextSpan ({config.texts}, k={config.k})")
-        files = table.write(ctx.out, "textspan")
+        table.write(ctx.out, "textspan")  # textspan.json, .md and .html beside the report
         total = torch.zeros(len(contributions.layers), contributions.n_heads)
         hover = {}
         for (layer, head), row in table.rows.items():
@@ -34,8 +34,7 @@ class TextSpanSection:
                                title=f"variance explained by {config.k} TextSpan texts")
         ctx.numbers["textspan"] = json.loads(table.to_json())
         ctx.page += [("TextSpan: variance explained per head", grid),
-                     ("TextSpan texts per head",
-                      Path(files["html"]).read_text() if "html" in files else table.to_markdown())]
+                     ("TextSpan texts per head", textspan_cards(ctx.numbers["textspan"]["heads"]))]
         for (layer, head), row in table.rows.items():
             ctx.record("textspan", f"L{layer}H{head}.variance_explained", float(row.variance_explained.sum()),
                        texts=" | ".join(table.texts((layer, head))))

@@ -43,12 +43,13 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from vit_lens_clip.datasets.segmentation import segmentation_loader
 from vit_lens_clip.decompose.fold import LNFold
 from vit_lens_clip.methods.sae.sae import SparseAutoencoder
 from vit_lens_clip.methods.sae.splice import attached_saes, sae_hook_name, saes_spliced
-from vit_lens_clip.methods.spatial.evaluate import _loader, _segment_batch, method_maps
+from vit_lens_clip.methods.spatial.evaluate import method_maps
 from vit_lens_clip.methods.spatial.heatmaps import predict_classes
-from vit_lens_clip.methods.spatial.metrics import SegmentationMetrics
+from vit_lens_clip.methods.spatial.metrics import SegmentationMetrics, segment_batch
 from vit_lens_clip.methods.textspan.algorithm import TextSpanResult, text_span
 from vit_lens_clip.model.hooked_vit import HookedViT
 
@@ -329,7 +330,7 @@ def feature_segmentation(loaded, sae: SparseAutoencoder, dataset, classifier: Fl
     methods = ("decomposition", "sae_features", "sae_top_feature")
     metrics = {m: SegmentationMetrics() for m in methods}
     effects = direct_effect_directions(model, sae).float()  # [d_sae, d_out]
-    for batch in tqdm(_loader(dataset, batch_size, limit), desc="SAE segmentation", disable=not progress):
+    for batch in tqdm(segmentation_loader(dataset, batch_size, limit), desc="SAE segmentation", disable=not progress):
         images = batch["image"]
         labels = predict_classes(model, images, classifier)
         texts = (classifier - classifier.mean(1, keepdim=True))[:, labels].T  # [B, d_out]
@@ -342,7 +343,7 @@ def feature_segmentation(loaded, sae: SparseAutoencoder, dataset, classifier: Fl
         grids = activation_maps(model, acts)  # [B, d_sae, gh, gw]
         maps["sae_top_feature"] = grids[torch.arange(len(images)), best]
         for method in methods:
-            for soft, pred, gt in _segment_batch(maps[method], batch, "model", model.cfg.image_size, threshold):
+            for soft, pred, gt in segment_batch(maps[method], batch, "model", model.cfg.image_size, threshold):
                 metrics[method].update(soft, pred, gt)
     return {m: metrics[m].compute() for m in methods}
 

@@ -8,7 +8,8 @@ Texts: the decomposition map uses the published text, the predicted class's clas
 column. The gradient baselines (GradCAM, Chefer et al.) differentiate the score of the predicted class's
 column, as their papers explain the predicted class. Raw attention and rollout take no text.
 
-Also here: ``bench_heatmaps`` (cost of each map relative to a plain forward) and an HTML/CSV/Markdown report.
+Also here: ``bench_heatmaps`` (cost of each map relative to a plain forward) and the report's table and files
+(CSV, Markdown; the HTML page is drawn by ``vit_lens_clip.viz.pages``).
 The shapes-world adapter is ``vit_lens_clip.datasets.shapes_adapters``; the ``segment`` command is
 ``vit_lens_clip.app.segment``.
 """
@@ -16,7 +17,6 @@ The shapes-world adapter is ``vit_lens_clip.datasets.shapes_adapters``; the ``se
 from __future__ import annotations
 
 import csv
-import html
 import importlib
 import math
 import statistics
@@ -27,21 +27,20 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
-import plotly.graph_objects as go
 import torch
 from jaxtyping import Float, Int
-from plotly.subplots import make_subplots
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from vit_lens_clip.datasets.geometry import upsample_patch_map
-from vit_lens_clip.datasets.segmentation import collate_segmentation
+from vit_lens_clip.datasets.segmentation import segmentation_loader
 from vit_lens_clip.methods.spatial.baselines import attention_rollout, chefer, gradcam, raw_attention
 from vit_lens_clip.methods.spatial.heatmaps import predict_classes, text_heatmap
-from vit_lens_clip.methods.spatial.metrics import SegmentationMetrics, zero_shot_segment
+from vit_lens_clip.methods.spatial.metrics import SegmentationMetrics, segment_batch
 from vit_lens_clip.methods.spatial.registry import MAP_METHODS
 from vit_lens_clip.model.hooked_vit import HookedViT
+from vit_lens_clip.viz.figures import segmentation_example_figure
+from vit_lens_clip.viz.pages import segmentation_page
 
 METHODS: tuple[str, ...] = tuple(MAP_METHODS)
 METHOD_TITLES: dict[str, str] = {name: method.title for name, method in MAP_METHODS.items()}
@@ -73,32 +72,6 @@ def method_maps(
     return {k: v.detach().float().cpu() for k, v in maps.items()}
 
 
-def _loader(dataset: Dataset, batch_size: int, limit: Optional[int]) -> DataLoader:
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if limit is not None:
-        if limit < 1:
-            raise ValueError(f"limit must be >= 1, got {limit}")
-        dataset = Subset(dataset, range(min(limit, len(dataset))))
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_segmentation)
-
-
-def _segment_batch(
-    maps: Float[Tensor, "batch grid_h grid_w"], batch: dict[str, Any], frame: str, image_size: tuple[int, int], threshold
-) -> list[tuple[Tensor, Tensor, Tensor]]:
-    """(soft map, predicted mask, ground truth) per image, in the model-input or the original frame."""
-    if frame == "model":
-        seg = zero_shot_segment(upsample_patch_map(maps, image_size), threshold=threshold)
-        return list(zip(seg.soft_map, seg.mask, batch["mask"]))
-    if "geometry" not in batch:
-        raise ValueError("frame='original' needs a dataset built with include_original=True")
-    out = []
-    for patch_map, geometry, gt in zip(maps, batch["geometry"], batch["original_mask"]):
-        seg = zero_shot_segment(geometry.model_map_to_original(patch_map), threshold=threshold)
-        out.append((seg.soft_map, seg.mask, gt))
-    return out
-
-
 def evaluate_segmentation(
     loaded,
     dataset: Dataset,
@@ -124,10 +97,10 @@ def evaluate_segmentation(
     model: HookedViT = loaded.model
     image_size = model.cfg.image_size
     metrics = {m: SegmentationMetrics(ap_mode=ap_mode) for m in methods}
-    for batch in tqdm(_loader(dataset, batch_size, limit), desc="segmentation", disable=not progress):
+    for batch in tqdm(segmentation_loader(dataset, batch_size, limit), desc="segmentation", disable=not progress):
         maps = method_maps(model, batch["image"], classifier, methods)
         for method in methods:
-            for soft, pred, gt in _segment_batch(maps[method], batch, frame, image_size, threshold):
+            for soft, pred, gt in segment_batch(maps[method], batch, frame, image_size, threshold):
                 metrics[method].update(soft, pred, gt)
     return {m: metrics[m].compute() for m in methods}
 
@@ -174,9 +147,9 @@ def segmentation_examples(
     """The first ``n_examples`` images with every method's soft map and mask (for the report)."""
     methods = _check_methods(methods)
     model: HookedViT = loaded.model
-    batch = next(iter(_loader(dataset, n_examples, n_examples)))
+    batch = next(iter(segmentation_loader(dataset, n_examples, n_examples)))
     maps = method_maps(model, batch["image"], classifier, methods)
-    per_method = {m: _segment_batch(maps[m], batch, frame, model.cfg.image_size, threshold) for m in methods}
+    per_method = {m: segment_batch(maps[m], batch, frame, model.cfg.image_size, threshold) for m in methods}
     examples = []
     for i in range(batch["image"].shape[0]):
         if frame == "original":
@@ -199,41 +172,26 @@ def _fmt(value: float) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.2f}"
 
 
+SEGMENTATION_NOTE = ("Percent. Maps upsampled bilinearly, clipped below 0, min-max normalised; "
+                     "foreground = pixels above the map's mean.")
+
+
+def segmentation_table(results: dict[str, dict[str, float]]) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of the benchmark table: per method its title, pixel accuracy, mIoU and mAP (percent,
+    2 decimals, "n/a" when undefined) and the number of images; cells are strings."""
+    header = ["method", "Pixel Acc", "mIoU", "mAP", "images"]
+    rows = [[METHOD_TITLES.get(method, method), *(_fmt(r[k]) for k in REPORT_METRICS), str(r.get("n_images", ""))]
+            for method, r in results.items()]
+    return header, rows
+
+
 def segmentation_markdown(results: dict[str, dict[str, float]], title: str = "Zero-shot segmentation") -> str:
     """A Markdown table of pixel accuracy, mIoU and mAP (percent) per method."""
-    lines = [f"# {title}", "", "| method | Pixel Acc | mIoU | mAP | images |", "|---|---|---|---|---|"]
-    for method, r in results.items():
-        lines.append(
-            f"| {METHOD_TITLES.get(method, method)} | {_fmt(r['pixel_accuracy'])} | {_fmt(r['miou'])} | "
-            f"{_fmt(r['mean_ap'])} | {r.get('n_images', '')} |"
-        )
+    header, rows = segmentation_table(results)
+    lines = [f"# {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
     lines += ["", "Maps are upsampled bilinearly, clipped below 0, min-max normalised; foreground = above the mean."]
     return "\n".join(lines) + "\n"
-
-
-def _example_figure(example: SegmentationExample):
-    methods = list(example.soft_maps)
-    cols = 1 + len(methods)
-    titles = ["image"] + [METHOD_TITLES.get(m, m) for m in methods] + ["ground truth"] + [f"{m} mask" for m in methods]
-    fig = make_subplots(rows=2, cols=cols, subplot_titles=titles, horizontal_spacing=0.01, vertical_spacing=0.08)
-    fig.add_trace(go.Image(z=example.image), row=1, col=1)
-    grey = [[0, "#111111"], [1, "#f5f5f5"]]
-    fig.add_trace(go.Heatmap(z=example.ground_truth.astype(np.uint8), colorscale=grey, showscale=False, zmin=0, zmax=1),
-                  row=2, col=1)
-    for j, m in enumerate(methods, start=2):
-        soft = np.round(example.soft_maps[m].astype(np.float64), 3)
-        fig.add_trace(go.Heatmap(z=soft, colorscale="Viridis", zmin=0, zmax=1, showscale=False), row=1, col=j)
-        fig.add_trace(go.Heatmap(z=example.masks[m].astype(np.uint8), colorscale=grey, zmin=0, zmax=1,
-                                 showscale=False), row=2, col=j)
-    fig.update_xaxes(showticklabels=False, constrain="domain")
-    fig.update_yaxes(showticklabels=False, autorange="reversed", constrain="domain")
-    for r in (1, 2):
-        for c in range(1, cols + 1):
-            k = (r - 1) * cols + c  # subplot k draws on axes xk / yk (k = 1 is plain "x")
-            fig.update_yaxes(scaleanchor="x" if k == 1 else f"x{k}", row=r, col=c)
-    fig.update_layout(title=html.escape(example.name), height=420, width=190 * cols + 40,
-                      margin={"l": 10, "r": 10, "t": 70, "b": 10})
-    return fig
 
 
 def write_segmentation_report(
@@ -244,9 +202,9 @@ def write_segmentation_report(
     skipped: Sequence[tuple[str, str]] = (),
 ) -> dict[str, Path]:
     """Write ``segmentation.csv`` (every metric), ``segmentation.md`` (the table) and ``segmentation.html``
-    (the table plus image / heatmap / mask overlays per method; plotly.js inlined once, works offline).
-    Inputs the dataset left out (``skipped``: (file, reason)) are listed in ``segmentation_skipped.csv``
-    and at the end of the Markdown and HTML."""
+    (the table plus image / heatmap / mask overlays per method, drawn by ``viz.pages.segmentation_page``;
+    plotly.js inlined once, works offline). Inputs the dataset left out (``skipped``: (file, reason)) are
+    listed in ``segmentation_skipped.csv`` and at the end of the Markdown and HTML."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"csv": out / "segmentation.csv", "markdown": out / "segmentation.md", "html": out / "segmentation.html",
@@ -255,6 +213,7 @@ def write_segmentation_report(
         writer = csv.writer(f)
         writer.writerow(["file", "reason"])
         writer.writerows([str(name), str(reason)] for name, reason in skipped)
+    skipped = [(str(name), str(reason)) for name, reason in skipped]
     skipped_md = "".join(f"\n- {name}: {reason}" for name, reason in skipped)
     skipped_note = f"\n\nSkipped inputs ({len(skipped)}):{skipped_md}\n" if skipped else ""
 
@@ -266,35 +225,11 @@ def write_segmentation_report(
             writer.writerow([method, *[r.get(k, "") for k in keys]])
     paths["markdown"].write_text(segmentation_markdown(results, title) + skipped_note)
 
-    rows = "".join(
-        f"<tr><td>{html.escape(METHOD_TITLES.get(m, m))}</td>"
-        + "".join(f"<td>{_fmt(r[k])}</td>" for k in REPORT_METRICS)
-        + f"<td>{r.get('n_images', '')}</td></tr>"
-        for m, r in results.items()
-    )
-    parts = [
-        "<!DOCTYPE html><html><head><meta charset='utf-8'>",
-        f"<title>{html.escape(title)}</title>",
-        (
-            "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
-            "td,th{border:1px solid #bbb;padding:4px 10px;text-align:right}td:first-child{text-align:left}</style>"
-        ),
-        "</head><body>",
-        f"<h1>{html.escape(title)}</h1>",
-        "<table><tr><th>method</th><th>Pixel Acc</th><th>mIoU</th><th>mAP</th><th>images</th></tr>",
-        rows,
-        (
-            "</table><p>Percent. Maps upsampled bilinearly, clipped below 0, min-max normalised; "
-            "foreground = pixels above the map's mean.</p>"
-        ),
-    ]
-    if skipped:
-        parts.append(f"<p>Skipped inputs ({len(skipped)}):</p><ul>"
-                     + "".join(f"<li>{html.escape(str(n))}: {html.escape(str(r))}</li>" for n, r in skipped) + "</ul>")
-    for i, example in enumerate(examples):
-        parts.append(_example_figure(example).to_html(full_html=False, include_plotlyjs=(i == 0)))
-    parts.append("</body></html>")
-    paths["html"].write_text("\n".join(parts), encoding="utf-8")
+    header, rows = segmentation_table(results)
+    figures = [segmentation_example_figure(e.name, e.image, e.ground_truth, e.soft_maps, e.masks, METHOD_TITLES)
+               for e in examples]
+    page = segmentation_page(header, rows, figures, skipped, title, note=SEGMENTATION_NOTE)
+    paths["html"].write_text(page, encoding="utf-8")
     return paths
 
 

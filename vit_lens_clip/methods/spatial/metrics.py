@@ -13,12 +13,15 @@ Pixels whose soft map is NaN (e.g. outside the model's crop when scoring in the 
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
+
+from vit_lens_clip.datasets.geometry import upsample_patch_map
 
 ArrayLike = Tensor | np.ndarray
 ApMode = Literal["foreground", "both_classes"]
@@ -85,6 +88,43 @@ def zero_shot_segment(
         cut = soft.new_tensor(float(threshold))
     mask = (soft > cut) & finite
     return ZeroShotSegmentation(soft_map=soft, mask=mask)
+
+
+class SegmentedImage(NamedTuple):
+    """One image's zero-shot segmentation next to its ground truth, all in the same frame."""
+
+    soft_map: Float[Tensor, "H W"]
+    mask: Bool[Tensor, "H W"]
+    ground_truth: Bool[Tensor, "H W"]
+
+
+def segment_batch(
+    maps: Float[Tensor, "batch grid_h grid_w"],
+    batch: Mapping[str, Any],
+    frame: Literal["model", "original"] = "model",
+    image_size: int | Sequence[int] | None = None,
+    threshold: Literal["mean", "otsu"] | float = "mean",
+) -> list[SegmentedImage]:
+    """``zero_shot_segment`` of each patch map of a ``collate_segmentation`` batch, per image.
+
+    frame "model": the maps are upsampled bilinearly to ``image_size`` (the model input) and compared with
+    ``batch["mask"]``; "original": each map is carried back onto its original image by ``batch["geometry"]``
+    (pixels cropped away are NaN, so left out of the metrics) and compared with ``batch["original_mask"]``.
+    """
+    if frame == "model":
+        if image_size is None:
+            raise ValueError("frame='model' needs image_size (the model's input size)")
+        seg = zero_shot_segment(upsample_patch_map(maps, image_size), threshold=threshold)
+        return [SegmentedImage(*row) for row in zip(seg.soft_map, seg.mask, batch["mask"])]
+    if frame != "original":
+        raise ValueError(f"frame must be 'model' or 'original', got {frame!r}")
+    if "geometry" not in batch:
+        raise ValueError("frame='original' needs a dataset built with include_original=True")
+    out = []
+    for patch_map, geometry, truth in zip(maps, batch["geometry"], batch["original_mask"]):
+        seg = zero_shot_segment(geometry.model_map_to_original(patch_map), threshold=threshold)
+        out.append(SegmentedImage(seg.soft_map, seg.mask, truth))
+    return out
 
 
 # ---------------------------------------------------------------------------------------- average precision

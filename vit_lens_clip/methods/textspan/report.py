@@ -1,4 +1,4 @@
-"""Per-head TextSpan tables (JSON, Markdown, offline HTML) and ranking heads by a text direction.
+"""Per-head TextSpan tables: records, JSON and Markdown; the offline HTML page is drawn by ``viz.pages``.
 
 Rows are a dict ``{(layer, head): result}`` where each result is a single-head :class:`TextSpanResult`
 (``result[layer, head]`` or ``result.rows()`` gives them). Picked texts come from the result, or from
@@ -7,7 +7,6 @@ Rows are a dict ``{(layer, head): result}`` where each result is a single-head :
 
 from __future__ import annotations
 
-import html
 import json
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 
 from vit_lens_clip.methods.textspan.algorithm import TextSpanResult
 from vit_lens_clip.methods.textspan.ranking import rank_heads_by_text  # noqa: F401 - its old home
+from vit_lens_clip.viz.pages import textspan_page
 
 
 def head_label(key: Hashable) -> str:
@@ -52,8 +52,9 @@ def _sorted_items(rows: Mapping[Hashable, TextSpanResult]) -> list[tuple[Hashabl
         return list(rows.items())
 
 
-def to_json(rows: Mapping[Hashable, TextSpanResult], pool: Sequence[str] | None = None) -> str:
-    """JSON list of heads, each with its label, layer/head if known, kept rank and pick table."""
+def head_records(rows: Mapping[Hashable, TextSpanResult], pool: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """One record per head (sorted by key): its label, layer/head if known, kept rank, pick table
+    (``head_table``) and the total fraction of its variance the picks explain."""
     heads = []
     for key, result in _sorted_items(rows):
         entry: dict[str, Any] = {"head": head_label(key)}
@@ -63,7 +64,12 @@ def to_json(rows: Mapping[Hashable, TextSpanResult], pool: Sequence[str] | None 
         entry["picks"] = head_table(result, pool)
         entry["total_variance_explained"] = float(result.variance_explained.sum())
         heads.append(entry)
-    return json.dumps({"heads": heads}, indent=2, ensure_ascii=False)
+    return heads
+
+
+def to_json(rows: Mapping[Hashable, TextSpanResult], pool: Sequence[str] | None = None) -> str:
+    """JSON ``{"heads": head_records(rows, pool)}``."""
+    return json.dumps({"heads": head_records(rows, pool)}, indent=2, ensure_ascii=False)
 
 
 def to_markdown(
@@ -87,40 +93,10 @@ def to_markdown(
     return "\n".join(lines)
 
 
-_CSS = """
-body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
-.grid { display: flex; flex-wrap: wrap; gap: 1.2em; }
-.head { border: 1px solid #ccc; border-radius: 6px; padding: 0.6em 0.8em; min-width: 22em; }
-.head h2 { font-size: 1.05em; margin: 0 0 0.4em 0; }
-table { border-collapse: collapse; font-size: 0.9em; width: 100%; }
-td, th { padding: 2px 6px; text-align: left; border-bottom: 1px solid #eee; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
-.bar { background: #4a7bd0; height: 0.7em; display: inline-block; }
-"""
-
-
 def to_html(rows: Mapping[Hashable, TextSpanResult], pool: Sequence[str] | None = None, title: str = "TextSpan") -> str:
-    """A self-contained HTML page (inline CSS, no scripts or external resources) with one card per head."""
-    cards = []
-    for key, result in _sorted_items(rows):
-        table = head_table(result, pool)
-        body = "".join(
-            f"<tr><td class='num'>{row['order']}</td><td>{html.escape(row['text'])}</td>"
-            f"<td class='num'>{row['variance_explained']:.2%}</td>"
-            f"<td><span class='bar' style='width:{max(0.0, row['variance_explained']) * 300:.1f}px'></span></td></tr>"
-            for row in table
-        )
-        total = table[-1]["cumulative"] if table else 0.0
-        cards.append(
-            f"<div class='head'><h2>{html.escape(head_label(key))} "
-            f"<small>rank {int(result.ranks)}, {total:.1%} explained</small></h2>"
-            f"<table><tr><th>#</th><th>text</th><th>var.</th><th></th></tr>{body}</table></div>"
-        )
-    return (
-        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-        f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"
-        f"<div class='grid'>{''.join(cards)}</div></body></html>\n"
-    )
+    """A self-contained HTML page (no scripts or external resources) with one card per head
+    (``viz.pages.textspan_page`` of ``head_records``)."""
+    return textspan_page(head_records(rows, pool), title)
 
 
 def write_reports(
