@@ -30,7 +30,6 @@ from typing import Any, Optional, Union
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
-from transformer_lens import ActivationCache
 from transformer_lens.hook_points import HookPoint
 from transformer_lens.HookedRootModule import HookedRootModule
 
@@ -72,7 +71,11 @@ class TextBlock(nn.Module):
 
 
 class HookedTextTransformer(StackedWeights, HookedRootModule):
-    """A CLIP text encoder with TransformerLens hooks at every head and token."""
+    """A CLIP text encoder with TransformerLens hooks at every head and token.
+
+    Stacked weights, ``accumulated_bias``, ``run_with_cache`` and ``cfg.device``: as on HookedViT
+    (model/stacked_weights.py).
+    """
 
     def __init__(self, cfg: TextConfig):
         super().__init__()
@@ -164,27 +167,6 @@ class HookedTextTransformer(StackedWeights, HookedRootModule):
         if self.tokenizer is None:
             raise ValueError("no tokenizer attached: load with vit_lens_clip.load_clip, or tokenize yourself")
         return self.tokenizer(list(texts))
-
-    # --------------------------------------------------------------- caching
-    def run_with_cache(self, *model_args: Any, return_cache_object: bool = True, **kwargs: Any):
-        """Run and cache activations; returns (embedding, ``transformer_lens.ActivationCache``)."""
-        out, cache_dict = super().run_with_cache(*model_args, **kwargs)
-        if return_cache_object:
-            return out, ActivationCache(cache_dict, self, has_batch_dim=not kwargs.get("remove_batch_dim", False))
-        return out, cache_dict
-
-    def accumulated_bias(
-        self, layer: int, mlp_input: bool = False, include_mlp_biases: bool = True
-    ) -> Float[Tensor, " d_model"]:
-        """Σ b_O (and Σ b_out) of the blocks before ``layer``: the bias part of the residual stream."""
-        bias = torch.zeros(self.cfg.d_model, device=self.W_pos.device, dtype=self.W_pos.dtype)
-        for i in range(layer):
-            bias = bias + self.blocks[i].attn.b_O
-            if include_mlp_biases:
-                bias = bias + self.blocks[i].mlp.b_out
-        if mlp_input and layer < self.cfg.n_layers:
-            bias = bias + self.blocks[layer].attn.b_O
-        return bias
 
     @property
     def W_U(self) -> Float[Tensor, "d_model d_out"]:
