@@ -35,28 +35,19 @@ from transformer_lens.HookedRootModule import HookedRootModule
 
 from vit_lens_clip.convert.hf_text import hf_text_to_hooked
 from vit_lens_clip.convert.open_clip_text import open_clip_text_to_hooked
-from vit_lens_clip.model.components import MLP, Attention, LayerNorm
+from vit_lens_clip.model.components import Attention, LayerNorm, PreLNBlock
 from vit_lens_clip.model.stacked_weights import StackedWeights
 from vit_lens_clip.model.text_config import TextConfig
 
 TokenInput = Union[Int[Tensor, "batch n"], Mapping]
 
 
-class TextBlock(nn.Module):
+class TextBlock(PreLNBlock):
     """Pre-LN block as in the image tower; the attention gets the text's mask and pooled-token index."""
 
     def __init__(self, cfg: TextConfig, layer: int):
-        super().__init__()
-        self.layer = layer
-        self.ln1 = LayerNorm(cfg.d_model, cfg.eps)
-        self.attn = Attention(cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_model)
-        self.ln2 = LayerNorm(cfg.d_model, cfg.eps)
-        self.mlp = MLP(cfg.d_model, cfg.d_mlp, cfg.act_fn)
-        self.hook_resid_pre = HookPoint()
-        self.hook_attn_out = HookPoint()
-        self.hook_resid_mid = HookPoint()
-        self.hook_mlp_out = HookPoint()
-        self.hook_resid_post = HookPoint()
+        attn = Attention(cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_model)
+        super().__init__(layer, attn, cfg.d_model, cfg.d_mlp, cfg.act_fn, cfg.eps)
 
     def forward(
         self,
@@ -64,10 +55,7 @@ class TextBlock(nn.Module):
         attn_mask: Optional[Tensor],
         pool_index: Int[Tensor, " batch"],
     ) -> Float[Tensor, "batch n d_model"]:
-        resid_pre = self.hook_resid_pre(resid_pre)
-        attn_out = self.attn(self.ln1(resid_pre), attn_mask=attn_mask, pool_index=pool_index)
-        resid_mid = self.hook_resid_mid(resid_pre + self.hook_attn_out(attn_out))
-        return self.hook_resid_post(resid_mid + self.hook_mlp_out(self.mlp(self.ln2(resid_mid))))
+        return self.residual(resid_pre, attn_mask=attn_mask, pool_index=pool_index)
 
 
 class HookedTextTransformer(StackedWeights, HookedRootModule):
