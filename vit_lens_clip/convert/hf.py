@@ -45,11 +45,26 @@ def _heads(w: Tensor, n: int) -> Tensor:
     return einops.rearrange(w, "(h e) i -> h i e", h=n)
 
 
+def _block_state(block: nn.Module, layer: int, n: int) -> dict[str, Tensor]:
+    """One HF ``CLIPEncoderLayer`` (image or text tower) under ``blocks.{layer}.*`` names; the caller detaches."""
+    p, a = f"blocks.{layer}", block.self_attn
+    return {
+        f"{p}.ln1.w": block.layer_norm1.weight, f"{p}.ln1.b": block.layer_norm1.bias,
+        f"{p}.ln2.w": block.layer_norm2.weight, f"{p}.ln2.b": block.layer_norm2.bias,
+        f"{p}.attn.W_Q": _heads(a.q_proj.weight, n), f"{p}.attn.b_Q": a.q_proj.bias.reshape(n, -1),
+        f"{p}.attn.W_K": _heads(a.k_proj.weight, n), f"{p}.attn.b_K": a.k_proj.bias.reshape(n, -1),
+        f"{p}.attn.W_V": _heads(a.v_proj.weight, n), f"{p}.attn.b_V": a.v_proj.bias.reshape(n, -1),
+        f"{p}.attn.W_O": einops.rearrange(a.out_proj.weight, "j (h e) -> h e j", h=n),
+        f"{p}.attn.b_O": a.out_proj.bias,
+        f"{p}.mlp.W_in": block.mlp.fc1.weight.T, f"{p}.mlp.b_in": block.mlp.fc1.bias,
+        f"{p}.mlp.W_out": block.mlp.fc2.weight.T, f"{p}.mlp.b_out": block.mlp.fc2.bias,
+    }
+
+
 def state_dict_from_hf(model: nn.Module, cfg: ViTConfig) -> dict[str, Tensor]:
     """Map HF CLIP vision weights to HookedViT names."""
     vm = model.vision_model
     emb = vm.embeddings
-    n = cfg.n_heads
     sd = {
         "W_patch": emb.patch_embedding.weight,
         "class_embedding": emb.class_embedding,
@@ -61,18 +76,7 @@ def state_dict_from_hf(model: nn.Module, cfg: ViTConfig) -> dict[str, Tensor]:
         "W_proj": model.visual_projection.weight.T,
     }
     for layer, block in enumerate(vm.encoder.layers):
-        p, a = f"blocks.{layer}", block.self_attn
-        sd.update({
-            f"{p}.ln1.w": block.layer_norm1.weight, f"{p}.ln1.b": block.layer_norm1.bias,
-            f"{p}.ln2.w": block.layer_norm2.weight, f"{p}.ln2.b": block.layer_norm2.bias,
-            f"{p}.attn.W_Q": _heads(a.q_proj.weight, n), f"{p}.attn.b_Q": a.q_proj.bias.reshape(n, -1),
-            f"{p}.attn.W_K": _heads(a.k_proj.weight, n), f"{p}.attn.b_K": a.k_proj.bias.reshape(n, -1),
-            f"{p}.attn.W_V": _heads(a.v_proj.weight, n), f"{p}.attn.b_V": a.v_proj.bias.reshape(n, -1),
-            f"{p}.attn.W_O": einops.rearrange(a.out_proj.weight, "j (h e) -> h e j", h=n),
-            f"{p}.attn.b_O": a.out_proj.bias,
-            f"{p}.mlp.W_in": block.mlp.fc1.weight.T, f"{p}.mlp.b_in": block.mlp.fc1.bias,
-            f"{p}.mlp.W_out": block.mlp.fc2.weight.T, f"{p}.mlp.b_out": block.mlp.fc2.bias,
-        })
+        sd.update(_block_state(block, layer, cfg.n_heads))
     return {k: v.detach().to(torch.float32).contiguous() for k, v in sd.items()}
 
 

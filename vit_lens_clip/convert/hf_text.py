@@ -8,18 +8,12 @@ HF CLIP text: token + position embeddings, causal pre-LN blocks (padding masked 
 
 from __future__ import annotations
 
-import einops
 import torch
 from torch import Tensor, nn
 
+from vit_lens_clip.convert.hf import _ACTIVATIONS, _block_state
 from vit_lens_clip.convert.open_clip import UnsupportedTowerError
 from vit_lens_clip.model.text_config import TextConfig
-
-_ACTIVATIONS = {"quick_gelu": "quick_gelu", "gelu": "gelu"}
-
-
-def _heads(w: Tensor, n: int) -> Tensor:
-    return einops.rearrange(w, "(h e) i -> h i e", h=n)
 
 
 def hf_text_to_hooked(model: nn.Module) -> tuple[TextConfig, dict[str, Tensor]]:
@@ -50,7 +44,6 @@ def hf_text_to_hooked(model: nn.Module) -> tuple[TextConfig, dict[str, Tensor]]:
         model_name=getattr(c, "_name_or_path", "") or "hf-clip-text",
         dtype=proj.weight.dtype,
     )
-    n = cfg.n_heads
     emb = tm.embeddings
     sd = {
         "W_E": emb.token_embedding.weight,
@@ -61,16 +54,5 @@ def hf_text_to_hooked(model: nn.Module) -> tuple[TextConfig, dict[str, Tensor]]:
         "b_proj": proj.bias if proj.bias is not None else torch.zeros(proj.out_features, device=proj.weight.device),
     }
     for layer, block in enumerate(tm.encoder.layers):
-        p, a = f"blocks.{layer}", block.self_attn
-        sd.update({
-            f"{p}.ln1.w": block.layer_norm1.weight, f"{p}.ln1.b": block.layer_norm1.bias,
-            f"{p}.ln2.w": block.layer_norm2.weight, f"{p}.ln2.b": block.layer_norm2.bias,
-            f"{p}.attn.W_Q": _heads(a.q_proj.weight, n), f"{p}.attn.b_Q": a.q_proj.bias.reshape(n, -1),
-            f"{p}.attn.W_K": _heads(a.k_proj.weight, n), f"{p}.attn.b_K": a.k_proj.bias.reshape(n, -1),
-            f"{p}.attn.W_V": _heads(a.v_proj.weight, n), f"{p}.attn.b_V": a.v_proj.bias.reshape(n, -1),
-            f"{p}.attn.W_O": einops.rearrange(a.out_proj.weight, "j (h e) -> h e j", h=n),
-            f"{p}.attn.b_O": a.out_proj.bias,
-            f"{p}.mlp.W_in": block.mlp.fc1.weight.T, f"{p}.mlp.b_in": block.mlp.fc1.bias,
-            f"{p}.mlp.W_out": block.mlp.fc2.weight.T, f"{p}.mlp.b_out": block.mlp.fc2.bias,
-        })
+        sd.update(_block_state(block, layer, cfg.n_heads))
     return cfg, {k: v.detach().contiguous() for k, v in sd.items()}

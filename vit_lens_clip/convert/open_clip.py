@@ -97,6 +97,29 @@ def _ln(prefix: str, ln: nn.Module) -> dict[str, Tensor]:
     return {f"{prefix}.w": ln.weight.detach(), f"{prefix}.b": ln.bias.detach()}
 
 
+def _block_state(block: nn.Module, layer: int, n_heads: int) -> dict[str, Tensor]:
+    """One open_clip ``ResidualAttentionBlock`` (image or text tower) under ``blocks.{layer}.*`` names.
+
+    LayerScale is folded into the output weights: (x·W + b)·γ = x·(W·γ) + b·γ.
+    """
+    p = f"blocks.{layer}"
+    attn = {f"{p}.attn.{k}": v for k, v in _split_in_proj(block.attn, n_heads).items()}
+    mlp = {
+        f"{p}.mlp.W_in": block.mlp.c_fc.weight.detach().T,
+        f"{p}.mlp.b_in": block.mlp.c_fc.bias.detach(),
+        f"{p}.mlp.W_out": block.mlp.c_proj.weight.detach().T,
+        f"{p}.mlp.b_out": block.mlp.c_proj.bias.detach(),
+    }
+    gamma_attn, gamma_mlp = _layer_scale(block.ls_1), _layer_scale(block.ls_2)
+    if gamma_attn is not None:
+        attn[f"{p}.attn.W_O"] = attn[f"{p}.attn.W_O"] * gamma_attn
+        attn[f"{p}.attn.b_O"] = attn[f"{p}.attn.b_O"] * gamma_attn
+    if gamma_mlp is not None:
+        mlp[f"{p}.mlp.W_out"] = mlp[f"{p}.mlp.W_out"] * gamma_mlp
+        mlp[f"{p}.mlp.b_out"] = mlp[f"{p}.mlp.b_out"] * gamma_mlp
+    return {**attn, **mlp, **_ln(f"{p}.ln1", block.ln_1), **_ln(f"{p}.ln2", block.ln_2)}
+
+
 def config_from_open_clip(visual: nn.Module, name: str = "open_clip") -> ViTConfig:
     """Read a ViTConfig off an instantiated open_clip VisionTransformer."""
     blocks = visual.transformer.resblocks
@@ -157,25 +180,7 @@ def state_dict_from_open_clip(visual: nn.Module, cfg: ViTConfig) -> dict[str, Te
     if cfg.has_ln_pre:
         sd.update(_ln("ln_pre", visual.ln_pre))
     for layer, block in enumerate(visual.transformer.resblocks):
-        p = f"blocks.{layer}"
-        attn = {f"{p}.attn.{k}": v for k, v in _split_in_proj(block.attn, cfg.n_heads).items()}
-        mlp = {
-            f"{p}.mlp.W_in": block.mlp.c_fc.weight.detach().T,
-            f"{p}.mlp.b_in": block.mlp.c_fc.bias.detach(),
-            f"{p}.mlp.W_out": block.mlp.c_proj.weight.detach().T,
-            f"{p}.mlp.b_out": block.mlp.c_proj.bias.detach(),
-        }
-        gamma_attn, gamma_mlp = _layer_scale(block.ls_1), _layer_scale(block.ls_2)
-        if gamma_attn is not None:
-            attn[f"{p}.attn.W_O"] = attn[f"{p}.attn.W_O"] * gamma_attn
-            attn[f"{p}.attn.b_O"] = attn[f"{p}.attn.b_O"] * gamma_attn
-        if gamma_mlp is not None:
-            mlp[f"{p}.mlp.W_out"] = mlp[f"{p}.mlp.W_out"] * gamma_mlp
-            mlp[f"{p}.mlp.b_out"] = mlp[f"{p}.mlp.b_out"] * gamma_mlp
-        sd.update(attn)
-        sd.update(mlp)
-        sd.update(_ln(f"{p}.ln1", block.ln_1))
-        sd.update(_ln(f"{p}.ln2", block.ln_2))
+        sd.update(_block_state(block, layer, cfg.n_heads))
     if visual.attn_pool is not None:
         pool = visual.attn_pool
         sd["attn_pool.query"] = pool.query.detach()

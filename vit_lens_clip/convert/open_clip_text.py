@@ -18,10 +18,9 @@ from torch import Tensor, nn
 from vit_lens_clip.convert.open_clip import (
     UnsupportedTowerError,
     _activation,
+    _block_state,
     _check_block,
-    _layer_scale,
     _ln,
-    _split_in_proj,
 )
 from vit_lens_clip.model.text_config import POOL_TYPES, TextConfig
 
@@ -129,24 +128,6 @@ def open_clip_text_to_hooked(model: nn.Module, name: str = "open_clip-text") -> 
         **_ln("ln_final", t.ln_final),
     }
     for layer, block in enumerate(blocks):
-        p = f"blocks.{layer}"
-        attn = {f"{p}.attn.{k}": v for k, v in _split_in_proj(block.attn, cfg.n_heads).items()}
-        mlp = {
-            f"{p}.mlp.W_in": block.mlp.c_fc.weight.detach().T,
-            f"{p}.mlp.b_in": block.mlp.c_fc.bias.detach(),
-            f"{p}.mlp.W_out": block.mlp.c_proj.weight.detach().T,
-            f"{p}.mlp.b_out": block.mlp.c_proj.bias.detach(),
-        }
-        gamma_attn, gamma_mlp = _layer_scale(block.ls_1), _layer_scale(block.ls_2)
-        if gamma_attn is not None:
-            attn[f"{p}.attn.W_O"] = attn[f"{p}.attn.W_O"] * gamma_attn
-            attn[f"{p}.attn.b_O"] = attn[f"{p}.attn.b_O"] * gamma_attn
-        if gamma_mlp is not None:
-            mlp[f"{p}.mlp.W_out"] = mlp[f"{p}.mlp.W_out"] * gamma_mlp
-            mlp[f"{p}.mlp.b_out"] = mlp[f"{p}.mlp.b_out"] * gamma_mlp
-        sd.update(attn)
-        sd.update(mlp)
-        sd.update(_ln(f"{p}.ln1", block.ln_1))
-        sd.update(_ln(f"{p}.ln2", block.ln_2))
+        sd.update(_block_state(block, layer, cfg.n_heads))
     device = t.token_embedding.weight.device
     return cfg, {k: v.to(device).contiguous() for k, v in sd.items()}

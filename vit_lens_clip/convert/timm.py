@@ -8,11 +8,14 @@ a classifier, the pooled features for ``num_classes=0``.
 
 The MAP head (``AttentionPoolLatent``: SigLIP, ``global_pool="map"``) becomes an attention pool whose ``ln_k``
 is the trunk's final ``norm`` (applied per token), with the pooler's MLP and its residual.
+
+What follows the tower's own checks, the config (``_trunk_config``) and the weights (``_trunk_state``), is shared
+with timm's ``Eva`` trunks (``convert.eva``).
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import einops
 import torch
@@ -88,20 +91,29 @@ def config_from_timm(model: nn.Module, name: Optional[str] = None) -> ViTConfig:
     blocks = list(model.blocks)
     for i, block in enumerate(blocks):
         _check_block(block, i, tower)
-    act = _check_mlp(blocks[0].mlp, tower)
+    act_fn = _check_mlp(blocks[0].mlp, tower)
+    return _trunk_config(model, tower, act_fn, name or getattr(model, "default_cfg", {}).get("architecture", "timm"))
+
+
+def _trunk_config(
+    model: nn.Module, tower: str, act_fn: str, name: str, include_prefix: Optional[bool] = None, **fields
+) -> ViTConfig:
+    """The ViTConfig of a checked timm trunk (VisionTransformer or Eva): prefix tokens, final norm, pooling, head.
+
+    The pooled vector is normed by ``norm`` (per token, before pooling) or ``fc_norm`` (after pooling), never
+    both; a MAP head uses ``norm`` as its key/value norm. ``fields``: the further ViTConfig fields of the tower.
+    """
+    blocks = list(model.blocks)
     norm = _layer_norm(model.norm, "norm", tower)
     fc_norm = _layer_norm(model.fc_norm, "fc_norm", tower)
     if norm is not None and fc_norm is not None:
         raise unsupported(tower, "timm", "both norm and fc_norm")
-    n_prefix = model.num_prefix_tokens
-    n_registers = n_prefix - int(model.cls_token is not None)
     head = model.head
     if not (_identity(head) or isinstance(head, nn.Linear)):
         raise unsupported(tower, "timm", f"classifier head {type(head).__name__}")
-    attn_pool, pool_type = None, model.global_pool
-    d_pool = model.embed_dim
+    attn_pool, pool_type, d_pool = None, model.global_pool, model.embed_dim
     if model.attn_pool is not None:
-        attn_pool, d_pool = _attention_pool_config(model, norm, tower)
+        attn_pool, d_pool = _attention_pool_config(model, norm, tower, include_prefix)
         pool_type = "map"
     elif pool_type == "token":
         pool_type = "tok"
@@ -118,20 +130,21 @@ def config_from_timm(model: nn.Module, name: Optional[str] = None) -> ViTConfig:
         output_dim=head.out_features if isinstance(head, nn.Linear) else d_pool,
         image_size=_pair(model.patch_embed.img_size),
         patch_size=_pair(model.patch_embed.patch_size),
-        act_fn=act,
+        act_fn=act_fn,
         eps=eps_source.eps,
         pool_type=pool_type,
         has_ln_pre=not _identity(model.norm_pre),
         final_ln_after_pool=pool_type != "map" and fc_norm is not None,
         attention_pool=attn_pool,
         class_token=model.cls_token is not None,
-        n_registers=n_registers,
+        n_registers=model.num_prefix_tokens - int(model.cls_token is not None),
         patch_bias=model.patch_embed.proj.bias is not None,
         has_ln_final=(fc_norm is not None) if pool_type == "map" else (norm or fc_norm) is not None,
         proj_bias=isinstance(head, nn.Linear) and head.bias is not None,
         in_channels=model.patch_embed.proj.in_channels,
-        model_name=name or getattr(model, "default_cfg", {}).get("architecture", "timm"),
+        model_name=name,
         dtype=model.patch_embed.proj.weight.dtype,
+        **fields,
     )
     cfg.ln_eps = {k: v.eps for k, v in _layer_norms(model, cfg).items() if v.eps != cfg.eps}
     return cfg
@@ -213,11 +226,32 @@ def _gamma(layer_scale: nn.Module) -> Optional[Tensor]:
     return layer_scale.gamma if hasattr(layer_scale, "gamma") else None
 
 
-def state_dict_from_timm(model: nn.Module, cfg: ViTConfig) -> dict[str, Tensor]:
-    """Map timm weights to HookedViT names (LayerScale folded, prefix tokens split from the position table)."""
+def _qkv(attn: nn.Module) -> tuple[tuple[Tensor, Optional[Tensor]], ...]:
+    """(weight, bias) of q, k and v, fused (with one bias or Eva's separate q/k/v biases) or separate."""
+    if attn.qkv is not None:
+        ws = attn.qkv.weight.chunk(3)
+        if getattr(attn, "q_bias", None) is not None:
+            bs = (attn.q_bias, attn.k_bias, attn.v_bias)
+        elif attn.qkv.bias is not None:
+            bs = attn.qkv.bias.chunk(3)
+        else:
+            bs = (None,) * 3
+        return tuple(zip(ws, bs))
+    return tuple((p.weight, p.bias) for p in (attn.q_proj, attn.k_proj, attn.v_proj))
+
+
+Gammas = Callable[[nn.Module], tuple[Optional[Tensor], Optional[Tensor]]]
+
+
+def _trunk_state(model: nn.Module, cfg: ViTConfig, gammas: Gammas, rope: Optional[Tensor] = None) -> dict[str, Tensor]:
+    """HookedViT weights of a timm trunk (VisionTransformer or Eva); ``gammas(block)``: its two LayerScales.
+
+    LayerScale is folded into W_O/b_O and W_out/b_out; without a position table, or with one that skips the
+    prefix tokens (``no_embed_class``), the prefix tokens get a zero position.
+    """
     d, n = cfg.d_model, cfg.n_heads
-    pos = model.pos_embed[0]
-    if model.no_embed_class:  # the table covers the patches only; prefix tokens get no position
+    pos = model.pos_embed[0] if model.pos_embed is not None else torch.zeros(cfg.n_patches, d)
+    if model.pos_embed is None or model.no_embed_class:
         pos = torch.cat([pos.new_zeros(cfg.n_prefix, d), pos])
     sd: dict[str, Tensor] = {"W_patch": model.patch_embed.proj.weight, "W_pos": pos}
     if cfg.patch_bias:
@@ -226,16 +260,16 @@ def state_dict_from_timm(model: nn.Module, cfg: ViTConfig) -> dict[str, Tensor]:
         sd["class_embedding"] = model.cls_token.reshape(d)
     if cfg.n_registers:
         sd["register_tokens"] = model.reg_token.reshape(cfg.n_registers, d)
+    if rope is not None:
+        sd["rope"] = rope
     for name, ln in _layer_norms(model, cfg).items():
         sd[f"{name}.w"], sd[f"{name}.b"] = ln.weight, ln.bias
     for layer, block in enumerate(model.blocks):
-        p, attn = f"blocks.{layer}", block.attn
-        w_q, w_k, w_v = attn.qkv.weight.chunk(3)
-        b_q, b_k, b_v = attn.qkv.bias.chunk(3) if attn.qkv.bias is not None else (None,) * 3
-        for letter, w, b in (("Q", w_q, b_q), ("K", w_k, b_k), ("V", w_v, b_v)):
+        p, (gamma_attn, gamma_mlp) = f"blocks.{layer}", gammas(block)
+        for letter, (w, b) in zip("QKV", _qkv(block.attn)):
             sd.update(_heads_in(w, b, n, f"{p}.attn", letter))
-        sd.update(_out_proj(attn.proj, n, f"{p}.attn", _gamma(block.ls1)))
-        sd.update(_mlp(block.mlp, f"{p}.mlp", _gamma(block.ls2)))
+        sd.update(_out_proj(block.attn.proj, n, f"{p}.attn", gamma_attn))
+        sd.update(_mlp(block.mlp, f"{p}.mlp", gamma_mlp))
     if cfg.pool_type == "map":
         sd.update(_map_state(model, cfg))
     head = model.head
@@ -246,6 +280,11 @@ def state_dict_from_timm(model: nn.Module, cfg: ViTConfig) -> dict[str, Tensor]:
     else:
         sd["W_proj"] = torch.eye(cfg.d_pool)
     return {k: v.detach() for k, v in sd.items()}
+
+
+def state_dict_from_timm(model: nn.Module, cfg: ViTConfig) -> dict[str, Tensor]:
+    """Map timm weights to HookedViT names (LayerScale folded, prefix tokens split from the position table)."""
+    return _trunk_state(model, cfg, lambda block: (_gamma(block.ls1), _gamma(block.ls2)))
 
 
 def _map_state(model: nn.Module, cfg: ViTConfig) -> dict[str, Tensor]:

@@ -276,32 +276,45 @@ class MLP(nn.Module):
         return _affine(post, self.W_out, self.b_out)
 
 
-class TransformerBlock(nn.Module):
-    """Pre-LN residual block: resid_mid = resid_pre + attn(ln1(resid_pre)); resid_post = resid_mid + mlp(ln2(.)).
+class PreLNBlock(nn.Module):
+    """Pre-LN residual block around a given attention (image or text tower):
+    resid_mid = resid_pre + attn(ln1(resid_pre)); resid_post = resid_mid + mlp(ln2(resid_mid)).
 
     LayerScale, where the source model has it, is folded into W_O/b_O and W_out/b_out at conversion.
     """
 
-    def __init__(self, cfg: ViTConfig, layer: int):
+    def __init__(self, layer: int, attn: Attention, d_model: int, d_mlp: int, act_fn: str, eps: float):
         super().__init__()
         self.layer = layer
-        self.ln1 = LayerNorm(cfg.d_model, cfg.eps)
-        self.attn = Attention(cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_model, pool_type=cfg.pool_type,
-                              n_prefix=cfg.n_prefix, rotary=cfg.rotary)
-        self.ln2 = LayerNorm(cfg.d_model, cfg.eps)
-        self.mlp = MLP(cfg.d_model, cfg.d_mlp, cfg.act_fn)
+        self.ln1 = LayerNorm(d_model, eps)
+        self.attn = attn
+        self.ln2 = LayerNorm(d_model, eps)
+        self.mlp = MLP(d_model, d_mlp, act_fn)
         self.hook_resid_pre = HookPoint()
         self.hook_attn_out = HookPoint()
         self.hook_resid_mid = HookPoint()
         self.hook_mlp_out = HookPoint()
         self.hook_resid_post = HookPoint()
 
+    def residual(self, resid_pre: Float[Tensor, "batch pos d_model"], **attn_inputs) -> Float[Tensor, "batch pos d_model"]:
+        """The block's forward; ``attn_inputs`` go to the attention (rotary table, mask, pooled-token index)."""
+        resid_pre = self.hook_resid_pre(resid_pre)
+        resid_mid = self.hook_resid_mid(resid_pre + self.hook_attn_out(self.attn(self.ln1(resid_pre), **attn_inputs)))
+        return self.hook_resid_post(resid_mid + self.hook_mlp_out(self.mlp(self.ln2(resid_mid))))
+
+
+class TransformerBlock(PreLNBlock):
+    """The image tower's block (``PreLNBlock``): its attention knows the pooled token and any rotary table."""
+
+    def __init__(self, cfg: ViTConfig, layer: int):
+        attn = Attention(cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_model, pool_type=cfg.pool_type,
+                         n_prefix=cfg.n_prefix, rotary=cfg.rotary)
+        super().__init__(layer, attn, cfg.d_model, cfg.d_mlp, cfg.act_fn, cfg.eps)
+
     def forward(
         self, resid_pre: Float[Tensor, "batch pos d_model"], rope: Optional[Tensor] = None
     ) -> Float[Tensor, "batch pos d_model"]:
-        resid_pre = self.hook_resid_pre(resid_pre)
-        resid_mid = self.hook_resid_mid(resid_pre + self.hook_attn_out(self.attn(self.ln1(resid_pre), rope=rope)))
-        return self.hook_resid_post(resid_mid + self.hook_mlp_out(self.mlp(self.ln2(resid_mid))))
+        return self.residual(resid_pre, rope=rope)
 
 
 class AttentionPool(nn.Module):

@@ -91,12 +91,7 @@ class ViTConfig:
     def __post_init__(self) -> None:
         self.image_size = _pair(self.image_size)
         self.patch_size = _pair(self.patch_size)
-        if self.d_head == -1:
-            if self.d_model % self.n_heads:
-                raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
-            self.d_head = self.d_model // self.n_heads
-        if self.n_heads * self.d_head != self.d_model:
-            raise ValueError("n_heads * d_head must equal d_model")
+        self.d_head = head_width(self.d_model, self.n_heads, self.d_head)
         if self.act_fn not in ACT_FNS:
             raise ValueError(f"act_fn must be one of {ACT_FNS}, got {self.act_fn!r}")
         if self.pool_type not in POOL_TYPES:
@@ -147,6 +142,17 @@ class ViTConfig:
         if d.get("attention_pool") is not None and isinstance(d["attention_pool"], dict):
             d["attention_pool"] = AttentionPoolConfig(**d["attention_pool"])
         return cls(**d)
+
+
+def head_width(d_model: int, n_heads: int, d_head: int = -1) -> int:
+    """d_head, by default d_model / n_heads; the heads must tile the residual: n_heads · d_head = d_model."""
+    if d_head == -1:
+        if d_model % n_heads:
+            raise ValueError(f"d_model={d_model} is not divisible by n_heads={n_heads}")
+        d_head = d_model // n_heads
+    if n_heads * d_head != d_model:
+        raise ValueError("n_heads * d_head must equal d_model")
+    return d_head
 
 
 def _pair(x) -> tuple[int, int]:

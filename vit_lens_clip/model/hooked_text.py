@@ -30,34 +30,24 @@ from typing import Any, Optional, Union
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
-from transformer_lens import ActivationCache
 from transformer_lens.hook_points import HookPoint
 from transformer_lens.HookedRootModule import HookedRootModule
 
 from vit_lens_clip.convert.hf_text import hf_text_to_hooked
 from vit_lens_clip.convert.open_clip_text import open_clip_text_to_hooked
-from vit_lens_clip.model.components import MLP, Attention, LayerNorm
+from vit_lens_clip.model.components import Attention, LayerNorm, PreLNBlock
 from vit_lens_clip.model.stacked_weights import StackedWeights
 from vit_lens_clip.model.text_config import TextConfig
 
 TokenInput = Union[Int[Tensor, "batch n"], Mapping]
 
 
-class TextBlock(nn.Module):
+class TextBlock(PreLNBlock):
     """Pre-LN block as in the image tower; the attention gets the text's mask and pooled-token index."""
 
     def __init__(self, cfg: TextConfig, layer: int):
-        super().__init__()
-        self.layer = layer
-        self.ln1 = LayerNorm(cfg.d_model, cfg.eps)
-        self.attn = Attention(cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_model)
-        self.ln2 = LayerNorm(cfg.d_model, cfg.eps)
-        self.mlp = MLP(cfg.d_model, cfg.d_mlp, cfg.act_fn)
-        self.hook_resid_pre = HookPoint()
-        self.hook_attn_out = HookPoint()
-        self.hook_resid_mid = HookPoint()
-        self.hook_mlp_out = HookPoint()
-        self.hook_resid_post = HookPoint()
+        attn = Attention(cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_model)
+        super().__init__(layer, attn, cfg.d_model, cfg.d_mlp, cfg.act_fn, cfg.eps)
 
     def forward(
         self,
@@ -65,14 +55,15 @@ class TextBlock(nn.Module):
         attn_mask: Optional[Tensor],
         pool_index: Int[Tensor, " batch"],
     ) -> Float[Tensor, "batch n d_model"]:
-        resid_pre = self.hook_resid_pre(resid_pre)
-        attn_out = self.attn(self.ln1(resid_pre), attn_mask=attn_mask, pool_index=pool_index)
-        resid_mid = self.hook_resid_mid(resid_pre + self.hook_attn_out(attn_out))
-        return self.hook_resid_post(resid_mid + self.hook_mlp_out(self.mlp(self.ln2(resid_mid))))
+        return self.residual(resid_pre, attn_mask=attn_mask, pool_index=pool_index)
 
 
 class HookedTextTransformer(StackedWeights, HookedRootModule):
-    """A CLIP text encoder with TransformerLens hooks at every head and token."""
+    """A CLIP text encoder with TransformerLens hooks at every head and token.
+
+    Stacked weights, ``accumulated_bias``, ``run_with_cache`` and ``cfg.device``: as on HookedViT
+    (model/stacked_weights.py).
+    """
 
     def __init__(self, cfg: TextConfig):
         super().__init__()
@@ -164,27 +155,6 @@ class HookedTextTransformer(StackedWeights, HookedRootModule):
         if self.tokenizer is None:
             raise ValueError("no tokenizer attached: load with vit_lens_clip.load_clip, or tokenize yourself")
         return self.tokenizer(list(texts))
-
-    # --------------------------------------------------------------- caching
-    def run_with_cache(self, *model_args: Any, return_cache_object: bool = True, **kwargs: Any):
-        """Run and cache activations; returns (embedding, ``transformer_lens.ActivationCache``)."""
-        out, cache_dict = super().run_with_cache(*model_args, **kwargs)
-        if return_cache_object:
-            return out, ActivationCache(cache_dict, self, has_batch_dim=not kwargs.get("remove_batch_dim", False))
-        return out, cache_dict
-
-    def accumulated_bias(
-        self, layer: int, mlp_input: bool = False, include_mlp_biases: bool = True
-    ) -> Float[Tensor, " d_model"]:
-        """Σ b_O (and Σ b_out) of the blocks before ``layer``: the bias part of the residual stream."""
-        bias = torch.zeros(self.cfg.d_model, device=self.W_pos.device, dtype=self.W_pos.dtype)
-        for i in range(layer):
-            bias = bias + self.blocks[i].attn.b_O
-            if include_mlp_biases:
-                bias = bias + self.blocks[i].mlp.b_out
-        if mlp_input and layer < self.cfg.n_layers:
-            bias = bias + self.blocks[layer].attn.b_O
-        return bias
 
     @property
     def W_U(self) -> Float[Tensor, "d_model d_out"]:

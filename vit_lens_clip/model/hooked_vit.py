@@ -27,13 +27,12 @@ tower has one, then any register tokens, then the patches; see ``model.pooling``
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor, nn
-from transformer_lens import ActivationCache
 from transformer_lens.hook_points import HookPoint
 from transformer_lens.HookedRootModule import HookedRootModule
 
@@ -54,7 +53,8 @@ class HookedViT(StackedWeights, HookedRootModule):
     """A CLIP ViT image encoder with TransformerLens hooks at every head and every pooled source token.
 
     As on HookedTransformer: ``W_Q``/``W_K``/``W_V``/``W_O`` and biases stacked [n_layers, n_heads, ...],
-    ``QK``/``OV`` as FactoredMatrix, ``cfg.device`` (see model/stacked_weights.py).
+    ``QK``/``OV`` as FactoredMatrix, ``accumulated_bias``, ``run_with_cache`` returning an ActivationCache,
+    ``cfg.device`` (see model/stacked_weights.py).
     """
 
     def __init__(self, cfg: ViTConfig):
@@ -147,28 +147,8 @@ class HookedViT(StackedWeights, HookedRootModule):
         out = normed @ self.W_proj.to(normed.dtype)
         return out + self.b_proj.to(out.dtype) if self.b_proj is not None else out
 
-    # --------------------------------------------------------------- caching
-    def run_with_cache(self, *model_args: Any, return_cache_object: bool = True, **kwargs: Any):
-        """Run and cache activations; returns (embedding, ``transformer_lens.ActivationCache``)."""
-        out, cache_dict = super().run_with_cache(*model_args, **kwargs)
-        if return_cache_object:
-            return out, ActivationCache(cache_dict, self, has_batch_dim=not kwargs.get("remove_batch_dim", False))
-        return out, cache_dict
-
     # ------------------------------------------ what ActivationCache reads
-    def accumulated_bias(
-        self, layer: int, mlp_input: bool = False, include_mlp_biases: bool = True
-    ) -> Float[Tensor, " d_model"]:
-        """Σ b_O (and Σ b_out) of the blocks before ``layer``: the bias part of the residual stream."""
-        bias = torch.zeros(self.cfg.d_model, device=self.W_pos.device, dtype=self.W_pos.dtype)
-        for i in range(layer):
-            bias = bias + self.blocks[i].attn.b_O
-            if include_mlp_biases:
-                bias = bias + self.blocks[i].mlp.b_out
-        if mlp_input and layer < self.cfg.n_layers:
-            bias = bias + self.blocks[layer].attn.b_O
-        return bias
-
+    # (run_with_cache and accumulated_bias: model/stacked_weights.py, shared with the text tower)
     def set_text_vocab(self, texts: Sequence[str], embeddings: Optional[Float[Tensor, "n_texts d_out"]] = None):
         """Register texts as the 'vocabulary' for ``tokens_to_residual_directions`` (like TransformerLens' W_U)."""
         texts = list(texts)

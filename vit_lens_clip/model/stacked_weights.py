@@ -1,21 +1,25 @@
-"""TransformerLens' weight accessors for any model with ``blocks[l].attn`` / ``blocks[l].mlp``.
+"""TransformerLens' weight accessors for any model with ``blocks[l].attn`` / ``blocks[l].mlp`` (both towers).
 
 As on ``HookedTransformer``: ``W_Q``, ``W_K``, ``W_V`` [n_layers, n_heads, d_model, d_head], ``W_O``
 [n_layers, n_heads, d_head, d_model], their biases, ``W_in``/``W_out``/``b_in``/``b_out`` of the MLPs,
 ``QK`` = W_Q W_Kᵀ and ``OV`` = W_V W_O as ``transformer_lens.FactoredMatrix`` [n_layers, n_heads, d_model, d_model],
-and ``cfg.device`` kept equal to the parameters' device after ``.to()`` / ``.cuda()`` / ``.cpu()``.
+``accumulated_bias`` (Σ b_O, b_out before a layer) and ``run_with_cache`` returning an ``ActivationCache`` (what
+the cache reads), and ``cfg.device`` kept equal to the parameters' device after ``.to()`` / ``.cuda()`` / ``.cpu()``.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from jaxtyping import Float
 from torch import Tensor
+from transformer_lens import ActivationCache
 from transformer_lens.FactoredMatrix import FactoredMatrix
 
 
 class StackedWeights:
-    """Mixin for a ``HookedRootModule`` with ``self.blocks`` and ``self.cfg``."""
+    """Mixin for a ``HookedRootModule`` with ``self.blocks``, ``self.cfg`` and ``self.W_pos``."""
 
     def _stack(self, path: str) -> Tensor:
         owner, name = path.split(".")
@@ -78,6 +82,27 @@ class StackedWeights:
     def OV(self) -> FactoredMatrix:
         """What each head writes per unit of attention: x_src · W_V W_O (before b_V, b_O)."""
         return FactoredMatrix(self.W_V, self.W_O)
+
+    # ------------------------------------------ what ActivationCache reads
+    def run_with_cache(self, *model_args: Any, return_cache_object: bool = True, **kwargs: Any):
+        """Run and cache activations; returns (embedding, ``transformer_lens.ActivationCache``)."""
+        out, cache_dict = super().run_with_cache(*model_args, **kwargs)
+        if return_cache_object:
+            return out, ActivationCache(cache_dict, self, has_batch_dim=not kwargs.get("remove_batch_dim", False))
+        return out, cache_dict
+
+    def accumulated_bias(
+        self, layer: int, mlp_input: bool = False, include_mlp_biases: bool = True
+    ) -> Float[Tensor, " d_model"]:
+        """Σ b_O (and Σ b_out) of the blocks before ``layer``: the bias part of the residual stream."""
+        bias = torch.zeros(self.cfg.d_model, device=self.W_pos.device, dtype=self.W_pos.dtype)
+        for i in range(layer):
+            bias = bias + self.blocks[i].attn.b_O
+            if include_mlp_biases:
+                bias = bias + self.blocks[i].mlp.b_out
+        if mlp_input and layer < self.cfg.n_layers:
+            bias = bias + self.blocks[layer].attn.b_O
+        return bias
 
     # ----------------------------------------------------------- cfg.device
     def _sync_cfg_device(self) -> None:

@@ -7,6 +7,8 @@ from typing import Literal, Optional
 
 import torch
 
+from vit_lens_clip.model.config import head_width
+
 TextPoolType = Literal["argmax", "eos", "first", "last"]
 POOL_TYPES = ("argmax", "eos", "first", "last")
 
@@ -49,12 +51,7 @@ class TextConfig:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.d_head == -1:
-            if self.d_model % self.n_heads:
-                raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
-            self.d_head = self.d_model // self.n_heads
-        if self.n_heads * self.d_head != self.d_model:
-            raise ValueError("n_heads * d_head must equal d_model")
+        self.d_head = head_width(self.d_model, self.n_heads, self.d_head)
         if self.act_fn not in ("gelu", "quick_gelu"):
             raise ValueError(f"act_fn must be 'gelu' or 'quick_gelu', got {self.act_fn!r}")
         if self.pool_type not in POOL_TYPES:
