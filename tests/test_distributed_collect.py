@@ -22,12 +22,9 @@ from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
 from PIL import Image
 from safetensors.torch import load_file
 
+from vit_lens_clip.app import collect as collect_app
 from vit_lens_clip.app.cli import main
-from vit_lens_clip.app.collect import (
-    load_contributions,
-    load_decomposition,
-    profile_collection,
-)
+from vit_lens_clip.app.collect import profile_collection
 from vit_lens_clip.datasets.folder import ImageFolder
 from vit_lens_clip.datasets.sources import ShapesItems, open_dataset
 from vit_lens_clip.decompose.reducers import MeanReducer, StackReducer, run_reducers
@@ -37,11 +34,12 @@ from vit_lens_clip.distributed.collection import (
     merge_collection,
     rank_dir,
 )
+from vit_lens_clip.distributed.folder import load_decomposition
 from vit_lens_clip.distributed.sampler import ContiguousSampler, rank_range
 from vit_lens_clip.distributed.shards import read_parts
 from vit_lens_clip.loading import load_clip
 from vit_lens_clip.methods.ablation import ablate_posthoc
-from vit_lens_clip.methods.textspan.runs import collect_head_contributions, run_textspan
+from vit_lens_clip.methods.textspan.runs import collect_head_contributions, load_contributions, run_textspan
 
 N, BATCH = 41, 7  # odd size; 7 divides both ranks' blocks (21, 20 → batches 7,7,7 | 7,7,6), so batches match
 ROOT = Path(__file__).resolve().parents[1]
@@ -130,6 +128,11 @@ def test_mean_reducer_merge_from_equals_one_pass(loaded, dataset):
     assert merged.count == 12
     for k, v in whole.result().items():
         assert torch.allclose(merged.result()[k], v, rtol=1e-6, atol=1e-7), k
+
+
+def test_folder_readers_keep_their_old_import_path():
+    assert collect_app.load_contributions is load_contributions
+    assert collect_app.load_decomposition is load_decomposition
 
 
 def test_single_process_collection_equals_collect_head_contributions(loaded, dataset, single):
