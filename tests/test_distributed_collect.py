@@ -232,6 +232,19 @@ def test_bad_folders_get_one_line_errors(loaded, dataset, single, two_ranks, tmp
     assert rc == 2 and err.getvalue().count("\n") == 1 and "different dataset" in err.getvalue()
 
 
+def test_merge_refuses_a_rank_folder_of_another_collection(single, tmp_path):
+    mixed = tmp_path / "mixed"
+    shutil.copytree(single, mixed)
+    merge_collection(mixed)  # the copy itself merges
+    parts = rank_dir(mixed, 0) / "parts" / "manifest.json"
+    manifest = json.loads(parts.read_text())
+    assert manifest["identity"] == json.loads((mixed / "collection.json").read_text())["identity"]
+    manifest["identity"]["dataset"] = f"shapes:n={N},seed=5"  # shards left by a collection of other images
+    parts.write_text(json.dumps(manifest))
+    msg = _one_line_error(lambda: merge_collection(mixed))
+    assert "rank 0's shards" in msg and "another collection" in msg
+
+
 def test_webdataset_shards_read_like_an_image_folder(loaded, tmp_path):
     folder = tmp_path / "imgs" / "c"
     folder.mkdir(parents=True)
