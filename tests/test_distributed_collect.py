@@ -22,12 +22,9 @@ from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
 from PIL import Image
 from safetensors.torch import load_file
 
+from vit_lens_clip.app import collect as collect_app
 from vit_lens_clip.app.cli import main
-from vit_lens_clip.app.collect import (
-    load_contributions,
-    load_decomposition,
-    profile_collection,
-)
+from vit_lens_clip.app.collect import profile_collection
 from vit_lens_clip.datasets.folder import ImageFolder
 from vit_lens_clip.datasets.sources import ShapesItems, open_dataset
 from vit_lens_clip.decompose.reducers import MeanReducer, StackReducer, run_reducers
@@ -37,11 +34,12 @@ from vit_lens_clip.distributed.collection import (
     merge_collection,
     rank_dir,
 )
+from vit_lens_clip.distributed.folder import load_decomposition
 from vit_lens_clip.distributed.sampler import ContiguousSampler, rank_range
 from vit_lens_clip.distributed.shards import read_parts
 from vit_lens_clip.loading import load_clip
 from vit_lens_clip.methods.ablation import ablate_posthoc
-from vit_lens_clip.methods.textspan.runs import collect_head_contributions, run_textspan
+from vit_lens_clip.methods.textspan.runs import collect_head_contributions, load_contributions, run_textspan
 
 N, BATCH = 41, 7  # odd size; 7 divides both ranks' blocks (21, 20 → batches 7,7,7 | 7,7,6), so batches match
 ROOT = Path(__file__).resolve().parents[1]
@@ -130,6 +128,11 @@ def test_mean_reducer_merge_from_equals_one_pass(loaded, dataset):
     assert merged.count == 12
     for k, v in whole.result().items():
         assert torch.allclose(merged.result()[k], v, rtol=1e-6, atol=1e-7), k
+
+
+def test_folder_readers_keep_their_old_import_path():
+    assert collect_app.load_contributions is load_contributions
+    assert collect_app.load_decomposition is load_decomposition
 
 
 def test_single_process_collection_equals_collect_head_contributions(loaded, dataset, single):
@@ -227,6 +230,19 @@ def test_bad_folders_get_one_line_errors(loaded, dataset, single, two_ranks, tmp
     with redirect_stderr(err):
         rc = main(["collect", "--data", f"shapes:{N}", "--seed", "3", "--out", str(single), "--quiet"])
     assert rc == 2 and err.getvalue().count("\n") == 1 and "different dataset" in err.getvalue()
+
+
+def test_merge_refuses_a_rank_folder_of_another_collection(single, tmp_path):
+    mixed = tmp_path / "mixed"
+    shutil.copytree(single, mixed)
+    merge_collection(mixed)  # the copy itself merges
+    parts = rank_dir(mixed, 0) / "parts" / "manifest.json"
+    manifest = json.loads(parts.read_text())
+    assert manifest["identity"] == json.loads((mixed / "collection.json").read_text())["identity"]
+    manifest["identity"]["dataset"] = f"shapes:n={N},seed=5"  # shards left by a collection of other images
+    parts.write_text(json.dumps(manifest))
+    msg = _one_line_error(lambda: merge_collection(mixed))
+    assert "rank 0's shards" in msg and "another collection" in msg
 
 
 def test_webdataset_shards_read_like_an_image_folder(loaded, tmp_path):

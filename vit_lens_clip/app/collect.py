@@ -20,15 +20,14 @@ from torch.utils.data import DataLoader, Dataset
 
 from vit_lens_clip.datasets.folder import collate_images
 from vit_lens_clip.datasets.sources import open_dataset
-from vit_lens_clip.decompose.parts import Decomposition
 from vit_lens_clip.decompose.reducers import MeanReducer, run_reducers
 from vit_lens_clip.distributed.collection import (
     CollectionPlan,
     collect_on_rank,
     rank_dir,
     read_collection_info,
-    read_means,
 )
+from vit_lens_clip.distributed.folder import load_decomposition
 from vit_lens_clip.distributed.ranks import (
     RankInfo,
     barrier,
@@ -42,12 +41,16 @@ from vit_lens_clip.distributed.shards import (
     PartShardReducer,
     heads_shape,
     read_head_columns,
-    read_parts,
 )
 from vit_lens_clip.loading import LoadedCLIP, load_clip
 from vit_lens_clip.methods.textspan.algorithm import TextSpanResult, text_span
 from vit_lens_clip.methods.textspan.pools import embed_texts_cached, load_pool
-from vit_lens_clip.methods.textspan.runs import HeadContributions, TextSpanTable, kept_layers
+from vit_lens_clip.methods.textspan.runs import TextSpanTable, kept_layers, load_contributions
+
+# load_contributions (methods/textspan/runs.py) and load_decomposition (distributed/folder.py) read collection
+# folders; they are re-exported from here, their old home
+__all__ = ["load_contributions", "load_decomposition", "run_collect", "run_textspan_command",
+           "textspan_from_collection"]
 
 # ------------------------------------------------------------------------------------------ collect
 
@@ -182,38 +185,6 @@ def profile_ranks(args: argparse.Namespace, ranks: int) -> str:
 
 
 # ------------------------------------------------------------------------------------------ downstream
-
-
-def load_contributions(folder: str | Path) -> HeadContributions:
-    """A finished collection as ``HeadContributions`` (needs parts heads, embed and means), for TextSpan,
-    completeness and the spurious experiment, whatever number of ranks wrote it."""
-    meta = read_collection_info(folder)
-    identity = meta["identity"]
-    if not {"heads", "embed", "means"} <= set(identity["parts"]):
-        raise ValueError(f"{folder} lacks parts for TextSpan: collect with --parts heads,embed,means")
-    rows = read_parts(folder, ["heads", "embed", "embedding", "indices", "labels"])
-    means = read_means(folder)
-    n_layers = means["attns"].shape[0]
-    return HeadContributions(
-        heads=rows["heads"].float(), layers=list(identity["layers"]), embed=rows["embed"].float(),
-        embedding=rows["embedding"], labels=rows.get("labels"), indices=rows["indices"], means=means,
-        normalized=identity["normalize"], n_layers=n_layers,
-    )
-
-
-def load_decomposition(folder: str | Path) -> tuple[Decomposition, dict[str, torch.Tensor], torch.Tensor | None]:
-    """A finished collection as (``Decomposition`` of every image, means, labels) for post-hoc ablation
-    (``ablation.ablate_posthoc``, ``cumulative_layer_curve``); needs parts heads, embed, layers, mlps, means."""
-    meta = read_collection_info(folder)
-    identity = meta["identity"]
-    missing = {"heads", "embed", "layers", "mlps", "means"} - set(identity["parts"])
-    if missing:
-        raise ValueError(f"{folder} lacks parts {sorted(missing)} for ablation: collect with --parts "
-                         f"heads,embed,layers,mlps,means")
-    rows = read_parts(folder, ["heads", "embed", "attns", "mlps", "embedding", "labels"])
-    parts = Decomposition(rows["embed"].float(), rows["attns"].float(), rows["mlps"].float(), rows["heads"].float(),
-                          list(identity["layers"]), rows["embedding"], "equal_share", identity["normalize"])
-    return parts, read_means(folder), rows.get("labels")
 
 
 def _light(row: TextSpanResult) -> TextSpanResult:

@@ -30,6 +30,7 @@ class ReportConfig:
     device: str = "cpu"
     precision: str = "fp32"
     images: Optional[str] = None
+    source: Optional[str] = None
     classes: Optional[str] = None
     texts: str = "descriptions"
     n_images: int = 500
@@ -83,6 +84,9 @@ def add_report_arguments(p: argparse.ArgumentParser) -> None:
     """The ``report`` command's own options (the model options come from ``add_model_arguments``)."""
     p.add_argument("--out", default="vit_lens_clip_report", help="output folder")
     p.add_argument("--images", default=None, help="a folder of images (class sub-folders give labels)")
+    p.add_argument("--from", dest="source", default=None, metavar="DIR",
+                   help="a `vit-lens-clip collect` folder in place of a model + dataset: the model it names is "
+                        "loaded for texts; sections that need images are skipped, each with its reason")
     p.add_argument("--classes", default=None,
                    help="class names, one per line: for unlabelled --images, or one per class folder (sorted) to rename them")
     p.add_argument("--texts", default="descriptions", help="TextSpan pool: descriptions, words, or a file")

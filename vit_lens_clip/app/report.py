@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -22,6 +23,9 @@ import torch
 from vit_lens_clip.app.config import ReportConfig, add_report_arguments
 from vit_lens_clip.app.run_folder import check_report_inputs, finish_report_folder, prepare_report_folder, report_settings
 from vit_lens_clip.app.sections import SECTIONS, ReportContext, Section
+from vit_lens_clip.distributed.collection import read_collection_info
+from vit_lens_clip.embedded import EMBEDDED_NAME
+from vit_lens_clip.errors import BadInputError
 from vit_lens_clip.loading import load_clip
 from vit_lens_clip.viz.html import figures_to_html
 
@@ -35,16 +39,24 @@ def _model_summary(ctx: ReportContext) -> dict[str, Any]:
             "pooling": cfg.pool_type}
 
 
-def _should_run(section: Section, ctx: ReportContext) -> bool:
+def _skip_reason(section: Section, ctx: ReportContext) -> str | None:
+    """Why ``section`` does not run (None: it runs): ``--skip``, or the first value it needs that is absent."""
     if section.skippable and section.name in ctx.config.skip:
-        return False
-    return all(ctx.has(name) for name in section.needs)
+        return "--skip"
+    absent = [name for name in section.needs if not ctx.has(name)]
+    return f"needs {absent[0]}: {ctx.why_missing(absent[0])}" if absent else None
 
 
 def run_sections(ctx: ReportContext, sections: tuple[Section, ...] = SECTIONS) -> None:
-    """Run each section whose needs are met, in order, timing each one into ``ctx.timings``."""
+    """Run each section whose needs are met, in order, timing each one into ``ctx.timings``; every section
+    that does not run is printed with its reason and listed in ``ctx.numbers["skipped_sections"]``."""
+    skipped = ctx.numbers.setdefault("skipped_sections", {})
     for section in sections:
-        if not _should_run(section, ctx):
+        reason = _skip_reason(section, ctx)
+        if reason is not None:
+            skipped[section.name] = reason
+            if reason != "--skip":
+                print(f"[report] {section.name} skipped: {reason}", flush=True)
             continue
         print(f"[report] {section.name} ...", flush=True)
         start = time.perf_counter()
@@ -69,16 +81,39 @@ def _write(ctx: ReportContext) -> None:
         writer.writerows(ctx.csv_rows)
 
 
+def _config_from_collection(config: ReportConfig) -> ReportConfig:
+    """With ``--from DIR``: the model (name, weights, precision) and kept layers recorded by the collection."""
+    identity = read_collection_info(config.source)["identity"]
+    model, pretrained, precision = identity["load"]
+    if config.model not in (EMBEDDED_NAME, model) or config.pretrained not in (None, pretrained):
+        raise BadInputError(f"--from {config.source} was collected with --model {model} --pretrained {pretrained}; "
+                            "drop --model/--pretrained (the folder names its model)")
+    return dataclasses.replace(config, model=model, pretrained=pretrained, precision=precision,
+                               last_layers=len(identity["layers"]))
+
+
+def _check_collection_model(config: ReportConfig, key: str) -> None:
+    """Refuse to explain a collection with other weights than the ones that collected it."""
+    recorded = read_collection_info(config.source)["identity"]["model"]
+    if key != recorded:
+        raise BadInputError(f"the weights loaded for {config.model} ({key}) are not those that wrote {config.source} "
+                            f"({recorded})")
+
+
 def run_report(config: Union[ReportConfig, argparse.Namespace]) -> Path:
     """Run every section not in ``config.skip`` and write report.html, results.json and results.csv."""
     if isinstance(config, argparse.Namespace):  # the old calling convention
         config = ReportConfig.from_args(config)
     t_start = time.perf_counter()
     check_report_inputs(config)  # before any heavy work
+    if config.source:
+        config = _config_from_collection(config)
     settings = report_settings(config)
     out, kept_files = prepare_report_folder(config.out, settings, config.overwrite)
     torch.manual_seed(config.seed)
     loaded = load_clip(config.model, config.pretrained, device=config.device, precision=config.precision)
+    if config.source:
+        _check_collection_model(config, loaded.key)
     ctx = ReportContext(config, loaded)
     ctx.numbers["model"] = _model_summary(ctx)
     run_sections(ctx)

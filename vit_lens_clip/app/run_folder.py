@@ -95,6 +95,13 @@ def check_report_inputs(args: Any) -> None:
         if value is not None and value < 0:
             raise BadInputError(f"--{name.replace('_', '-')} must not be negative; got {value}")
     images = getattr(args, "images", None)
+    source = getattr(args, "source", None)
+    if source:
+        if images:
+            raise BadInputError("--from DIR reads a collection folder in place of images; drop --images")
+        if not (Path(source) / "collection.json").is_file():
+            raise FileNotFoundError(f"--from {source} is not a collection folder (no collection.json); run "
+                                    "`vit-lens-clip collect` first")
     if images and not Path(images).is_dir():
         raise FileNotFoundError(f"image folder not found: --images {images}")
     classes = getattr(args, "classes", None)

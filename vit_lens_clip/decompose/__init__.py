@@ -1,6 +1,7 @@
 """The exact decomposition of the image embedding (math in fold.py), and reducers over datasets."""
 
 from vit_lens_clip.decompose.fold import LNFold
+from vit_lens_clip.decompose.manifests import merge_manifests
 from vit_lens_clip.decompose.parts import Decomposition, DecompositionCapture, decompose
 from vit_lens_clip.decompose.reducers import (
     ActivationMeanReducer,
@@ -10,7 +11,6 @@ from vit_lens_clip.decompose.reducers import (
     StackReducer,
     TextScoreReducer,
     load_head_stack,
-    merge_manifests,
     run_reducers,
 )
 

@@ -31,6 +31,7 @@ from torch.utils.data import Dataset, Subset
 from tqdm.auto import tqdm
 
 from vit_lens_clip.datasets.folder import Batch
+from vit_lens_clip.decompose.manifests import check_same_kind
 from vit_lens_clip.decompose.parts import Decomposition
 from vit_lens_clip.decompose.reducers import MeanReducer, Reducer, run_reducers
 from vit_lens_clip.distributed.ranks import (
@@ -148,7 +149,7 @@ def collect_on_rank(
     mine = rank_range(n, info.world_size, info.rank)
     here = rank_dir(out, info.rank)
     shard_parts = [p for p in plan.parts if p != "means"]
-    stack = PartShardReducer(here / "parts", shard_parts, plan.shard_size, plan.store_dtype)
+    stack = PartShardReducer(here / "parts", shard_parts, plan.shard_size, plan.store_dtype, identity=identity)
     means = MeanReducer() if "means" in plan.parts else None
     bar = tqdm(total=len(mine), desc=f"collecting (rank 0 of {info.world_size})", unit="img",
                disable=not (progress and info.is_main))
@@ -207,7 +208,7 @@ def merge_collection(out: str | Path) -> Path:
         raise FileNotFoundError(f"{out} holds no collection.json: not a collection folder")
     meta = json.loads(info_path.read_text())
     world = meta["world_size"]
-    shards, layers, images, skipped = [], None, 0, []
+    shards, images, skipped, folders, manifests = [], 0, [], [], []
     for r in range(world):
         here = rank_dir(out, r)
         try:
@@ -219,17 +220,20 @@ def merge_collection(out: str | Path) -> Path:
         if not manifest.get("complete") or missing:
             what = f"file {missing[0]} is gone" if missing else "it did not finish"
             raise ValueError(f"rank {r}'s shards are missing from {here} ({what}); relaunch the collection to redo them")
-        if layers is not None and manifest["layers"] != layers:
-            raise ValueError(f"rank {r} collected layers {manifest['layers']}, rank 0 {layers}")
-        layers = manifest["layers"]
+        if manifest.get("identity") != meta["identity"]:
+            raise ValueError(f"rank {r}'s shards in {here} were written by another collection (their manifest's "
+                             f"identity differs from {info_path}); relaunch the collection in an empty folder")
+        folders.append(here / "parts")
+        manifests.append(manifest)
         shards += [{**s, "file": os.path.relpath(here / "parts" / s["file"], out)} for s in manifest["shards"]]
         images += sum(s["count"] for s in manifest["shards"])
         skipped += run["skipped"]
+    layers = check_same_kind(folders, manifests)["layers"]  # same parts, dtypes and shapes on every rank
     expected = meta["identity"]["n"] - len(skipped)
     if images != expected:
         raise ValueError(f"the ranks' shards hold {images} images, expected {expected}; relaunch the collection")
     _write_json(out / "manifest.json", {"layers": layers, "shards": shards, "complete": True, "n_images": images,
-                                        "skipped": skipped})
+                                        "skipped": skipped, "identity": meta["identity"]})
     meta["complete"] = True
     _write_json(info_path, meta)
     return out

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from jaxtyping import Float
@@ -17,6 +18,7 @@ from safetensors import safe_open
 from torch import Tensor
 
 from vit_lens_clip.datasets.folder import Batch
+from vit_lens_clip.decompose.checkpoint import atomic_write_json
 from vit_lens_clip.decompose.parts import Decomposition
 from vit_lens_clip.decompose.reducers import HeadStackReducer
 
@@ -31,8 +33,10 @@ class PartShardReducer(HeadStackReducer):
     Shards, manifest, checkpoint state and resume are the parent's; only the rows kept per batch differ.
     """
 
-    def __init__(self, out_dir: str | Path, parts: Sequence[str], shard_size: int = 4096, store_dtype: str = "fp32"):
+    def __init__(self, out_dir: str | Path, parts: Sequence[str], shard_size: int = 4096, store_dtype: str = "fp32",
+                 identity: dict[str, Any] | None = None):
         super().__init__(out_dir, shard_size)
+        self.identity = identity  # written into the manifest: what a merge checks (decompose.manifests)
         unknown = [p for p in parts if p not in PART_FIELDS]
         if unknown:
             raise ValueError(f"unknown parts {unknown}; choose from {sorted(PART_FIELDS)} (and 'means')")
@@ -61,6 +65,13 @@ class PartShardReducer(HeadStackReducer):
     def flush(self) -> None:
         with torch.autocast("cpu", enabled=False):  # the buffers are CPU tensors of their final dtype
             super().flush()
+
+    def _write_manifest(self, complete: bool) -> None:
+        manifest = {"layers": self.layers, "shards": self.shards, "complete": complete}
+        if self.identity is not None:
+            manifest["identity"] = self.identity
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.out_dir / "manifest.json", manifest)
 
 
 def read_manifest(folder: str | Path) -> dict:

@@ -38,6 +38,7 @@ class ReportContext:
     page: list[tuple[str, Any]] = field(default_factory=list)
     csv_rows: list[dict[str, Any]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    missing: dict[str, str] = field(default_factory=dict)  # value name -> why no section gives it (one line)
 
     @property
     def out(self) -> Path:
@@ -50,6 +51,10 @@ class ReportContext:
     def record(self, section: str, metric: str, value: Any, **extra: Any) -> None:
         """One row of results.csv."""
         self.csv_rows.append({"section": section, "metric": metric, "value": value, **extra})
+
+    def why_missing(self, name: str) -> str:
+        """One line on why value ``name`` is absent (the reason a section that needs it is skipped)."""
+        return self.missing.get(name, f"no earlier section gave {name!r}")
 
     def has(self, name: str) -> bool:
         """Whether an earlier section gave a usable value ``name`` (None and empty lists count as missing)."""

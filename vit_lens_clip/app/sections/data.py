@@ -8,17 +8,10 @@ import torch
 from torch.utils.data import Dataset
 
 from vit_lens_clip.app.sections.base import ReportContext, Task
+from vit_lens_clip.app.sections.collection import load_collection
+from vit_lens_clip.app.sections.tasks import class_names_file, class_task, shapes_tasks
 from vit_lens_clip.datasets.folder import ImageFolder
 from vit_lens_clip.datasets.shapes_adapters import ShapesScenes
-from vit_lens_clip.datasets.shapes_world import zero_shot_labels
-from vit_lens_clip.methods.zeroshot import build_classifier
-
-SIMPLE_TEMPLATES = (lambda c: f"a photo of a {c}.", lambda c: f"a {c}.", lambda c: f"an image of a {c}.")
-SHAPES_TASKS = ("shape", "colour", "position", "place", "count")
-
-
-def _class_names_file(path: str) -> list[str]:
-    return [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
 
 
 def load_dataset(ctx: ReportContext) -> Dataset:
@@ -34,38 +27,41 @@ def load_dataset(ctx: ReportContext) -> Dataset:
 def zero_shot_tasks(ctx: ReportContext, dataset: Dataset) -> list[Task]:
     """The shapes world's five attribute tasks, or one task over the folder's classes (none if unlabelled and
     no ``--classes``)."""
-    loaded, config = ctx.loaded, ctx.config
+    config = ctx.config
     if isinstance(dataset, ShapesScenes):
-        tasks = []
-        for attribute in SHAPES_TASKS:
-            names, templates = zero_shot_labels(attribute)
-            labels = torch.tensor([-1 if v is None else v for v in dataset.attribute_labels[attribute]])
-            tasks.append(Task(attribute, names, build_classifier(loaded, names, templates), labels))
-        return tasks
+        return shapes_tasks(ctx, dataset.attribute_labels)
     if not isinstance(dataset, ImageFolder):
         raise TypeError(f"the report reads an ImageFolder or ShapesScenes, got {type(dataset).__name__}")
     if dataset.classes:
         names = [c.replace("_", " ") for c in dataset.classes]
         if config.classes:  # e.g. ImageNet folders named by WordNet id: readable names, one per folder, in order
-            names = _class_names_file(config.classes)
+            names = class_names_file(config.classes)
             if len(names) != len(dataset.classes):
                 raise ValueError(f"--classes has {len(names)} names for {len(dataset.classes)} class folders")
         labels = torch.tensor(dataset.labels)
     elif config.classes:
-        names = _class_names_file(config.classes)
+        names = class_names_file(config.classes)
         labels = None
     else:
         return []
-    classifier = build_classifier(loaded, names, SIMPLE_TEMPLATES)
     if labels is None:  # unlabelled: the model's own predictions are the reference (agreement curves)
         labels = torch.full((len(dataset),), -1)
-    return [Task("classes", names, classifier, labels)]
+    return [class_task(ctx, names, labels)]
 
 
 class DataSection:
-    name, needs, uses, gives, skippable, grad = "data", (), (), ("dataset", "tasks"), False, False
+    """The images and tasks; with ``--from DIR`` the collection folder's parts instead (no images)."""
+
+    name, needs, uses, skippable, grad = "data", (), (), False, False
+    gives = ("dataset", "images", "tasks", "parts", "means", "contributions")  # the last three with --from
 
     def run(self, ctx: ReportContext) -> None:
+        if ctx.config.source:
+            load_collection(ctx)
+            return
+        ctx.values["images"] = True  # sections that draw their own images run only when the report has images
         dataset = load_dataset(ctx)
         ctx.values["dataset"] = dataset
         ctx.values["tasks"] = zero_shot_tasks(ctx, dataset)
+        if not ctx.values["tasks"]:
+            ctx.missing["tasks"] = "the images have no class labels; pass --classes FILE"

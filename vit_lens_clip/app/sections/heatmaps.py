@@ -16,7 +16,7 @@ TEXTS = ("an object", "the background")
 
 
 class HeatmapSection:
-    name, needs, uses, gives = "heatmaps", (), ("tasks", "textspan_table"), ()
+    name, needs, uses, gives = "heatmaps", ("images",), ("tasks", "textspan_table"), ()
     skippable, grad = True, True
 
     def run(self, ctx: ReportContext) -> None:

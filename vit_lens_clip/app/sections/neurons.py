@@ -7,7 +7,7 @@ from vit_lens_clip.app.sections.base import ReportContext
 
 
 class NeuronsSection:
-    name, needs, uses, gives, skippable, grad = "neurons", (), (), (), True, False
+    name, needs, uses, gives, skippable, grad = "neurons", ("images",), (), (), True, False
 
     def run(self, ctx: ReportContext) -> None:
         config = ctx.config

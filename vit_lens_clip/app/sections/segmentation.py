@@ -9,7 +9,7 @@ from vit_lens_clip.methods.zeroshot import build_classifier
 
 
 class SegmentationSection:
-    name, needs, uses, gives, skippable, grad = "segmentation", (), (), (), True, True
+    name, needs, uses, gives, skippable, grad = "segmentation", ("images",), (), (), True, True
 
     def run(self, ctx: ReportContext) -> None:
         loaded, config = ctx.loaded, ctx.config

@@ -10,7 +10,7 @@ from vit_lens_clip.viz.figures import bar_table
 
 
 class SpuriousSection:
-    name, needs, uses, gives = "spurious", ("pool", "pool_emb"), (), ()
+    name, needs, uses, gives = "spurious", ("pool", "pool_emb", "images"), (), ()
     skippable, grad = True, True
 
     def run(self, ctx: ReportContext) -> None:

@@ -7,16 +7,16 @@ from vit_lens_clip.methods.zeroshot import accuracy, logits
 
 
 class ZeroShotSection:
-    name, needs, uses, gives, skippable, grad = "zero_shot", ("parts", "contributions"), ("tasks",), (), False, False
+    name, needs, uses, gives, skippable, grad = "zero_shot", ("contributions",), ("tasks",), (), False, False
 
     def run(self, ctx: ReportContext) -> None:
-        parts, indices = ctx.values["parts"], ctx.values["contributions"].indices
+        embedding, indices = ctx.values["contributions"].embedding, ctx.values["contributions"].indices
         ctx.numbers["zero_shot"] = {}
         for task in ctx.values.get("tasks") or []:
             labels = task.labels[indices]
             keep = labels >= 0
             if keep.any():
-                acc = accuracy(logits(parts.embedding[keep], task.classifier), labels[keep], topk=(1,))["top1"]
+                acc = accuracy(logits(embedding[keep], task.classifier), labels[keep], topk=(1,))["top1"]
                 ctx.numbers["zero_shot"][task.name] = acc
                 ctx.record("zero_shot", f"{task.name}.top1", acc)
         if ctx.numbers["zero_shot"]:

@@ -41,6 +41,7 @@ from vit_lens_clip.decompose.reducers import (
     load_head_stack,
     run_reducers,
 )
+from vit_lens_clip.distributed.folder import load_head_rows
 from vit_lens_clip.methods.textspan.algorithm import TextSpanResult, text_span
 from vit_lens_clip.methods.textspan.ranking import rank_heads_by_text
 from vit_lens_clip.methods.textspan.report import to_json, to_markdown, write_reports
@@ -221,6 +222,15 @@ def collect_head_contributions(
         labels=rows.get("labels"), indices=rows["indices"], means=means.result(), normalized=normalize,
         n_layers=n_layers,
     )
+
+
+def load_contributions(folder: str | Path) -> HeadContributions:
+    """A finished ``vit-lens-clip collect`` folder (parts heads, embed, means) as ``HeadContributions``, for
+    TextSpan, completeness and head search, whatever number of ranks wrote it (rows in dataset order)."""
+    rows = load_head_rows(folder)
+    return HeadContributions(heads=rows.heads, layers=rows.layers, embed=rows.embed, embedding=rows.embedding,
+                             labels=rows.labels, indices=rows.indices, means=rows.means, normalized=rows.normalized,
+                             n_layers=rows.n_layers)
 
 
 # ------------------------------------------------------------------------------------------ TextSpan
