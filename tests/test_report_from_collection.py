@@ -84,6 +84,12 @@ def test_image_sections_are_skipped_with_their_reason(reports, capsys):
     assert main(["report", "--out", str(root / "other"), "--from", str(root / "collection"), "--model", "ViT-B-32"]) == 2
     err = capsys.readouterr().err
     assert "drop --model" in err and err.count("\n") == 1
+    # so are settings the folder decides: its layers and its images
+    for flag, value, message in (("--last-layers", "2", "holds the last 4 layers; drop --last-layers 2"),
+                                 ("--n-images", "10", "drop --n-images")):
+        assert main(["report", "--out", str(root / "other"), "--from", str(root / "collection"), flag, value]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1
 
 
 def test_folder_without_ablation_parts_names_the_collect_parts(tmp_path, pool_file, capsys):

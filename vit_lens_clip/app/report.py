@@ -88,8 +88,16 @@ def _config_from_collection(config: ReportConfig) -> ReportConfig:
     if config.model not in (EMBEDDED_NAME, model) or config.pretrained not in (None, pretrained):
         raise BadInputError(f"--from {config.source} was collected with --model {model} --pretrained {pretrained}; "
                             "drop --model/--pretrained (the folder names its model)")
+    defaults = {f.name: f.default for f in dataclasses.fields(ReportConfig)}
+    n_layers = len(identity["layers"])
+    if config.last_layers not in (defaults["last_layers"], n_layers):
+        raise BadInputError(f"--from {config.source} holds the last {n_layers} layers; drop --last-layers "
+                            f"{config.last_layers} (the folder decides)")
+    if config.n_images != defaults["n_images"]:
+        raise BadInputError(f"--from {config.source} reports on every image the folder holds; drop --n-images "
+                            f"(collect fewer images instead)")
     return dataclasses.replace(config, model=model, pretrained=pretrained, precision=precision,
-                               last_layers=len(identity["layers"]))
+                               last_layers=n_layers)
 
 
 def _check_collection_model(config: ReportConfig, key: str) -> None:
