@@ -20,7 +20,7 @@ from vit_lens_clip.errors import BadInputError, OutputFolderError
 
 def layer_index(layer: int, n_layers: int, what: str = "layer") -> int:
     """``layer`` as an index in [0, n_layers); negative values count from the end; out of range raises."""
-    if isinstance(layer, bool) or not _is_int_like(layer):
+    if isinstance(layer, bool) or not is_int_like(layer):
         raise BadInputError(f"{what} must be an integer, got {layer!r}")
     layer = int(layer)
     if not -n_layers <= layer < n_layers:
@@ -33,13 +33,16 @@ def layer_indices(layers: Optional[Iterable[int]], n_layers: int) -> list[int]:
     """Sorted distinct layer indices (all layers when ``layers`` is None); raises on any out-of-range index."""
     if layers is None:
         return list(range(n_layers))
+    scalar = isinstance(layers, (str, bytes)) or (isinstance(layers, Tensor) and layers.ndim == 0)
+    if scalar or not isinstance(layers, Iterable):
+        raise BadInputError(f"layers must be a list of layer indices, got {layers!r}")
     return sorted({layer_index(l, n_layers) for l in layers})
 
 
 def head_index(layer: int, head: int, n_layers: int, n_heads: int) -> tuple[int, int]:
     """(layer, head) in range, negatives counted from the end; out of range raises."""
     l = layer_index(layer, n_layers)
-    if isinstance(head, bool) or not _is_int_like(head):
+    if isinstance(head, bool) or not is_int_like(head):
         raise BadInputError(f"head must be an integer, got {head!r}")
     head = int(head)
     if not -n_heads <= head < n_heads:
@@ -58,7 +61,7 @@ def head_indices(heads: Iterable[Sequence[int]], n_layers: int, n_heads: int) ->
     return out
 
 
-def _is_int_like(x) -> bool:
+def is_int_like(x) -> bool:
     if isinstance(x, int):
         return True
     if isinstance(x, Tensor) and x.numel() == 1 and not x.is_floating_point() and not x.is_complex():
@@ -70,11 +73,17 @@ def _is_int_like(x) -> bool:
         return False
 
 
+# Normalised model inputs lie within a few units of 0 (CLIP's mean/std map [0, 1] pixels to about [-1.8, 2.2],
+# ImageNet's to [-2.2, 2.7]); raw 0..255 pixels reach far beyond this bound.
+MAX_ABS_PIXEL = 25.0
+
+
 def check_images(images: Tensor) -> None:
     """Model inputs must be preprocessed float images; warn (naming the images) on NaN or inf.
 
     uint8 (or any integer) input is raw pixels: the model would see values 0..255 instead of normalised
-    ones and return plausible but wrong embeddings, so it raises.
+    ones and return plausible but wrong embeddings, so it raises; so do float images with any |value| above
+    ``MAX_ABS_PIXEL`` (raw 0..255 pixels that skipped the preprocess). One reduction and one host sync per call.
     """
     if not isinstance(images, Tensor):
         raise BadInputError(f"images must be a torch.Tensor, got {type(images).__name__}")
@@ -82,13 +91,43 @@ def check_images(images: Tensor) -> None:
         raise BadInputError(
             f"images have dtype {images.dtype}: raw pixels are not model inputs; pass each PIL image through the "
             "model's preprocess (loaded.preprocess) to get normalised float tensors")
-    if images.ndim >= 1 and images.shape[0] > 0:
-        bad = ~torch.isfinite(images.detach()).flatten(1).all(1) if images.ndim > 1 else ~torch.isfinite(images)
+    if images.ndim >= 1 and images.shape[0] > 0 and images.numel() > 0:
+        flat = images.detach().reshape(images.shape[0], -1)
+        peak = flat.abs().amax(1).float().cpu()  # NaN where an image holds NaN; inf where it holds inf
+        bad = ~torch.isfinite(peak)
         if bool(bad.any()):
             idx = bad.nonzero().flatten().tolist()
             shown = ", ".join(map(str, idx[:20])) + (", ..." if len(idx) > 20 else "")
             warnings.warn(f"{len(idx)} input image(s) contain NaN or inf (batch indices {shown}); their outputs "
                           "are not finite, the other images are unaffected", RuntimeWarning, stacklevel=3)
+        raw = (peak > MAX_ABS_PIXEL) & ~bad
+        if bool(raw.any()):
+            first = int(raw.nonzero()[0])
+            raise BadInputError(
+                f"image {first} has a value of magnitude {peak[first].item():.4g}, beyond the {MAX_ABS_PIXEL:g} of "
+                "normalised model inputs: raw 0..255 pixels? pass each PIL image through the model's preprocess "
+                "(loaded.preprocess)")
+
+
+def check_embeddings(x, width: int, what: str = "texts", unit: bool = False) -> Tensor:
+    """``x`` must be a finite float tensor [n, width] (unit rows, to 1e-3, when ``unit``); returns it."""
+    if not isinstance(x, Tensor) or not x.is_floating_point():
+        kind = f"a {x.dtype} tensor" if isinstance(x, Tensor) else type(x).__name__
+        raise BadInputError(f"{what} must be a float tensor [n, {width}], got {kind}")
+    if x.ndim != 2 or x.shape[1] != width:
+        raise BadInputError(f"{what} must be [n, {width}], got shape {tuple(x.shape)}")
+    if x.numel() == 0:
+        return x
+    norms = x.detach().float().norm(dim=1)
+    if not bool(torch.isfinite(norms).all()):
+        raise BadInputError(f"{what} contain NaN or inf")
+    if unit:
+        off = (norms - 1).abs()
+        if bool((off > 1e-3).any()):
+            row = int(off.argmax())
+            raise BadInputError(f"{what} must be unit vectors: row {row} has norm {norms[row].item():.4g}; "
+                                "normalise with torch.nn.functional.normalize(x, dim=-1)")
+    return x
 
 
 def check_output_folder(path) -> None:

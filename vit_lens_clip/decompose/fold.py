@@ -30,6 +30,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from vit_lens_clip.errors import BadInputError
+
 Convention = Literal["equal_share", "own_mean"]
 CONVENTIONS = ("equal_share", "own_mean")
 
@@ -97,3 +99,15 @@ class LNFold:
         else:
             offset = c_sum / self.gamma.shape[0]
         return (c_dot_g - offset * g_sum) / self._per_batch(self.scale, dots.ndim) + share * beta_t
+
+
+def embedding_norms(embedding: Float[Tensor, "batch d_out"], normalize: bool) -> Float[Tensor, " batch"]:
+    """‖y‖ per image (what ``normalize=True`` divides every part by), or ones; a zero embedding raises."""
+    if not normalize:
+        return torch.ones(embedding.shape[0], device=embedding.device)
+    norm = embedding.norm(dim=-1)
+    zero = norm == 0
+    if bool(zero.any()):
+        raise BadInputError(f"normalize=True: image(s) {zero.nonzero().flatten().tolist()[:20]} have a zero embedding, "
+                            "so their parts cannot be divided by its norm; use normalize=False")
+    return norm

@@ -35,7 +35,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from vit_lens_clip.decompose.fold import Convention
+from vit_lens_clip.decompose.fold import Convention, embedding_norms
 from vit_lens_clip.decompose.output_fold import output_fold
 from vit_lens_clip.model.hooked_vit import HookedViT
 
@@ -113,7 +113,7 @@ def finish_map_pool(
     K0 = through.K0
     fold = output_fold(model, s["hook_pooled"], convention)
     embedding = s["hook_image_embed"].float()
-    norm = embedding.norm(dim=-1) if normalize else torch.ones(embedding.shape[0], device=embedding.device)
+    norm = embedding_norms(embedding, normalize)
     per_image = lambda t: t / norm.reshape(-1, *([1] * (t.ndim - 1)))  # noqa: E731
 
     attn_outs = torch.stack([s[f"blocks.{l}.hook_attn_out"].float() for l in range(L)], 2)  # [B, N, L, d]

@@ -21,11 +21,11 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from vit_lens_clip.decompose.fold import Convention
+from vit_lens_clip.decompose.fold import Convention, embedding_norms
 from vit_lens_clip.decompose.map_pool import finish_map_pool, map_pool_hook_names
 from vit_lens_clip.decompose.output_fold import output_fold
 from vit_lens_clip.model.hooked_vit import HookedViT
-from vit_lens_clip.validation import layer_indices
+from vit_lens_clip.validation import check_embeddings, layer_indices
 
 Hook = tuple[str, Callable]
 
@@ -61,6 +61,7 @@ class Decomposition:
 
     def head_scores(self, texts: Float[Tensor, "n_texts d_out"]) -> Float[Tensor, "batch n_kept n_heads n_texts"]:
         """ĉ_{l,h} · t for unit text embeddings t."""
+        check_embeddings(texts, self.heads.shape[-1], "texts")
         return self.heads @ texts.to(self.heads).T
 
 
@@ -96,6 +97,8 @@ class DecompositionCapture:
         self.model = model
         self.layers = layer_indices(layers, model.cfg.n_layers)  # out-of-range indices raise, never wrap
         self.per_source, self.convention, self.normalize = per_source, convention, normalize
+        if texts is not None:
+            check_embeddings(texts, model.cfg.output_dim, "texts")
         self.texts = None if texts is None else texts.float()
         self.store: dict[str, Tensor] = {}
         self._pull_back: Optional[Tensor] = None
@@ -175,7 +178,7 @@ class DecompositionCapture:
         K = 2 * L + 1
         fold = output_fold(m, s["hook_pooled"], self.convention)
         embedding = s["hook_image_embed"].float()
-        norm = embedding.norm(dim=-1) if self.normalize else torch.ones(embedding.shape[0], device=embedding.device)
+        norm = embedding_norms(embedding, self.normalize)
         per_image = lambda x: x / norm.reshape(-1, *([1] * (x.ndim - 1)))  # noqa: E731
 
         embed = fold.fold(s["hook_embed"], 1 / K)
@@ -276,7 +279,7 @@ class DecompositionCapture:
             torch.einsum("he,hed->d", b_V, W_O) + b_O)
         fold = output_fold(m, s["hook_pooled"], self.convention)
         embedding = s["hook_image_embed"].float()
-        norm = embedding.norm(dim=-1) if self.normalize else torch.ones(embedding.shape[0], device=embedding.device)
+        norm = embedding_norms(embedding, self.normalize)
         per_image = lambda t: t / norm.reshape(-1, *([1] * (t.ndim - 1)))  # noqa: E731
 
         raw = {"embed": through(s["hook_embed"].float()) + K0 / K}

@@ -39,7 +39,11 @@ def ablate_posthoc(
     space: str = "folded",
     model: HookedViT | None = None,
 ) -> Float[Tensor, "batch d_out"]:
-    """Embeddings with the chosen parts replaced by their means (``means`` from ``MeanReducer.result()``)."""
+    """Embeddings with the chosen parts replaced by their means (``means`` from ``MeanReducer.result()``).
+
+    The parts form a set: an index listed twice (``-1`` and ``L-1`` alike) is ablated once; a head may not be
+    listed together with its whole attention layer.
+    """
     if space not in ("folded", "residual"):
         raise ValueError("space must be 'folded' or 'residual'")
     prefix = "" if space == "folded" else "raw."
@@ -59,12 +63,17 @@ def ablate_posthoc(
         if key in src and mean is not None and tuple(mean.shape) != tuple(src[key].shape[1:]):
             raise ValueError(f"means[{prefix + key!r}] has shape {tuple(mean.shape)} but the parts are "
                              f"{tuple(src[key].shape[1:])} per image: means from other layers or another model")
-    for l in attn_layers:
-        swap("attns", (layer_index(l, n_layers),))
-    for l in mlp_layers:
-        swap("mlps", (layer_index(l, n_layers),))
-    for l, h in heads:
-        l, h = head_index(l, h, n_layers, n_heads)
+    attn_set = sorted({layer_index(l, n_layers) for l in attn_layers})  # a part listed twice is ablated once
+    head_set = sorted({head_index(l, h, n_layers, n_heads) for l, h in heads})
+    inside = [(l, h) for l, h in head_set if l in attn_set]
+    if inside:
+        raise BadInputError(f"head {inside[0]} lies in attention layer {inside[0][0]}, which is ablated as a whole: "
+                            "list the layer or its heads, not both")
+    for l in attn_set:
+        swap("attns", (l,))
+    for l in sorted({layer_index(l, n_layers) for l in mlp_layers}):
+        swap("mlps", (l,))
+    for l, h in head_set:
         swap("heads", (_head_index(parts, l, n_layers), h))
     if space == "folded":
         return out

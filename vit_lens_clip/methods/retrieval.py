@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
-from vit_lens_clip.validation import head_index, layer_index
+from vit_lens_clip.errors import BadInputError
+from vit_lens_clip.validation import head_index, is_int_like, layer_index
 
 Head = tuple[int, int]
 
@@ -26,6 +27,9 @@ def head_representation(
     if not selected:
         raise ValueError("select at least one (layer, head)")
     layers = [layer_index(l, n_layers) for l in layers]
+    if heads.ndim != 4 or len(layers) != heads.shape[1] or len(set(layers)) != len(layers):
+        raise BadInputError(f"layers {layers} must name each of the {heads.shape[1] if heads.ndim == 4 else '?'} "
+                            f"collected layers of heads {tuple(heads.shape)} once, in order")
     total = torch.zeros(heads.shape[0], heads.shape[-1], dtype=heads.dtype, device=heads.device)
     for layer, head in selected:
         layer, head = head_index(layer, head, n_layers, heads.shape[2])
@@ -49,14 +53,20 @@ def nearest_images(
 
     ``query``: an image index (centred cosine; the query image itself is excluded) or a text embedding [D].
     """
+    if isinstance(top, bool) or not isinstance(top, int) or top < 0:
+        raise BadInputError(f"top must be a non-negative integer, got {top!r}")
     rep = head_representation(heads, layers, selected, n_layers).float()
-    if isinstance(query, int):
+    if is_int_like(query) and not isinstance(query, bool):
+        query = int(query)
         if not 0 <= query < rep.shape[0]:
             raise ValueError(f"query image {query} out of range ({rep.shape[0]} images)")
         centred = F.normalize(rep - rep.mean(0), dim=-1)
         scores = centred @ centred[query]
         scores[query] = -float("inf")
     else:
+        if not isinstance(query, Tensor) or query.shape != (rep.shape[1],):
+            shape = tuple(query.shape) if isinstance(query, Tensor) else type(query).__name__
+            raise BadInputError(f"query must be an image index or a text embedding [{rep.shape[1]}], got {shape}")
         scores = rep @ query.float().to(rep.device)
     top = min(top, rep.shape[0] - (1 if isinstance(query, int) else 0))
     values, indices = scores.topk(top)

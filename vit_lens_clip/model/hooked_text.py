@@ -168,7 +168,8 @@ class HookedTextTransformer(StackedWeights, HookedRootModule):
         with torch.device("meta"):
             model = cls(cfg)
         first = next(iter(state.values()))
-        model.load_state_dict({k: v.to(torch.float32) for k, v in state.items()}, strict=True, assign=True)
+        own = {k: v.detach().to(torch.float32, copy=True) for k, v in state.items()}  # never the source's storage
+        model.load_state_dict(own, strict=True, assign=True)
         return model.to(device=first.device, dtype=cfg.dtype).eval()
 
     @classmethod

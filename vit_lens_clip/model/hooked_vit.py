@@ -40,6 +40,7 @@ from vit_lens_clip.convert.eva import convert_eva
 from vit_lens_clip.convert.hf import convert_hf
 from vit_lens_clip.convert.open_clip import convert_open_clip
 from vit_lens_clip.convert.timm import convert_timm
+from vit_lens_clip.errors import BadInputError
 from vit_lens_clip.model.components import AttentionPool, LayerNorm, TransformerBlock
 from vit_lens_clip.model.config import ViTConfig
 from vit_lens_clip.model.pooling import pool_tokens
@@ -189,8 +190,15 @@ class HookedViT(StackedWeights, HookedRootModule):
         elif isinstance(tokens, int) or (isinstance(tokens, Tensor) and not tokens.is_floating_point()):
             if len(self.text_vocab) == 0:
                 raise ValueError("integer tokens need a text vocabulary: call model.set_text_vocab(texts)")
-            text_emb = self.W_text[torch.as_tensor(tokens, device=self.W_text.device)]
+            index = torch.as_tensor(tokens, device=self.W_text.device)
+            n = len(self.text_vocab)
+            if index.numel() and not bool(((index >= -n) & (index < n)).all()):
+                raise BadInputError(f"token index out of range for a text vocabulary of {n} texts")
+            text_emb = self.W_text[index]
         else:
+            if not isinstance(tokens, Tensor) or tokens.ndim == 0 or tokens.shape[-1] != self.cfg.output_dim:
+                shape = tuple(tokens.shape) if isinstance(tokens, Tensor) else type(tokens).__name__
+                raise BadInputError(f"text embeddings must be [..., {self.cfg.output_dim}], got {shape}")
             text_emb = tokens.to(self.W_proj)
         direction = text_emb @ self.W_proj.T
         return direction * self.ln_final.w if self.ln_final is not None else direction
@@ -210,11 +218,12 @@ class HookedViT(StackedWeights, HookedRootModule):
     ) -> "HookedViT":
         """The one loader: build a HookedViT from a converter's (config, state dict), in ``cfg.dtype``.
 
-        Every LayerNorm named in ``cfg.ln_eps`` keeps the eps of the module it was ported from.
+        Every LayerNorm named in ``cfg.ln_eps`` keeps the eps of the module it was ported from. The weights are
+        always copied, in every precision: editing the hooked model never edits the source model, nor the reverse.
         """
         with torch.device("meta"):
             hooked = cls(cfg)
-        state = {k: v.detach().to(torch.float32).contiguous() for k, v in state_dict.items()}
+        state = {k: _own_copy(v) for k, v in state_dict.items()}
         hooked.load_state_dict(state, strict=True, assign=True)
         hooked.W_text = torch.zeros(0, cfg.output_dim)
         for name, eps in cfg.ln_eps.items():
@@ -238,6 +247,11 @@ class HookedViT(StackedWeights, HookedRootModule):
         features for ``num_classes=0``). See convert.timm and convert.eva for what is supported."""
         convert = convert_eva if type(model).__name__ == "Eva" else convert_timm
         return cls.from_converted(*convert(model, name=name), device=_device_of(model))
+
+
+def _own_copy(t: Tensor) -> Tensor:
+    """A contiguous float32 copy that shares no storage with ``t`` (a bare ``.to`` would alias fp32 weights)."""
+    return t.detach().to(torch.float32, memory_format=torch.contiguous_format, copy=True)
 
 
 def _device_of(model: nn.Module) -> torch.device:

@@ -25,6 +25,7 @@ from torch import Tensor
 from vit_lens_clip.datasets.geometry import PreprocessGeometry, upsample_patch_map
 from vit_lens_clip.decompose.fold import Convention
 from vit_lens_clip.decompose.parts import DecompositionCapture, decompose
+from vit_lens_clip.errors import BadInputError
 from vit_lens_clip.model.hooked_vit import HookedViT
 from vit_lens_clip.model.pooling import patch_slice
 from vit_lens_clip.validation import head_indices, layer_indices
@@ -123,6 +124,8 @@ def joint_map(
     normalize: bool = False,
 ) -> Float[Tensor, "batch grid_h grid_w"]:
     """Where head (layer, head) writes the direction ``text`` (e.g. its TextSpan text): ĉ_{l,h,m} · t per patch."""
+    if isinstance(text, Tensor) and text.ndim == 2 and text.shape[0] != 1:
+        raise BadInputError(f"joint_map takes one text, got {text.shape[0]}: use text_heatmap for several")
     return text_heatmap(model, images, text, heads=[(layer, head)], convention=convention, normalize=normalize)[:, 0]
 
 
@@ -143,6 +146,17 @@ def predict_classes(
     return (embedding @ classifier.to(embedding)).argmax(-1)
 
 
+def _class_labels(labels, n_images: int, n_classes: int) -> Tensor:
+    """``labels`` as a long tensor [n_images] of class indices in [0, n_classes); anything else raises."""
+    labels = torch.as_tensor(labels)
+    if labels.ndim != 1 or len(labels) != n_images or labels.is_floating_point() or labels.dtype == torch.bool:
+        raise BadInputError(f"labels must be {n_images} integer class indices, got {labels.dtype} {tuple(labels.shape)}")
+    if n_images and not bool(((labels >= 0) & (labels < n_classes)).all()):
+        raise BadInputError(f"labels must lie in 0..{n_classes - 1} (the classifier's classes), got "
+                            f"{int(labels.min())}..{int(labels.max())}")
+    return labels.long()
+
+
 def class_heatmap(
     model: HookedViT,
     images: Float[Tensor, "batch channel height width"],
@@ -158,13 +172,15 @@ def class_heatmap(
     """
     if classifier.ndim != 2 or classifier.shape[0] != model.cfg.output_dim:
         raise ValueError(f"classifier must be [{model.cfg.output_dim}, n_classes], got {tuple(classifier.shape)}")
+    if classifier.shape[1] < 2:
+        raise BadInputError("class_heatmap needs at least 2 classes: with one, the class minus the mean class is zero")
     classifier = classifier.to(model.W_proj.device).float()
     capture = DecompositionCapture(model, texts=classifier.T[:1], convention=convention, reduce_values=False)
     with torch.no_grad():
         model.run_with_hooks(images, fwd_hooks=capture.hooks())
     if labels is None:
         labels = (capture.store["hook_image_embed"].float() @ classifier).argmax(-1)
-    labels = torch.as_tensor(labels, device=classifier.device).long()
+    labels = _class_labels(labels, len(capture.store["hook_image_embed"]), classifier.shape[1]).to(classifier.device)
     distinct, which = torch.unique(labels, return_inverse=True)
     capture.texts = class_directions(classifier, distinct)
     dec = capture.finish()

@@ -22,6 +22,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from vit_lens_clip.datasets.geometry import upsample_patch_map
+from vit_lens_clip.errors import BadInputError
 
 ArrayLike = Tensor | np.ndarray
 ApMode = Literal["foreground", "both_classes"]
@@ -85,6 +86,9 @@ def zero_shot_segment(
         else:
             raise ValueError(f"threshold must be 'mean', 'otsu' or a float, got {threshold!r}")
     else:
+        if isinstance(threshold, bool) or not 0 <= float(threshold) <= 1:  # NaN fails too
+            raise BadInputError(f"threshold must be 'mean', 'otsu' or a number in [0, 1] (the soft map's range), "
+                                f"got {threshold!r}")
         cut = soft.new_tensor(float(threshold))
     mask = (soft > cut) & finite
     return ZeroShotSegmentation(soft_map=soft, mask=mask)

@@ -43,7 +43,9 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from vit_lens_clip.errors import BadInputError
 from vit_lens_clip.methods.textspan.ties import default_tie_rtol
+from vit_lens_clip.validation import check_embeddings
 
 
 @dataclass
@@ -288,7 +290,8 @@ def text_span(
 
     ``contributions`` holds each head's direct contribution to the image embeddings (after the LayerNorm fold
     and the projection); ``text_embeddings`` are unit text embeddings of a pool (used as given, not
-    renormalised). Heads are processed in chunks; see the module docstring for the math.
+    renormalised; rows off unit norm by more than 1e-3 raise, as do non-finite inputs). Heads are processed in
+    chunks; see the module docstring for the math.
 
     * rank: the number of top right singular vectors of each head's raw data kept, capped at
       min(n_images, d_out, rank) and at the head's numerical rank (``ranks`` in the result).
@@ -316,6 +319,11 @@ def text_span(
     M = text_embeddings.shape[0]
     if text_embeddings.shape[1] != D:
         raise ValueError(f"text dimension {text_embeddings.shape[1]} does not match contributions' {D}")
+    check_embeddings(text_embeddings, D, "text_embeddings", unit=True)  # the picks assume unit texts
+    if not bool(torch.isfinite(contributions).all()):
+        raise BadInputError("contributions contain NaN or inf: TextSpan of such a head is undefined")
+    if isinstance(k, bool) or not isinstance(k, int) or isinstance(rank, bool) or not isinstance(rank, int):
+        raise BadInputError(f"k and rank must be integers, got k={k!r}, rank={rank!r}")
     if not 1 <= k <= M:
         raise ValueError(f"k must be between 1 and the number of texts ({M}); got {k}")
     if rank < 1:
