@@ -153,14 +153,11 @@ class ActivationMeanReducer(_SummedMean):
         self._batch_size = 0
 
     def update(self, parts: Decomposition, batch: Batch) -> None:
+        """As a reducer: count the batch its hooks (passed as ``extra_hooks``) just saw."""
+        if self._batch_size == 0:
+            raise ValueError("ActivationMeanReducer's hooks did not run: pass reducer.hooks() to "
+                             "run_reducers(extra_hooks=...), or the reducer to activation_means=")
         self.end_batch()
-
-    def result(self) -> dict[str, Tensor]:
-        missing = [n for n in self.names if n not in self.sums]
-        if self.count and missing:
-            raise ValueError(f"ActivationMeanReducer has no activations of {missing}: pass reducer.hooks() to "
-                             "run_reducers(extra_hooks=...) or the reducer to activation_means=")
-        return super().result()
 
 
 class TextScoreReducer(Reducer):
