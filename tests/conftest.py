@@ -2,14 +2,49 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import warnings
+from typing import Callable, Iterator
 
+import jaxtyping
 import open_clip
 import pytest
 import torch
 
 torch.set_num_threads(2)
+
+# whether jaxtyping's pytest hook checks the package at run time (pyproject's addopts: --jaxtyping-packages=...)
+TYPE_CHECKED = False
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global TYPE_CHECKED
+    TYPE_CHECKED = bool(config.getoption("--jaxtyping-packages", default=None))
+
+
+@contextlib.contextmanager
+def type_checks_off() -> Iterator[None]:
+    """Inside, the run-time checks are skipped as in a normal install: jaxtyping's documented switch
+    ``jaxtyping.config.update("jaxtyping_disable", True)`` (the same as ``JAXTYPING_DISABLE=1``)."""
+    before = jaxtyping.config.jaxtyping_disable
+    jaxtyping.config.update("jaxtyping_disable", True)
+    try:
+        yield
+    finally:
+        jaxtyping.config.update("jaxtyping_disable", before)
+
+
+def assert_refused(call: Callable[[], object], message: str, error: type[Exception] = ValueError) -> None:
+    """``call()`` is refused twice over: with the run-time checks on (the test run), jaxtyping/beartype reject the
+    argument that breaks an annotation (``TypeCheckError``); with them off, as in a normal install, the package's
+    own check raises ``error`` whose text is exactly ``message``, the one line the user sees."""
+    if TYPE_CHECKED:
+        with pytest.raises(jaxtyping.TypeCheckError):
+            call()
+    with type_checks_off(), pytest.raises(error) as caught:
+        call()
+    assert str(caught.value) == message
 
 
 def perturb_(model: torch.nn.Module, scale: float = 0.1, seed: int = 0) -> torch.nn.Module:

@@ -12,18 +12,20 @@ HEAVY = ("torch", "open_clip", "transformers", "transformer_lens", "numpy", "plo
 
 CODE = f"""
 import argparse, contextlib, io, sys
-from vit_lens_clip.app.cli import build_parser
+from vit_lens_clip.app.cli import build_parser, main
 
 parser = build_parser()
 commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
-# every subcommand (train-embedded hands its arguments, --help included, to the trainer's own parser)
-for argv in [[]] + [[name] for name in commands if name != "train-embedded"]:
+assert "train-embedded" in commands, sorted(commands)
+for argv in [[]] + [[name] for name in commands]:  # every subcommand, train-embedded included
     with contextlib.redirect_stdout(io.StringIO()) as text:
         try:
-            parser.parse_args(argv + ["--help"])
+            main(argv + ["--help"])  # the console script's entry point
         except SystemExit as done:
             assert done.code == 0, (argv, done.code)
     assert "usage: vit-lens-clip" in text.getvalue(), argv
+    if argv == ["train-embedded"]:  # the trainer's own options, from the light module both parsers share
+        assert "--sweep-weights" in text.getvalue() and "--max-minutes" in text.getvalue()
 heavy = sorted(m for m in sys.modules if m.split(".")[0] in {HEAVY!r})
 assert not heavy, heavy
 """

@@ -55,6 +55,33 @@ def test_mean_reducer_matches_full_batch_and_merges(tiny):
     assert rel_err(a.result()["attns"], full.attns.mean(0)) <= TOL
 
 
+def test_activation_mean_reducer_is_a_reducer(tiny):
+    """As a Reducer (its hooks passed as extra_hooks) it gives the same means as through activation_means=, and
+    its states merge exactly like MeanReducer's; a run without its hooks says so instead of returning {}."""
+    hooked, images = tiny
+    name = "blocks.0.hook_attn_out"
+    _, cache = hooked.run_with_cache(images, names_filter=[name])
+    expected = cache[name].mean(0)
+    via_param, as_reducer = ActivationMeanReducer([name]), ActivationMeanReducer([name])
+    run_reducers(hooked, TensorImages(images), [], batch_size=6, activation_means=[via_param], progress=False)
+    run_reducers(hooked, TensorImages(images), [as_reducer], batch_size=6, extra_hooks=as_reducer.hooks(),
+                 progress=False)
+    assert isinstance(as_reducer, Reducer)
+    assert rel_err(via_param.result()[name], expected) <= TOL
+    assert torch.equal(as_reducer.result()[name], via_param.result()[name])
+    halves = [ActivationMeanReducer([name]), ActivationMeanReducer([name])]
+    for half, part in zip(halves, (images[:7], images[7:])):
+        run_reducers(hooked, TensorImages(part), [half], batch_size=4, extra_hooks=half.hooks(), progress=False)
+    merged = ActivationMeanReducer([name])
+    merged.merge_from([h.state_dict() for h in halves])
+    assert merged.count == 20
+    assert rel_err(merged.result()[name], expected) <= TOL
+    with pytest.raises(ValueError) as caught:
+        run_reducers(hooked, TensorImages(images), [ActivationMeanReducer([name])], batch_size=6, progress=False)
+    assert str(caught.value) == ("ActivationMeanReducer's hooks did not run: pass reducer.hooks() to "
+                                 "run_reducers(extra_hooks=...), or the reducer to activation_means=")
+
+
 class _Kill(Reducer):
     def __init__(self, after):
         self.after, self.seen = after, 0

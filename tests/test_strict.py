@@ -9,10 +9,9 @@ import shutil
 import struct
 from pathlib import Path
 
-import jaxtyping
 import pytest
 import torch
-from conftest import tiny_clip
+from conftest import assert_refused, tiny_clip
 from PIL import Image
 
 from vit_lens_clip import HookedViT
@@ -20,12 +19,13 @@ from vit_lens_clip.app.run_folder import finish_report_folder, prepare_report_fo
 from vit_lens_clip.datasets.folder import ImageFolder, TensorImages
 from vit_lens_clip.decompose.parts import decompose
 from vit_lens_clip.decompose.reducers import HeadStackReducer, MeanReducer, Reducer, load_head_stack, run_reducers
-from vit_lens_clip.errors import CorruptFileError, OutputFolderError, RunFolderMismatchError, UserInputError
+from vit_lens_clip.errors import BadInputError, CorruptFileError, OutputFolderError, RunFolderMismatchError, UserInputError
 from vit_lens_clip.loading import EMBEDDED_DIR, load_clip
 from vit_lens_clip.methods.ablation import ablate_posthoc, mean_ablation_hooks
 from vit_lens_clip.methods.retrieval import head_representation
 from vit_lens_clip.methods.spatial.heatmaps import text_heatmap
 from vit_lens_clip.methods.textspan.runs import collect_head_contributions
+from vit_lens_clip.validation import text_embeddings
 
 
 @pytest.fixture(scope="module")
@@ -173,12 +173,10 @@ def test_nan_image_warns_with_its_index_and_leaves_the_rest_valid(tiny):
 def test_uint8_images_raise(tiny):
     model, images = tiny
     raw = (images[:1].clamp(-1, 1) * 127 + 128).to(torch.uint8)
-    # uint8 breaks the Float annotation: jaxtyping's run-time check (pyproject's addopts) speaks first when on
-    refused = (ValueError, jaxtyping.TypeCheckError)
-    with pytest.raises(refused, match=r"preprocess|Float\[Tensor"):
-        model(raw)
-    with pytest.raises(refused, match=r"preprocess|Float\[Tensor"):
-        decompose(model, raw)
+    message = ("images have dtype torch.uint8: raw pixels are not model inputs; pass each PIL image through the "
+               "model's preprocess (loaded.preprocess) to get normalised float tensors")
+    assert_refused(lambda: model(raw), message, BadInputError)
+    assert_refused(lambda: decompose(model, raw), message, BadInputError)
 
 
 # ------------------------------------------------------------------ 6. dropped inputs are reported
@@ -282,3 +280,52 @@ def test_weights_keys_cover_the_whole_file(tmp_path):
     (tmp_path / "a.bin").write_bytes(head + b"a")
     (tmp_path / "b.bin").write_bytes(head + b"b")  # same size, same first 5 MB: a fine-tune of the last layer
     assert _file_digest(tmp_path / "a.bin") != _file_digest(tmp_path / "b.bin")
+
+
+# ------------------------------------------------------------------ texts: one coercion, one set of messages
+def test_texts_are_coerced_in_one_place(tiny):
+    model, images = tiny
+    d = model.cfg.output_dim
+    encode = lambda texts: torch.arange(len(texts) * d, dtype=torch.float32).reshape(len(texts), d)
+    assert torch.equal(text_embeddings("a cat", d, encode), encode(["a cat"]))  # one string is one text
+    assert torch.equal(text_embeddings(("a", "b"), d, encode), encode(["a", "b"]))
+    one = torch.randn(d)
+    assert torch.equal(text_embeddings(one, d), one[None])
+
+    def refused(texts, message, encoder=None):
+        with pytest.raises(BadInputError) as caught:
+            text_embeddings(texts, d, encoder)
+        assert str(caught.value) == message
+
+    refused([], "texts must be a non-empty list of strings, got an empty list", encode)
+    refused(["a"], "texts given as strings need a text encoder: load the model with vit_lens_clip.load_clip, "
+                   f"or pass text embeddings [n_texts, {d}]")
+    refused(torch.ones(2, d + 1), f"text embeddings must be [n_texts, {d}] (or one text [{d}]), got (2, {d + 1})")
+    refused(["a", "b"], f"text embeddings must be [n_texts, {d}] (or one text [{d}]), got (2, {d + 1})",
+            lambda texts: torch.ones(len(texts), d + 1))  # what an encoder gives is checked too
+    refused(torch.ones(2, d, dtype=torch.long), "text embeddings must be floats, got dtype torch.int64")
+    refused(torch.ones(0, d), "no texts: the text embeddings have 0 rows")
+    bad = torch.ones(3, d)
+    bad[1, 0], bad[2, 5] = float("nan"), float("inf")
+    refused(bad, "text embeddings contain NaN or inf (rows 1, 2)")
+    # an item that is not a string breaks the Sequence[str] annotation before the package's own check
+    assert_refused(lambda: text_embeddings([3], d, encode),
+                   "texts must be strings (or one tensor of text embeddings), got an item of type int", BadInputError)
+
+    # every caller goes through it: the heatmap, the residual directions, the query embeddings, the text encoder
+    for call in (lambda: text_heatmap(model, images[:1], bad),
+                 lambda: model.tokens_to_residual_directions(bad),
+                 lambda: model.set_text_vocab(["a", "b", "c"], bad)):
+        with pytest.raises(BadInputError) as caught:
+            call()
+        assert str(caught.value) == "text embeddings contain NaN or inf (rows 1, 2)"
+    with pytest.raises(BadInputError) as caught:
+        model.tokens_to_residual_directions(["a cat"])  # no text encoder attached
+    assert str(caught.value).startswith("texts given as strings need a text encoder")
+    model.text_encoder = encode
+    try:
+        direction = model.tokens_to_residual_directions("a cat")
+        assert direction.ndim == 1
+        assert torch.equal(model.tokens_to_residual_directions(["a cat"])[0], direction)
+    finally:
+        model.text_encoder = None

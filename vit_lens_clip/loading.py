@@ -37,6 +37,7 @@ from vit_lens_clip.errors import UserInputError
 from vit_lens_clip.integrity import check_finite_weights, check_weights_file, sha256_file, state_dict_sha256, verify_local_dir
 from vit_lens_clip.model.hooked_text import HookedTextTransformer
 from vit_lens_clip.model.hooked_vit import HookedViT
+from vit_lens_clip.validation import text_list
 
 _PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -77,12 +78,8 @@ class LoadedCLIP:
         return self._text_model
 
     def encode_text(self, texts: Sequence[str], batch_size: int = 256, progress: bool = False) -> Float[Tensor, "n_texts d_out"]:
-        """Unit CLIP text embeddings, batched (a progress bar for long lists)."""
-        if isinstance(texts, str):
-            raise TypeError("encode_text takes a list of strings")
-        texts = list(texts)
-        if not texts:
-            raise ValueError("encode_text got an empty list")
+        """Unit CLIP text embeddings, batched (a progress bar for long lists); one string is one text."""
+        texts = text_list(texts)
         if self.tokenizer is None:
             raise NoTextTowerError(f"{self.name} is an image-only model (no text tower): text-based tools need a CLIP; "
                                    f"decompose onto your own directions (e.g. classifier weights) instead")

@@ -1,4 +1,4 @@
-"""Strict checks shared by every public function: layer/head indices and model-input images.
+"""Strict checks shared by every public function: layer/head indices, model-input images and texts.
 
 Python-style negative indices count from the end (``-1`` is the last layer); anything outside
 ``[-n, n)`` is an error, never wrapped round.
@@ -9,10 +9,11 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Callable, Iterable, Optional, Sequence, Union
 
 import numpy as np
 import torch
+from jaxtyping import Float
 from torch import Tensor
 
 from vit_lens_clip.errors import BadInputError, OutputFolderError
@@ -141,3 +142,49 @@ def check_output_folder(path) -> None:
         raise OutputFolderError(f"cannot create output folder {path}: {e.strerror or e}") from None
     if not os.access(path, os.W_OK | os.X_OK):
         raise OutputFolderError(f"output folder {path} is not writable")
+
+
+def text_list(texts: Union[str, Sequence[str]]) -> list[str]:
+    """Texts as a non-empty list of strings (one string is one text)."""
+    texts = [texts] if isinstance(texts, str) else list(texts)
+    if not texts:
+        raise BadInputError("texts must be a non-empty list of strings, got an empty list")
+    odd = next((t for t in texts if not isinstance(t, str)), None)
+    if odd is not None:
+        raise BadInputError(f"texts must be strings (or one tensor of text embeddings), got an item of type "
+                            f"{type(odd).__name__}")
+    return texts
+
+
+def text_embeddings(
+    texts: Union[str, Sequence[str], Tensor],
+    d_out: int,
+    encode: Optional[Callable[[list[str]], Tensor]] = None,
+) -> Float[Tensor, "n_texts d_out"]:
+    """Texts as embeddings [n_texts, d_out]: strings (one, or a list) go through ``encode`` (a CLIP text encoder:
+    list of strings -> [n, d_out]); a float tensor [d_out] (one text) or [n_texts, d_out] is taken as it is.
+
+    The one place texts are coerced: an empty list, a non-string item, a missing encoder, a non-float tensor,
+    a width other than ``d_out``, no rows, or NaN/inf raise ``BadInputError`` (one line).
+    """
+    if not isinstance(texts, Tensor):
+        texts = text_list(texts)
+        if encode is None:
+            raise BadInputError("texts given as strings need a text encoder: load the model with "
+                                f"vit_lens_clip.load_clip, or pass text embeddings [n_texts, {d_out}]")
+        texts = encode(texts)
+    if not texts.is_floating_point():
+        raise BadInputError(f"text embeddings must be floats, got dtype {texts.dtype}")
+    if texts.ndim not in (1, 2) or texts.shape[-1] != d_out:
+        raise BadInputError(f"text embeddings must be [n_texts, {d_out}] (or one text [{d_out}]), "
+                            f"got {tuple(texts.shape)}")
+    if texts.ndim == 1:
+        texts = texts[None]
+    if texts.shape[0] == 0:
+        raise BadInputError("no texts: the text embeddings have 0 rows")
+    bad = ~torch.isfinite(texts.detach()).all(-1)
+    if bool(bad.any()):
+        rows = bad.nonzero().flatten().tolist()
+        raise BadInputError(f"text embeddings contain NaN or inf (rows {', '.join(map(str, rows[:20]))}"
+                            f"{', ...' if len(rows) > 20 else ''})")
+    return texts

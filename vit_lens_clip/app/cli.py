@@ -16,6 +16,8 @@ from vit_lens_clip.app.config import (
     add_segment_arguments,
     add_textspan_arguments,
 )
+from vit_lens_clip.embedded.arguments import DESCRIPTION as TRAIN_DESCRIPTION
+from vit_lens_clip.embedded.arguments import add_train_arguments
 from vit_lens_clip.errors import user_error_message
 
 # The parser imports only the light options module above; each command imports its heavy modules (torch,
@@ -82,9 +84,9 @@ def _cmd_textspan(args: argparse.Namespace) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
-    from vit_lens_clip.embedded.train import main as train_main
+    from vit_lens_clip.embedded.train import train_from_args
 
-    train_main(args.train_args)
+    train_from_args(args)
 
 
 def _cmd_neurons(args: argparse.Namespace) -> None:
@@ -132,8 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_textspan_arguments(p)
     p.set_defaults(func=_cmd_textspan)
 
-    p = sub.add_parser("train-embedded", help="train the embedded shapes CLIP (arguments go to the trainer)")
-    p.add_argument("train_args", nargs=argparse.REMAINDER)
+    p = sub.add_parser("train-embedded", help="train the embedded shapes CLIP (the trainer's own options)",
+                       description=TRAIN_DESCRIPTION, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_train_arguments(p)
     p.set_defaults(func=_cmd_train)
     return parser
 
@@ -141,11 +144,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Expected failures print one line to stderr and return 2; bugs raise (``--debug``: everything raises)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["train-embedded"]:  # everything after the word goes to the trainer untouched
-        from vit_lens_clip.embedded.train import main as train_main
-
-        train_main(argv[1:])
-        return 0
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
     args = build_parser().parse_args(argv)

@@ -50,6 +50,8 @@ class ReportConfig:
     overwrite: bool = False
 
     def __post_init__(self) -> None:
+        # the annotations are what the fields hold; ``from_args`` converts the command line's values, and these
+        # lines do the same for a str or list given from Python where no run-time checker rejects it first
         object.__setattr__(self, "out", Path(self.out))
         object.__setattr__(self, "skip", tuple(self.skip))
         object.__setattr__(self, "queries", tuple(self.queries))
@@ -65,8 +67,13 @@ class ReportConfig:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "ReportConfig":
         """The config of a parsed ``report`` command line (attributes that are not settings are ignored)."""
-        given = vars(args)
-        return cls(**{f.name: given[f.name] for f in fields(cls) if f.name in given})
+        given = {f.name: vars(args)[f.name] for f in fields(cls) if f.name in vars(args)}
+        if "out" in given:  # argparse gives a string and lists; the fields hold a Path and tuples
+            given["out"] = Path(given["out"])
+        for name in ("skip", "queries", "spurious_queries"):
+            if given.get(name) is not None:
+                given[name] = tuple(given[name])
+        return cls(**given)
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:

@@ -69,30 +69,23 @@ class Reducer:
 PART_NAMES = ("embed", "attns", "mlps", "heads")
 
 
-class MeanReducer(Reducer):
-    """Running mean of every part over the dataset: sums and a count, so partial means merge exactly.
+class _SummedMean(Reducer):
+    """Mean over images kept as float64 sums per key and an image count: mean = Σ sums / Σ counts, so states
+    from several processes or checkpoints merge exactly. Subclasses decide what is summed."""
 
-    Keys: embed, attns, mlps, heads (folded parts), and raw.* (the same pieces in the residual stream).
-    """
-
-    def __init__(self, per_source: bool = False):
-        self.needs_per_source = per_source
+    def __init__(self) -> None:
         self.sums: dict[str, Tensor] = {}
         self.count = 0
 
-    def update(self, parts: Decomposition, batch: Batch) -> None:
-        names = PART_NAMES + (("head_sources",) if self.needs_per_source else ())
-        values = {name: getattr(parts, name) for name in names}
-        values.update({f"raw.{k}": v for k, v in parts.raw.items()})
-        for name, value in values.items():
-            total = value.double().sum(0)
-            self.sums[name] = self.sums[name] + total if name in self.sums else total
-        self.count += parts.embed.shape[0]
+    def _add(self, name: str, value: Tensor) -> None:
+        """Add ``value`` summed over its first (batch) dimension to the sum kept under ``name``."""
+        total = value.detach().double().sum(0)
+        self.sums[name] = self.sums[name] + total if name in self.sums else total
 
     def result(self) -> dict[str, Tensor]:
-        """Mean of each part (batch dimension removed), as float32."""
+        """Mean of each kept value (batch dimension removed), as float32."""
         if self.count == 0:
-            raise ValueError("MeanReducer saw no images")
+            raise ValueError(f"{type(self).__name__} saw no images")
         return {k: (v / self.count).float() for k, v in self.sums.items()}
 
     def state_dict(self) -> dict[str, Tensor]:
@@ -102,7 +95,7 @@ class MeanReducer(Reducer):
         self.sums = {k[4:]: v for k, v in state.items() if k.startswith("sum.")}
         self.count = int(state["count"]) if "count" in state else 0
 
-    def merge(self, other: "MeanReducer") -> None:
+    def merge(self, other: "_SummedMean") -> None:
         for k, v in other.sums.items():
             self.sums[k] = self.sums[k] + v if k in self.sums else v.clone()
         self.count += other.count
@@ -110,50 +103,61 @@ class MeanReducer(Reducer):
     def merge_from(self, states: Sequence[dict[str, Tensor]]) -> None:
         """Add other processes' ``state_dict()``s (float64 sums and counts), in the order given."""
         for state in states:
-            other = MeanReducer()
+            other = _SummedMean()
             other.load_state_dict(state)
             self.merge(other)
 
 
-class ActivationMeanReducer:
+class MeanReducer(_SummedMean):
+    """Running mean of every part over the dataset: sums and a count, so partial means merge exactly.
+
+    Keys: embed, attns, mlps, heads (folded parts), and raw.* (the same pieces in the residual stream).
+    """
+
+    def __init__(self, per_source: bool = False):
+        super().__init__()
+        self.needs_per_source = per_source
+
+    def update(self, parts: Decomposition, batch: Batch) -> None:
+        names = PART_NAMES + (("head_sources",) if self.needs_per_source else ())
+        for name in names:
+            self._add(name, getattr(parts, name))
+        for name, value in parts.raw.items():
+            self._add(f"raw.{name}", value)
+        self.count += parts.embed.shape[0]
+
+
+class ActivationMeanReducer(_SummedMean):
     """Per-position mean of raw activations (e.g. ``blocks.3.hook_attn_out``), for intervention ablation.
 
-    Used as hooks rather than on decompositions: pass ``hooks()`` to ``run_reducers(extra_hooks=...)``.
+    Its values come from forward hooks, not from the decomposition: pass it to
+    ``run_reducers(activation_means=[reducer])``, or, like ``SecondOrderReducer``, as a reducer with
+    ``extra_hooks=reducer.hooks()``. It resumes and merges like ``MeanReducer``.
     """
 
     def __init__(self, names: Sequence[str]):
+        super().__init__()
         self.names = list(names)
-        self.sums: dict[str, Tensor] = {}
-        self.count = 0
         self._batch_size = 0
 
     def hooks(self) -> list[tuple[str, Any]]:
         def keep(t: Tensor, hook) -> None:
-            s = t.detach().double().sum(0)
-            self.sums[hook.name] = self.sums[hook.name] + s if hook.name in self.sums else s
+            self._add(hook.name, t)
             self._batch_size = t.shape[0]
 
         return [(n, keep) for n in self.names]
 
     def end_batch(self) -> None:
+        """Count the images of the batch the hooks just saw."""
         self.count += self._batch_size
+        self._batch_size = 0
 
-    def result(self) -> dict[str, Tensor]:
-        if self.count == 0:
-            raise ValueError("ActivationMeanReducer saw no images")
-        return {k: (v / self.count).float() for k, v in self.sums.items()}
-
-    def state_dict(self) -> dict[str, Tensor]:
-        return {**{f"sum.{k}": v for k, v in self.sums.items()}, "count": torch.tensor(self.count)}
-
-    def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        self.sums = {k[4:]: v for k, v in state.items() if k.startswith("sum.")}
-        self.count = int(state["count"]) if "count" in state else 0
-
-    def merge(self, other: "ActivationMeanReducer") -> None:
-        for k, v in other.sums.items():
-            self.sums[k] = self.sums[k] + v if k in self.sums else v.clone()
-        self.count += other.count
+    def update(self, parts: Decomposition, batch: Batch) -> None:
+        """As a reducer: count the batch its hooks (passed as ``extra_hooks``) just saw."""
+        if self._batch_size == 0:
+            raise ValueError("ActivationMeanReducer's hooks did not run: pass reducer.hooks() to "
+                             "run_reducers(extra_hooks=...), or the reducer to activation_means=")
+        self.end_batch()
 
 
 class TextScoreReducer(Reducer):

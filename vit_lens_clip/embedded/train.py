@@ -25,6 +25,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from vit_lens_clip.datasets.shapes_world import SWEEP_WEIGHTS, ShapesWorld, sweep_distribution
+from vit_lens_clip.embedded.arguments import build_train_parser
 from vit_lens_clip.embedded.config import CHECKPOINT_NAME, CONFIG_NAME, MODEL_CFG, PREPROCESS_CFG, WEIGHTS_NAME
 from vit_lens_clip.embedded.evaluate import quick_report
 
@@ -216,47 +217,19 @@ def train(
     return model
 
 
-def _parse_weights(text: str) -> dict[str, float]:
-    """'position=0.4,shape=0.4' -> {'position': 0.4, 'shape': 0.4}."""
-    try:
-        pairs = [item.split("=") for item in text.split(",") if item.strip()]
-        return {name.strip(): float(value) for name, value in pairs}
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"expected name=weight pairs separated by commas, got {text!r}") from err
+def train_from_args(args: argparse.Namespace) -> open_clip.CLIP:
+    """``train`` with the options of ``embedded.arguments.add_train_arguments`` (both command lines)."""
+    return train(args.out, args.steps, seed=args.seed, batch_size=args.batch_size, lr=args.lr,
+                 weight_decay=args.weight_decay, warmup=args.warmup, device=args.device, threads=args.threads,
+                 log_every=args.log_every, checkpoint_every=args.checkpoint_every, eval_every=args.eval_every,
+                 group_size=args.group_size, bird_fraction=args.bird_fraction, sweep_fraction=args.sweep_fraction,
+                 max_minutes=args.max_minutes, sincos_init=not args.no_sincos_init, stop_at=args.stop_at,
+                 pos_init_scale=args.pos_init_scale, sweep_weights=args.sweep_weights)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--out", type=Path, required=True, help="output folder (checkpoint, then the exported local-dir model)")
-    parser.add_argument("--steps", type=int, default=3400, help="schedule length")
-    parser.add_argument("--seed", type=int, default=0, help="model init and batch stream seed")
-    parser.add_argument("--batch-size", type=int, default=128, help="scenes per batch")
-    parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
-    parser.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay on matrices")
-    parser.add_argument("--warmup", type=int, default=100, help="linear warmup steps")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    parser.add_argument("--log-every", type=int, default=50, help="steps between log lines")
-    parser.add_argument("--checkpoint-every", type=int, default=250, help="steps between checkpoints")
-    parser.add_argument("--eval-every", type=int, default=0, help="steps between zero-shot summaries (0 = never)")
-    parser.add_argument("--group-size", type=int, default=4, help="scenes per hard-negative group or sweep")
-    parser.add_argument("--bird-fraction", type=float, default=0.2, help="share of spurious-cue bird scenes per batch")
-    parser.add_argument("--sweep-fraction", type=float, default=0.6, help="share of groups that are sweeps")
-    parser.add_argument("--no-sincos-init", action="store_true", help="plain random positional embedding init")
-    parser.add_argument("--sweep-weights", type=_parse_weights, default=dict(SWEEP_WEIGHTS),
-                        help="sweep attribute mix, e.g. position=0.6,shape=0.3,count=0.1")
-    parser.add_argument("--pos-init-scale", type=float, default=1.0,
-                        help="std of the sine-cosine positional start, in units of open_clip's width^-1/2")
-    parser.add_argument("--stop-at", type=int, default=None, help="checkpoint and exit after this step")
-    parser.add_argument("--max-minutes", type=float, default=None, help="wall-clock safety net (stops early)")
-    args = parser.parse_args(argv)
-    train(args.out, args.steps, seed=args.seed, batch_size=args.batch_size, lr=args.lr,
-          weight_decay=args.weight_decay, warmup=args.warmup, device=args.device, threads=args.threads,
-          log_every=args.log_every, checkpoint_every=args.checkpoint_every, eval_every=args.eval_every,
-          group_size=args.group_size, bird_fraction=args.bird_fraction, sweep_fraction=args.sweep_fraction,
-          max_minutes=args.max_minutes, sincos_init=not args.no_sincos_init, stop_at=args.stop_at,
-          pos_init_scale=args.pos_init_scale, sweep_weights=args.sweep_weights)
+    train_from_args(build_train_parser().parse_args(argv))
+
 
 if __name__ == "__main__":
     main()

@@ -45,7 +45,7 @@ from vit_lens_clip.model.components import AttentionPool, LayerNorm, Transformer
 from vit_lens_clip.model.config import ViTConfig
 from vit_lens_clip.model.pooling import pool_tokens
 from vit_lens_clip.model.stacked_weights import StackedWeights
-from vit_lens_clip.validation import check_images
+from vit_lens_clip.validation import check_images, text_embeddings, text_list
 
 TextEncoder = Callable[[Sequence[str]], Tensor]
 
@@ -152,18 +152,12 @@ class HookedViT(StackedWeights, HookedRootModule):
     # (run_with_cache and accumulated_bias: model/stacked_weights.py, shared with the text tower)
     def set_text_vocab(self, texts: Sequence[str], embeddings: Optional[Float[Tensor, "n_texts d_out"]] = None):
         """Register texts as the 'vocabulary' for ``tokens_to_residual_directions`` (like TransformerLens' W_U)."""
-        texts = list(texts)
-        if embeddings is None:
-            embeddings = self._encode(texts)
-        if embeddings.shape != (len(texts), self.cfg.output_dim):
+        texts = text_list(texts)
+        embeddings = text_embeddings(texts if embeddings is None else embeddings, self.cfg.output_dim, self.text_encoder)
+        if embeddings.shape[0] != len(texts):
             raise ValueError(f"embeddings must be [{len(texts)}, {self.cfg.output_dim}], got {tuple(embeddings.shape)}")
         self.text_vocab = texts
         self.W_text = embeddings.to(self.W_proj)
-
-    def _encode(self, texts: Sequence[str]) -> Tensor:
-        if self.text_encoder is None:
-            raise ValueError("no text encoder attached: load with vit_lens_clip.load_clip or pass embeddings")
-        return self.text_encoder(list(texts)).to(self.W_proj)
 
     def to_single_token(self, text: str) -> int:
         """Index of ``text`` in the registered text vocabulary (0 for any text the encoder can embed)."""
@@ -183,11 +177,7 @@ class HookedViT(StackedWeights, HookedRootModule):
         with the attached text encoder), integer indices into the registered vocabulary, or float text
         embeddings [..., output_dim].
         """
-        if isinstance(tokens, str):
-            text_emb = self._encode([tokens])[0]
-        elif isinstance(tokens, (list, tuple)):
-            text_emb = self._encode(tokens)
-        elif isinstance(tokens, int) or (isinstance(tokens, Tensor) and not tokens.is_floating_point()):
+        if isinstance(tokens, int) or (isinstance(tokens, Tensor) and not tokens.is_floating_point()):
             if len(self.text_vocab) == 0:
                 raise ValueError("integer tokens need a text vocabulary: call model.set_text_vocab(texts)")
             index = torch.as_tensor(tokens, device=self.W_text.device)
@@ -195,11 +185,14 @@ class HookedViT(StackedWeights, HookedRootModule):
             if index.numel() and not bool(((index >= -n) & (index < n)).all()):
                 raise BadInputError(f"token index out of range for a text vocabulary of {n} texts")
             text_emb = self.W_text[index]
+        elif isinstance(tokens, Tensor):  # embeddings [..., output_dim], each row checked as a text
+            if tokens.ndim == 0 or tokens.shape[-1] != self.cfg.output_dim:
+                raise BadInputError(f"text embeddings must be [..., {self.cfg.output_dim}], got {tuple(tokens.shape)}")
+            flat = tokens.reshape(-1, tokens.shape[-1]) if tokens.ndim > 2 else tokens
+            text_emb = text_embeddings(flat, self.cfg.output_dim).reshape(tokens.shape).to(self.W_proj)
         else:
-            if not isinstance(tokens, Tensor) or tokens.ndim == 0 or tokens.shape[-1] != self.cfg.output_dim:
-                shape = tuple(tokens.shape) if isinstance(tokens, Tensor) else type(tokens).__name__
-                raise BadInputError(f"text embeddings must be [..., {self.cfg.output_dim}], got {shape}")
-            text_emb = tokens.to(self.W_proj)
+            text_emb = text_embeddings(tokens, self.cfg.output_dim, self.text_encoder).to(self.W_proj)
+            text_emb = text_emb[0] if isinstance(tokens, str) else text_emb
         direction = text_emb @ self.W_proj.T
         return direction * self.ln_final.w if self.ln_final is not None else direction
 

@@ -26,6 +26,7 @@ from torch import Tensor
 
 from vit_lens_clip.model.hooked_vit import HookedViT
 from vit_lens_clip.model.pooling import patch_slice, pooled_row
+from vit_lens_clip.validation import text_embeddings
 
 
 def _patch_grid(model: HookedViT, per_patch: Float[Tensor, "batch n_patches"]) -> Tensor:
@@ -44,10 +45,11 @@ def _check_supported(model: HookedViT) -> None:
 
 
 def _targets(model: HookedViT, texts: Tensor, batch: int) -> Float[Tensor, "batch d_out"]:
-    texts = texts.float().to(model.W_proj.device)
-    if texts.ndim == 1:
+    one = texts.ndim == 1
+    texts = text_embeddings(texts, model.cfg.output_dim).float().to(model.W_proj.device)
+    if one:
         texts = texts.expand(batch, -1)
-    if texts.shape != (batch, model.cfg.output_dim):
+    if texts.shape[0] != batch:
         raise ValueError(f"texts must be [{model.cfg.output_dim}] or [{batch}, {model.cfg.output_dim}], "
                          f"got {tuple(texts.shape)}")
     return texts

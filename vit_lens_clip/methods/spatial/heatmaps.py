@@ -28,7 +28,7 @@ from vit_lens_clip.decompose.parts import DecompositionCapture, decompose
 from vit_lens_clip.errors import BadInputError
 from vit_lens_clip.model.hooked_vit import HookedViT
 from vit_lens_clip.model.pooling import patch_slice
-from vit_lens_clip.validation import head_indices, layer_indices
+from vit_lens_clip.validation import head_indices, layer_indices, text_embeddings
 
 HeadIndex = tuple[int, int]
 
@@ -78,20 +78,6 @@ def _sum_sources(
     return _to_grid(model, per_patch)
 
 
-def _as_texts(model: HookedViT, texts: Union[Tensor, str, Sequence[str]]) -> Float[Tensor, "n_texts d_out"]:
-    if isinstance(texts, str):
-        texts = [texts]
-    if not isinstance(texts, Tensor):
-        if model.text_encoder is None:
-            raise ValueError("texts given as strings need a text encoder: load the model with load_clip")
-        texts = model.text_encoder(list(texts))
-    if texts.ndim == 1:
-        texts = texts[None]
-    if texts.ndim != 2 or texts.shape[-1] != model.cfg.output_dim:
-        raise ValueError(f"texts must be [n_texts, {model.cfg.output_dim}], got {tuple(texts.shape)}")
-    return texts.float()
-
-
 def text_heatmap(
     model: HookedViT,
     images: Float[Tensor, "batch channel height width"],
@@ -107,7 +93,7 @@ def text_heatmap(
     both, every pair must lie in ``layers``. ``normalize`` divides by ‖image embedding‖ (cosine-like scores).
     Texts may be unit embeddings [K, D] or strings (encoded with the model's attached text encoder).
     """
-    texts = _as_texts(model, texts)
+    texts = text_embeddings(texts, model.cfg.output_dim, model.text_encoder).float()
     kept_layers, pairs = _resolve_selection(model, layers, heads)
     dec = decompose(model, images, layers=kept_layers, texts=texts.to(model.W_proj.device),
                     convention=convention, normalize=normalize)

@@ -47,7 +47,7 @@ from vit_lens_clip.methods.textspan.ranking import rank_heads_by_text
 from vit_lens_clip.methods.textspan.report import to_json, to_markdown, write_reports
 from vit_lens_clip.methods.zeroshot import accuracy, logits
 from vit_lens_clip.model.hooked_vit import HookedViT
-from vit_lens_clip.validation import head_index
+from vit_lens_clip.validation import head_index, text_embeddings
 
 Head = tuple[int, int]
 TextSpanSource = Union[
@@ -416,16 +416,11 @@ def completeness_figure(table: CompletenessTable, title: str | None = None):
 # ------------------------------------------------------------------------------------------ head pickers
 
 
-def _query_embeddings(loaded_or_text_embeddings: Any, queries: Sequence[str]) -> Tensor:
+def _query_embeddings(loaded_or_text_embeddings: Any, queries: Sequence[str], d_out: int) -> Tensor:
     if isinstance(loaded_or_text_embeddings, Tensor):
-        emb = loaded_or_text_embeddings
-        if emb.ndim == 1:
-            emb = emb[None]
-        return emb.float()
+        return text_embeddings(loaded_or_text_embeddings, d_out).float()
     if hasattr(loaded_or_text_embeddings, "encode_text"):
-        if isinstance(queries, str) or not queries:
-            raise ValueError("queries must be a non-empty list of strings")
-        return loaded_or_text_embeddings.encode_text(list(queries)).float().cpu()
+        return text_embeddings(queries, d_out, loaded_or_text_embeddings.encode_text).float().cpu()
     raise TypeError("pass a LoadedCLIP (with encode_text) or query embeddings [Q, D]")
 
 
@@ -458,7 +453,7 @@ def heads_for_queries(
     embedded with it) or query embeddings [Q, D]. ``centre_with`` (e.g. a text pool's embeddings)
     subtracts that pool's mean embedding from every query first, removing the direction all texts share.
     """
-    Q = _query_embeddings(loaded_or_text_embeddings, queries)
+    Q = _query_embeddings(loaded_or_text_embeddings, queries, contributions.heads.shape[-1])
     if centre_with is not None:
         Q = Q - centre_with.float().mean(0).to(Q)
     keys = contributions.head_keys()
