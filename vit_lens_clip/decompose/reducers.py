@@ -16,7 +16,6 @@ on anything else is refused.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -31,6 +30,7 @@ from vit_lens_clip import validation
 from vit_lens_clip.datasets.folder import Batch, collate_images
 from vit_lens_clip.decompose import checkpoint as ckpt_io
 from vit_lens_clip.decompose.fold import Convention
+from vit_lens_clip.decompose.manifests import merge_manifests  # noqa: F401  (the checked merge; its old home)
 from vit_lens_clip.decompose.parts import Decomposition, DecompositionCapture
 from vit_lens_clip.errors import BadInputError
 from vit_lens_clip.model.hooked_vit import HookedViT
@@ -294,21 +294,6 @@ def load_head_stack(out_dir: str | Path) -> dict[str, Tensor]:
     if not parts:
         raise ValueError(f"{out_dir} holds no shards")
     return {k: torch.cat(v) for k, v in parts.items()}
-
-
-def merge_manifests(dirs: Sequence[str | Path], out_dir: str | Path) -> Path:
-    """Combine shard folders written by several processes into one manifest (files are referenced, not copied)."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    shards, layers = [], None
-    for d in dirs:
-        m = json.loads((Path(d) / "manifest.json").read_text())
-        if layers is not None and m["layers"] != layers:
-            raise ValueError("cannot merge stacks of different layers")
-        layers = m["layers"]
-        shards += [{**s, "file": os.path.relpath(Path(d) / s["file"], out_dir)} for s in m["shards"]]
-    ckpt_io.atomic_write_json(out_dir / "manifest.json", {"layers": layers, "shards": shards, "complete": True})
-    return out_dir
 
 
 @dataclass
