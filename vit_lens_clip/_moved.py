@@ -67,3 +67,19 @@ def install() -> None:
     """Put the finder first on ``sys.meta_path`` (idempotent), so old names never load a second copy."""
     if not any(isinstance(finder, MovedModuleFinder) for finder in sys.meta_path):
         sys.meta_path.insert(0, MovedModuleFinder())
+
+
+def moved_attributes(module: str, moved: dict[str, str]):
+    """A module ``__getattr__`` for names that moved out of ``module``: ``moved`` maps each name to its new module.
+
+    The name is looked up there on use (an upward import at load time would make a circle), with a
+    DeprecationWarning; any other missing name raises AttributeError as usual.
+    """
+
+    def __getattr__(name: str):
+        if name not in moved:
+            raise AttributeError(f"module {module!r} has no attribute {name!r}")
+        warnings.warn(f"{module}.{name} moved to {moved[name]}.{name}", DeprecationWarning, stacklevel=2)
+        return getattr(importlib.import_module(moved[name]), name)
+
+    return __getattr__

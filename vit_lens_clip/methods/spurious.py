@@ -18,9 +18,7 @@ All means are taken over the evaluation set itself and every ablation is post-ho
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +29,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from vit_lens_clip._moved import moved_attributes
 from vit_lens_clip.datasets import shapes_adapters
 from vit_lens_clip.decompose import Decomposition, StackReducer, run_reducers
 from vit_lens_clip.methods.textspan.algorithm import TextSpanResult
@@ -497,9 +496,4 @@ _MOVED_NAMES: dict[str, str] = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    """Deprecated access to names that moved (looked up on use, with a DeprecationWarning)."""
-    if name not in _MOVED_NAMES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    warnings.warn(f"{__name__}.{name} moved to {_MOVED_NAMES[name]}.{name}", DeprecationWarning, stacklevel=2)
-    return getattr(importlib.import_module(_MOVED_NAMES[name]), name)
+__getattr__ = moved_attributes(__name__, _MOVED_NAMES)

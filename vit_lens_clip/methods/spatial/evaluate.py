@@ -17,11 +17,9 @@ The shapes-world adapter is ``vit_lens_clip.datasets.shapes_adapters``; the ``se
 from __future__ import annotations
 
 import csv
-import importlib
 import math
 import statistics
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -33,6 +31,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from vit_lens_clip._moved import moved_attributes
 from vit_lens_clip.datasets.segmentation import segmentation_loader
 from vit_lens_clip.methods.spatial.baselines import attention_rollout, chefer, gradcam, raw_attention
 from vit_lens_clip.methods.spatial.heatmaps import predict_classes, text_heatmap
@@ -297,9 +296,4 @@ _MOVED_NAMES: dict[str, str] = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    """Deprecated access to names that moved (an upward import would make a circle, so it is done on use)."""
-    if name not in _MOVED_NAMES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    warnings.warn(f"{__name__}.{name} moved to {_MOVED_NAMES[name]}.{name}", DeprecationWarning, stacklevel=2)
-    return getattr(importlib.import_module(_MOVED_NAMES[name]), name)
+__getattr__ = moved_attributes(__name__, _MOVED_NAMES)

@@ -41,7 +41,7 @@ from vit_lens_clip.decompose.reducers import (
     load_head_stack,
     run_reducers,
 )
-from vit_lens_clip.distributed.folder import load_head_rows
+from vit_lens_clip.distributed.folder import HeadRows, load_head_rows
 from vit_lens_clip.methods.textspan.algorithm import TextSpanResult, text_span
 from vit_lens_clip.methods.textspan.ranking import rank_heads_by_text
 from vit_lens_clip.methods.textspan.report import to_json, to_markdown, write_reports
@@ -61,24 +61,15 @@ TextSpanSource = Union[
 
 
 @dataclass
-class HeadContributions:
+class HeadContributions(HeadRows):
     """Direct contributions of the kept heads to each image embedding, plus what ablations need.
 
     heads [n, n_kept, H, D]: folded head parts (layers ``layers``); embed [n, D]: folded embedding term;
     embedding [n, D]: the image embedding (divided by its norm when ``normalized``); labels [n] or None;
     indices [n]: dataset indices; means: ``MeanReducer.result()`` over the same images (keys embed, attns,
-    mlps, heads [n_kept, H, D], raw.*), for mean-ablation.
+    mlps, heads [n_kept, H, D], raw.*), for mean-ablation. The fields are those of ``HeadRows``, what a
+    collection folder stores; this class adds the methods that read them.
     """
-
-    heads: Float[Tensor, "n n_kept n_heads d_out"]
-    layers: list[int]
-    embed: Float[Tensor, "n d_out"]
-    embedding: Float[Tensor, "n d_out"]
-    labels: Int[Tensor, " n"] | None
-    indices: Int[Tensor, " n"]
-    means: dict[str, Tensor]
-    normalized: bool
-    n_layers: int
 
     @property
     def n_images(self) -> int:
@@ -227,10 +218,7 @@ def collect_head_contributions(
 def load_contributions(folder: str | Path) -> HeadContributions:
     """A finished ``vit-lens-clip collect`` folder (parts heads, embed, means) as ``HeadContributions``, for
     TextSpan, completeness and head search, whatever number of ranks wrote it (rows in dataset order)."""
-    rows = load_head_rows(folder)
-    return HeadContributions(heads=rows.heads, layers=rows.layers, embed=rows.embed, embedding=rows.embedding,
-                             labels=rows.labels, indices=rows.indices, means=rows.means, normalized=rows.normalized,
-                             n_layers=rows.n_layers)
+    return HeadContributions(**vars(load_head_rows(folder)))
 
 
 # ------------------------------------------------------------------------------------------ TextSpan
