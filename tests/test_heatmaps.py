@@ -14,6 +14,7 @@ from conftest import random_open_clip, rel_err, tiny_clip
 from PIL import Image
 from safetensors.torch import save_file
 
+from vit_lens_clip.app.benchmarks.heatmaps import bench_heatmaps
 from vit_lens_clip.app.config import add_segment_arguments
 from vit_lens_clip.app.segment import run_segment_command
 from vit_lens_clip.datasets.geometry import PreprocessGeometry, upsample_patch_map
@@ -29,7 +30,6 @@ from vit_lens_clip.methods.spatial.baselines import (
 )
 from vit_lens_clip.methods.spatial.evaluate import (
     METHODS,
-    bench_heatmaps,
     evaluate_segmentation,
     segmentation_examples,
     write_segmentation_report,
@@ -274,6 +274,10 @@ def test_evaluate_segmentation_end_to_end(tmp_path):
 
     timings = bench_heatmaps(loaded.model, dataset[0]["image"][None], classifier.T, repeats=1, verbose=False)
     assert set(timings) == {"forward", *METHODS} and all(v["seconds"] > 0 for v in timings.values())
+    with pytest.warns(DeprecationWarning, match="moved to vit_lens_clip.app.benchmarks.heatmaps"):
+        from vit_lens_clip.methods.spatial import evaluate
+
+        assert evaluate.bench_heatmaps is bench_heatmaps  # the old name still works
 
 
 def test_segmentation_loader_and_segment_batch(tmp_path):

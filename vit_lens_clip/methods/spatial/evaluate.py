@@ -8,8 +8,8 @@ Texts: the decomposition map uses the published text, the predicted class's clas
 column. The gradient baselines (GradCAM, Chefer et al.) differentiate the score of the predicted class's
 column, as their papers explain the predicted class. Raw attention and rollout take no text.
 
-Also here: ``bench_heatmaps`` (cost of each map relative to a plain forward) and the report's table and files
-(CSV, Markdown; the HTML page is drawn by ``vit_lens_clip.viz.pages``).
+Also here: the report's table and files (CSV, Markdown; the HTML page is drawn by ``vit_lens_clip.viz.pages``).
+The cost of each map over a plain forward is timed by ``vit_lens_clip.app.benchmarks.heatmaps.bench_heatmaps``.
 The shapes-world adapter is ``vit_lens_clip.datasets.shapes_adapters``; the ``segment`` command is
 ``vit_lens_clip.app.segment``.
 """
@@ -18,11 +18,9 @@ from __future__ import annotations
 
 import csv
 import math
-import statistics
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -33,8 +31,7 @@ from tqdm.auto import tqdm
 
 from vit_lens_clip._moved import moved_attributes
 from vit_lens_clip.datasets.segmentation import segmentation_loader
-from vit_lens_clip.methods.spatial.baselines import attention_rollout, chefer, gradcam, raw_attention
-from vit_lens_clip.methods.spatial.heatmaps import predict_classes, text_heatmap
+from vit_lens_clip.methods.spatial.heatmaps import predict_classes
 from vit_lens_clip.methods.spatial.metrics import SegmentationMetrics, segment_batch
 from vit_lens_clip.methods.spatial.registry import MAP_METHODS
 from vit_lens_clip.model.hooked_vit import HookedViT
@@ -233,65 +230,14 @@ def write_segmentation_report(
 
 
 # --------------------------------------------------------------------------------------------------- bench
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def bench_heatmaps(
-    model: HookedViT,
-    images: Float[Tensor, "batch channel height width"],
-    texts: Float[Tensor, "n_texts d_out"],
-    repeats: int = 3,
-    verbose: bool = True,
-) -> dict[str, dict[str, float]]:
-    """Time each map (median of ``repeats`` interleaved runs) relative to a plain forward on the same batch.
-
-    The decomposition map is timed for one class text (``texts[0]``); GradCAM and Chefer differentiate that
-    same text. Returns {name: {"seconds", "ratio"}} and prints a table when ``verbose``.
-    """
-    device = model.W_patch.device
-    images = images.to(device)
-    text = texts.float().to(device).reshape(-1, model.cfg.output_dim)[:1]
-
-    def forward():
-        with torch.no_grad():
-            model(images)
-
-    runs: dict[str, Callable[[], Any]] = {
-        "forward": forward,
-        "decomposition": lambda: text_heatmap(model, images, text),
-        "raw_attention": lambda: raw_attention(model, images),
-        "rollout": lambda: attention_rollout(model, images),
-        "gradcam": lambda: gradcam(model, images, text[0]),
-        "chefer": lambda: chefer(model, images, text[0]),
-    }
-    for fn in runs.values():  # warm-up
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in runs}
-    for _ in range(repeats):
-        for name, fn in runs.items():
-            _sync(device)
-            start = time.perf_counter()
-            fn()
-            _sync(device)
-            times[name].append(time.perf_counter() - start)
-    base = statistics.median(times["forward"])
-    result = {k: {"seconds": statistics.median(v), "ratio": statistics.median(v) / base} for k, v in times.items()}
-    if verbose:
-        print(f"batch {images.shape[0]} on {device}, median of {repeats}")
-        print(f"{'method':<15}{'seconds':>10}{'x forward':>11}")
-        for k, r in result.items():
-            print(f"{k:<15}{r['seconds']:>10.4f}{r['ratio']:>11.2f}")
-    return result
-
-
 # names that moved out of this module: the shapes-world adapters to vit_lens_clip.datasets.shapes_adapters, the
-# ``segment`` command to vit_lens_clip.app.segment (and its options to vit_lens_clip.app.config)
+# ``segment`` command to vit_lens_clip.app.segment (and its options to vit_lens_clip.app.config), the timing of
+# the maps to vit_lens_clip.app.benchmarks.heatmaps
 _MOVED_NAMES: dict[str, str] = {
     "ShapesSegmentation": "vit_lens_clip.datasets.shapes_adapters",
     "shapes_classes": "vit_lens_clip.datasets.shapes_adapters",
     "run_segment_command": "vit_lens_clip.app.segment",
+    "bench_heatmaps": "vit_lens_clip.app.benchmarks.heatmaps",
     "add_segment_arguments": "vit_lens_clip.app.config",
 }
 
