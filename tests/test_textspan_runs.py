@@ -3,6 +3,7 @@ and the spurious-cue experiment end to end."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import open_clip
@@ -16,6 +17,7 @@ from vit_lens_clip.datasets import shapes_world
 from vit_lens_clip.datasets.folder import TensorImages
 from vit_lens_clip.datasets.shapes_adapters import SHAPES_PLACE_QUERIES, shapes_eval_set, shapes_group_names
 from vit_lens_clip.decompose.parts import decompose
+from vit_lens_clip.errors import BadInputError
 from vit_lens_clip.methods.ablation import ablate_posthoc
 from vit_lens_clip.methods.spurious import (
     LabelGroupItems,
@@ -344,6 +346,19 @@ def test_spurious_end_to_end_on_tiny_model(tmp_path):
                                batch_size=8)):
         assert again.to_dict() == table.to_dict()
         assert torch.equal(again.classifier, table.classifier)
+    # precomputed contributions (what load_contributions(folder) gives) with the groups: the same table
+    items = LabelGroupItems(dataset, 2)
+    stored = collect_head_contributions(loaded, items, LAST, 8, config.normalize, progress=False)
+    class_labels, row_groups = items.unpack(stored.labels)
+    stored = dataclasses.replace(stored, labels=class_labels)
+    from_rows = run_spurious(loaded, config=config, contributions=stored, groups=row_groups)
+    assert from_rows.to_dict() == table.to_dict()
+    with pytest.raises(BadInputError, match="pass contributions and groups together"):
+        run_spurious(loaded, config=config, contributions=stored)
+    with pytest.raises(BadInputError, match="not both"):
+        run_spurious(loaded, dataset, config, contributions=stored, groups=row_groups)
+    with pytest.raises(BadInputError, match="groups must be 16 integers"):
+        run_spurious(loaded, config=config, contributions=stored, groups=row_groups[:3])
     settings = [row.setting for row in table.rows]
     assert settings[:2] == ["baseline", "extra ablations only"]
     assert any(s.startswith("random heads (1,") for s in settings)  # 15% of 8 kept heads -> 1 role head

@@ -32,6 +32,7 @@ from torch.utils.data import Dataset
 from vit_lens_clip._moved import moved_attributes
 from vit_lens_clip.datasets import shapes_adapters
 from vit_lens_clip.decompose import Decomposition, StackReducer, run_reducers
+from vit_lens_clip.errors import BadInputError
 from vit_lens_clip.methods.textspan.algorithm import TextSpanResult
 from vit_lens_clip.methods.textspan.pools import embed_texts_cached, load_pool
 from vit_lens_clip.methods.textspan.runs import (
@@ -334,6 +335,8 @@ def run_spurious(
     *,
     pool_embeddings: Float[Tensor, "n_texts d_out"] | None = None,
     textspan_rows: Mapping[Head, TextSpanResult] | None = None,
+    contributions: HeadContributions | None = None,
+    groups: Int[Tensor, " n"] | None = None,
     **settings: Any,
 ) -> SpuriousTable:
     """The whole experiment on any model and a balanced evaluation set with group labels.
@@ -345,6 +348,11 @@ def run_spurious(
     TextSpan runs on the kept heads over this set with the text pool unless ``textspan_rows`` are given (e.g.
     computed on a general image set); ``pool_embeddings`` are the pool's text embeddings (computed and cached
     when None).
+
+    Every ablation is post-hoc (mean-ablation on the stored head contributions), so the images are needed only
+    to compute those: pass ``contributions`` (e.g. ``load_contributions(folder)`` of a ``collect`` folder, whose
+    ``labels`` are the class labels) together with ``groups`` (the group of each row, in the folder's row order)
+    in place of ``dataset``; the model is then used for texts only.
     """
     unknown = sorted(set(settings) - SPURIOUS_SETTINGS)
     if unknown:
@@ -357,18 +365,25 @@ def run_spurious(
         classnames = default_names if classnames is None else classnames
         templates = default_templates if templates is None else templates
     queries, group_names = config.queries, config.group_names
-    if dataset is None:
+    if (contributions is None) != (groups is None):
+        raise BadInputError("pass contributions and groups together (the group of each contribution row)")
+    if contributions is not None and dataset is not None:
+        raise BadInputError("pass either a dataset or precomputed contributions (with groups), not both")
+    if dataset is None and contributions is None:
         dataset = shapes_adapters.shapes_eval_set(loaded.preprocess, config.n_images, config.seed)
         queries = shapes_adapters.SHAPES_PLACE_QUERIES if queries is None else queries
         group_names = shapes_adapters.shapes_group_names() if group_names is None else group_names
     elif queries is None:
         queries = PLACE_QUERIES
     classifier = build_classifier(loaded, list(classnames), list(templates))
-    items = LabelGroupItems(dataset, len(classnames))
-    contributions = collect_head_contributions(loaded, items, config.last_n_layers, config.batch_size,
-                                               config.normalize, config.out_dir, config.progress)
-    labels, groups = items.unpack(contributions.labels)
-    contributions.labels = labels
+    if contributions is None:
+        items = LabelGroupItems(dataset, len(classnames))
+        contributions = collect_head_contributions(loaded, items, config.last_n_layers, config.batch_size,
+                                                   config.normalize, config.out_dir, config.progress)
+        labels, groups = items.unpack(contributions.labels)
+        contributions = dataclasses.replace(contributions, labels=labels)
+    else:
+        labels, groups = _stored_labels_and_groups(contributions, groups, len(classnames))
 
     texts = load_pool(config.pool) if isinstance(config.pool, (str, Path)) else list(config.pool)
     if pool_embeddings is None:
@@ -394,6 +409,20 @@ def run_spurious(
     if table is not None:
         result.role_head_texts = {key: table.texts(key) for key in sorted(set(role) | set(hand_picked))}
     return result
+
+
+def _stored_labels_and_groups(contributions: HeadContributions, groups: Tensor, n_classes: int) -> tuple[Tensor, Tensor]:
+    """Class labels and groups of precomputed contributions, checked (one-line errors)."""
+    labels = contributions.labels
+    if labels is None:
+        raise BadInputError("the contributions hold no class labels (collect a labelled dataset)")
+    groups = torch.as_tensor(groups)
+    if groups.shape != labels.shape or groups.is_floating_point():
+        raise BadInputError(f"groups must be {contributions.n_images} integers, one per contribution row; "
+                            f"got {tuple(groups.shape)} {groups.dtype}")
+    if bool((labels < 0).any() | (labels >= n_classes).any()) or bool((groups < 0).any()):
+        raise BadInputError(f"labels must lie in 0..{n_classes - 1} (the classnames) and groups be non-negative")
+    return labels.long(), groups.long()
 
 
 # ------------------------------------------------------------------------------------------- attribution
