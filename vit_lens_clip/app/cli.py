@@ -1,4 +1,4 @@
-"""The ``vit-lens-clip`` command: report (the main job), hooks, bench, segment, train-embedded."""
+"""The ``vit-lens-clip`` command: report (the main job), hooks, bench, segment, neurons, collect, textspan, train-embedded."""
 
 from __future__ import annotations
 
