@@ -1,1 +1,1 @@
-"""Application layer: the CLI, the report and its sections, the bench."""
+"""Application layer: the CLI and its commands (collect, textspan, segment, neurons), the report and its sections, the bench."""

@@ -1,4 +1,5 @@
-"""The exact decomposition of the image embedding (math in fold.py), and reducers over datasets."""
+"""The exact decomposition of the image embedding (math in fold.py), reducers over datasets, their checkpoints and shard
+manifests."""
 
 from vit_lens_clip.decompose.fold import LNFold
 from vit_lens_clip.decompose.manifests import merge_manifests
