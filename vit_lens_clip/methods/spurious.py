@@ -1,4 +1,4 @@
-"""Reducing a spurious cue by mean-ablating heads (method.md §6, the paper's Waterbirds experiment).
+"""Reducing a spurious cue by mean-ablating heads (docs/spurious.md, the paper's Waterbirds experiment).
 
 Two-class zero-shot (e.g. "a photo of a landbird" / "a photo of a waterbird") on an evaluation set whose
 images carry a group (class × background). For every setting the worst-group accuracy (lowest accuracy over

@@ -1,6 +1,6 @@
 """Zero-shot segmentation benchmark: the decomposition heatmap against attention and gradient baselines.
 
-Every method gives a patch map per image; all of them then go through the same steps (method.md §5):
+Every method gives a patch map per image; all of them then go through the same steps (docs/segmentation.md):
 bilinear upsampling to pixels, ``zero_shot_segment`` (clip below 0, min-max normalise, foreground above the
 mean) and ``SegmentationMetrics`` (pixel accuracy, mIoU, mAP).
 

@@ -1,4 +1,4 @@
-"""Text heatmaps from the spatial decomposition (method.md §5).
+"""Text heatmaps from the spatial decomposition (docs/segmentation.md).
 
 Each (layer l, head h, source patch m) piece ĉ_{l,h,m} of the image embedding (folded through the final
 LayerNorm and the projection, ``decompose.parts``) is scored against a unit text embedding t. The map of t is

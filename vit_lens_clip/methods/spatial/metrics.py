@@ -1,6 +1,6 @@
 """Zero-shot segmentation from a heatmap, and the three segmentation metrics (pixel accuracy, mIoU, mAP).
 
-Published protocol (method.md §5): clip the upsampled heatmap below 0, min-max normalise it per image, call
+Published protocol (docs/segmentation.md): clip the upsampled heatmap below 0, min-max normalise it per image, call
 foreground every pixel strictly above the normalised map's mean. Scores are then
 
 - pixel accuracy = Σ_images correct pixels / Σ_images pixels (summed over the dataset);

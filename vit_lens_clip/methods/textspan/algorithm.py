@@ -1,6 +1,6 @@
 """TextSpan, batched over heads and worked in each head's rank-r coordinates.
 
-The algorithm is the one of ``reference.py`` (method.md §4). What makes this version fast:
+The algorithm is the one of ``reference.py`` (docs/textspan.md). What makes this version fast:
 
 * After step 1 every text lies in span(V_r), so t = V_r^T t_r with t_r = V_r t (r numbers), and for any data
   C: C t = (C V_r^T) t_r. Deflating by such a t never touches the part of C outside span(V_r). So the picks

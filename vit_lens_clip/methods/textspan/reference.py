@@ -1,7 +1,7 @@
 """TextSpan for ONE head in plain NumPy, written line by line from the published algorithm.
 
 This is the slow, obvious version that tests and the benchmark compare the batched code against. Steps
-(method.md §4):
+(docs/textspan.md):
 
 1. SVD of the raw (uncentred) contributions C [n, D]; keep the top-r right singular vectors V_r, with
    r = min(n, D, rank, numerical rank of C). Project the texts: T <- T V_r^T V_r (no renormalising).

@@ -1,7 +1,7 @@
 """TextSpan on a real model and dataset: collect head contributions, run TextSpan, measure completeness,
 and find heads by text queries.
 
-Per image i the folded image embedding splits exactly (method.md §1-2) into
+Per image i the folded image embedding splits exactly (docs/decomposition.md) into
 
     y_i = e_i + Σ_{(l,h) kept} ĉ_{l,h,i} + rest_i,     rest_i = Σ_l mlp_l,i + Σ_{l not kept} attn_l,i
 
