@@ -24,6 +24,7 @@ from vit_lens_clip.decompose.reducers import (
     merge_manifests,
     run_reducers,
 )
+from vit_lens_clip.errors import BadInputError
 from vit_lens_clip.methods.ablation import ablate_posthoc, cumulative_layer_curve, mean_ablation_hooks
 from vit_lens_clip.methods.zeroshot import accuracy, logits
 
@@ -53,6 +54,23 @@ def test_mean_reducer_matches_full_batch_and_merges(tiny):
     a.merge(b)
     assert a.count == 20
     assert rel_err(a.result()["attns"], full.attns.mean(0)) <= TOL
+
+
+def test_means_record_their_scale_and_ablation_refuses_the_other(tiny):
+    hooked, images = tiny
+    plain = MeanReducer()
+    run_reducers(hooked, TensorImages(images), [plain], batch_size=10, normalize=False, progress=False)
+    assert plain.result()["normalized"].item() is False
+    unit = MeanReducer()
+    unit.merge_from([plain.state_dict()])  # the flag travels through states (checkpoints, ranks)
+    assert unit.normalized is False
+    parts_unit = decompose(hooked, images, normalize=True)
+    with pytest.raises(BadInputError, match="normalize=False but these parts have normalize=True"):
+        ablate_posthoc(parts_unit, plain.result(), heads=[(0, 0)])
+    with pytest.raises(BadInputError, match="both with and without normalize=True"):
+        run_reducers(hooked, TensorImages(images[:4]), [plain], batch_size=4, normalize=True, progress=False)
+    same = ablate_posthoc(decompose(hooked, images, normalize=False), plain.result(), heads=[(0, 0)])
+    assert same.shape == (20, hooked.cfg.output_dim)
 
 
 def test_activation_mean_reducer_is_a_reducer(tiny):

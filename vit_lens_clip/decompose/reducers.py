@@ -111,14 +111,52 @@ class _SummedMean(Reducer):
 class MeanReducer(_SummedMean):
     """Running mean of every part over the dataset: sums and a count, so partial means merge exactly.
 
-    Keys: embed, attns, mlps, heads (folded parts), and raw.* (the same pieces in the residual stream).
+    Keys: embed, attns, mlps, heads (folded parts), and raw.* (the same pieces in the residual stream), plus
+    ``normalized`` (a bool tensor): whether the parts were divided by ‖y‖, so that ``ablate_posthoc`` can refuse
+    to swap these means into parts of the other scale.
     """
 
     def __init__(self, per_source: bool = False):
         super().__init__()
         self.needs_per_source = per_source
+        self.normalized: Optional[bool] = None
+
+    def _note_normalized(self, flag: Optional[bool]) -> None:
+        if flag is None:
+            return
+        if self.normalized is not None and self.normalized != flag:
+            raise BadInputError("MeanReducer got parts decomposed both with and without normalize=True: their means "
+                                "would mix two scales")
+        self.normalized = bool(flag)
+
+    def result(self) -> dict[str, Tensor]:
+        out = super().result()
+        if self.normalized is not None:
+            out["normalized"] = torch.tensor(self.normalized)
+        return out
+
+    def state_dict(self) -> dict[str, Tensor]:
+        state = super().state_dict()
+        if self.normalized is not None:
+            state["normalized"] = torch.tensor(self.normalized)
+        return state
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        super().load_state_dict(state)
+        self.normalized = bool(state["normalized"]) if "normalized" in state else None
+
+    def merge(self, other: "_SummedMean") -> None:
+        self._note_normalized(getattr(other, "normalized", None))
+        super().merge(other)
+
+    def merge_from(self, states: Sequence[dict[str, Tensor]]) -> None:
+        for state in states:
+            other = MeanReducer()
+            other.load_state_dict(state)
+            self.merge(other)
 
     def update(self, parts: Decomposition, batch: Batch) -> None:
+        self._note_normalized(parts.normalized)
         names = PART_NAMES + (("head_sources",) if self.needs_per_source else ())
         for name in names:
             self._add(name, getattr(parts, name))

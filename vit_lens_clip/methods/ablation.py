@@ -46,6 +46,10 @@ def ablate_posthoc(
     """
     if space not in ("folded", "residual"):
         raise ValueError("space must be 'folded' or 'residual'")
+    flag = means.get("normalized")  # recorded by MeanReducer; absent in means built by hand
+    if space == "folded" and flag is not None and bool(flag) != bool(parts.normalized):
+        raise BadInputError(f"the means were taken over parts with normalize={bool(flag)} but these parts have "
+                            f"normalize={bool(parts.normalized)}: decompose both the same way")
     prefix = "" if space == "folded" else "raw."
     src = parts.__dict__ if space == "folded" else parts.raw
     n_layers = src["attns"].shape[1]
