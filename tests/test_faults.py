@@ -17,7 +17,7 @@ from vit_lens_clip.decompose.parts import decompose
 from vit_lens_clip.errors import BadInputError
 from vit_lens_clip.methods.ablation import ablate_posthoc
 from vit_lens_clip.methods.retrieval import nearest_images
-from vit_lens_clip.methods.spatial.heatmaps import class_heatmap, joint_map
+from vit_lens_clip.methods.spatial.heatmaps import class_directions, class_heatmap, joint_map, predict_classes
 from vit_lens_clip.methods.spatial.metrics import zero_shot_segment
 from vit_lens_clip.methods.textspan.algorithm import text_span
 from vit_lens_clip.methods.zeroshot import accuracy, build_classifier, logits
@@ -246,6 +246,21 @@ def test_class_heatmap_with_a_negative_label_raises(tiny):
     classifier = unit(torch.randn(3, 48)).T
     with pytest.raises(BadInputError, match=re.escape("labels must lie in 0..2 (the classifier's classes), got -1..1")):
         class_heatmap(model, images, classifier, labels=torch.tensor([0, 1, -1]))
+
+
+def test_class_directions_with_a_negative_label_raises():
+    """label -1 silently gave the last class's direction."""
+    classifier = unit(torch.randn(3, 48)).T
+    with pytest.raises(BadInputError, match=re.escape("labels must lie in 0..2 (the classifier's classes), got -1..0")):
+        class_directions(classifier, torch.tensor([0, -1]))
+    assert torch.equal(class_directions(classifier, torch.tensor([2])), (classifier[:, 2] - classifier.mean(1))[None])
+
+
+def test_predict_classes_with_a_transposed_classifier_raises(tiny, as_a_user):
+    """[n_classes, d_out] failed in a matmul with a message about mat1 and mat2."""
+    _, model, images = tiny
+    with pytest.raises(BadInputError, match=re.escape("the classifier must be [48, n_classes]")):
+        predict_classes(model, images, unit(torch.randn(5, 48)))
 
 
 def test_class_heatmap_with_one_class_raises(tiny):

@@ -120,6 +120,7 @@ def class_directions(
 ) -> Float[Tensor, "batch d_out"]:
     """The published segmentation text per image: classifier[:, label] − mean_c classifier[:, c]."""
     classifier = classifier.float()
+    labels = _class_labels(labels, len(labels), classifier.shape[1])  # a label of -1 would pick the last class
     return classifier[:, labels].T - classifier.mean(1)
 
 
@@ -127,6 +128,9 @@ def predict_classes(
     model: HookedViT, images: Float[Tensor, "batch channel height width"], classifier: Float[Tensor, "d_out n_classes"]
 ) -> Int[Tensor, " batch"]:
     """argmax_c of image embedding · classifier[:, c] (the zero-shot prediction)."""
+    if classifier.ndim != 2 or classifier.shape[0] != model.cfg.output_dim:
+        raise BadInputError(f"the classifier must be [{model.cfg.output_dim}, n_classes] (one column per class), "
+                            f"got {tuple(classifier.shape)}")
     with torch.no_grad():
         embedding = model(images).float()
     return (embedding @ classifier.to(embedding)).argmax(-1)
