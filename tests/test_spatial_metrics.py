@@ -35,6 +35,9 @@ def test_average_precision_by_hand():
     expected = (1 / 3) * 1 + (1 / 3) * (2 / 3) + 0 * (2 / 4) + (1 / 3) * (3 / 5)
     assert average_precision(scores, labels) == pytest.approx(expected)  # = 34/45
     assert average_precision(torch.tensor(scores), torch.tensor(labels)) == pytest.approx(34 / 45)
+    # NaN pixels are left out (they used to rank as the lowest scores): a NaN positive changes nothing
+    with_nan = average_precision(np.r_[scores, np.nan, np.nan], np.r_[labels, True, False])
+    assert with_nan == pytest.approx(34 / 45)
 
 
 def test_average_precision_ties_enter_together():

@@ -136,13 +136,16 @@ def average_precision(scores: ArrayLike, labels: ArrayLike) -> float:
     """Step-wise area under the precision-recall curve, ``Σ_k (R_k - R_{k-1}) P_k``.
 
     k runs over the distinct score values in decreasing order; at threshold k every pixel scoring >= that value
-    is predicted positive, so tied pixels enter together. R_0 = 0. Returns NaN when there are no positives.
-    Same definition as scikit-learn's ``average_precision_score``.
+    is predicted positive, so tied pixels enter together. R_0 = 0. Pixels whose score is NaN are left out (as
+    ``zero_shot_segment`` leaves them out). Returns NaN when there are no positives. Same definition as
+    scikit-learn's ``average_precision_score``.
     """
     scores = np.asarray(scores.detach().cpu() if isinstance(scores, Tensor) else scores, dtype=np.float64).ravel()
     labels = np.asarray(labels.detach().cpu() if isinstance(labels, Tensor) else labels).ravel().astype(bool)
     if scores.shape != labels.shape:
         raise ValueError(f"scores and labels differ in size: {scores.shape} vs {labels.shape}")
+    scored = ~np.isnan(scores)  # NaN pixels are ignored, as in zero_shot_segment (NaN would sort as the lowest score)
+    scores, labels = scores[scored], labels[scored]
     n_pos = int(labels.sum())
     if n_pos == 0:
         return float("nan")
