@@ -112,8 +112,9 @@ class MeanReducer(_SummedMean):
     """Running mean of every part over the dataset: sums and a count, so partial means merge exactly.
 
     Keys: embed, attns, mlps, heads (folded parts), and raw.* (the same pieces in the residual stream), plus
-    ``normalized`` (a bool tensor): whether the parts were divided by ‖y‖, so that ``ablate_posthoc`` can refuse
-    to swap these means into parts of the other scale.
+    ``normalized``: 1.0 when the parts were divided by ‖y‖, else 0.0 (the mean of that per-image indicator, a
+    float like every other entry), so that ``ablate_posthoc`` can refuse to swap these means into parts of the
+    other scale.
     """
 
     def __init__(self, per_source: bool = False):
@@ -132,13 +133,13 @@ class MeanReducer(_SummedMean):
     def result(self) -> dict[str, Tensor]:
         out = super().result()
         if self.normalized is not None:
-            out["normalized"] = torch.tensor(self.normalized)
+            out["normalized"] = torch.tensor(float(self.normalized))
         return out
 
     def state_dict(self) -> dict[str, Tensor]:
         state = super().state_dict()
         if self.normalized is not None:
-            state["normalized"] = torch.tensor(self.normalized)
+            state["normalized"] = torch.tensor(float(self.normalized))
         return state
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
