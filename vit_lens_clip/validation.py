@@ -131,17 +131,18 @@ def check_embeddings(x, width: int, what: str = "texts", unit: bool = False) -> 
     return x
 
 
-def check_output_folder(path) -> None:
-    """An output folder must be a folder (created if missing) that this process can write to."""
+def check_output_folder(path, label: str = "output folder") -> None:
+    """An output folder must be a folder (created if missing) that this process can write to; ``label`` names it
+    in the messages (e.g. ``--out``)."""
     path = Path(path)
     if path.exists() and not path.is_dir():
-        raise OutputFolderError(f"output folder {path} is a file")
+        raise OutputFolderError(f"{label} {path} is a file, not a folder")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise OutputFolderError(f"cannot create output folder {path}: {e.strerror or e}") from None
+        raise OutputFolderError(f"cannot create {label} {path}: {e.strerror or e}") from None
     if not os.access(path, os.W_OK | os.X_OK):
-        raise OutputFolderError(f"output folder {path} is not writable")
+        raise OutputFolderError(f"{label} {path} is not writable")
 
 
 def text_list(texts: Union[str, Sequence[str]]) -> list[str]:

@@ -21,6 +21,7 @@ from typing import Any, Iterable
 
 from vit_lens_clip.errors import BadInputError, OutputFolderError
 from vit_lens_clip.methods.textspan.pools import load_pool
+from vit_lens_clip.validation import check_output_folder
 
 RECORD = ".vit_lens_clip_report.json"
 IGNORED_SETTINGS = ("out", "overwrite", "quiet", "func", "debug", "device")
@@ -39,14 +40,7 @@ def _normalise(settings: dict[str, Any]) -> dict[str, Any]:
 def prepare_report_folder(out: str | Path, settings: dict[str, Any], overwrite: bool = False) -> tuple[Path, list[str]]:
     """Make ``out`` ready for a new report; returns (folder, names of the files that were there before, kept)."""
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise OutputFolderError(f"--out {out} is a file, not a folder")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise OutputFolderError(f"cannot create --out {out}: {e.strerror or e}") from None
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise OutputFolderError(f"--out {out} is not writable")
+    check_output_folder(out, "--out")
     record_path = out / RECORD
     record: dict[str, Any] | None = None
     if record_path.is_file():
