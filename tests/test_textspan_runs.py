@@ -357,6 +357,8 @@ def test_spurious_end_to_end_on_tiny_model(tmp_path):
         run_spurious(loaded, config=config, contributions=stored)
     with pytest.raises(BadInputError, match="not both"):
         run_spurious(loaded, dataset, config, contributions=stored, groups=row_groups)
+    with pytest.raises(BadInputError, match=f"collected with normalize={config.normalize}"):
+        run_spurious(loaded, config=config, normalize=not config.normalize, contributions=stored, groups=row_groups)
     with pytest.raises(BadInputError, match="groups must be 16 integers"):
         run_spurious(loaded, config=config, contributions=stored, groups=row_groups[:3])
     settings = [row.setting for row in table.rows]

@@ -383,6 +383,9 @@ def run_spurious(
         labels, groups = items.unpack(contributions.labels)
         contributions = dataclasses.replace(contributions, labels=labels)
     else:
+        if contributions.normalized != config.normalize:  # the ablated means would be of the other scale
+            raise BadInputError(f"the contributions were collected with normalize={contributions.normalized}; pass "
+                                 f"normalize={contributions.normalized} (the setting applies to the images' parts)")
         labels, groups = _stored_labels_and_groups(contributions, groups, len(classnames))
 
     texts = load_pool(config.pool) if isinstance(config.pool, (str, Path)) else list(config.pool)
