@@ -119,7 +119,8 @@ def profile_collection(loaded: LoadedCLIP, dataset: Dataset, plan: CollectionPla
                        texts: torch.Tensor | None = None, repeats: int = 2) -> str:
     """Images/s of the collection (hooks, fold, shards on disk) and of plain ``encode_image``, same DataLoader.
 
-    Each is timed ``repeats`` times after one warm-up batch, alternating; the best time of each is used.
+    Each is timed ``repeats`` times after one warm-up pass, interleaved (plain, collection, plain, ...); the best
+    time of each is used.
     """
     model, device = loaded.model, loaded.model.W_proj.device
     n = len(dataset)
@@ -144,7 +145,8 @@ def profile_collection(loaded: LoadedCLIP, dataset: Dataset, plan: CollectionPla
             return time.perf_counter() - start
 
     plain(), collection()  # warm-up (allocator, worker start, page cache)
-    t_plain, t_coll = min(plain() for _ in range(repeats)), min(collection() for _ in range(repeats))
+    runs = [(plain(), collection()) for _ in range(repeats)]  # interleaved, so drifting load hits both alike
+    t_plain, t_coll = min(p for p, _ in runs), min(c for _, c in runs)
     if device.type == "cuda":
         torch.cuda.synchronize()
     return (f"collect --profile ({model.cfg.model_name}, {n} images, batch {plan.batch_size}, "
