@@ -20,7 +20,7 @@ import pytest
 import torch
 from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
 from PIL import Image
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from vit_lens_clip.app import collect as collect_app
 from vit_lens_clip.app.cli import main
@@ -325,3 +325,17 @@ def test_autocast_bf16_and_fp16_storage(loaded, dataset, tmp_path):
         a, b = got[None][k].float(), got["bf16"][k].float()
         err = ((a - b).abs().max() / a.abs().max()).item()
         assert 0 < err < 2e-2, (k, err)  # bf16 changed the numbers, within bf16's precision
+
+
+def test_read_parts_refuses_unfinished_folders_and_keys_missing_from_some_shards(tmp_path):
+    """Rows of a key stored in only some shards would no longer line up with the others' rows."""
+    save_file({"heads": torch.zeros(2, 3), "labels": torch.tensor([0, 1])}, str(tmp_path / "a.safetensors"))
+    save_file({"heads": torch.ones(2, 3)}, str(tmp_path / "b.safetensors"))
+    manifest = {"layers": [0], "shards": [{"file": "a.safetensors"}, {"file": "b.safetensors"}], "complete": True}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    assert torch.equal(read_parts(tmp_path, ["heads"])["heads"], torch.cat([torch.zeros(2, 3), torch.ones(2, 3)]))
+    with pytest.raises(ValueError, match="labels is stored in only 1 of the 2 shards"):
+        read_parts(tmp_path, ["heads", "labels"])
+    (tmp_path / "manifest.json").write_text(json.dumps({**manifest, "complete": False}))
+    with pytest.raises(ValueError, match="unfinished"):
+        read_parts(tmp_path, ["heads"])

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from vit_lens_clip.datasets.folder import Batch
 from vit_lens_clip.decompose.checkpoint import atomic_write_json
+from vit_lens_clip.decompose.manifests import read_folder_manifest
 from vit_lens_clip.decompose.parts import Decomposition
 from vit_lens_clip.decompose.reducers import HeadStackReducer
 
@@ -84,13 +85,17 @@ def read_manifest(folder: str | Path) -> dict:
 def read_parts(folder: str | Path, keys: Sequence[str]) -> dict[str, Tensor]:
     """Only the named tensors of every shard listed by ``folder/manifest.json``, concatenated in its order."""
     folder = Path(folder)
-    manifest = read_manifest(folder)
+    manifest = read_folder_manifest(folder)  # finished, every shard present
     out: dict[str, list[Tensor]] = {k: [] for k in keys}
     for shard in manifest["shards"]:
         with safe_open(str(folder / shard["file"]), framework="pt") as f:
             for k in keys:
                 if k in f.keys():  # noqa: SIM118 (safe_open has no __contains__)
                     out[k].append(f.get_tensor(k))
+    partial = [k for k, v in out.items() if v and len(v) != len(manifest["shards"])]
+    if partial:  # rows of such a key would no longer line up with the other keys' rows
+        raise ValueError(f"{partial[0]} is stored in only {len(out[partial[0]])} of the {len(manifest['shards'])} "
+                         f"shards of {folder}: the folder mixes runs")
     return {k: torch.cat(v) for k, v in out.items() if v}
 
 
@@ -102,7 +107,7 @@ def read_head_columns(
     Each shard is sliced on disk (safetensors ``get_slice``), so a rank reads only the layers it needs.
     """
     folder = Path(folder)
-    manifest = read_manifest(folder)
+    manifest = read_folder_manifest(folder)  # finished, every shard present
     if not heads:
         raise ValueError("no heads asked for")
     lo, hi = min(i for i, _ in heads), max(i for i, _ in heads) + 1
@@ -117,7 +122,7 @@ def read_head_columns(
 def heads_shape(folder: str | Path) -> list[int]:
     """Shape of ``heads`` in the first shard ([n_shard, n_kept, H, D]), read from its header."""
     folder = Path(folder)
-    manifest = read_manifest(folder)
+    manifest = read_folder_manifest(folder)  # finished, every shard present
     if not manifest["shards"]:
         raise ValueError(f"{folder} holds no shards")
     with safe_open(str(folder / manifest["shards"][0]["file"]), framework="pt") as f:
