@@ -10,6 +10,7 @@ import math
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from vit_lens_clip.app.cli import main
 
@@ -108,3 +109,22 @@ def test_report_from_bad_folders_is_one_line(tmp_path, capsys):
     (tmp_path / "imgs").mkdir()
     assert main(["report", "--out", str(tmp_path / "r"), "--from", str(tmp_path), "--images", str(tmp_path / "imgs")]) == 2
     assert "drop --images" in capsys.readouterr().err
+
+
+def test_labelled_folder_that_changed_since_collection_is_refused(tmp_path, pool_file, capsys):
+    """The class names of a labelled:PATH collection come from PATH's sub-folders; if PATH changed, they may no
+    longer match the stored labels, so the report refuses instead of naming classes wrongly."""
+    root = tmp_path / "images"
+    for c, colour in (("red_things", (255, 0, 0)), ("blue_things", (0, 0, 255))):
+        (root / c).mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (40, 40), colour).save(root / c / f"{i}.png")
+    folder = tmp_path / "c"
+    assert main(["collect", "--data", f"labelled:{root}", "--out", str(folder), "--parts", "heads,embed,means",
+                 "--batch-size", "4", "--quiet"]) == 0
+    numbers = _report(tmp_path / "r", pool_file, "--from", str(folder), "--skip", "completeness")
+    assert set(numbers["zero_shot"]) == {"classes"} and 0.0 <= numbers["zero_shot"]["classes"] <= 1.0
+    Image.new("RGB", (40, 40), (0, 255, 0)).save(root / "red_things" / "2.png")
+    assert main(["report", "--out", str(tmp_path / "r2"), "--from", str(folder), "--texts", str(pool_file)]) == 2
+    err = capsys.readouterr().err
+    assert "changed since it was collected" in err and err.count("\n") == 1

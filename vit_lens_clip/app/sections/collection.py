@@ -18,8 +18,8 @@ from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
 
 from vit_lens_clip.app.sections.base import ReportContext, Task
 from vit_lens_clip.app.sections.tasks import class_names_file, class_task, shapes_tasks
-from vit_lens_clip.datasets.folder import ImageFolder
 from vit_lens_clip.datasets.shapes_adapters import ShapesScenes
+from vit_lens_clip.datasets.sources import open_dataset
 from vit_lens_clip.distributed.collection import read_collection_info
 from vit_lens_clip.distributed.folder import (
     ABLATION_PARTS,
@@ -28,6 +28,7 @@ from vit_lens_clip.distributed.folder import (
     missing_parts,
     parts_hint,
 )
+from vit_lens_clip.errors import BadInputError
 from vit_lens_clip.methods.textspan.runs import load_contributions
 
 SHAPES_FINGERPRINT = re.compile(r"shapes:n=(\d+),seed=(-?\d+)")
@@ -43,7 +44,11 @@ def _class_names(ctx: ReportContext, dataset: str) -> list[str] | None:
     if kind == "imagenet-val":
         return list(IMAGENET_CLASSNAMES)
     if kind == "labelled" and root.is_dir():
-        return [c.replace("_", " ") for c in ImageFolder(root, ctx.loaded.preprocess, labelled=True).classes]
+        data, fingerprint = open_dataset(f"labelled:{root}", ctx.loaded.preprocess)
+        if fingerprint != dataset:  # other files or classes now: its class list may no longer match the labels
+            raise BadInputError(f"{root} changed since it was collected (its files differ from the collection's); "
+                                "pass --classes FILE with the class names of the collection")
+        return [c.replace("_", " ") for c in data.classes]
     return None
 
 
