@@ -38,6 +38,7 @@ def structured_heads(n_heads, n_images, d_out, n_texts, seed):
         (3, 12, 24, 40, 8, 80, 1),  # rank capped by n_images
         (3, 80, 16, 30, 10, 80, 2),  # rank capped by d_out
         (2, 40, 20, 35, 20, 6, 3),  # more picks than rank: later picks have nothing left
+        (2, 320, 300, 60, 5, 40, 5),  # D over one Gram block: the block-wise lower-triangle Gram route
     ],
 )
 def test_batched_matches_reference_float64(n_heads, n_images, d_out, n_texts, k, rank, seed):
@@ -52,6 +53,20 @@ def test_batched_matches_reference_float64(n_heads, n_images, d_out, n_texts, k,
         np.testing.assert_allclose(result.variance_explained[h].numpy(), ref.variance_explained, atol=1e-12)
         np.testing.assert_allclose(result.reconstruction[h].numpy(), ref.reconstruction, atol=1e-10)
         np.testing.assert_allclose(result.mean[h].numpy(), ref.mean, atol=1e-12)
+
+
+@pytest.mark.parametrize("d_out", [7, 256, 300, 600])
+def test_lower_triangle_gram_equals_the_full_product_where_eigh_reads_it(d_out):
+    from vit_lens_clip.methods.textspan.algorithm import _gram_lower
+
+    C = torch.randn(3, 50, d_out, dtype=torch.float64, generator=torch.Generator().manual_seed(d_out))
+    gram = _gram_lower(C)
+    full = C.transpose(1, 2) @ C
+    torch.testing.assert_close(gram.tril(), full.tril(), rtol=1e-12, atol=1e-12)
+    upper = gram.triu(1)
+    assert bool(((upper == 0) | torch.isclose(upper, full.triu(1), rtol=1e-12, atol=1e-12)).all())
+    for a, b in zip(torch.linalg.eigvalsh(gram, UPLO="L"), torch.linalg.eigvalsh(full), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-9)
 
 
 def test_batched_matches_reference_float32():
