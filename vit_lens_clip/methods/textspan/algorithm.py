@@ -44,6 +44,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from vit_lens_clip.errors import BadInputError
+from vit_lens_clip.methods.textspan.rank import rank_cut, storage_eps
 from vit_lens_clip.methods.textspan.ties import default_tie_rtol
 from vit_lens_clip.validation import check_embeddings
 
@@ -104,26 +105,62 @@ _RESCORED = 32  # texts per head rescored exactly at each pick before falling ba
 DEFAULT_MAX_MEMORY = 256 * 2**20  # bytes of working memory per chunk of heads (inputs and outputs excluded)
 
 
-def _top_right_singular(C: Tensor, r: int, eps: float) -> tuple[Tensor, Tensor, Tensor]:
-    """Singular values, right singular vectors (rows, at least the top r) and |C|_F^2 of each head's C [H, n, D].
+def _top_subspace(C: Tensor, r: int, eps_data: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Each head's numerical rank (at most r, ``rank.py``), its top right singular vectors V [h, r, D] (rows beyond
+    the rank zero), the eigenvalues σ² of CᵀC along them [h, r] (zero beyond the rank) and |C|_F² [h].
 
-    When n ≥ D and every head's r-th singular value is far above the rounding level of the Gram matrix
-    (σ_r² > 1e3·eps·σ_1²·D), the top r come from eigh(CᵀC), which is several times cheaper than an SVD and
-    spans the same subspace; otherwise (possible rank deficiency within the top r) a full SVD is used, so
-    the numerical rank is still judged from true singular values.
+    When n ≥ D the vectors come from eigh(CᵀC), several times cheaper than an SVD, for every head whose rank
+    the Gram matrix decides for certain. Its eigenvalues are within g = (n + D) eps |C|_F² of the σ_i² (the
+    rounding of forming CᵀC plus that of eigh), so σ_i is surely above the cut when λ_i > cut² + g. The
+    directions after the first a such are surely below it when λ_(a+1) + g ≤ cut², or when the residual
+    |C - C V_aᵀ V_a|_F, an upper bound on σ_(a+1) (Eckart-Young), is below the cut. Heads decided neither way
+    get a full SVD, so the rank is always that of the true singular values.
     """
     H, n, D = C.shape
+    eps = torch.finfo(C.dtype).eps
+    device, dtype = C.device, C.dtype
+    ranks = torch.zeros(H, dtype=torch.long, device=device)
+    V = torch.zeros(H, r, D, dtype=dtype, device=device)
+    eigenvalues = torch.zeros(H, r, dtype=dtype, device=device)
+    squared_norm = torch.zeros(H, dtype=dtype, device=device)
+    decided = torch.zeros(H, dtype=torch.bool, device=device)
+    positions = torch.arange(r, device=device)
     if n >= D:
         gram = _gram_lower(C)
         squared_norm = gram.diagonal(dim1=1, dim2=2).sum(-1)
         evals, evecs = torch.linalg.eigh(gram, UPLO="L")  # ascending; reads the lower triangle only
         del gram
-        evals = evals.flip(-1)
-        top = evals[:, :1].clamp_min(torch.finfo(C.dtype).tiny)
-        if bool((evals[:, r - 1] > top[:, 0] * 1e3 * eps * D).all()):
-            return evals[:, :r].clamp_min(0).sqrt(), evecs[:, :, D - r :].flip(-1).transpose(1, 2), squared_norm
-    _, singular_values, Vh = torch.linalg.svd(C, full_matrices=False)
-    return singular_values, Vh, singular_values.pow(2).sum(-1)
+        evals = evals.flip(-1)[:, :r]  # [H, r], descending
+        vectors = evecs[:, :, D - r :].flip(-1).transpose(1, 2)  # [H, r, D]
+        del evecs
+        frobenius = squared_norm.clamp_min(0).sqrt()
+        cut = rank_cut(evals[:, 0].clamp_min(0).sqrt(), frobenius, n, D, eps, eps_data)  # [H]
+        error = (n + D) * eps * squared_norm  # [H], bound on |λ_i - σ_i²|
+        above = (evals > (cut**2 + error)[:, None]).sum(-1)  # [H], surely above the cut (a prefix)
+        next_eval = evals.gather(1, above.clamp(max=r - 1)[:, None])[:, 0]
+        decided = (above == r) | (next_eval + error <= cut**2)
+        for i in ((~decided) & (above > 0)).nonzero().flatten().tolist():
+            a = int(above[i])
+            Va = vectors[i, :a]
+            residual = torch.linalg.vector_norm(C[i] - (C[i] @ Va.T) @ Va)
+            decided[i] = residual + (2 * a + 1) * eps * D**0.5 * frobenius[i] <= cut[i]
+        ranks = torch.where(decided, above, ranks)
+        keep = positions < ranks[:, None]  # [H, r]
+        V = torch.where(decided[:, None, None], vectors * keep[..., None], V)
+        eigenvalues = torch.where(decided[:, None], evals.clamp_min(0) * keep, eigenvalues)
+    rest = (~decided).nonzero().flatten()
+    if len(rest):
+        _, singular_values, Vh = torch.linalg.svd(C[rest], full_matrices=False)
+        norm2 = singular_values.pow(2).sum(-1)
+        cut = rank_cut(singular_values[:, 0], norm2.sqrt(), n, D, eps, eps_data)
+        k = min(r, singular_values.shape[1])
+        rest_ranks = (singular_values > cut[:, None]).sum(-1).clamp(max=r)
+        keep = positions[:k] < rest_ranks[:, None]
+        ranks[rest] = rest_ranks
+        squared_norm[rest] = norm2
+        V[rest, :k] = Vh[:, :k] * keep[..., None]
+        eigenvalues[rest, :k] = singular_values[:, :k].pow(2) * keep
+    return ranks, V, eigenvalues, squared_norm
 
 
 _GRAM_BLOCK = 256  # column block of the lower-triangle Gram product (measured fastest on CPU for D = 512)
@@ -192,6 +229,7 @@ def _span_chunk(
     prefix_ks: Sequence[int],
     reconstruction_out: Tensor,
     prefix_out: dict[int, Tensor],
+    eps_data: float,
 ) -> _ChunkResult:
     """TextSpan of one chunk of heads in C's dtype; writes reconstructions into the given [h, n, D] outputs.
 
@@ -211,14 +249,8 @@ def _span_chunk(
 
     # Step 1: top-r right singular vectors of the raw data, masked beyond each head's numerical rank.
     r = min(n, D, rank)
-    eps = torch.finfo(dtype).eps
-    singular_values, Vh, squared_norm = _top_right_singular(C, r, eps)
-    above_cut = singular_values > singular_values[:, :1] * max(n, D) * eps
-    ranks = above_cut.sum(-1).clamp(max=r)  # [h]
-    keep = torch.arange(r, device=device) < ranks[:, None]  # [h, r]
-    V = Vh[:, :r] * keep[..., None]  # [h, r, D], rows beyond the rank are zero
-    eigenvalues = singular_values[:, :r].to(work).pow(2) * keep  # [h, r], of the uncentred C^T C
-    del singular_values, Vh
+    ranks, V, eigenvalues, squared_norm = _top_subspace(C, r, eps_data)  # V [h, r, D], rows beyond the rank 0
+    eigenvalues = eigenvalues.to(work)  # [h, r], of the uncentred C^T C
     T_r = torch.einsum("md,hrd->hmr", T, V).to(work)  # [h, M, r], coordinates of T V_r^T V_r in the V_r basis
 
     # Step 2: centre. In the V_r basis the uncentred second moment is diag(eigenvalues), so the covariance of
@@ -307,6 +339,7 @@ def text_span(
     max_memory: int | None = DEFAULT_MAX_MEMORY,
     redecide: bool | None = None,
     redecide_rtol: float = 1e-4,
+    data_eps: float | None = None,
 ) -> TextSpanResult:
     """Pick k texts per head that greedily explain the most variance of that head's contributions.
 
@@ -316,7 +349,11 @@ def text_span(
     chunks; see the module docstring for the math.
 
     * rank: the number of top right singular vectors of each head's raw data kept, capped at
-      min(n_images, d_out, rank) and at the head's numerical rank (``ranks`` in the result).
+      min(n_images, d_out, rank) and at the head's numerical rank (``ranks`` in the result): singular values
+      at or below max(σ_1 max(n, D) eps, 8 data_eps |C|_F) are rounding (``rank.py``).
+    * data_eps: the relative rounding of the stored data; default the machine epsilon of contributions'
+      dtype, or float32's for float64 contributions that hold only float32 values. Directions below the
+      data's rounding would make the picks depend on the forward pass's summation order.
     * variance_explained[..., i] = |C^(i-1) t_i|^2 / |t_i|^2 / |C - mean(C)|_F^2: the fraction of the head's
       total centred variance (all d_out dimensions) removed by pick i, C^(i-1) being the centred data after
       the earlier deflations. Summed over picks it equals 1 - |C - reconstruction|_F^2 / |C - mean(C)|_F^2.
@@ -359,6 +396,10 @@ def text_span(
         raise ValueError(f"prefix_ks must lie in 1..k={k}; got {list(prefix_ks)}")
     if max_memory is not None and max_memory < 1:
         raise ValueError(f"max_memory must be a positive number of bytes or None; got {max_memory}")
+    if data_eps is None:
+        data_eps = storage_eps(contributions)
+    elif not 0 <= data_eps < 1:
+        raise ValueError(f"data_eps must lie in [0, 1); got {data_eps}")
     redecide = dtype == torch.float32 if redecide is None else redecide and dtype == torch.float32
     if tie_rtol is None:
         tie_rtol = default_tie_rtol("float64" if redecide else str(dtype))
@@ -366,11 +407,12 @@ def text_span(
     device = contributions.device
     flat = contributions.reshape(-1, n, D)  # [H, n, D], a view when possible
     H = flat.shape[0]
-    result = _run_chunks(flat, text_embeddings, k, rank, dtype, tie_rtol, prefix_ks, max_memory)
+    result = _run_chunks(flat, text_embeddings, k, rank, dtype, tie_rtol, prefix_ks, max_memory, data_eps)
     if redecide:
         unclear = (result["margin"] < redecide_rtol).nonzero().squeeze(-1)
         if len(unclear):
-            exact = _run_chunks(flat[unclear], text_embeddings, k, rank, torch.float64, tie_rtol, prefix_ks, max_memory)
+            exact = _run_chunks(flat[unclear], text_embeddings, k, rank, torch.float64, tie_rtol, prefix_ks, max_memory,
+                                data_eps)
             for key, value in exact.items():
                 result[key][unclear] = value.to(result[key].dtype)
     result["redecided"] = torch.zeros(H, dtype=torch.bool, device=device)
@@ -402,6 +444,7 @@ def _run_chunks(
     tie_rtol: float,
     prefix_ks: Sequence[int],
     max_memory: int | None,
+    eps_data: float,
 ) -> dict[str, Tensor]:
     """Every head of ``flat`` [H, n, D] in chunks; outputs are allocated once and filled chunk by chunk."""
     H, n, D = flat.shape
@@ -423,7 +466,8 @@ def _run_chunks(
     chunks = _chunks(H, per_head, max_memory)
     for chunk in tqdm(chunks, desc="TextSpan head chunks", disable=len(chunks) < 4, leave=False):
         prefix_out = {kk: out[f"prefix_{kk}"][chunk] for kk in sorted(set(prefix_ks))}
-        part = _span_chunk(flat[chunk].to(dtype), T, k, rank, tie_rtol, prefix_ks, out["reconstruction"][chunk], prefix_out)
+        part = _span_chunk(flat[chunk].to(dtype), T, k, rank, tie_rtol, prefix_ks, out["reconstruction"][chunk], prefix_out,
+                           eps_data)
         for key in ("indices", "variance_explained", "mean", "ranks", "margin"):
             out[key][chunk] = getattr(part, key)
     return out

@@ -19,8 +19,9 @@ Two guards the published code lacks, applied identically in the batched version:
 * once the best score is tied with zero (see ``ties.py``) the texts see nothing left of the head; such a pick
   still records the lowest index but removes nothing (dividing by a text's rounding-noise norm would otherwise
   remove a random direction);
-* singular values at or below sigma_max * max(n, D) * eps carry no data and the directions behind them are
-  arbitrary, so they are never kept.
+* singular values at or below sigma_max * max(n, D) * eps, or at or below 8 * eps_data * |C|_F (the rounding
+  of data stored in a lower precision, e.g. float32; ``rank.py``), carry no data and the directions behind
+  them are arbitrary, so they are never kept.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vit_lens_clip.methods.textspan.ties import default_tie_rtol, numerical_rank
+from vit_lens_clip.methods.textspan.rank import numerical_rank, storage_eps
+from vit_lens_clip.methods.textspan.ties import default_tie_rtol
 
 
 @dataclass
@@ -50,8 +52,11 @@ def text_span_reference(
     rank: int = 80,
     dtype: type = np.float64,
     tie_rtol: float | None = None,
+    data_eps: float | None = None,
 ) -> ReferenceTextSpan:
     """Run TextSpan on one head: contributions [n_images, D], text_embeddings [n_texts, D] (unit rows)."""
+    if data_eps is None:
+        data_eps = storage_eps(np.asarray(contributions))  # the precision the data were stored in (rank.py)
     C = np.array(contributions, dtype=dtype)  # a copy, so the caller's array is never changed
     T = np.array(text_embeddings, dtype=dtype)
     if C.ndim != 2 or T.ndim != 2 or C.shape[1] != T.shape[1]:
@@ -66,7 +71,7 @@ def text_span_reference(
 
     # Step 1: SVD of the raw C, keep the top-r right singular vectors, project the texts onto their span.
     _, singular_values, Vt = np.linalg.svd(C, full_matrices=False)
-    r = min(n, D, rank, numerical_rank(singular_values, n, D, np.finfo(dtype).eps))
+    r = min(n, D, rank, numerical_rank(singular_values, n, D, np.finfo(dtype).eps, data_eps))
     V = Vt[:r]  # [r, D]
     T = (T @ V.T) @ V
 

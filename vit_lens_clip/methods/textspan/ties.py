@@ -10,8 +10,6 @@ variance is used up (all scores are rounding noise) the remaining picks are the 
 
 from __future__ import annotations
 
-import numpy as np
-
 _DEFAULT_TIE_RTOL = {"float64": 1e-10, "float32": 1e-5}
 
 
@@ -22,9 +20,3 @@ def default_tie_rtol(dtype_name: str) -> float:
         raise ValueError(f"TextSpan runs in float64 or float32, not {dtype_name!r}")
     return _DEFAULT_TIE_RTOL[name]
 
-
-def numerical_rank(singular_values: np.ndarray, n_rows: int, n_cols: int, eps: float | np.floating) -> int:
-    """Number of singular values above sigma_max * max(n_rows, n_cols) * eps (LAPACK's usual cut)."""
-    if singular_values.size == 0 or singular_values[0] <= 0:
-        return 0
-    return int(np.sum(singular_values > singular_values[0] * max(n_rows, n_cols) * eps))
