@@ -11,7 +11,7 @@ import argparse
 
 import torch
 
-from vit_lens_clip.app.benchmarks.arguments import TEXTSPAN_SIZES, add_bench_arguments
+from vit_lens_clip.app.benchmarks.arguments import HEADLIKE_HEADS, TEXTSPAN_SIZES, add_bench_arguments
 from vit_lens_clip.app.benchmarks.results import Row, environment, format_table, write_json
 from vit_lens_clip.app.benchmarks.suites import (
     full_rows,
@@ -21,6 +21,17 @@ from vit_lens_clip.app.benchmarks.suites import (
     textspan_rows,
 )
 from vit_lens_clip.app.benchmarks.timing import pinned_threads
+
+
+def _textspan_tables(args: argparse.Namespace, device: torch.device, sizes: dict) -> list[Row]:
+    """The TextSpan tables ``--textspan-data`` asks for (the per-head loop only on CPU)."""
+    rows: list[Row] = []
+    kw = {"repeats": args.repeats, "device": device, "with_loop": device.type == "cpu"}
+    if args.textspan_data in ("random", "both"):
+        rows += textspan_rows(**kw, **sizes, data="random")
+    if args.textspan_data in ("headlike", "both"):
+        rows += textspan_rows(**kw, **{**sizes, "n_heads": min(sizes["n_heads"], HEADLIKE_HEADS)}, data="headlike")
+    return rows
 
 
 def run_bench(args: argparse.Namespace) -> str:
@@ -37,7 +48,7 @@ def run_bench(args: argparse.Namespace) -> str:
             precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
             rows += full_rows(args.arch, args.batch_size, device, args.repeats, precisions, sizes, args.collect_images)
         elif args.suite == "textspan":
-            rows += textspan_rows(repeats=args.repeats, device=device, with_loop=device.type == "cpu", **sizes)
+            rows += _textspan_tables(args, device, sizes)
         else:
             rows += model_rows(args.arch, args.batch_size, device, args.repeats, include_naive=not args.no_naive)
             if args.heatmaps:
@@ -46,7 +57,7 @@ def run_bench(args: argparse.Namespace) -> str:
             if args.neurons:
                 rows += neuron_rows(args.arch, args.batch_size, device, args.repeats)
             if args.textspan:
-                rows += textspan_rows(repeats=args.repeats, device=device, with_loop=device.type == "cpu", **sizes)
+                rows += _textspan_tables(args, device, sizes)
         env = environment(device, threads)
     tables = []
     for table in dict.fromkeys(r.table for r in rows):

@@ -9,6 +9,8 @@ TEXTSPAN_SIZES = {
     "quick": {"n_heads": 6, "n_images": 300, "n_texts": 500, "d_out": 128, "k": 10},
     "tiny": {"n_heads": 2, "n_images": 40, "n_texts": 30, "d_out": 16, "k": 3, "rank": 8},
 }
+HEADLIKE_HEADS = 12  # heads in the head-like TextSpan table (its per-head loop is as slow as the random one's)
+
 
 def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--suite", choices=["default", "textspan", "full"], default="default",
@@ -26,6 +28,9 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
                    help="also time collecting one layer's neuron second-order statistics (layer n_layers - 3)")
     p.add_argument("--textspan", action="store_true", help="also time batched TextSpan vs the per-head loop")
     p.add_argument("--textspan-size", choices=sorted(TEXTSPAN_SIZES), default="paper")
+    p.add_argument("--textspan-data", choices=["random", "headlike", "both"], default="both",
+                   help="TextSpan data: random full-rank float64, head-like (rank d_head + 1, float32; at most "
+                        f"{HEADLIKE_HEADS} heads), or both tables")
     p.add_argument("--max-memory", type=float, default=256, help="TextSpan working memory per head chunk, MiB")
     p.add_argument("--precisions", default="fp32,fp16,bf16", help="full suite: comma-separated precisions")
     p.add_argument("--json", default=None, metavar="PATH", help="write every figure with versions/threads/device")

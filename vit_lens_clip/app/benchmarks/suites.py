@@ -13,6 +13,7 @@ import open_clip
 import torch
 import torch.nn.functional as F
 
+from vit_lens_clip.app.benchmarks.arguments import HEADLIKE_HEADS
 from vit_lens_clip.app.benchmarks.memory import peak_bytes
 from vit_lens_clip.app.benchmarks.results import Row, agreement
 from vit_lens_clip.app.benchmarks.timing import time_interleaved
@@ -20,7 +21,7 @@ from vit_lens_clip.decompose.parts import decompose
 from vit_lens_clip.methods.neurons.effects import SecondOrderCapture
 from vit_lens_clip.methods.spatial.heatmaps import text_heatmap
 from vit_lens_clip.methods.textspan.algorithm import text_span
-from vit_lens_clip.methods.textspan.bench import random_head_data
+from vit_lens_clip.methods.textspan.bench import head_like_data, random_head_data
 from vit_lens_clip.methods.textspan.reference import text_span_reference
 from vit_lens_clip.methods.textspan.runs import collect_head_contributions
 from vit_lens_clip.model.hooked_vit import HookedViT
@@ -109,13 +110,18 @@ def model_rows(arch: str, batch_size: int, device: torch.device, repeats: int, n
 
 def textspan_rows(n_heads: int = 48, n_images: int = 2000, n_texts: int = 3498, d_out: int = 512, k: int = 20,
                   rank: int = 80, repeats: int = 3, device: torch.device | None = None,
-                  max_memory: int | None = 256 * 2**20, with_loop: bool = True, seed: int = 0) -> list[Row]:
+                  max_memory: int | None = 256 * 2**20, with_loop: bool = True, seed: int = 0,
+                  data: str = "random") -> list[Row]:
     """Batched TextSpan (float64, float32) against the faithful per-head loop, same data, same thread limits
-    (``device`` None: the CPU)."""
+    (``device`` None: the CPU). ``data``: "random" (full-rank float64, a decaying spectrum) or "headlike"
+    (rank d_head + 1 of d_out, stored in float32, as a collected head; ``head_like_data``)."""
     device = torch.device("cpu") if device is None else device
-    C, T = random_head_data(n_heads, n_images, n_texts, d_out, seed)
+    if data not in ("random", "headlike"):
+        raise ValueError(f"data must be 'random' or 'headlike', not {data!r}")
+    make = random_head_data if data == "random" else head_like_data
+    C, T = make(n_heads, n_images, n_texts, d_out, seed)
     C32, T32 = C.float().to(device), T.float().to(device)
-    C64, T64 = C.to(device), T.to(device)
+    C64, T64 = C.double().to(device), T.to(device)  # head-like data: float32 values (their rank floor, rank.py)
     Cn, Tn = C.numpy(), T.numpy()
     loop_name = "per-head loop (reference.py, NumPy float64)"
     contenders: dict[str, Callable[[], object]] = {}
@@ -150,14 +156,16 @@ def textspan_rows(n_heads: int = 48, n_images: int = 2000, n_texts: int = 3498, 
         counterpart = "text_span float64"
     rows = []
     baseline = loop_name if with_loop else "text_span float64 (default)"
-    table = f"TextSpan: {n_heads} heads x {n_images} images x {n_texts} texts, D={d_out}, k={k}, rank={rank}"
+    described = "random float64 data" if data == "random" else "head-like float32 data"
+    table = f"TextSpan on {described}: {n_heads} heads x {n_images} images x {n_texts} texts, D={d_out}, k={k}, rank={rank}"
     for name in contenders:
         peak, result = peaks_and_results[name]
         if name == loop_name:
             rows.append(Row.of(table, name, baseline, timings[name], peak, 0.0, "itself", f"{n_heads} heads"))
             continue
         same = int((result.indices.cpu() == exact_indices).all(-1).sum())
-        note = f"picks identical on {same}/{n_heads} heads"
+        ranks = result.ranks.flatten().tolist()
+        note = f"picks identical on {same}/{n_heads} heads, ranks {min(ranks)}-{max(ranks)}"
         if name.endswith("float64 re-decision"):
             note += f" ({int(result.redecided.sum())} heads redone in float64)"
         rows.append(Row.of(table, name, baseline, timings[name], peak,
@@ -263,4 +271,6 @@ def full_rows(arch: str, batch_size: int, device: torch.device, repeats: int, pr
     rows += heatmap_and_collection_rows(arch, batch_size, device, repeats, n_collect)
     rows += neuron_rows(arch, batch_size, device, repeats)
     rows += textspan_rows(repeats=repeats, device=device, with_loop=device.type == "cpu", **textspan_sizes)
+    rows += textspan_rows(repeats=repeats, device=device, with_loop=device.type == "cpu", data="headlike",
+                          **{**textspan_sizes, "n_heads": min(textspan_sizes["n_heads"], HEADLIKE_HEADS)})
     return rows

@@ -113,8 +113,9 @@ def _top_subspace(C: Tensor, r: int, eps_data: float) -> tuple[Tensor, Tensor, T
     the Gram matrix decides for certain. Its eigenvalues are within g = (n + D) eps |C|_F² of the σ_i² (the
     rounding of forming CᵀC plus that of eigh), so σ_i is surely above the cut when λ_i > cut² + g. The
     directions after the first a such are surely below it when λ_(a+1) + g ≤ cut², or when the residual
-    |C - C V_aᵀ V_a|_F, an upper bound on σ_(a+1) (Eckart-Young), is below the cut. Heads decided neither way
-    get a full SVD, so the rank is always that of the true singular values.
+    |C - C V_aᵀ V_a|_F, an upper bound on σ_(a+1) (Eckart-Young), is below the cut. The kept eigenvectors are
+    off by about eps λ_1 / λ_a, so the route also needs λ_a ≥ eps λ_1 / 1e-5. Heads that miss any of this get a
+    full SVD, so the rank is always that of the true singular values.
     """
     H, n, D = C.shape
     eps = torch.finfo(C.dtype).eps
@@ -139,6 +140,9 @@ def _top_subspace(C: Tensor, r: int, eps_data: float) -> tuple[Tensor, Tensor, T
         above = (evals > (cut**2 + error)[:, None]).sum(-1)  # [H], surely above the cut (a prefix)
         next_eval = evals.gather(1, above.clamp(max=r - 1)[:, None])[:, 0]
         decided = (above == r) | (next_eval + error <= cut**2)
+        # a Gram eigenvector is off by about eps λ_1 / λ_i (the SVD's by eps σ_1 / σ_i): keep it below 1e-5
+        smallest_kept = evals.gather(1, (above - 1).clamp(min=0)[:, None])[:, 0]
+        decided &= (above == 0) | (smallest_kept * _GRAM_ANGLE >= eps * evals[:, 0])
         for i in ((~decided) & (above > 0)).nonzero().flatten().tolist():
             a = int(above[i])
             Va = vectors[i, :a]
@@ -163,6 +167,7 @@ def _top_subspace(C: Tensor, r: int, eps_data: float) -> tuple[Tensor, Tensor, T
     return ranks, V, eigenvalues, squared_norm
 
 
+_GRAM_ANGLE = 1e-5  # largest rounding angle accepted for the Gram route's eigenvectors (eps λ_1 / λ_a)
 _GRAM_BLOCK = 256  # column block of the lower-triangle Gram product (measured fastest on CPU for D = 512)
 
 

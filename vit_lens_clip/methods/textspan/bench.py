@@ -31,6 +31,23 @@ def random_head_data(n_heads: int, n_images: int, n_texts: int, d_out: int, seed
     return contributions, texts / texts.norm(dim=-1, keepdim=True)
 
 
+def head_like_data(n_heads: int, n_images: int, n_texts: int, d_out: int, seed: int = 0, d_head: int | None = None):
+    """Contributions shaped like a real head's, and unit random text embeddings (float64).
+
+    A head writes through W_O, so its contributions span d_head dimensions (default min(64, d_out // 4)) plus
+    the mean's; they are returned rounded to float32, as a collection stores them, so the rest of the
+    spectrum is float32 rounding (docs/textspan.md, numerical rank).
+    """
+    d_head = min(64, max(1, d_out // 4)) if d_head is None else d_head
+    g = torch.Generator().manual_seed(seed)
+    spectrum = torch.logspace(0, -2, d_head, dtype=torch.float64)
+    z = torch.randn(n_heads, n_images, d_head, generator=g, dtype=torch.float64) * spectrum
+    w_o = torch.randn(n_heads, d_head, d_out, generator=g, dtype=torch.float64) / d_head**0.5
+    contributions = z @ w_o + 0.5 * torch.randn(n_heads, 1, d_out, generator=g, dtype=torch.float64)
+    texts = torch.randn(n_texts, d_out, generator=g, dtype=torch.float64)
+    return contributions.float(), texts / texts.norm(dim=-1, keepdim=True)
+
+
 def bench_textspan(
     n_heads: int = 48,
     n_images: int = 2000,
