@@ -81,24 +81,27 @@ def test_gram_route_decides_the_rank_of_float32_data_and_matches_the_reference(n
                                    atol=1e-9 * float(np.abs(ref.reconstruction).max()))
 
 
-def test_a_rank_the_gram_matrix_cannot_decide_goes_to_the_svd(monkeypatch):
-    # float64 data of rank 5 with a direction at 1e-9 of the top one: above the float64 floors, far below what
-    # the Gram matrix resolves, so only an SVD can say it is there
+@pytest.mark.parametrize("weak, data_eps", [(1e-9, None), (1e-6, None), (3e-6, float(np.finfo(np.float32).eps))])
+def test_a_rank_the_gram_matrix_cannot_decide_goes_to_the_svd(weak, data_eps, monkeypatch):
+    # float64 data with a sixth direction at `weak` of the top one, above the rank floors. At 1e-9 the Gram matrix
+    # cannot resolve it. At 1e-6 and 3e-6 (with float32's floor, 1e-6 here) it can, and the residual bound
+    # settles the rank, but the Gram eigenvector could be off by eps / weak² > 1e-5: all three need the SVD
     g = torch.Generator().manual_seed(3)
     U = torch.linalg.qr(torch.randn(200, 6, generator=g, dtype=torch.float64)).Q
     Vt = torch.linalg.qr(torch.randn(40, 6, generator=g, dtype=torch.float64)).Q.T
-    s = torch.tensor([1.0, 0.5, 0.3, 0.2, 0.1, 1e-9], dtype=torch.float64)
+    s = torch.tensor([1.0, 0.5, 0.3, 0.2, 0.1, weak], dtype=torch.float64)
     C = ((U * s) @ Vt)[None]
     T = torch.randn(30, 40, generator=g, dtype=torch.float64)
     T = T / T.norm(dim=-1, keepdim=True)
     calls = []
     real_svd = torch.linalg.svd
     monkeypatch.setattr(algorithm.torch.linalg, "svd", lambda *a, **kw: calls.append(1) or real_svd(*a, **kw))
-    result = text_span(C, T, k=4)
+    result = text_span(C, T, k=4, data_eps=data_eps)
     assert calls, "the SVD was not used for an undecidable rank"
-    ref = text_span_reference(C[0].numpy(), T.numpy(), k=4)
+    ref = text_span_reference(C[0].numpy(), T.numpy(), k=4, data_eps=data_eps)
     assert int(result.ranks[0]) == ref.rank == 6
     np.testing.assert_array_equal(result.indices[0].numpy(), ref.indices)
+    np.testing.assert_allclose(result.reconstruction[0].numpy(), ref.reconstruction, rtol=0, atol=1e-6)
 
 
 def test_numerical_rank_floors():

@@ -139,11 +139,11 @@ def _top_subspace(C: Tensor, r: int, eps_data: float) -> tuple[Tensor, Tensor, T
         error = (n + D) * eps * squared_norm  # [H], bound on |λ_i - σ_i²|
         above = (evals > (cut**2 + error)[:, None]).sum(-1)  # [H], surely above the cut (a prefix)
         next_eval = evals.gather(1, above.clamp(max=r - 1)[:, None])[:, 0]
-        decided = (above == r) | (next_eval + error <= cut**2)
         # a Gram eigenvector is off by about eps λ_1 / λ_i (the SVD's by eps σ_1 / σ_i): keep it below 1e-5
         smallest_kept = evals.gather(1, (above - 1).clamp(min=0)[:, None])[:, 0]
-        decided &= (above == 0) | (smallest_kept * _GRAM_ANGLE >= eps * evals[:, 0])
-        for i in ((~decided) & (above > 0)).nonzero().flatten().tolist():
+        accurate = (above == 0) | (smallest_kept * _GRAM_ANGLE >= eps * evals[:, 0])
+        decided = accurate & ((above == r) | (next_eval + error <= cut**2))
+        for i in (accurate & ~decided & (above > 0)).nonzero().flatten().tolist():
             a = int(above[i])
             Va = vectors[i, :a]
             residual = torch.linalg.vector_norm(C[i] - (C[i] @ Va.T) @ Va)
