@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import open_clip
@@ -111,6 +112,9 @@ def test_full_suite_runs_on_cpu_at_tiny_sizes_and_writes_json(tmp_path, capsys):
     assert "per-head decomposition" in printed and "bf16" in printed and "fp16" in printed
     data = json.loads(out.read_text())
     assert data["environment"]["threads"]["torch"] == 1 and data["environment"]["versions"]["torch"]
+    # the command line asks torch for huge pages (set before torch's first allocation), and records it
+    assert os.environ["THP_MEM_ALLOC_ENABLE"] and data["environment"]["torch_huge_pages"] == os.environ["THP_MEM_ALLOC_ENABLE"]
+    assert data["environment"]["numpy_huge_pages"] in (True, False, None)
     rows = data["rows"]
     names = {r["name"] for r in rows}
     assert {"text heatmap (1 text)", "text_span float64 (default)", "open_clip encode_image",
@@ -121,6 +125,8 @@ def test_full_suite_runs_on_cpu_at_tiny_sizes_and_writes_json(tmp_path, capsys):
             assert r["agreement"] < 1e-4, r
     textspan = [r for r in rows if r["name"].startswith("text_span")]
     assert all(r["extra"]["picks_identical"] == r["extra"]["heads"] for r in textspan)
+    assert {r["table"].split(":")[0] for r in textspan} == {"TextSpan on random float64 data",
+                                                            "TextSpan on head-like float32 data"}
 
 
 def test_neuron_rows_agree_with_a_direct_computation_and_report_bytes(tmp_path):

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from vit_lens_clip.app.benchmarks.timing import Timing
@@ -63,6 +65,15 @@ def format_table(rows: list[Row], title: str) -> str:
     return "\n".join(lines)
 
 
+def _numpy_huge_pages() -> bool | None:
+    """Whether NumPy advises huge pages for its large arrays (its default on Linux)."""
+    for name in ("_core", "core"):  # NumPy 2, NumPy 1
+        multiarray = getattr(getattr(np, name, None), "multiarray", None)
+        if multiarray is not None and hasattr(multiarray, "_get_madvise_hugepage"):
+            return bool(multiarray._get_madvise_hugepage())
+    return None
+
+
 def environment(device: torch.device, threads: dict) -> dict:
     """Versions, threads and device, so that runs can be compared."""
     versions = {"python": platform.python_version(), "torch": torch.__version__}
@@ -78,7 +89,9 @@ def environment(device: torch.device, threads: dict) -> dict:
     except (OSError, StopIteration):
         pass
     info = {"versions": versions, "threads": threads, "device": str(device), "cpu": cpu,
-            "platform": platform.platform()}
+            "platform": platform.platform(),
+            "torch_huge_pages": os.environ.get("THP_MEM_ALLOC_ENABLE"),  # read by torch at its first allocation
+            "numpy_huge_pages": _numpy_huge_pages()}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
