@@ -188,7 +188,9 @@ def add_collect_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes per rank")
     p.add_argument("--pin-memory", action="store_true", help="page-locked batches (default on with CUDA)")
     p.add_argument("--autocast", choices=["bf16", "fp16"], default=None, help="run the model under autocast")
-    p.add_argument("--store", choices=["fp32", "fp16", "bf16"], default="fp32", help="dtype of the stored parts")
+    p.add_argument("--store", choices=["fp32", "fp16", "bf16"], default="fp32",
+                   help="dtype of the stored parts (TextSpan keeps no direction below the stored precision's "
+                        "rounding: fp32 for TextSpan, docs/textspan.md)")
     p.add_argument("--shard-size", type=int, default=4096, help="images per safetensors shard")
     p.add_argument("--checkpoint-every", type=int, default=50, help="batches between checkpoints")
     p.add_argument("--no-normalize", action="store_true", help="keep parts unscaled (default: divide by ‖y‖)")
