@@ -42,6 +42,10 @@ def test_storage_eps_sees_float32_values_cast_to_float64():
     assert storage_eps(x.float().double().numpy()) == torch.finfo(torch.float32).eps
     assert storage_eps(x.half()) == torch.finfo(torch.float16).eps
     assert storage_eps(x[:, ::3].float().double()) == torch.finfo(torch.float32).eps  # not contiguous
+    # float32 values only in part (the sample of 4096 spread values could miss the rest): float64
+    mixed = torch.randn(300, 100, dtype=torch.float64).float().double()
+    mixed[7, 4] += 1e-12  # flat index 704, not among the sampled ones
+    assert storage_eps(mixed) == torch.finfo(torch.float64).eps
     with pytest.raises(TypeError):
         storage_eps(torch.ones(3, dtype=torch.long))
 

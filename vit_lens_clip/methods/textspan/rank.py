@@ -16,8 +16,8 @@ Kept, they enter every projected text, its norm and, through the deflations, the
 change with the summation order of the forward pass (batch size, device, thread count). Above the floor, the
 picks are the same for any rounding of the same data.
 
-eps_data is the machine epsilon of C's dtype, or float32's when a float64 C holds only float32 values (float32
-contributions cast up); ``storage_eps`` decides it and ``text_span(data_eps=...)`` overrides it.
+eps_data is the machine epsilon of C's dtype, or float32's when every value of a float64 C is a float32 value
+(float32 contributions cast up); ``storage_eps`` decides it and ``text_span(data_eps=...)`` overrides it.
 """
 
 from __future__ import annotations
@@ -27,24 +27,31 @@ import torch
 from torch import Tensor
 
 DATA_FLOOR = 8.0  # singular values at or below DATA_FLOOR * eps_data * |C|_F are the data's rounding
-_SAMPLED = 4096  # values checked for being float32 values when a float64 C is given
+_SAMPLED = 4096  # values checked first for being float32 values when a float64 C is given
+_CHECKED_ROWS = 65536  # rows per block of the full check that follows a passing sample
+
+
+def _all_float32_values(C: Tensor) -> bool:
+    """Whether every value of a float64 tensor is a float32 value. A sample of 4096 values spread over the
+    tensor decides for genuinely float64 data (they fail on the first few); a passing sample is confirmed on
+    every value, block by block, so data that are float32 values only in part count as float64."""
+    m = min(_SAMPLED, C.numel())
+    index = torch.arange(m, device=C.device) * (C.numel() - 1) // max(m - 1, 1)
+    sample = torch.take(C, index)
+    if not bool((sample.float().double() == sample).all()):
+        return False
+    rows = C.reshape(-1, C.shape[-1]) if C.ndim else C.reshape(1, 1)
+    return all(bool((block.float().double() == block).all()) for block in rows.split(_CHECKED_ROWS))
 
 
 def storage_eps(contributions: Tensor | np.ndarray) -> float:
-    """Machine epsilon of the precision the values of ``contributions`` are stored in.
-
-    The dtype's, except for float64 data whose values are all float32 values (checked on up to 4096 values
-    spread over the tensor; genuinely float64 data fail on the first few): float32's.
-    """
+    """Machine epsilon of the precision the values of ``contributions`` are stored in: the dtype's, except for
+    float64 data whose values are all float32 values (float32 contributions cast up): float32's."""
     C = torch.as_tensor(contributions)
     if not C.is_floating_point():
         raise TypeError(f"contributions must be floating point, not {C.dtype}")
-    if C.dtype == torch.float64 and C.numel():
-        m = min(_SAMPLED, C.numel())
-        index = torch.arange(m, device=C.device) * (C.numel() - 1) // max(m - 1, 1)
-        sample = torch.take(C, index)
-        if bool((sample.float().double() == sample).all()):
-            return torch.finfo(torch.float32).eps
+    if C.dtype == torch.float64 and C.numel() and _all_float32_values(C):
+        return torch.finfo(torch.float32).eps
     return torch.finfo(C.dtype).eps
 
 
