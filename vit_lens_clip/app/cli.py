@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Optional, Sequence
 
@@ -17,6 +16,7 @@ from vit_lens_clip.app.config import (
     add_segment_arguments,
     add_textspan_arguments,
 )
+from vit_lens_clip.app.huge_pages import request_for_torch
 from vit_lens_clip.embedded.arguments import DESCRIPTION as TRAIN_DESCRIPTION
 from vit_lens_clip.embedded.arguments import add_train_arguments
 from vit_lens_clip.errors import user_error_message
@@ -144,11 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Expected failures print one line to stderr and return 2; bugs raise (``--debug``: everything raises)."""
-    # Large tensors in transparent huge pages, as NumPy does for its large arrays by default: far fewer page
-    # faults on first touch (TextSpan's result alone is 400 MB at the paper's size). torch reads this once, at
-    # its first allocation, so it only takes effect here, before any command imports torch; a value the user
-    # set wins.
-    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+    # Large tensors in transparent huge pages: far fewer page faults on first touch (TextSpan's result alone is
+    # 400 MB at the paper's size). Only effective before any command imports torch.
+    request_for_torch()
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]

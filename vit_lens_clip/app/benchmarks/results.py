@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import platform
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
@@ -13,6 +12,7 @@ import numpy as np
 import torch
 
 from vit_lens_clip.app.benchmarks.timing import Timing
+from vit_lens_clip.app.huge_pages import torch_setting
 
 
 @dataclass
@@ -90,7 +90,7 @@ def environment(device: torch.device, threads: dict) -> dict:
         pass
     info = {"versions": versions, "threads": threads, "device": str(device), "cpu": cpu,
             "platform": platform.platform(),
-            "torch_huge_pages": os.environ.get("THP_MEM_ALLOC_ENABLE"),  # read by torch at its first allocation
+            "torch_huge_pages": torch_setting(),
             "numpy_huge_pages": _numpy_huge_pages()}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
