@@ -11,27 +11,16 @@ import argparse
 
 import torch
 
-from vit_lens_clip.app.benchmarks.arguments import HEADLIKE_HEADS, TEXTSPAN_SIZES, add_bench_arguments
+from vit_lens_clip.app.benchmarks.arguments import TEXTSPAN_SIZES, add_bench_arguments
 from vit_lens_clip.app.benchmarks.results import Row, environment, format_table, write_json
 from vit_lens_clip.app.benchmarks.suites import (
     full_rows,
     heatmap_and_collection_rows,
     model_rows,
     neuron_rows,
-    textspan_rows,
+    textspan_tables,
 )
 from vit_lens_clip.app.benchmarks.timing import pinned_threads
-
-
-def _textspan_tables(args: argparse.Namespace, device: torch.device, sizes: dict) -> list[Row]:
-    """The TextSpan tables ``--textspan-data`` asks for (the per-head loop only on CPU)."""
-    rows: list[Row] = []
-    kw = {"repeats": args.repeats, "device": device, "with_loop": device.type == "cpu"}
-    if args.textspan_data in ("random", "both"):
-        rows += textspan_rows(**kw, **sizes, data="random")
-    if args.textspan_data in ("headlike", "both"):
-        rows += textspan_rows(**kw, **{**sizes, "n_heads": min(sizes["n_heads"], HEADLIKE_HEADS)}, data="headlike")
-    return rows
 
 
 def run_bench(args: argparse.Namespace) -> str:
@@ -46,9 +35,10 @@ def run_bench(args: argparse.Namespace) -> str:
         rows: list[Row] = []
         if args.suite == "full":
             precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
-            rows += full_rows(args.arch, args.batch_size, device, args.repeats, precisions, sizes, args.collect_images)
+            rows += full_rows(args.arch, args.batch_size, device, args.repeats, precisions, sizes, args.collect_images,
+                              args.textspan_data)
         elif args.suite == "textspan":
-            rows += _textspan_tables(args, device, sizes)
+            rows += textspan_tables(args.textspan_data, sizes, args.repeats, device)
         else:
             rows += model_rows(args.arch, args.batch_size, device, args.repeats, include_naive=not args.no_naive)
             if args.heatmaps:
@@ -57,7 +47,7 @@ def run_bench(args: argparse.Namespace) -> str:
             if args.neurons:
                 rows += neuron_rows(args.arch, args.batch_size, device, args.repeats)
             if args.textspan:
-                rows += _textspan_tables(args, device, sizes)
+                rows += textspan_tables(args.textspan_data, sizes, args.repeats, device)
         env = environment(device, threads)
     tables = []
     for table in dict.fromkeys(r.table for r in rows):

@@ -260,8 +260,22 @@ def neuron_rows(arch: str, batch_size: int, device: torch.device, repeats: int, 
     return rows
 
 
+def textspan_tables(which: str, sizes: dict, repeats: int, device: torch.device) -> list[Row]:
+    """The TextSpan tables ``which`` names ("random", "headlike" or "both"; the head-like one on at most
+    HEADLIKE_HEADS heads), with the per-head loop only on CPU."""
+    if which not in ("random", "headlike", "both"):
+        raise ValueError(f"TextSpan data must be 'random', 'headlike' or 'both', not {which!r}")
+    kw = {"repeats": repeats, "device": device, "with_loop": device.type == "cpu"}
+    rows: list[Row] = []
+    if which in ("random", "both"):
+        rows += textspan_rows(**kw, **sizes, data="random")
+    if which in ("headlike", "both"):
+        rows += textspan_rows(**kw, **{**sizes, "n_heads": min(sizes["n_heads"], HEADLIKE_HEADS)}, data="headlike")
+    return rows
+
+
 def full_rows(arch: str, batch_size: int, device: torch.device, repeats: int, precisions: list[str],
-              textspan_sizes: dict, n_collect: int) -> list[Row]:
+              textspan_sizes: dict, n_collect: int, textspan_data: str = "both") -> list[Row]:
     """Everything at once: model rows per precision, heatmaps, collection, neuron second-order statistics,
     TextSpan (no NumPy loop on CUDA)."""
     rows = []
@@ -270,7 +284,5 @@ def full_rows(arch: str, batch_size: int, device: torch.device, repeats: int, pr
                            with_open_clip=i == 0)
     rows += heatmap_and_collection_rows(arch, batch_size, device, repeats, n_collect)
     rows += neuron_rows(arch, batch_size, device, repeats)
-    rows += textspan_rows(repeats=repeats, device=device, with_loop=device.type == "cpu", **textspan_sizes)
-    rows += textspan_rows(repeats=repeats, device=device, with_loop=device.type == "cpu", data="headlike",
-                          **{**textspan_sizes, "n_heads": min(textspan_sizes["n_heads"], HEADLIKE_HEADS)})
+    rows += textspan_tables(textspan_data, textspan_sizes, repeats, device)
     return rows
