@@ -120,13 +120,14 @@ def _top_subspace(C: Tensor, r: int, eps_data: float) -> tuple[Tensor, Tensor, T
     H, n, D = C.shape
     eps = torch.finfo(C.dtype).eps
     device, dtype = C.device, C.dtype
-    ranks = torch.zeros(H, dtype=torch.long, device=device)
-    V = torch.zeros(H, r, D, dtype=dtype, device=device)
-    eigenvalues = torch.zeros(H, r, dtype=dtype, device=device)
-    squared_norm = torch.zeros(H, dtype=dtype, device=device)
-    decided = torch.zeros(H, dtype=torch.bool, device=device)
     positions = torch.arange(r, device=device)
-    if n >= D:
+    if n < D:  # every head by SVD
+        decided = torch.zeros(H, dtype=torch.bool, device=device)
+        ranks = torch.zeros(H, dtype=torch.long, device=device)
+        V = torch.zeros(H, r, D, dtype=dtype, device=device)
+        eigenvalues = torch.zeros(H, r, dtype=dtype, device=device)
+        squared_norm = torch.zeros(H, dtype=dtype, device=device)
+    else:
         gram = _gram_lower(C)
         squared_norm = gram.diagonal(dim1=1, dim2=2).sum(-1)
         evals, evecs = torch.linalg.eigh(gram, UPLO="L")  # ascending; reads the lower triangle only
@@ -148,22 +149,20 @@ def _top_subspace(C: Tensor, r: int, eps_data: float) -> tuple[Tensor, Tensor, T
             Va = vectors[i, :a]
             residual = torch.linalg.vector_norm(C[i] - (C[i] @ Va.T) @ Va)
             decided[i] = residual + (2 * a + 1) * eps * D**0.5 * frobenius[i] <= cut[i]
-        ranks = torch.where(decided, above, ranks)
+        ranks = torch.where(decided, above, 0)  # the SVD below fills the undecided heads
         keep = positions < ranks[:, None]  # [H, r]
-        V = torch.where(decided[:, None, None], vectors * keep[..., None], V)
-        eigenvalues = torch.where(decided[:, None], evals.clamp_min(0) * keep, eigenvalues)
+        V, eigenvalues = vectors * keep[..., None], evals.clamp_min(0) * keep
     rest = (~decided).nonzero().flatten()
-    if len(rest):
+    if len(rest):  # r ≤ min(n, D): the SVD has at least r singular values
         _, singular_values, Vh = torch.linalg.svd(C[rest], full_matrices=False)
         norm2 = singular_values.pow(2).sum(-1)
         cut = rank_cut(singular_values[:, 0], norm2.sqrt(), n, D, eps, eps_data)
-        k = min(r, singular_values.shape[1])
         rest_ranks = (singular_values > cut[:, None]).sum(-1).clamp(max=r)
-        keep = positions[:k] < rest_ranks[:, None]
+        keep = positions < rest_ranks[:, None]
         ranks[rest] = rest_ranks
         squared_norm[rest] = norm2
-        V[rest, :k] = Vh[:, :k] * keep[..., None]
-        eigenvalues[rest, :k] = singular_values[:, :k].pow(2) * keep
+        V[rest] = Vh[:, :r] * keep[..., None]
+        eigenvalues[rest] = singular_values[:, :r].pow(2) * keep
     return ranks, V, eigenvalues, squared_norm
 
 
