@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 
 from vit_lens_clip.model.config import ViTConfig
-from vit_lens_clip.model.pooling import NoPooledTokenError, pooled_row
+from vit_lens_clip.model.pooling import NoPooledTokenError, Readout, TokenReadout, compute_dtype, readout_for
 
 
 def _hooked(*points: HookPoint) -> bool:
@@ -62,7 +62,8 @@ class LayerNorm(nn.Module):
     """LayerNorm with TransformerLens hooks.
 
     ``hook_scale`` = sqrt(var(x) + eps) (shape [..., 1]), ``hook_normalized`` = (x − mean(x)) / scale.
-    Statistics are taken in float32 and the result is cast back to the input dtype.
+    Statistics are taken in ``compute_dtype`` (float32, or float64 for float64 inputs) and the result is cast
+    back to the input dtype.
     """
 
     def __init__(self, d: int, eps: float = 1e-5):
@@ -74,14 +75,15 @@ class LayerNorm(nn.Module):
         self.hook_normalized = HookPoint()
 
     def forward(self, x: Float[Tensor, "... d"]) -> Float[Tensor, "... d"]:
-        dtype = x.dtype
+        dtype, work = x.dtype, compute_dtype(x.dtype)
+        w, b = self.w.to(work), self.b.to(work)
         if not _hooked(self.hook_scale, self.hook_normalized):
-            return F.layer_norm(x.float(), (x.shape[-1],), self.w.float(), self.b.float(), self.eps).to(dtype)
-        x = x.float()
+            return F.layer_norm(x.to(work), (x.shape[-1],), w, b, self.eps).to(dtype)
+        x = x.to(work)
         x = x - x.mean(-1, keepdim=True)
         scale = self.hook_scale((x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
         x = self.hook_normalized(x / scale)
-        return (x * self.w.float() + self.b.float()).to(dtype)
+        return (x * w + b).to(dtype)
 
 
 class Attention(nn.Module):
@@ -90,9 +92,10 @@ class Attention(nn.Module):
     W_Q, W_K, W_V: [n_heads, d_in, d_head]; W_O: [n_heads, d_head, d_out]; b_O: [d_out].
     ``result[b, q, h] = z[b, q, h] · W_O[h]`` and ``attn_out = Σ_h result + b_O``.
 
-    The pooled token (CLS for token pooling, the mean over patch queries for average pooling, query 0 for an
-    attentional pooler, or a per-sequence index ``pool_index`` such as a text's EOT token) gets two extra hook
-    points, computed only when hooked:
+    ``readout`` (model.pooling) names the pooled query: the class token, the mean over patch queries, query 0
+    of an attentional pooler, or a per-sequence ``pool_index`` such as a text's EOT token; ``None`` for the
+    trunk of an attention-pooled tower, which has no pooled row. The pooled query gets two extra hook points,
+    computed only when hooked:
 
     - ``hook_pooled_pattern`` [batch, n_heads, n_src]: the pooled query's attention weights A[h, m];
     - ``hook_result_per_source`` [batch, n_src, n_heads, d_out]: A[h, m] · (v[m, h] · W_O[h]). Summed over
@@ -100,9 +103,8 @@ class Attention(nn.Module):
       never built: only the pooled query row is used.
 
     Both are writable: the change an edit makes to the pooled output, Σ(edited pieces) − Σ(original pieces),
-    is added to the pooled row of ``attn_out`` (to every patch row for average pooling, which moves their mean
-    by exactly that change, as editing each patch query's pattern row by the same amount would). Unedited,
-    the change is exactly zero. ``attn_mask`` is an additive mask broadcastable to [batch, n_heads, query, source].
+    is written back by the readout into the row(s) the pool is read from. Unedited, the change is exactly zero.
+    ``attn_mask`` is an additive mask broadcastable to [batch, n_heads, query, source].
     """
 
     def __init__(
@@ -112,13 +114,12 @@ class Attention(nn.Module):
         d_head: int,
         d_out: int,
         d_kv_in: Optional[int] = None,
-        pool_type: str = "tok",
-        n_prefix: int = 1,
+        readout: Optional[Readout] = None,
         rotary: str = "",
     ):
         super().__init__()
         d_kv_in = d_kv_in or d_in
-        self.n_heads, self.d_head, self.pool_type, self.n_prefix = n_heads, d_head, pool_type, n_prefix
+        self.n_heads, self.d_head, self.readout = n_heads, d_head, readout
         self.rotary = rotary
         if rotary:  # PE-Core: q and k of the patch tokens are rotated; these hooks see them after the rotation
             self.hook_rot_q = HookPoint()  # [batch, query, head, d_head]
@@ -140,7 +141,7 @@ class Attention(nn.Module):
         self.hook_pattern = HookPoint()  # [batch, head, query, source]
         self.hook_z = HookPoint()  # [batch, query, head, d_head]
         self.hook_result = HookPoint()  # [batch, query, head, d_out]
-        if pool_type != "map":  # a MAP tower's trunk has no pooled token: its pooler carries these hooks
+        if readout is not None:  # the trunk of an attention-pooled tower has no pooled row: its pooler has these
             self.hook_pooled_pattern = HookPoint()  # [batch, head, source]
             self.hook_result_per_source = HookPoint()  # [batch, source, head, d_out]
 
@@ -164,16 +165,17 @@ class Attention(nn.Module):
             q = self.hook_rot_q(rotate(q, rope, self.rotary == "half"))
             k = self.hook_rot_k(rotate(k, rope, self.rotary == "half"))
         v = self.hook_v(self._project(kv_input, self.W_V, self.b_V))
-        want_pooled = self.pool_type != "map" and _hooked(self.hook_pooled_pattern, self.hook_result_per_source)
+        want_pooled = self.readout is not None and _hooked(self.hook_pooled_pattern, self.hook_result_per_source)
         want_pattern = _hooked(self.hook_attn_scores, self.hook_pattern) or (
-            want_pooled and self.pool_type == "avg" and pool_index is None
+            want_pooled and self.readout.needs_full_pattern
         )
 
         pattern = None
         if want_pattern:
-            scores = torch.einsum("bqhe,bshe->bhqs", q.float(), k.float()) / math.sqrt(self.d_head)
+            work = compute_dtype(q.dtype)
+            scores = torch.einsum("bqhe,bshe->bhqs", q.to(work), k.to(work)) / math.sqrt(self.d_head)
             if attn_mask is not None:
-                scores = scores + attn_mask.float()
+                scores = scores + attn_mask.to(work)
             scores = self.hook_attn_scores(scores)
             pattern = self.hook_pattern(scores.softmax(-1)).to(v.dtype)
             z = torch.einsum("bhqs,bshe->bqhe", pattern, v)
@@ -191,36 +193,25 @@ class Attention(nn.Module):
             out = _affine(z.flatten(-2), self.W_O.flatten(0, 1), self.b_O)
 
         if want_pooled:
-            out = self._apply_pooled_edits(out, v, self.pooled_pattern(q, k, pattern, attn_mask, pool_index), pool_index)
+            original = self.readout.pooled_pattern(q, k, pattern, attn_mask, pool_index)
+            out = self.readout.add_to_pooled(out, self._pooled_edit(v, original), pool_index)
         return out
 
-    def _apply_pooled_edits(
+    def _pooled_edit(
         self,
-        out: Float[Tensor, "batch n_query d_out"],
         v: Float[Tensor, "batch n_src n_heads d_head"],
         original: Float[Tensor, "batch n_heads n_src"],
-        pool_index: Optional[Tensor],
-    ) -> Float[Tensor, "batch n_query d_out"]:
-        """Run the pooled hooks and add the change their edits make to the pooled output to its row(s)."""
+    ) -> Float[Tensor, "batch d_out"]:
+        """Run the pooled hooks; the change their edits make to the pooled output (exactly 0 when unedited)."""
         pooled = self.hook_pooled_pattern(original.clone())
         if _hooked(self.hook_result_per_source):
             value_out = torch.einsum("bshe,hed->bshd", v, self.W_O)
-            # the same product and reduction as below, so that an unedited run gives a change of exactly 0
+            # the same product and reduction for both, so that an unedited run gives a change of exactly 0
             before = (einops.rearrange(original, "b h s -> b s h 1").to(value_out.dtype) * value_out).sum((1, 2))
             pieces = einops.rearrange(pooled, "b h s -> b s h 1").to(value_out.dtype) * value_out
-            change = self.hook_result_per_source(pieces).sum((1, 2)) - before
-        else:
-            z_change = torch.einsum("bhs,bshe->bhe", (pooled - original).to(v.dtype), v)
-            change = torch.einsum("bhe,hed->bd", z_change, self.W_O)
-        out = out.clone()
-        if pool_index is not None:
-            rows = torch.arange(out.shape[0], device=out.device)
-            out[rows, pool_index] += change.to(out.dtype)
-        elif self.pool_type == "avg":
-            out[:, self.n_prefix:] += change.to(out.dtype)[:, None]
-        else:
-            out[:, 0] += change.to(out.dtype)
-        return out
+            return self.hook_result_per_source(pieces).sum((1, 2)) - before
+        z_change = torch.einsum("bhs,bshe->bhe", (pooled - original).to(v.dtype), v)
+        return torch.einsum("bhe,hed->bd", z_change, self.W_O)
 
     def pooled_pattern(
         self,
@@ -230,29 +221,10 @@ class Attention(nn.Module):
         attn_mask: Optional[Tensor] = None,
         pool_index: Optional[Int[Tensor, " batch"]] = None,
     ) -> Float[Tensor, "batch n_heads n_src"]:
-        """Attention weights of the pooled query: row ``pool_index`` (per sequence), row 0 (token pooling) or
-        the mean over patch queries (avg)."""
-        if self.pool_type == "map":
+        """Attention weights of the pooled query (see ``model.pooling``)."""
+        if self.readout is None:
             raise NoPooledTokenError("this tower is read by its attention pooler: hook attn_pool.attn.hook_pooled_pattern")
-        rows = torch.arange(q.shape[0], device=q.device)
-        if pool_index is not None:
-            if pattern is not None:
-                return pattern[rows, :, pool_index].float()
-            scores = torch.einsum("bhe,bshe->bhs", q[rows, pool_index].float(), k.float()) / math.sqrt(self.d_head)
-            if attn_mask is not None:
-                mask = attn_mask.float().expand(q.shape[0], self.n_heads, -1, -1)
-                scores = scores + mask[rows, :, pool_index]
-            return scores.softmax(-1)
-        if self.pool_type == "avg":
-            if pattern is None:
-                raise RuntimeError("average pooling needs the full pattern")
-            return pooled_row(pattern.float(), "avg", self.n_prefix)
-        if pattern is not None:
-            return pattern[:, :, 0].float()
-        scores = torch.einsum("bhe,bshe->bhs", q[:, 0].float(), k.float()) / math.sqrt(self.d_head)
-        if attn_mask is not None:
-            scores = scores + attn_mask.float().expand(q.shape[0], self.n_heads, -1, -1)[:, :, 0]
-        return scores.softmax(-1)
+        return self.readout.pooled_pattern(q, k, pattern, attn_mask, pool_index)
 
 
 class MLP(nn.Module):
@@ -307,8 +279,8 @@ class TransformerBlock(PreLNBlock):
     """The image tower's block (``PreLNBlock``): its attention knows the pooled token and any rotary table."""
 
     def __init__(self, cfg: ViTConfig, layer: int):
-        attn = Attention(cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_model, pool_type=cfg.pool_type,
-                         n_prefix=cfg.n_prefix, rotary=cfg.rotary)
+        attn = Attention(cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_model,
+                         readout=readout_for(cfg.pool_type, cfg.n_prefix), rotary=cfg.rotary)
         super().__init__(layer, attn, cfg.d_model, cfg.d_mlp, cfg.act_fn, cfg.eps)
 
     def forward(
@@ -332,7 +304,8 @@ class AttentionPool(nn.Module):
         self.query = nn.Parameter(torch.zeros(pc.n_queries, pc.d_query))
         self.ln_q = LayerNorm(pc.d_query, pc.eps) if pc.query_norm else None
         self.ln_k = LayerNorm(pc.d_context, pc.eps)
-        self.attn = Attention(pc.d_query, pc.n_heads, pc.d_head, pc.d_model, d_kv_in=pc.d_context, pool_type="tok")
+        self.attn = Attention(pc.d_query, pc.n_heads, pc.d_head, pc.d_model, d_kv_in=pc.d_context,
+                              readout=TokenReadout(0))
         self.hook_attn_out = HookPoint()  # [batch, n_queries, d_model]
         if pc.d_mlp:
             self.ln_mlp = LayerNorm(pc.d_model, pc.eps)

@@ -36,17 +36,19 @@ from transformer_lens.HookedRootModule import HookedRootModule
 from vit_lens_clip.convert.hf_text import hf_text_to_hooked
 from vit_lens_clip.convert.open_clip_text import open_clip_text_to_hooked
 from vit_lens_clip.model.components import Attention, LayerNorm, PreLNBlock
+from vit_lens_clip.model.pooling import TokenReadout
 from vit_lens_clip.model.stacked_weights import StackedWeights
 from vit_lens_clip.model.text_config import TextConfig
 
 TokenInput = Union[Int[Tensor, "batch n"], Mapping]
+EOT_READOUT = TokenReadout()  # the pooled row of each sequence is given per forward (``pool_index``)
 
 
 class TextBlock(PreLNBlock):
     """Pre-LN block as in the image tower; the attention gets the text's mask and pooled-token index."""
 
     def __init__(self, cfg: TextConfig, layer: int):
-        attn = Attention(cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_model)
+        attn = Attention(cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_model, readout=EOT_READOUT)
         super().__init__(layer, attn, cfg.d_model, cfg.d_mlp, cfg.act_fn, cfg.eps)
 
     def forward(
@@ -143,11 +145,9 @@ class HookedTextTransformer(StackedWeights, HookedRootModule):
         index = self.pool_index(tokens)
         for block in self.blocks:
             resid = block(resid, attn_mask, index)
-        rows = torch.arange(batch, device=tokens.device)
         if self.hook_pooled.fwd_hooks:  # an edit is written back into the pooled position before ln_final
-            resid = resid.clone()
-            resid[rows, index] = self.hook_pooled(resid[rows, index])
-        pooled = self.ln_final(resid)[rows, index]
+            resid = EOT_READOUT.replace_pooled(resid, self.hook_pooled(EOT_READOUT.pool(resid, index)), index)
+        pooled = EOT_READOUT.pool(self.ln_final(resid), index)
         return self.hook_text_embed(pooled @ self.W_proj + self.b_proj)
 
     def to_tokens(self, texts: list[str]) -> Union[Tensor, Mapping]:

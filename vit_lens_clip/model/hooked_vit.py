@@ -43,7 +43,7 @@ from vit_lens_clip.convert.timm import convert_timm
 from vit_lens_clip.errors import BadInputError
 from vit_lens_clip.model.components import AttentionPool, LayerNorm, TransformerBlock
 from vit_lens_clip.model.config import ViTConfig
-from vit_lens_clip.model.pooling import pool_tokens
+from vit_lens_clip.model.pooling import readout_for, trunk_readout
 from vit_lens_clip.model.stacked_weights import StackedWeights
 from vit_lens_clip.validation import check_images, text_embeddings, text_list
 
@@ -76,6 +76,7 @@ class HookedViT(StackedWeights, HookedRootModule):
             self.register_buffer("rope", torch.zeros(cfg.n_patches, 2 * cfg.d_head))
         else:
             self.rope = None
+        self.readout = readout_for(cfg.pool_type, cfg.n_prefix)  # None: the attentional pooler reads the embedding
         self.attn_pool = AttentionPool(cfg) if cfg.attention_pool is not None else None
         self.hook_pooled = HookPoint()
         self.ln_final = LayerNorm(cfg.d_pool, cfg.eps) if cfg.has_ln_final else None
@@ -103,34 +104,34 @@ class HookedViT(StackedWeights, HookedRootModule):
         return self.hook_embed(self.ln_pre(tokens) if self.ln_pre is not None else tokens)
 
     def pool(self, resid: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch d_pool"]:
-        """ln_final of the pooled vector r, following the tower's pooling variant.
+        """ln_final of the pooled vector r, read by the tower's readout (``model.pooling``).
 
-        Token pooling applies ln_final at every position (so ``ln_final.hook_scale`` is [B, pos, 1], as
-        TransformerLens expects) and then takes the pooled position; an edit to ``hook_pooled`` is written back
-        into the CLS position before ln_final (average pooling before the LN has no such position: editing
-        it raises). CLIPA (``final_ln_after_pool``) and CoCa pool first, then normalise ([B, 1] scale).
+        A position readout (the class token) applies ln_final at every position (so ``ln_final.hook_scale`` is
+        [B, pos, 1], as TransformerLens expects) and then takes the pooled row; an edit to ``hook_pooled`` is
+        written back into that row before ln_final. The patch mean before a per-position LN has no such row:
+        editing it raises. CLIPA (``final_ln_after_pool``) and attentional poolers pool first, then normalise
+        ([B, 1] scale).
         """
         ln = self.ln_final if self.ln_final is not None else (lambda x: x)
         if self.attn_pool is not None:
             return ln(self.hook_pooled(self.attn_pool(resid)[:, 0]))
         if self.cfg.final_ln_after_pool:
-            return ln(self.hook_pooled(self.pool_tokens(resid)))
+            return ln(self.hook_pooled(self.readout.pool(resid)))
         if self.hook_pooled.fwd_hooks:
-            pooled = self.pool_tokens(resid)
+            pooled = self.readout.pool(resid)
             edited = self.hook_pooled(pooled.clone())
-            if self.cfg.pool_type == "tok":
-                resid = resid.clone()
-                resid[:, 0] = edited
+            if self.readout.is_position:
+                resid = self.readout.replace_pooled(resid, edited)
             elif not torch.equal(edited, pooled):
                 raise ValueError(
                     "hook_pooled cannot be edited when patches are averaged after the final LayerNorm "
                     f"(no position holds the pooled residual); edit blocks.{self.cfg.n_layers - 1}.hook_resid_post"
                 )
-        return self.pool_tokens(ln(resid))
+        return self.readout.pool(ln(resid))
 
-    def pool_tokens(self, x: Float[Tensor, "... pos d"]) -> Float[Tensor, "... d"]:
-        """Token pooling of any per-position tensor (``model.pooling.pool_tokens``)."""
-        return pool_tokens(x, self.cfg.pool_type, self.cfg.n_prefix)
+    def pool_tokens(self, x: Float[Tensor, "*batch pos d"]) -> Float[Tensor, "*batch d"]:
+        """The trunk's readout of any per-position tensor (the pooled row); raises for an attention-pooled trunk."""
+        return trunk_readout(self.cfg.pool_type, self.cfg.n_prefix).pool(x)
 
     def forward(self, images: Float[Tensor, "batch channel height width"]) -> Float[Tensor, "batch d_out"]:
         """Image embedding = ln_final(r) · W_proj (+ b_proj); equals the source model's image embedding."""
