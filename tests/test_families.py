@@ -142,10 +142,11 @@ def test_open_clip_siglip_full_size(name):
 def test_siglip_pooler_head_map_equals_brute_force_ablation():
     """Zero one pooler head's contribution from one source m (the pooler MLP held at its clean value, as a
     direct effect): the text score changes by −M[m] + c, with c one constant per image (the piece's share of
-    b_O, K₀ and the bias). So Δ_m + M[m] is the same for every source, and the Δ_m add up to ablating all."""
-    hooked = HookedViT.from_timm(small_timm("siglip"))
-    x = _images(hooked, batch=2)
-    text = F.normalize(torch.randn(hooked.cfg.output_dim, generator=torch.Generator().manual_seed(2)), dim=-1)
+    b_O, K₀ and the bias). So Δ_m + M[m] is the same for every source, and the Δ_m add up to ablating all.
+    In float64: the brute-force differences cancel |base| ≈ 100·|M|, which float32 rounding would blur."""
+    hooked = HookedViT.from_timm(small_timm("siglip")).double()
+    x = _images(hooked, batch=2).double()
+    text = F.normalize(torch.randn(hooked.cfg.output_dim, generator=torch.Generator().manual_seed(2)), dim=-1).double()
     head = 1
     parts = decompose(hooked, x, per_source=True)
     heat = parts.extra["pool_head_sources"][:, head] @ text  # [B, N]

@@ -31,9 +31,18 @@ from jaxtyping import Float
 from torch import Tensor
 
 from vit_lens_clip.errors import BadInputError
+from vit_lens_clip.model.pooling import compute_dtype
 
 Convention = Literal["equal_share", "own_mean"]
 CONVENTIONS = ("equal_share", "own_mean")
+
+
+def ln_statistics(x: Float[Tensor, "*batch d"], eps: float) -> tuple[Float[Tensor, "*batch"], Float[Tensor, "*batch"]]:
+    """A LayerNorm's statistics of x: μ = mean_d(x) and σ = sqrt(var_d(x) + ε), in ``compute_dtype`` (float32
+    at least, float64 for float64 input) like the model's LayerNorm. The one place they are recomputed."""
+    x = x.to(compute_dtype(x.dtype))
+    mean = x.mean(-1)
+    return mean, ((x - mean[..., None]).pow(2).mean(-1) + eps).sqrt()
 
 
 @dataclass(frozen=True)
@@ -57,20 +66,25 @@ class LNFold:
         eps: float,
         convention: Convention = "equal_share",
     ) -> "LNFold":
-        """μ(r) and σ(r) = sqrt(var(r) + ε), computed in float32 like the model's LayerNorm."""
+        """μ(r) and σ(r) = sqrt(var(r) + ε) (``ln_statistics``), in float32, or float64 for a float64 model."""
         if convention not in CONVENTIONS:
             raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
-        r = pooled_residual.float()
-        mean = r.mean(-1)
-        scale = ((r - mean[:, None]).pow(2).mean(-1) + eps).sqrt()
-        return cls(mean, scale, gamma.float(), beta.float(), proj.float(), convention)
+        mean, scale = ln_statistics(pooled_residual, eps)
+        work = compute_dtype(torch.promote_types(pooled_residual.dtype, proj.dtype))
+        return cls(mean.to(work), scale.to(work), gamma.detach().to(work), beta.detach().to(work),
+                   proj.detach().to(work), convention)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The precision the fold works in (float32, or float64 for a float64 model)."""
+        return self.proj.dtype
 
     def _per_batch(self, x: Tensor, ndim: int) -> Tensor:
         return x.reshape(-1, *([1] * (ndim - 1)))
 
     def fold(self, pieces: Float[Tensor, "batch *parts d"], share: float) -> Float[Tensor, "batch *parts d_out"]:
         """ĉ = (γ ⊙ (c − m_c)/σ + w·β) · P for every piece c (batch first)."""
-        pieces = pieces.float()
+        pieces = pieces.to(self.proj.dtype)
         if self.convention == "equal_share":
             centred = pieces - share * self._per_batch(self.mean, pieces.ndim)
         else:
@@ -80,7 +94,7 @@ class LNFold:
 
     def pull_back(self, texts: Float[Tensor, "n_texts d_out"]) -> Float[Tensor, "d n_texts_plus_1"]:
         """Width-d directions [g_t for each text, 1]: dot a piece with them to score it (see ``scores``)."""
-        g = self.gamma[:, None] * (self.proj @ texts.float().T)
+        g = self.gamma[:, None] * (self.proj @ texts.to(self.proj.dtype).T)
         return torch.cat([g, torch.ones_like(g[:, :1])], dim=1)
 
     def scores(
@@ -90,7 +104,7 @@ class LNFold:
         share: float,
     ) -> Float[Tensor, "batch *parts n_texts"]:
         """ĉ · t from c · [g_t, 1] (``dots``, from ``pull_back``), without forming ĉ."""
-        texts = texts.float()
+        texts, dots = texts.to(self.proj.dtype), dots.to(self.proj.dtype)
         g_sum = (self.gamma[:, None] * (self.proj @ texts.T)).sum(0)  # Σ_d g_t  [K]
         beta_t = self.beta @ self.proj @ texts.T  # β · P t   [K]
         c_dot_g, c_sum = dots[..., :-1], dots[..., -1:]
@@ -104,7 +118,7 @@ class LNFold:
 def embedding_norms(embedding: Float[Tensor, "batch d_out"], normalize: bool) -> Float[Tensor, " batch"]:
     """‖y‖ per image (what ``normalize=True`` divides every part by), or ones; a zero embedding raises."""
     if not normalize:
-        return torch.ones(embedding.shape[0], device=embedding.device)
+        return torch.ones(embedding.shape[0], device=embedding.device, dtype=embedding.dtype)
     norm = embedding.norm(dim=-1)
     zero = norm == 0
     if bool(zero.any()):

@@ -168,7 +168,7 @@ class HookedTextTransformer(StackedWeights, HookedRootModule):
         with torch.device("meta"):
             model = cls(cfg)
         first = next(iter(state.values()))
-        own = {k: v.detach().to(torch.float32, copy=True) for k, v in state.items()}  # never the source's storage
+        own = {k: v.detach().clone() for k, v in state.items()}  # never the source's storage, in its precision
         model.load_state_dict(own, strict=True, assign=True)
         return model.to(device=first.device, dtype=cfg.dtype).eval()
 

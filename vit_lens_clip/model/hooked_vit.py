@@ -244,8 +244,8 @@ class HookedViT(StackedWeights, HookedRootModule):
 
 
 def _own_copy(t: Tensor) -> Tensor:
-    """A contiguous float32 copy that shares no storage with ``t`` (a bare ``.to`` would alias fp32 weights)."""
-    return t.detach().to(torch.float32, memory_format=torch.contiguous_format, copy=True)
+    """A contiguous copy in t's own precision that shares no storage with ``t`` (a bare ``.to`` would alias)."""
+    return t.detach().clone(memory_format=torch.contiguous_format)
 
 
 def _device_of(model: nn.Module) -> torch.device:

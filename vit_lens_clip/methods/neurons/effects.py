@@ -33,8 +33,10 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from vit_lens_clip.decompose.fold import LNFold
 from vit_lens_clip.decompose.reducers import Reducer
 from vit_lens_clip.model.hooked_vit import HookedViT
+from vit_lens_clip.model.pooling import compute_dtype
 
 Hook = tuple[str, Callable]
 
@@ -115,38 +117,38 @@ class SecondOrderCapture:
         hooks = [(f"blocks.{self.layer}.mlp.hook_post", self._keep("post")),
                  ("hook_pooled", self._keep("pooled")), ("hook_image_embed", self._keep("embedding"))]
         for j in self.later:
-            hooks.append((f"blocks.{j}.ln1.hook_scale", self._keep(f"sigma.{j}", lambda t: t[..., 0].float())))
-            hooks.append((f"blocks.{j}.attn.hook_pooled_pattern", self._keep(f"A.{j}", lambda t: t.float())))
+            hooks.append((f"blocks.{j}.ln1.hook_scale", self._keep(f"sigma.{j}", lambda t: t[..., 0])))
+            hooks.append((f"blocks.{j}.attn.hook_pooled_pattern", self._keep(f"A.{j}")))
             if self.shares:
-                hooks.append((f"blocks.{j}.hook_resid_pre", self._keep(f"mu.{j}", lambda t: t.float().mean(-1))))
+                hooks.append((f"blocks.{j}.hook_resid_pre",
+                              self._keep(f"mu.{j}", lambda t: t.to(compute_dtype(t.dtype)).mean(-1))))
         return hooks
 
     @torch.no_grad()
     def finish(self) -> dict[str, Tensor]:
         """s, s_bias, inv_scale, norm, embedding, shares for the batch (float32, or float64 for a float64 model)."""
         st, m = self.store, self.model
-        dtype = torch.float64 if m.W_proj.dtype == torch.float64 else torch.float32
+        dtype = compute_dtype(m.W_proj.dtype)
         post = st["post"].to(dtype)  # [B, T, N]
         s, s_bias = [], []
         for j in self.later:
             weights = st[f"A.{j}"].to(dtype) / st[f"sigma.{j}"].to(dtype)[:, None, :]  # [B, H, T]
             s.append(torch.einsum("bht,btn->bhn", weights, post))
             s_bias.append(weights.sum(-1))
-        pooled = st["pooled"].to(dtype)
-        mu_f = pooled.mean(-1)
-        sigma_f = ((pooled - mu_f[:, None]).pow(2).mean(-1) + m.ln_final.eps).sqrt()
+        fold = LNFold.from_residual(st["pooled"].to(dtype), m.ln_final.w, m.ln_final.b, m.W_proj, m.ln_final.eps)
         embedding = st["embedding"].to(dtype)
-        out = {"s": torch.stack(s, 1), "s_bias": torch.stack(s_bias, 1), "inv_scale": 1 / sigma_f,
+        out = {"s": torch.stack(s, 1), "s_bias": torch.stack(s_bias, 1), "inv_scale": 1 / fold.scale,
                "norm": embedding.norm(dim=-1), "embedding": embedding}
-        out["shares"] = self._shares(mu_f, sigma_f, dtype) if self.shares else torch.zeros_like(embedding)
+        out["shares"] = self._shares(fold, dtype) if self.shares else torch.zeros_like(embedding)
         self.store = {}
         return out
 
-    def _shares(self, mu_f: Tensor, sigma_f: Tensor, dtype: torch.dtype) -> Float[Tensor, "batch d_out"]:
-        """g(I): the official code's μ/β/bias shares of every neuron of the layer, summed over neurons."""
+    def _shares(self, fold: LNFold, dtype: torch.dtype) -> Float[Tensor, "batch d_out"]:
+        """g(I): the official code's μ/β/bias shares of every neuron of the layer, summed over neurons: each
+        later head's share o of ln_1's μ and β, b_V and b_O, folded through the final LN with share 1/(K_L K_j H)
+        (``LNFold.fold``, the equal-share convention)."""
         m, st = self.model, self.store
         L, H = m.cfg.n_layers, m.cfg.n_heads
-        gamma_f, beta_f, P = (x.to(dtype) for x in (m.ln_final.w, m.ln_final.b, m.W_proj))
         g = 0
         for j in self.later:
             attn, ln1, K_j, K_L = m.blocks[j].attn, m.blocks[j].ln1, 2 * j + 1, 2 * L + 1
@@ -155,8 +157,7 @@ class SecondOrderCapture:
             mu_over_sigma = st[f"mu.{j}"].to(dtype) / st[f"sigma.{j}"].to(dtype)  # [B, T]
             x = (-torch.einsum("bht,bt->bh", A, mu_over_sigma)[..., None] * ln1.w.to(dtype) + ln1.b.to(dtype)) / K_j
             o = torch.einsum("bhd,hde,hef->bhf", x, W_V, W_O) + torch.einsum("he,hef->hf", b_V, W_O) / K_j + b_O / (K_j * H)
-            c = K_L * K_j * H
-            g = g + ((gamma_f * (o - mu_f[:, None, None] / c) / sigma_f[:, None, None] + beta_f / c) @ P).sum(1)
+            g = g + fold.fold(o, 1 / (K_L * K_j * H)).sum(1)
         return g
 
 

@@ -25,7 +25,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from vit_lens_clip.model.hooked_vit import HookedViT
-from vit_lens_clip.model.pooling import patch_slice, pooled_row
+from vit_lens_clip.model.pooling import patch_slice
 from vit_lens_clip.validation import text_embeddings
 
 
@@ -36,7 +36,7 @@ def _patch_grid(model: HookedViT, per_patch: Float[Tensor, "batch n_patches"]) -
 
 def _pooled_row(model: HookedViT, matrix: Float[Tensor, "batch n_query n_src"]) -> Float[Tensor, "batch n_src"]:
     """Row of the pooled token: CLS, or the mean over patch queries for average pooling."""
-    return pooled_row(matrix, model.cfg.pool_type, model.cfg.n_prefix)
+    return model.pool_tokens(matrix)
 
 
 def _check_supported(model: HookedViT) -> None:
