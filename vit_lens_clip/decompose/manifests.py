@@ -80,10 +80,11 @@ def check_same_kind(folders: Sequence[str | Path], manifests: Sequence[dict[str,
     return kinds[0]
 
 
-def merge_manifests(dirs: Sequence[str | Path], out_dir: str | Path) -> Path:
-    """Combine finished shard folders of one run kind (e.g. one per process) into ``out_dir/manifest.json``.
+def merge_manifests(dirs: Sequence[str | Path], out_dir: str | Path, extra: dict[str, Any] | None = None) -> Path:
+    """Combine finished store folders of one run kind (e.g. one per process) into ``out_dir/manifest.json``.
 
-    Rows keep the order of ``dirs``, then of each folder's shards; files are referenced, not copied.
+    Rows keep the order of ``dirs``, then of each folder's shards; files are referenced, not copied. ``extra``
+    fields (e.g. ``collect``'s image count) are added to the merged manifest.
     """
     dirs = [Path(d) for d in dirs]
     manifests = [read_manifest(d) for d in dirs]
@@ -91,7 +92,7 @@ def merge_manifests(dirs: Sequence[str | Path], out_dir: str | Path) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     shards = [{**s, "file": os.path.relpath(d / s["file"], out_dir)} for d, m in zip(dirs, manifests) for s in m["shards"]]
-    merged: dict[str, Any] = {"layers": kind["layers"], "shards": shards, "complete": True}
+    merged: dict[str, Any] = {**(extra or {}), "layers": kind["layers"], "shards": shards, "complete": True}
     if kind["identity"] is not None:
         merged["identity"] = kind["identity"]
     ckpt_io.atomic_write_json(out_dir / MANIFEST, merged)

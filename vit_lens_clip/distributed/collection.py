@@ -33,10 +33,10 @@ from torch.utils.data import Dataset, Subset
 from tqdm.auto import tqdm
 
 from vit_lens_clip.datasets.folder import Batch
-from vit_lens_clip.decompose.manifests import check_same_kind
+from vit_lens_clip.decompose.manifests import merge_manifests
 from vit_lens_clip.decompose.parts import Decomposition
 from vit_lens_clip.decompose.reducers import MeanReducer, Reducer, run_reducers
-from vit_lens_clip.decompose.store import MANIFEST, MEANS, read_manifest
+from vit_lens_clip.decompose.store import MEANS, read_manifest
 from vit_lens_clip.decompose.store_writer import ShardWriter
 from vit_lens_clip.distributed.ranks import (
     RankInfo,
@@ -212,7 +212,7 @@ def merge_collection(out: str | Path) -> Path:
         raise FileNotFoundError(f"{out} holds no collection.json: not a collection folder")
     meta = json.loads(info_path.read_text())
     world = meta["world_size"]
-    shards, images, skipped, folders, manifests = [], 0, [], [], []
+    images, skipped, folders = 0, [], []
     for r in range(world):
         here = rank_dir(out, r)
         try:
@@ -224,19 +224,15 @@ def merge_collection(out: str | Path) -> Path:
             raise ValueError(f"rank {r}'s shards in {here} were written by another collection (their manifest's "
                              f"identity differs from {info_path}); relaunch the collection in an empty folder")
         folders.append(here / "parts")
-        manifests.append(manifest)
-        shards += [{**s, "file": os.path.relpath(here / "parts" / s["file"], out)} for s in manifest["shards"]]
         images += sum(s["count"] for s in manifest["shards"])
         skipped += run["skipped"]
-    layers = check_same_kind(folders, manifests)["layers"]  # same parts, dtypes and shapes on every rank
     expected = meta["identity"]["n"] - len(skipped)
     if images != expected:
         raise ValueError(f"the ranks' shards hold {images} images, expected {expected}; relaunch the collection")
-    merged = {"layers": layers, "shards": shards, "complete": True, "n_images": images, "skipped": skipped,
-              "identity": meta["identity"]}
+    extra: dict[str, Any] = {"n_images": images, "skipped": skipped}
     if (out / MEANS).is_file():
-        merged["means_sha256"] = sha256_file(out / MEANS)
-    _write_json(out / MANIFEST, merged)
+        extra["means_sha256"] = sha256_file(out / MEANS)
+    merge_manifests(folders, out, extra)  # same parts, dtypes and shapes on every rank, or refused
     meta["complete"] = True
     _write_json(info_path, meta)
     return out
