@@ -64,6 +64,16 @@ def collect_args(out: Path) -> list[str]:
             "--checkpoint-every", "1", "--quiet"]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The ranks run with --threads 1, so the in-process references do too: CPU kernels' rounding depends on the
+    thread count, and the comparisons below are bitwise."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def loaded():
     return load_clip()

@@ -69,8 +69,8 @@ def parts_hint(needed: Sequence[str]) -> str:
 
 def _finite(value: Tensor, path: Path, name: str) -> Tensor:
     if value.is_floating_point() and not bool(torch.isfinite(value).all()):
-        raise CorruptFileError(f"{path}: non-finite values (NaN or inf) in {name}; the shard is damaged, "
-                               "collect it again")
+        raise CorruptFileError(f"{path}: non-finite values (NaN or inf) in {name}; the file is damaged, delete "
+                               "the folder and write it again")
     return value
 
 
@@ -100,11 +100,13 @@ class StoredParts:
         """The path of a shard listed by the manifest, checked: whole safetensors file, recorded sha256."""
         path = self.folder / entry["file"]
         if entry["file"] not in self._checked:
+            if not path.is_file():  # gone since the manifest was read
+                raise CorruptFileError(f"shard {path} listed by {self.folder / MANIFEST} is missing")
             check_safetensors_file(path)
             recorded = entry.get("sha256")
             if recorded is not None and sha256_file(path) != recorded:
                 raise CorruptFileError(f"{path} does not match the sha256 recorded in {self.folder / MANIFEST} "
-                                       "(damaged or edited); collect it again")
+                                       "(damaged or edited); delete the folder and write it again")
             self._checked.add(entry["file"])
         return path
 
