@@ -18,14 +18,13 @@ from vit_lens_clip.datasets.folder import TensorImages
 from vit_lens_clip.decompose import checkpoint as ckpt_io
 from vit_lens_clip.decompose.reducers import (
     ActivationMeanReducer,
-    HeadStackReducer,
     MeanReducer,
     StackReducer,
     TextScoreReducer,
-    load_head_stack,
     run_reducers,
 )
-from vit_lens_clip.methods.textspan.runs import HeadAndEmbedStackReducer
+from vit_lens_clip.decompose.store import StoredParts
+from vit_lens_clip.decompose.store_writer import ShardWriter
 
 N, BATCH = 4, 2  # 2 batches; a checkpoint after each (the second is the final one)
 
@@ -45,8 +44,8 @@ def setup():
 
 def _run(model, images, texts, folder: Path):
     """Every checkpointing reducer in one run; returns all their results as one dict of tensors."""
-    reducers = [MeanReducer(), StackReducer(), TextScoreReducer(texts), HeadStackReducer(folder / "heads", shard_size=2),
-                HeadAndEmbedStackReducer(folder / "heads_embed", shard_size=3)]
+    reducers = [MeanReducer(), StackReducer(), TextScoreReducer(texts), ShardWriter(folder / "heads", shard_size=2),
+                ShardWriter(folder / "heads_embed", parts=("heads", "embed"), shard_size=3)]
     act = ActivationMeanReducer(["blocks.1.hook_attn_out"])
     summary = run_reducers(model, TensorImages(images, labels=[i % 3 for i in range(N)]), reducers, batch_size=BATCH,
                            layers=[1, 2], checkpoint_dir=folder / "ckpt", checkpoint_every=1, progress=False,
@@ -54,8 +53,8 @@ def _run(model, images, texts, folder: Path):
     out = {f"mean.{k}": v for k, v in reducers[0].result().items()}
     out.update({f"stack.{k}": v for k, v in reducers[1].result().items()})
     out.update({f"scores.{k}": v for k, v in reducers[2].result().items()})
-    out.update({f"shards.{k}": v for k, v in load_head_stack(reducers[3].result()).items()})
-    out.update({f"shards_embed.{k}": v for k, v in load_head_stack(reducers[4].result()).items()})
+    out.update({f"shards.{k}": v for k, v in StoredParts(reducers[3].result()).read().items()})
+    out.update({f"shards_embed.{k}": v for k, v in StoredParts(reducers[4].result()).read().items()})
     out.update({f"act.{k}": v for k, v in act.result().items()})
     out["images_seen"] = torch.tensor(summary.images)
     return out

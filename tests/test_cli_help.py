@@ -46,8 +46,8 @@ def test_report_section_names_match_the_sections():
 
 def test_light_collect_options_match_the_shard_writer():
     from vit_lens_clip.app.config import COLLECT_PARTS
+    from vit_lens_clip.decompose.store import PART_FIELDS
     from vit_lens_clip.distributed.collection import AUTOCAST_DTYPES
-    from vit_lens_clip.distributed.shards import PART_FIELDS
 
     assert COLLECT_PARTS == tuple(PART_FIELDS)
     assert sorted(AUTOCAST_DTYPES) == ["bf16", "fp16"]

@@ -22,24 +22,22 @@ from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from vit_lens_clip.app import collect as collect_app
 from vit_lens_clip.app.cli import main
 from vit_lens_clip.app.collect import profile_collection
 from vit_lens_clip.datasets.folder import ImageFolder
 from vit_lens_clip.datasets.sources import ShapesItems, open_dataset
 from vit_lens_clip.decompose.reducers import MeanReducer, StackReducer, run_reducers
+from vit_lens_clip.decompose.store import StoredParts
 from vit_lens_clip.distributed.collection import (
     CollectionPlan,
     collect_on_rank,
     merge_collection,
     rank_dir,
 )
-from vit_lens_clip.distributed.folder import load_decomposition
 from vit_lens_clip.distributed.sampler import ContiguousSampler, rank_range
-from vit_lens_clip.distributed.shards import read_parts
 from vit_lens_clip.loading import load_clip
 from vit_lens_clip.methods.ablation import ablate_posthoc
-from vit_lens_clip.methods.textspan.runs import collect_head_contributions, load_contributions, run_textspan
+from vit_lens_clip.methods.textspan.runs import collect_head_contributions, run_textspan
 
 N, BATCH = 41, 7  # odd size; 7 divides both ranks' blocks (21, 20 → batches 7,7,7 | 7,7,6), so batches match
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,6 +62,16 @@ def torchrun(*args: str, nproc: int = 2, check: bool = True, **kw) -> subprocess
 def collect_args(out: Path) -> list[str]:
     return ["collect", "--data", f"shapes:{N}", "--out", str(out), "--batch-size", str(BATCH), "--threads", "1",
             "--checkpoint-every", "1", "--quiet"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The ranks run with --threads 1, so the in-process references do too: CPU kernels' rounding depends on the
+    thread count, and the comparisons below are bitwise."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -130,14 +138,9 @@ def test_mean_reducer_merge_from_equals_one_pass(loaded, dataset):
         assert torch.allclose(merged.result()[k], v, rtol=1e-6, atol=1e-7), k
 
 
-def test_folder_readers_keep_their_old_import_path():
-    assert collect_app.load_contributions is load_contributions
-    assert collect_app.load_decomposition is load_decomposition
-
-
 def test_single_process_collection_equals_collect_head_contributions(loaded, dataset, single):
     reference = collect_head_contributions(loaded, dataset, last_n_layers=4, batch_size=BATCH, progress=False)
-    got = load_contributions(single)
+    got = StoredParts(single).contributions()
     for k in ("heads", "embed", "embedding", "indices"):
         assert torch.equal(getattr(got, k), getattr(reference, k)), k
     for k, v in reference.means.items():
@@ -145,7 +148,7 @@ def test_single_process_collection_equals_collect_head_contributions(loaded, dat
 
 
 def test_two_ranks_equal_one_process(loaded, dataset, single, two_ranks):
-    a, b = read_parts(single, KEYS), read_parts(two_ranks, KEYS)
+    a, b = StoredParts(single).read(KEYS), StoredParts(two_ranks).read(KEYS)
     assert torch.equal(b["indices"], torch.arange(N))  # dataset order, nothing dropped or repeated
     for k in KEYS:
         assert torch.equal(a[k], b[k]), k  # same batch shapes: bitwise
@@ -163,7 +166,7 @@ def test_two_ranks_equal_one_process(loaded, dataset, single, two_ranks):
 
 def test_textspan_from_two_ranks_picks_as_one_process(loaded, dataset, single, two_ranks, pool_file):
     emb = loaded.encode_text(POOL)
-    rows = run_textspan(load_contributions(single), emb, POOL, k=5)
+    rows = run_textspan(StoredParts(single).contributions(), emb, POOL, k=5)
     table = json.loads((two_ranks / "textspan" / "textspan.json").read_text())
     got = {(h["layer"], h["head_index"]): [p["index"] for p in h["picks"]] for h in table["heads"]}
     assert len(got) == len(rows) == 16
@@ -192,7 +195,7 @@ def test_sigkilled_rank_resumes_to_the_uninterrupted_result(two_ranks, tmp_path)
     torchrun(worker, "0", *collect_args(out))
     resumed = json.loads((rank_dir(out, 1) / "run.json").read_text())["resumed_from"]
     assert 0 < resumed < 20
-    a, b = read_parts(two_ranks, KEYS), read_parts(out, KEYS)
+    a, b = StoredParts(two_ranks).read(KEYS), StoredParts(out).read(KEYS)
     for k in KEYS:
         assert torch.equal(a[k], b[k]), k
     ma, mb = load_file(str(two_ranks / "means.safetensors")), load_file(str(out / "means.safetensors"))
@@ -291,7 +294,7 @@ def test_ablation_reads_a_collection_folder(loaded, dataset, tmp_path):
     subset = torch.utils.data.Subset(dataset, range(9))
     plan = CollectionPlan(parts=("heads", "embed", "layers", "mlps", "means"), layers=(4, 5), batch_size=4)
     collect_on_rank(loaded.model, subset, tmp_path, plan, identity(loaded, "first 9"), progress=False)
-    parts, means, _ = load_decomposition(tmp_path)
+    parts, means, _ = StoredParts(tmp_path).decomposition()
     stack, ref_means = StackReducer(), MeanReducer()
     run_reducers(loaded.model, subset, [stack, ref_means], batch_size=4, layers=[4, 5], normalize=True, progress=False)
     rows = stack.result()
@@ -304,7 +307,7 @@ def test_ablation_reads_a_collection_folder(loaded, dataset, tmp_path):
     want = want - rows["heads"][:, 1, 1] + r["heads"][1, 1]
     assert torch.allclose(ablated, want, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="lacks parts"):
-        load_decomposition(_only_heads(loaded, subset, tmp_path / "h"))
+        StoredParts(_only_heads(loaded, subset, tmp_path / "h")).decomposition()
 
 
 def _only_heads(loaded, subset, out):
@@ -319,7 +322,7 @@ def test_autocast_bf16_and_fp16_storage(loaded, dataset, tmp_path):
         plan = CollectionPlan(parts=("heads",), layers=(4, 5), batch_size=4, autocast=autocast, store_dtype="fp16")
         out = collect_on_rank(loaded.model, subset, tmp_path / str(autocast), plan, identity(loaded, "first 8"),
                               progress=False)
-        got[autocast] = read_parts(out, ["heads", "embedding"])
+        got[autocast] = StoredParts(out).read(["heads", "embedding"])
     assert got["bf16"]["heads"].dtype == torch.float16 and got["bf16"]["embedding"].dtype == torch.float32
     for k in ("heads", "embedding"):
         a, b = got[None][k].float(), got["bf16"][k].float()
@@ -333,9 +336,9 @@ def test_read_parts_refuses_unfinished_folders_and_keys_missing_from_some_shards
     save_file({"heads": torch.ones(2, 3)}, str(tmp_path / "b.safetensors"))
     manifest = {"layers": [0], "shards": [{"file": "a.safetensors"}, {"file": "b.safetensors"}], "complete": True}
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
-    assert torch.equal(read_parts(tmp_path, ["heads"])["heads"], torch.cat([torch.zeros(2, 3), torch.ones(2, 3)]))
+    assert torch.equal(StoredParts(tmp_path).read(["heads"])["heads"], torch.cat([torch.zeros(2, 3), torch.ones(2, 3)]))
     with pytest.raises(ValueError, match="labels is stored in only 1 of the 2 shards"):
-        read_parts(tmp_path, ["heads", "labels"])
+        StoredParts(tmp_path).read(["heads", "labels"])
     (tmp_path / "manifest.json").write_text(json.dumps({**manifest, "complete": False}))
     with pytest.raises(ValueError, match="unfinished"):
-        read_parts(tmp_path, ["heads"])
+        StoredParts(tmp_path).read(["heads"])

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from vit_lens_clip.decompose import load_head_stack, merge_manifests
+from vit_lens_clip.decompose import StoredParts, merge_manifests
 
 IDENTITY = {"model": "embedded|abc|fp32", "dataset": "shapes:n=10,seed=0", "parts": ["heads", "embed"], "n": 10,
             "layers": [4, 5], "batch_size": 4, "normalize": True, "store_dtype": "fp32", "autocast": None}
@@ -44,7 +44,7 @@ def refused(dirs, out: Path) -> str:
 def test_same_kind_merges_in_order(tmp_path):
     a, b = shard_folder(tmp_path / "a", 0), shard_folder(tmp_path / "b", 3)
     merged = merge_manifests([a, b], tmp_path / "all")
-    rows = load_head_stack(merged)
+    rows = StoredParts(merged).read()
     assert torch.equal(rows["indices"], torch.arange(6)) and rows["heads"].shape == (6, 2, 4, 8)
     assert json.loads((merged / "manifest.json").read_text())["identity"] == IDENTITY
 

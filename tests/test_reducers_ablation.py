@@ -13,17 +13,17 @@ from safetensors.torch import load_file
 
 from vit_lens_clip import HookedViT
 from vit_lens_clip.datasets.folder import ImageFolder, TensorImages
+from vit_lens_clip.decompose.manifests import merge_manifests
 from vit_lens_clip.decompose.parts import decompose
 from vit_lens_clip.decompose.reducers import (
     ActivationMeanReducer,
-    HeadStackReducer,
     MeanReducer,
     Reducer,
     TextScoreReducer,
-    load_head_stack,
-    merge_manifests,
     run_reducers,
 )
+from vit_lens_clip.decompose.store import StoredParts
+from vit_lens_clip.decompose.store_writer import ShardWriter
 from vit_lens_clip.errors import BadInputError
 from vit_lens_clip.methods.ablation import ablate_posthoc, cumulative_layer_curve, mean_ablation_hooks
 from vit_lens_clip.methods.zeroshot import accuracy, logits
@@ -114,14 +114,14 @@ def test_killed_run_resumes_bitwise_identically(tiny, tmp_path):
     hooked, images = tiny
     data = TensorImages(images, labels=list(range(20)))
     kw = dict(batch_size=3, layers=[-1, -2], checkpoint_every=2, progress=False)
-    ref = HeadStackReducer(tmp_path / "ref", shard_size=5)
+    ref = ShardWriter(tmp_path / "ref", shard_size=5)
     run_reducers(hooked, data, [ref], checkpoint_dir=tmp_path / "ref_ckpt", **kw)
     ref.result()
 
-    killed = HeadStackReducer(tmp_path / "run", shard_size=5)
+    killed = ShardWriter(tmp_path / "run", shard_size=5)
     with pytest.raises(KeyboardInterrupt):
         run_reducers(hooked, data, [killed, _Kill(after=5)], checkpoint_dir=tmp_path / "ckpt", **kw)
-    resumed = HeadStackReducer(tmp_path / "run", shard_size=5)
+    resumed = ShardWriter(tmp_path / "run", shard_size=5)
     summary = run_reducers(hooked, data, [resumed, _Kill(after=100)], checkpoint_dir=tmp_path / "ckpt", **kw)
     resumed.result()
     assert summary.resumed_from == 12  # the last checkpoint: 4 batches of 3
@@ -133,7 +133,7 @@ def test_killed_run_resumes_bitwise_identically(tiny, tmp_path):
         b = load_file(str(tmp_path / "run" / shard["file"]))
         assert a.keys() == b.keys()
         assert all(torch.equal(a[k], b[k]) for k in a)
-    stack = load_head_stack(tmp_path / "run")
+    stack = StoredParts(tmp_path / "run").read()
     assert stack["heads"].shape == (20, 2, 4, 48)
     assert torch.equal(stack["indices"], torch.arange(20))
     direct = decompose(hooked, images, layers=[-1, -2])
@@ -143,10 +143,10 @@ def test_killed_run_resumes_bitwise_identically(tiny, tmp_path):
 def test_manifests_merge(tiny, tmp_path):
     hooked, images = tiny
     for i, chunk in enumerate((images[:8], images[8:])):
-        r = HeadStackReducer(tmp_path / f"rank{i}", shard_size=4)
+        r = ShardWriter(tmp_path / f"rank{i}", shard_size=4)
         run_reducers(hooked, TensorImages(chunk), [r], batch_size=4, layers=[-1], progress=False)
         r.result()
-    merged = load_head_stack(merge_manifests([tmp_path / "rank0", tmp_path / "rank1"], tmp_path / "all"))
+    merged = StoredParts(merge_manifests([tmp_path / "rank0", tmp_path / "rank1"], tmp_path / "all")).read()
     assert merged["heads"].shape[0] == 20
     assert rel_err(merged["heads"], decompose(hooked, images, layers=[-1]).heads) <= TOL
 

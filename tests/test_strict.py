@@ -18,7 +18,9 @@ from vit_lens_clip import HookedViT
 from vit_lens_clip.app.run_folder import finish_report_folder, prepare_report_folder
 from vit_lens_clip.datasets.folder import ImageFolder, TensorImages
 from vit_lens_clip.decompose.parts import decompose
-from vit_lens_clip.decompose.reducers import HeadStackReducer, MeanReducer, Reducer, load_head_stack, run_reducers
+from vit_lens_clip.decompose.reducers import MeanReducer, Reducer, run_reducers
+from vit_lens_clip.decompose.store import StoredParts
+from vit_lens_clip.decompose.store_writer import ShardWriter
 from vit_lens_clip.errors import BadInputError, CorruptFileError, OutputFolderError, RunFolderMismatchError, UserInputError
 from vit_lens_clip.loading import EMBEDDED_DIR, load_clip
 from vit_lens_clip.methods.ablation import ablate_posthoc, mean_ablation_hooks
@@ -115,17 +117,17 @@ def _nan_into_safetensors(path: Path) -> None:
 
 def test_nan_bits_or_truncation_in_a_shard_are_errors_naming_the_file(tiny, tmp_path):
     model, images = tiny
-    stack = HeadStackReducer(tmp_path / "heads", shard_size=2)
+    stack = ShardWriter(tmp_path / "heads", shard_size=2)
     run_reducers(model, TensorImages(images), [stack], batch_size=2, layers=[2], progress=False)
-    load_head_stack(stack.result())
+    StoredParts(stack.result()).read()
     shard = tmp_path / "heads" / "shard_00001.safetensors"
     good = shard.read_bytes()
     _nan_into_safetensors(shard)
     with pytest.raises(CorruptFileError, match="shard_00001.safetensors"):
-        load_head_stack(tmp_path / "heads")
+        StoredParts(tmp_path / "heads").read()
     shard.write_bytes(good[:-10])
     with pytest.raises(CorruptFileError, match="shard_00001.safetensors"):
-        load_head_stack(tmp_path / "heads")
+        StoredParts(tmp_path / "heads").read()
 
 
 def test_nan_bits_in_a_checkpoint_state_are_an_error(tiny, tmp_path):

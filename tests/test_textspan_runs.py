@@ -16,6 +16,7 @@ from vit_lens_clip import HookedViT, LoadedCLIP
 from vit_lens_clip.datasets import shapes_world
 from vit_lens_clip.datasets.folder import TensorImages
 from vit_lens_clip.datasets.shapes_adapters import SHAPES_PLACE_QUERIES, shapes_eval_set, shapes_group_names
+from vit_lens_clip.decompose.contributions import HeadContributions
 from vit_lens_clip.decompose.parts import decompose
 from vit_lens_clip.errors import BadInputError
 from vit_lens_clip.methods.ablation import ablate_posthoc
@@ -30,7 +31,6 @@ from vit_lens_clip.methods.spurious import (
 )
 from vit_lens_clip.methods.textspan.algorithm import text_span
 from vit_lens_clip.methods.textspan.runs import (
-    HeadContributions,
     TextSpanTable,
     collect_head_contributions,
     completeness,

@@ -20,14 +20,16 @@ from torch.utils.data import DataLoader, Dataset
 
 from vit_lens_clip.datasets.folder import collate_images
 from vit_lens_clip.datasets.sources import open_dataset
+from vit_lens_clip.decompose.contributions import kept_layers
 from vit_lens_clip.decompose.reducers import MeanReducer, run_reducers
+from vit_lens_clip.decompose.store import PART_FIELDS, StoredParts
+from vit_lens_clip.decompose.store_writer import ShardWriter
 from vit_lens_clip.distributed.collection import (
     CollectionPlan,
     collect_on_rank,
     rank_dir,
     read_collection_info,
 )
-from vit_lens_clip.distributed.folder import load_decomposition
 from vit_lens_clip.distributed.ranks import (
     RankInfo,
     barrier,
@@ -36,21 +38,12 @@ from vit_lens_clip.distributed.ranks import (
     start_distributed,
 )
 from vit_lens_clip.distributed.sampler import rank_range
-from vit_lens_clip.distributed.shards import (
-    PART_FIELDS,
-    PartShardReducer,
-    heads_shape,
-    read_head_columns,
-)
 from vit_lens_clip.loading import LoadedCLIP, load_clip
 from vit_lens_clip.methods.textspan.algorithm import TextSpanResult, text_span
 from vit_lens_clip.methods.textspan.pools import embed_texts_cached, load_pool
-from vit_lens_clip.methods.textspan.runs import TextSpanTable, kept_layers, load_contributions
+from vit_lens_clip.methods.textspan.runs import TextSpanTable
 
-# load_contributions (methods/textspan/runs.py) and load_decomposition (distributed/folder.py) read collection
-# folders; they are re-exported from here, their old home
-__all__ = ["load_contributions", "load_decomposition", "run_collect", "run_textspan_command",
-           "textspan_from_collection"]
+__all__ = ["run_collect", "run_textspan_command", "textspan_from_collection"]
 
 # ------------------------------------------------------------------------------------------ collect
 
@@ -135,7 +128,7 @@ def profile_collection(loaded: LoadedCLIP, dataset: Dataset, plan: CollectionPla
 
     def collection() -> float:
         with tempfile.TemporaryDirectory() as tmp:
-            reducers = [PartShardReducer(tmp, [p for p in plan.parts if p != "means"], plan.shard_size, plan.store_dtype)]
+            reducers = [ShardWriter(tmp, [p for p in plan.parts if p != "means"], plan.shard_size, plan.store_dtype)]
             reducers += [MeanReducer()] if "means" in plan.parts else []
             start = time.perf_counter()
             run_reducers(model, dataset, reducers, batch_size=plan.batch_size, layers=list(plan.layers),
@@ -203,16 +196,16 @@ def textspan_from_collection(folder: str | Path, text_embeddings: torch.Tensor, 
     Returns the table on rank 0, None elsewhere.
     """
     info, device = info or RankInfo(), device or torch.device("cpu")
-    meta = read_collection_info(folder)
-    layers = list(meta["identity"]["layers"])
-    if "heads" not in meta["identity"]["parts"]:
-        raise ValueError(f"{folder} holds no per-head parts; collect with --parts heads,...")
-    n_heads = heads_shape(folder)[2]
+    read_collection_info(folder)  # a finished collection (one-line error otherwise)
+    stored = StoredParts(folder)
+    stored.require(("heads",), "TextSpan")
+    layers = stored.layers
+    n_heads = stored.row_shape("heads")[1]
     keys = [(i, h) for i in range(len(layers)) for h in range(n_heads)]
     mine = [keys[j] for j in rank_range(len(keys), info.world_size, info.rank)]
     rows: dict[tuple[int, int], TextSpanResult] = {}
     if mine:
-        columns = read_head_columns(folder, mine).float().to(device)
+        columns = stored.head_columns(mine).float().to(device)
         result = text_span(columns, text_embeddings.to(device), k=k, rank=rank, texts=pool)
         rows = {(layers[i], h): _light(result[j]) for j, (i, h) in enumerate(mine)}
     gathered = gather_to_main(rows, info)

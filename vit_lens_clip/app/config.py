@@ -171,7 +171,7 @@ def add_neurons_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true")
 
 
-# the parts ``collect`` can store (a test checks they match vit_lens_clip.distributed.shards.PART_FIELDS)
+# the parts ``collect`` can store (a test checks they match vit_lens_clip.decompose.store.PART_FIELDS)
 COLLECT_PARTS: tuple[str, ...] = ("heads", "layers", "mlps", "embed", "scores")
 
 

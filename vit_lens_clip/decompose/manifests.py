@@ -1,4 +1,4 @@
-"""Shard folders (a ``manifest.json`` listing safetensors shards) and merging several into one.
+"""Store folders (docs/store.md) of one run kind, and merging several into one manifest.
 
 A folder's *run kind* is what must agree for its rows to sit in one table with another folder's rows:
 
@@ -14,7 +14,6 @@ the folders' shard files.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,21 +22,7 @@ from typing import Any
 from safetensors import safe_open
 
 from vit_lens_clip.decompose import checkpoint as ckpt_io
-
-
-def read_folder_manifest(folder: str | Path) -> dict[str, Any]:
-    """``folder/manifest.json`` of a finished shard folder whose shard files are all there (one-line errors)."""
-    folder = Path(folder)
-    path = folder / "manifest.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"no manifest.json in {folder}: not a shard folder")
-    manifest = json.loads(path.read_text())
-    if not manifest.get("complete"):
-        raise ValueError(f"the shards in {folder} are unfinished (its manifest is not complete); finish that run first")
-    gone = [s["file"] for s in manifest["shards"] if not (folder / s["file"]).is_file()]
-    if gone:
-        raise ValueError(f"shard {gone[0]} listed by {folder}/manifest.json is missing")
-    return manifest
+from vit_lens_clip.decompose.store import MANIFEST, read_manifest
 
 
 def shard_tensors(folder: str | Path, manifest: dict[str, Any]) -> dict[str, tuple[str, list[int]]]:
@@ -54,7 +39,7 @@ def shard_tensors(folder: str | Path, manifest: dict[str, Any]) -> dict[str, tup
 
 def run_kind(folder: str | Path, manifest: dict[str, Any] | None = None) -> dict[str, Any]:
     """The run kind of a finished shard folder: layers, identity (None if not recorded), shard tensors."""
-    manifest = manifest if manifest is not None else read_folder_manifest(folder)
+    manifest = manifest if manifest is not None else read_manifest(folder)
     return {"layers": manifest["layers"], "identity": manifest.get("identity"),
             "tensors": shard_tensors(folder, manifest)}
 
@@ -86,7 +71,7 @@ def check_same_kind(folders: Sequence[str | Path], manifests: Sequence[dict[str,
     """The common run kind of ``folders``; one-line ValueError naming the first folder that differs."""
     if not folders:
         raise ValueError("no shard folders to merge")
-    manifests = manifests if manifests is not None else [read_folder_manifest(d) for d in folders]
+    manifests = manifests if manifests is not None else [read_manifest(d) for d in folders]
     kinds = [run_kind(d, m) for d, m in zip(folders, manifests)]
     for folder, kind in zip(folders[1:], kinds[1:]):
         diff = kind_difference(kinds[0], kind)
@@ -95,19 +80,20 @@ def check_same_kind(folders: Sequence[str | Path], manifests: Sequence[dict[str,
     return kinds[0]
 
 
-def merge_manifests(dirs: Sequence[str | Path], out_dir: str | Path) -> Path:
-    """Combine finished shard folders of one run kind (e.g. one per process) into ``out_dir/manifest.json``.
+def merge_manifests(dirs: Sequence[str | Path], out_dir: str | Path, extra: dict[str, Any] | None = None) -> Path:
+    """Combine finished store folders of one run kind (e.g. one per process) into ``out_dir/manifest.json``.
 
-    Rows keep the order of ``dirs``, then of each folder's shards; files are referenced, not copied.
+    Rows keep the order of ``dirs``, then of each folder's shards; files are referenced, not copied. ``extra``
+    fields (e.g. ``collect``'s image count) are added to the merged manifest.
     """
     dirs = [Path(d) for d in dirs]
-    manifests = [read_folder_manifest(d) for d in dirs]
+    manifests = [read_manifest(d) for d in dirs]
     kind = check_same_kind(dirs, manifests)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     shards = [{**s, "file": os.path.relpath(d / s["file"], out_dir)} for d, m in zip(dirs, manifests) for s in m["shards"]]
-    merged: dict[str, Any] = {"layers": kind["layers"], "shards": shards, "complete": True}
+    merged: dict[str, Any] = {**(extra or {}), "layers": kind["layers"], "shards": shards, "complete": True}
     if kind["identity"] is not None:
         merged["identity"] = kind["identity"]
-    ckpt_io.atomic_write_json(out_dir / "manifest.json", merged)
+    ckpt_io.atomic_write_json(out_dir / MANIFEST, merged)
     return out_dir

@@ -15,7 +15,6 @@ on anything else is refused.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -30,7 +29,6 @@ from vit_lens_clip import validation
 from vit_lens_clip.datasets.folder import Batch, collate_images
 from vit_lens_clip.decompose import checkpoint as ckpt_io
 from vit_lens_clip.decompose.fold import Convention
-from vit_lens_clip.decompose.manifests import merge_manifests  # noqa: F401  (the checked merge; its old home)
 from vit_lens_clip.decompose.parts import Decomposition, DecompositionCapture
 from vit_lens_clip.errors import BadInputError
 from vit_lens_clip.model.hooked_vit import HookedViT
@@ -251,88 +249,6 @@ class StackReducer(Reducer):
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
         self.rows = {k: [v] for k, v in state.items()}
-
-
-class HeadStackReducer(Reducer):
-    """Per-head parts of every image, written to ``out_dir`` in safetensors shards with a manifest.
-
-    Each shard holds ``heads`` [n, n_kept, H, D], ``embedding`` [n, D], ``indices`` [n] (and ``labels``).
-    Memory holds at most one shard. ``load_head_stack(out_dir)`` reads it back, checking each shard against
-    the sha256 in the manifest; manifests from several processes combine with ``merge_manifests``.
-    """
-
-    def __init__(self, out_dir: str | Path, shard_size: int = 4096):
-        self.out_dir = Path(out_dir)
-        self.shard_size = shard_size
-        self.buffer: dict[str, list[Tensor]] = {}
-        self.buffered = 0
-        self.shards: list[dict[str, Any]] = []
-        self.layers: list[int] = []
-
-    def update(self, parts: Decomposition, batch: Batch) -> None:
-        self.layers = parts.layers
-        rows = {"heads": parts.heads.cpu(), "embedding": parts.embedding.cpu(), "indices": batch.indices.cpu()}
-        if batch.labels is not None:
-            rows["labels"] = batch.labels.cpu()
-        for k, v in rows.items():
-            self.buffer.setdefault(k, []).append(v)
-        self.buffered += len(batch)
-        if self.buffered >= self.shard_size:
-            self.flush()
-
-    def flush(self) -> None:
-        if not self.buffered:
-            return
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        name = f"shard_{len(self.shards):05d}.safetensors"
-        tensors = {k: torch.cat(v).contiguous() for k, v in self.buffer.items()}
-        sha = ckpt_io.atomic_save_tensors(self.out_dir / name, tensors)
-        self.shards.append({"file": name, "count": self.buffered, "sha256": sha})
-        self.buffer, self.buffered = {}, 0
-        self._write_manifest(complete=False)
-
-    def _write_manifest(self, complete: bool) -> None:
-        manifest = {"layers": self.layers, "shards": self.shards, "complete": complete}
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        ckpt_io.atomic_write_json(self.out_dir / "manifest.json", manifest)
-
-    def result(self) -> Path:
-        self.flush()
-        if self.out_dir.exists():
-            self._write_manifest(complete=True)
-        return self.out_dir
-
-    def state_dict(self) -> dict[str, Tensor]:
-        """The shard list itself (counts and sha256 digests), so a resume never trusts a newer manifest."""
-        self.flush()
-        sha = [bytes.fromhex(s["sha256"]) for s in self.shards]
-        return {"n_shards": torch.tensor(len(self.shards)),
-                "counts": torch.tensor([s["count"] for s in self.shards], dtype=torch.long),
-                "sha256": torch.tensor([list(b) for b in sha], dtype=torch.uint8).reshape(-1, 32),
-                "layers": torch.tensor(self.layers, dtype=torch.long)}
-
-    def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        n = int(state["n_shards"])
-        self.layers = state["layers"].tolist()
-        self.shards = [{"file": f"shard_{i:05d}.safetensors", "count": int(state["counts"][i]),
-                        "sha256": bytes(state["sha256"][i].tolist()).hex()} for i in range(n)]
-        for path in sorted(self.out_dir.glob("shard_*.safetensors")):  # written after the checkpoint: redo them
-            if int(path.stem.split("_")[1]) >= n:
-                ckpt_io.remove_file(path)
-        self._write_manifest(complete=False)
-
-
-def load_head_stack(out_dir: str | Path) -> dict[str, Tensor]:
-    """Concatenate a HeadStackReducer's shards (listed by its manifest, each checked against its sha256)."""
-    out_dir = Path(out_dir)
-    manifest = json.loads((out_dir / "manifest.json").read_text())
-    parts: dict[str, list[Tensor]] = {}
-    for shard in manifest["shards"]:
-        for k, v in ckpt_io.load_tensors_checked(out_dir / shard["file"], shard.get("sha256")).items():
-            parts.setdefault(k, []).append(v)
-    if not parts:
-        raise ValueError(f"{out_dir} holds no shards")
-    return {k: torch.cat(v) for k, v in parts.items()}
 
 
 @dataclass

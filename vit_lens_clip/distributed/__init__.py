@@ -1,6 +1,5 @@
 """Rank-aware collection on torch.distributed: rank info from torchrun's environment, a contiguous
-sampler, per-rank shards and the merged manifest, and a finished collection folder read back (folder.py; see
-docs/scaling.md)."""
+sampler, per-rank store folders and the merged manifest (see docs/scaling.md; the folder format: docs/store.md)."""
 
 from vit_lens_clip.distributed.ranks import (
     RankInfo,

@@ -3,11 +3,13 @@
 Folder layout (``out``):
 
     collection.json                 identity (model, dataset, parts, layers, ...), world size, complete flag
-    ranks/rank_RRRRR/parts/         that rank's shards + manifest (PartShardReducer)
+    ranks/rank_RRRRR/parts/         that rank's store folder: shards + manifest (ShardWriter)
     ranks/rank_RRRRR/checkpoint/    run_reducers' checkpoint of that rank (resume after a kill)
     ranks/rank_RRRRR/means_state.safetensors, run.json
     manifest.json                   merged by rank 0: every rank's shards in rank order = dataset order
-    means.safetensors               merged MeanReducer result (if "means" was collected)
+    means.safetensors               merged MeanReducer result (if "means" was collected; its sha256 in the manifest)
+
+The folder is a store folder (docs/store.md): ``decompose.store.StoredParts`` reads it back.
 
 Rank r reads the contiguous block ``rank_range(n, W, r)``; sums of the ``MeanReducer`` are gathered to
 rank 0 and added in rank order (float64), so means match a one-process run to float64 rounding.
@@ -25,15 +27,17 @@ from typing import Any
 
 import torch
 from jaxtyping import Float
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor
 from torch.utils.data import Dataset, Subset
 from tqdm.auto import tqdm
 
 from vit_lens_clip.datasets.folder import Batch
-from vit_lens_clip.decompose.manifests import check_same_kind
+from vit_lens_clip.decompose.manifests import merge_manifests
 from vit_lens_clip.decompose.parts import Decomposition
 from vit_lens_clip.decompose.reducers import MeanReducer, Reducer, run_reducers
+from vit_lens_clip.decompose.store import MEANS, read_manifest
+from vit_lens_clip.decompose.store_writer import ShardWriter
 from vit_lens_clip.distributed.ranks import (
     RankInfo,
     barrier,
@@ -41,7 +45,7 @@ from vit_lens_clip.distributed.ranks import (
     gather_to_main,
 )
 from vit_lens_clip.distributed.sampler import rank_range
-from vit_lens_clip.distributed.shards import PartShardReducer, read_manifest
+from vit_lens_clip.integrity import sha256_file
 from vit_lens_clip.model.hooked_vit import HookedViT
 
 AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -49,7 +53,7 @@ AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 @dataclass(frozen=True)
 class CollectionPlan:
-    """What to collect and how. ``parts``: keys of ``shards.PART_FIELDS`` and/or "means"."""
+    """What to collect and how. ``parts``: keys of ``decompose.store.PART_FIELDS`` and/or "means"."""
 
     parts: tuple[str, ...] = ("heads", "embed", "means")
     layers: tuple[int, ...] = ()
@@ -149,7 +153,7 @@ def collect_on_rank(
     mine = rank_range(n, info.world_size, info.rank)
     here = rank_dir(out, info.rank)
     shard_parts = [p for p in plan.parts if p != "means"]
-    stack = PartShardReducer(here / "parts", shard_parts, plan.shard_size, plan.store_dtype, identity=identity)
+    stack = ShardWriter(here / "parts", shard_parts, plan.shard_size, plan.store_dtype, identity=identity)
     means = MeanReducer() if "means" in plan.parts else None
     bar = tqdm(total=len(mine), desc=f"collecting (rank 0 of {info.world_size})", unit="img",
                disable=not (progress and info.is_main))
@@ -186,7 +190,7 @@ def collect_on_rank(
             if means is not None:
                 total = MeanReducer()
                 total.merge_from(states)
-                save_file({k: v.contiguous() for k, v in total.result().items()}, str(out / "means.safetensors"))
+                save_file({k: v.contiguous() for k, v in total.result().items()}, str(out / MEANS))
             merge_collection(out)
         except (ValueError, FileNotFoundError) as e:
             error = str(e)
@@ -199,8 +203,8 @@ def collect_on_rank(
 def merge_collection(out: str | Path) -> Path:
     """Rank 0's last step: check every rank finished, then write ``out/manifest.json`` in dataset order.
 
-    The merged manifest references the ranks' shard files (no copy); ``load_head_stack(out)`` and
-    ``shards.read_parts(out, ...)`` read it.
+    The merged manifest references the ranks' shard files (no copy) and records the sha256 of the means;
+    ``decompose.store.StoredParts(out)`` reads it.
     """
     out = Path(out)
     info_path = out / "collection.json"
@@ -208,32 +212,27 @@ def merge_collection(out: str | Path) -> Path:
         raise FileNotFoundError(f"{out} holds no collection.json: not a collection folder")
     meta = json.loads(info_path.read_text())
     world = meta["world_size"]
-    shards, images, skipped, folders, manifests = [], 0, [], [], []
+    images, skipped, folders = 0, [], []
     for r in range(world):
         here = rank_dir(out, r)
         try:
-            manifest = read_manifest(here / "parts")
+            manifest = read_manifest(here / "parts")  # finished, every shard present
             run = json.loads((here / "run.json").read_text())
-        except FileNotFoundError:
-            raise ValueError(f"rank {r}'s shards are missing from {here}; relaunch the collection to redo them") from None
-        missing = [s["file"] for s in manifest["shards"] if not (here / "parts" / s["file"]).is_file()]
-        if not manifest.get("complete") or missing:
-            what = f"file {missing[0]} is gone" if missing else "it did not finish"
-            raise ValueError(f"rank {r}'s shards are missing from {here} ({what}); relaunch the collection to redo them")
+        except (ValueError, FileNotFoundError) as e:
+            raise ValueError(f"rank {r}'s shards are missing from {here} ({e}); relaunch the collection to redo them") from None
         if manifest.get("identity") != meta["identity"]:
             raise ValueError(f"rank {r}'s shards in {here} were written by another collection (their manifest's "
                              f"identity differs from {info_path}); relaunch the collection in an empty folder")
         folders.append(here / "parts")
-        manifests.append(manifest)
-        shards += [{**s, "file": os.path.relpath(here / "parts" / s["file"], out)} for s in manifest["shards"]]
         images += sum(s["count"] for s in manifest["shards"])
         skipped += run["skipped"]
-    layers = check_same_kind(folders, manifests)["layers"]  # same parts, dtypes and shapes on every rank
     expected = meta["identity"]["n"] - len(skipped)
     if images != expected:
         raise ValueError(f"the ranks' shards hold {images} images, expected {expected}; relaunch the collection")
-    _write_json(out / "manifest.json", {"layers": layers, "shards": shards, "complete": True, "n_images": images,
-                                        "skipped": skipped, "identity": meta["identity"]})
+    extra: dict[str, Any] = {"n_images": images, "skipped": skipped}
+    if (out / MEANS).is_file():
+        extra["means_sha256"] = sha256_file(out / MEANS)
+    merge_manifests(folders, out, extra)  # same parts, dtypes and shapes on every rank, or refused
     meta["complete"] = True
     _write_json(info_path, meta)
     return out
@@ -248,10 +247,3 @@ def read_collection_info(out: str | Path) -> dict[str, Any]:
     if not meta.get("complete"):
         raise ValueError(f"the collection in {out} is unfinished; relaunch `vit-lens-clip collect` to finish it")
     return meta
-
-
-def read_means(out: str | Path) -> dict[str, Tensor]:
-    path = Path(out) / "means.safetensors"
-    if not path.is_file():
-        raise FileNotFoundError(f"{out} holds no means; collect with --parts ...,means")
-    return load_file(str(path))

@@ -1,7 +1,7 @@
 """Head-specific retrieval: nearest images by one head's (or a set of heads') direct contribution.
 
 For a set S of heads, image i is represented by c_S(i) = Σ_{(l,h) ∈ S} ĉ_{l,h}(i) (folded parts, e.g. from
-``HeadStackReducer`` or ``collect_head_contributions``). A query is an image (cosine between c_S vectors,
+``ShardWriter`` or ``collect_head_contributions``). A query is an image (cosine between c_S vectors,
 after centring by the dataset mean so the shared component does not dominate) or a text (score c_S(i) · t).
 """
 

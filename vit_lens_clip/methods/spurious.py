@@ -32,12 +32,11 @@ from torch.utils.data import Dataset
 from vit_lens_clip._moved import moved_attributes
 from vit_lens_clip.datasets import shapes_adapters
 from vit_lens_clip.decompose import Decomposition, StackReducer, run_reducers
+from vit_lens_clip.decompose.contributions import Head, HeadContributions
 from vit_lens_clip.errors import BadInputError
 from vit_lens_clip.methods.textspan.algorithm import TextSpanResult
 from vit_lens_clip.methods.textspan.pools import embed_texts_cached, load_pool
 from vit_lens_clip.methods.textspan.runs import (
-    Head,
-    HeadContributions,
     TextSpanTable,
     collect_head_contributions,
     default_role_head_count,
@@ -350,7 +349,7 @@ def run_spurious(
     when None).
 
     Every ablation is post-hoc (mean-ablation on the stored head contributions), so the images are needed only
-    to compute those: pass ``contributions`` (e.g. ``load_contributions(folder)`` of a ``collect`` folder, whose
+    to compute those: pass ``contributions`` (e.g. ``StoredParts(folder).contributions()`` of a ``collect`` folder, whose
     ``labels`` are the class labels) together with ``groups`` (the group of each row, in the folder's row order)
     in place of ``dataset``; the model is then used for texts only.
     """

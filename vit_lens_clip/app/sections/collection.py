@@ -20,16 +20,9 @@ from vit_lens_clip.app.sections.base import ReportContext, Task
 from vit_lens_clip.app.sections.tasks import class_names_file, class_task, shapes_tasks
 from vit_lens_clip.datasets.shapes_adapters import ShapesScenes
 from vit_lens_clip.datasets.sources import open_dataset
+from vit_lens_clip.decompose.store import ABLATION_PARTS, TEXTSPAN_PARTS, StoredParts, parts_hint
 from vit_lens_clip.distributed.collection import read_collection_info
-from vit_lens_clip.distributed.folder import (
-    ABLATION_PARTS,
-    TEXTSPAN_PARTS,
-    load_decomposition,
-    missing_parts,
-    parts_hint,
-)
 from vit_lens_clip.errors import BadInputError
-from vit_lens_clip.methods.textspan.runs import load_contributions
 
 SHAPES_FINGERPRINT = re.compile(r"shapes:n=(\d+),seed=(-?\d+)")
 
@@ -83,18 +76,19 @@ def load_collection(ctx: ReportContext) -> None:
     no_images = f"report --from reads per-image parts from {folder}, which holds no images"
     ctx.missing.update(dataset=no_images, images=no_images)
     ctx.numbers["collection"] = {"folder": str(folder), "world_size": meta["world_size"], **identity}
-    lacking = missing_parts(meta, TEXTSPAN_PARTS)
+    stored = StoredParts(folder)
+    lacking = stored.missing(TEXTSPAN_PARTS)
     if lacking:
         reason = f"{folder} lacks parts {lacking}: {parts_hint(TEXTSPAN_PARTS)}"
         ctx.missing.update(contributions=reason, means=reason, tasks=reason)
         return
-    contributions = load_contributions(folder)
+    contributions = stored.contributions()
     ctx.values.update(contributions=contributions, means=contributions.means)
-    lacking = missing_parts(meta, ABLATION_PARTS)
+    lacking = stored.missing(ABLATION_PARTS)
     if lacking:
         ctx.missing["parts"] = f"{folder} lacks parts {lacking}: {parts_hint(ABLATION_PARTS)}"
     else:
-        ctx.values["parts"] = load_decomposition(folder)[0]
+        ctx.values["parts"] = stored.decomposition()[0]
     tasks, why_none = folder_tasks(ctx, identity, contributions.indices, contributions.labels)
     ctx.values["tasks"] = tasks
     if why_none:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from vit_lens_clip.app.sections.base import ReportContext
 from vit_lens_clip.decompose import Decomposition, MeanReducer, StackReducer, run_reducers
-from vit_lens_clip.methods.textspan.runs import HeadContributions, kept_layers
+from vit_lens_clip.decompose.contributions import HeadContributions, kept_layers
 
 
 class DecompositionSection:

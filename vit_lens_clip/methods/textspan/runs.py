@@ -1,16 +1,9 @@
 """TextSpan on a real model and dataset: collect head contributions, run TextSpan, measure completeness,
 and find heads by text queries.
 
-Per image i the folded image embedding splits exactly (docs/decomposition.md) into
-
-    y_i = e_i + Σ_{(l,h) kept} ĉ_{l,h,i} + rest_i,     rest_i = Σ_l mlp_l,i + Σ_{l not kept} attn_l,i
-
-where the kept layers are the last ``last_n_layers`` attention layers (their heads sum to the layer's folded
-output). ``HeadContributions`` stores e_i, the kept heads and y_i, so rest_i = y_i − e_i − Σ heads is exact
-and needs no [n, L, D] stack. The paper's "mean-ablate the MLPs and the earlier attention layers" replaces
-rest_i by its dataset mean (from a ``MeanReducer`` on the same images), post-hoc in folded space, exactly as
-``ablation.ablate_posthoc(space="folded")`` does on a ``Decomposition``.
-
+The head contributions (``decompose.contributions.HeadContributions``: the kept heads, the embedding term, the
+embedding and the means, which split the embedding exactly) come from ``collect_head_contributions`` (on a
+model), ``StoredParts(folder).contributions()`` (a ``collect`` folder) or the report's decomposition pass.
 With ``normalize=True`` (the default, as in the published code) every part is divided by ‖y_i‖ of its own
 image, so the parts sum to y_i/‖y_i‖ and TextSpan sees cosine-like contributions.
 """
@@ -31,25 +24,19 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from vit_lens_clip.datasets.folder import Batch, TensorImages
+from vit_lens_clip.datasets.folder import TensorImages
 from vit_lens_clip.decompose.checkpoint import atomic_save_tensors, claim_run_folder, run_identity
-from vit_lens_clip.decompose.parts import Decomposition
-from vit_lens_clip.decompose.reducers import (
-    HeadStackReducer,
-    MeanReducer,
-    StackReducer,
-    load_head_stack,
-    run_reducers,
-)
-from vit_lens_clip.distributed.folder import HeadRows, load_head_rows
+from vit_lens_clip.decompose.contributions import Head, HeadContributions, kept_layers
+from vit_lens_clip.decompose.reducers import MeanReducer, StackReducer, run_reducers
+from vit_lens_clip.decompose.store import StoredParts
+from vit_lens_clip.decompose.store_writer import ShardWriter
 from vit_lens_clip.methods.textspan.algorithm import TextSpanResult, text_span
 from vit_lens_clip.methods.textspan.ranking import rank_heads_by_text
 from vit_lens_clip.methods.textspan.report import to_json, to_markdown, write_reports
 from vit_lens_clip.methods.zeroshot import accuracy, logits
 from vit_lens_clip.model.hooked_vit import HookedViT
-from vit_lens_clip.validation import head_index, text_embeddings
+from vit_lens_clip.validation import text_embeddings
 
-Head = tuple[int, int]
 TextSpanSource = Union[
     Tensor,  # unit text embeddings [M, D]: text_span is run for each k
     Callable[[Tensor, int], TextSpanResult],  # (contributions [*heads, n, D], k) -> result
@@ -60,96 +47,6 @@ TextSpanSource = Union[
 # ------------------------------------------------------------------------------------------ collection
 
 
-@dataclass
-class HeadContributions(HeadRows):
-    """Direct contributions of the kept heads to each image embedding, plus what ablations need.
-
-    heads [n, n_kept, H, D]: folded head parts (layers ``layers``); embed [n, D]: folded embedding term;
-    embedding [n, D]: the image embedding (divided by its norm when ``normalized``); labels [n] or None;
-    indices [n]: dataset indices; means: ``MeanReducer.result()`` over the same images (keys embed, attns,
-    mlps, heads [n_kept, H, D], raw.*), for mean-ablation. The fields are those of ``HeadRows``, what a
-    collection folder stores; this class adds the methods that read them.
-    """
-
-    @property
-    def n_images(self) -> int:
-        return self.heads.shape[0]
-
-    @property
-    def n_heads(self) -> int:
-        return self.heads.shape[2]
-
-    def head_keys(self) -> list[Head]:
-        """(layer, head) of every kept head, layer-major (the order of ``stack()`` flattened)."""
-        return [(layer, h) for layer in self.layers for h in range(self.n_heads)]
-
-    def stack(self) -> Float[Tensor, "n_kept n_heads n d_out"]:
-        """The heads laid out for ``text_span``: [n_kept, H, n, D]."""
-        return rearrange(self.heads, "n l h d -> l h n d")
-
-    def head_index(self, key: Head) -> tuple[int, int]:
-        """Position (kept-layer index, head) of a (layer, head) key; negative layers count from the end."""
-        layer, head = head_index(key[0], key[1], self.n_layers, self.n_heads)
-        if layer not in self.layers:
-            raise ValueError(f"layer {layer} is not among the kept layers {self.layers}")
-        if not 0 <= head < self.n_heads:
-            raise ValueError(f"head {head} out of range (model has {self.n_heads} heads)")
-        return self.layers.index(layer), head
-
-    def rest(self) -> Float[Tensor, "n d_out"]:
-        """Σ MLPs + Σ attention layers that are not kept, per image: y − e − Σ kept heads (exact)."""
-        return self.embedding - self.embed - self.heads.sum((1, 2))
-
-    def mean_rest(self) -> Float[Tensor, " d_out"]:
-        """Dataset mean of ``rest()`` from the MeanReducer: Σ_l mean(mlp_l) + Σ_{l not kept} mean(attn_l)."""
-        not_kept = [layer for layer in range(self.n_layers) if layer not in self.layers]
-        return self.means["mlps"].sum(0) + self.means["attns"][not_kept].sum(0)
-
-    def compose(
-        self,
-        heads: Float[Tensor, "n n_kept n_heads d_out"] | None = None,
-        mean_ablate_heads: Sequence[Head] = (),
-        ablate_rest: bool = True,
-        ablate_embed: bool = False,
-    ) -> Float[Tensor, "n d_out"]:
-        """A post-hoc edited embedding: e (or its mean) + Σ heads (edited) + rest (or its mean).
-
-        ``heads`` replaces the kept heads (e.g. TextSpan reconstructions); ``mean_ablate_heads`` then sets
-        the listed (layer, head) parts to their dataset means; ``ablate_rest`` mean-ablates all MLPs and
-        all attention layers that are not kept (the paper's protocol).
-        """
-        if heads is None:
-            heads = self.heads
-        if heads.shape != self.heads.shape:
-            raise ValueError(f"heads must have shape {tuple(self.heads.shape)}, got {tuple(heads.shape)}")
-        heads = heads.to(self.heads.dtype)
-        if mean_ablate_heads:
-            heads = heads.clone()
-            for key in mean_ablate_heads:
-                i, h = self.head_index(key)
-                heads[:, i, h] = self.means["heads"][i, h].to(heads)
-        embed = self.means["embed"].to(heads).expand_as(self.embed) if ablate_embed else self.embed
-        rest = self.mean_rest().to(heads) if ablate_rest else self.rest()
-        return embed + heads.sum((1, 2)) + rest
-
-    def subset(self, mask_or_index: Tensor) -> HeadContributions:
-        """The same record restricted to some images (means are kept as they are)."""
-        sel = mask_or_index
-        return HeadContributions(
-            heads=self.heads[sel], layers=list(self.layers), embed=self.embed[sel], embedding=self.embedding[sel],
-            labels=None if self.labels is None else self.labels[sel], indices=self.indices[sel],
-            means=self.means, normalized=self.normalized, n_layers=self.n_layers,
-        )
-
-
-class HeadAndEmbedStackReducer(HeadStackReducer):
-    """``HeadStackReducer`` whose shards also hold the folded embedding term ``embed`` [n, D]."""
-
-    def update(self, parts: Decomposition, batch: Batch) -> None:
-        self.buffer.setdefault("embed", []).append(parts.embed.cpu())  # the parent flushes it with the rest
-        super().update(parts, batch)
-
-
 def _model_of(loaded_or_model: Any) -> HookedViT:
     if isinstance(loaded_or_model, HookedViT):
         return loaded_or_model
@@ -157,13 +54,6 @@ def _model_of(loaded_or_model: Any) -> HookedViT:
     if isinstance(model, HookedViT):
         return model
     raise TypeError(f"expected a LoadedCLIP or a HookedViT, got {type(loaded_or_model).__name__}")
-
-
-def kept_layers(n_layers: int, last_n_layers: int) -> list[int]:
-    """The last ``last_n_layers`` layer indices of an ``n_layers``-layer model."""
-    if not 1 <= last_n_layers <= n_layers:
-        raise ValueError(f"last_n_layers must be between 1 and the model's {n_layers} layers; got {last_n_layers}")
-    return list(range(n_layers - last_n_layers, n_layers))
 
 
 def collect_head_contributions(
@@ -201,10 +91,10 @@ def collect_head_contributions(
         # run.json records model weights, data identity and settings; any mismatch refuses the folder
         out = claim_run_folder(out_dir, run_identity(model, dataset, layers=layers, normalize=normalize,
                                                      batch_size=batch_size, kind="head_contributions"))
-        stack = HeadAndEmbedStackReducer(out / "heads", shard_size=shard_size)
+        stack = ShardWriter(out / "heads", parts=("heads", "embed"), shard_size=shard_size)
         run_reducers(model, dataset, [stack, means], checkpoint_dir=out / "checkpoint",
                      checkpoint_every=checkpoint_every, **kwargs)
-        rows = load_head_stack(stack.result())
+        rows = StoredParts(stack.result()).read()
         atomic_save_tensors(out / "means.safetensors", means.result())
     if "heads" not in rows:
         raise ValueError("no image of the dataset could be read")
@@ -213,12 +103,6 @@ def collect_head_contributions(
         labels=rows.get("labels"), indices=rows["indices"], means=means.result(), normalized=normalize,
         n_layers=n_layers,
     )
-
-
-def load_contributions(folder: str | Path) -> HeadContributions:
-    """A finished ``vit-lens-clip collect`` folder (parts heads, embed, means) as ``HeadContributions``, for
-    TextSpan, completeness and head search, whatever number of ranks wrote it (rows in dataset order)."""
-    return HeadContributions(**vars(load_head_rows(folder)))
 
 
 # ------------------------------------------------------------------------------------------ TextSpan
