@@ -147,14 +147,20 @@ def _is_file(pretrained: Optional[str]) -> bool:
 
 
 def _unavailable(name: str, pretrained: str, err: Optional[Exception]) -> WeightsUnavailableError:
-    """One line: why the weights could not be had, and how to load them from disk instead."""
+    """One line: why the weights could not be had, and how to load them from disk instead (per library)."""
     why = "the model hub cannot be reached and they are not in the local cache" if err is None or hub_offline() \
         else " ".join(f"{type(err).__name__}: {err}".split())[:300]
+    source = parse_name(name).source
+    if source == "timm":
+        local = f"load_clip({name!r}, pretrained='/path/to/model.safetensors') (timm's state dict)"
+    elif source == "hf":
+        local = "load_clip('hf:/path/to/folder') (a folder written by CLIPModel.save_pretrained)"
+    else:
+        local = (f"load_clip({name!r}, pretrained='/path/to/open_clip_model.safetensors') or "
+                 f"load_clip('local-dir:/path/to/folder') (a folder with open_clip_config.json and weights)")
     return WeightsUnavailableError(
         f"could not fetch weights for {name!r} / {pretrained!r} ({why}). Download the checkpoint elsewhere and "
-        f"load it from disk: load_clip({name!r}, pretrained='/path/to/open_clip_model.safetensors') or "
-        f"load_clip('local-dir:/path/to/folder') (a folder with open_clip_config.json and weights). "
-        f"The embedded model needs no network: load_clip({EMBEDDED_NAME!r})."
+        f"load it from disk: {local}. The embedded model needs no network: load_clip({EMBEDDED_NAME!r})."
     )
 
 
