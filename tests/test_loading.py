@@ -90,6 +90,17 @@ def test_from_pretrained_is_load_clips_tower():
         HookedViT.from_pretrained(EMBEDDED_NAME, device="cpu", dtype=torch.int8)
 
 
+def test_from_pretrained_open_clip_name_with_a_local_file(b32_weights):
+    from vit_lens_clip import HookedViT
+
+    path, reference = b32_weights
+    tower = HookedViT.from_pretrained("ViT-B-32-quickgelu", pretrained=str(path), device="cpu")
+    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert rel_err(tower(x), reference.encode_image(x)) <= 1e-5
+    assert tower.cfg.act_fn == "quick_gelu" and tower.cfg.model_name == "ViT-B-32-quickgelu"
+
+
 def test_from_pretrained_timm_is_random_and_offline():
     from vit_lens_clip import HookedViT
     from vit_lens_clip.loading import NoTextTowerError
@@ -196,3 +207,31 @@ def test_hub_probe_is_bounded(monkeypatch):
     start = time.perf_counter()
     assert offline._probe("huggingface.co", 443, 0.2) is False
     assert time.perf_counter() - start < 2
+
+
+def test_hf_name_goes_through_the_registry(monkeypatch):
+    """'hf:NAME': transformers builds the CLIPModel (stubbed here: no hub), the hf family ports its image side."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.CLIPConfig(
+        text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                         vocab_size=99, max_position_embeddings=16),
+        vision_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                           image_size=32, patch_size=8),
+        projection_dim=48,
+    )
+    torch.manual_seed(0)
+    model = perturb_(transformers.CLIPModel(config).eval())
+    asked = []
+
+    def from_pretrained(cls, identifier, **kwargs):
+        asked.append(identifier)
+        return model if cls is transformers.CLIPModel else object()
+
+    monkeypatch.setattr(transformers.CLIPModel, "from_pretrained", classmethod(from_pretrained))
+    monkeypatch.setattr(transformers.CLIPProcessor, "from_pretrained", classmethod(from_pretrained))
+    loaded = load_clip("hf:/models/tiny-clip")
+    assert asked == ["/models/tiny-clip", "/models/tiny-clip"] and loaded.name == "hf:/models/tiny-clip"
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected = model.visual_projection(model.vision_model(pixel_values=x).pooler_output)
+        assert rel_err(loaded.model(x), expected) <= 1e-5

@@ -39,6 +39,10 @@ class UnknownModelError(UserInputError, ValueError):
     """A model name or pretrained tag that its library does not know; the message suggests the nearest ones."""
 
 
+class NoTextTowerError(UserInputError):
+    """A text-based tool was asked of an image-only model (a timm ViT)."""
+
+
 class WeightsUnavailableError(RuntimeError, UserInputError):
     """Pretrained weights could not be fetched (usually: offline); the message says how to load locally."""
 

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from vit_lens_clip.errors import UnsupportedTowerError
 from vit_lens_clip.model.config import ViTConfig
 
+# transformers' ``hidden_act`` → ViTConfig ``act_fn`` (shared with the text tower, convert.hf_text)
 ACTIVATIONS = {"quick_gelu": "quick_gelu", "gelu": "gelu"}
 
 

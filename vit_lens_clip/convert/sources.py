@@ -40,15 +40,11 @@ from vit_lens_clip.convert.registry import (
     parse_name,
 )
 from vit_lens_clip.embedded import EMBEDDED_NAME
-from vit_lens_clip.errors import UserInputError, WeightsUnavailableError
+from vit_lens_clip.errors import NoTextTowerError, WeightsUnavailableError
 from vit_lens_clip.integrity import check_finite_weights, check_weights_file, sha256_file, state_dict_sha256, verify_local_dir
 from vit_lens_clip.validation import text_list
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-class NoTextTowerError(UserInputError):
-    """A text-based tool was asked of an image-only model (a timm ViT)."""
 
 
 @dataclass
