@@ -256,8 +256,10 @@ def _build_timm(model_name: ModelName, pretrained: Optional[str], device: torch.
     try:
         with _download_guard(downloads):
             model = timm.create_model(tagged, pretrained=downloads, cache_dir=cache_dir)
-    except Exception as e:  # offline, missing weights or an unknown tag
-        raise _unavailable(model_name.name, pretrained or "", e) from e
+    except Exception as e:  # a download that failed (offline, missing weights)
+        if downloads:
+            raise _unavailable(model_name.name, pretrained, e) from e
+        raise
     if from_file:
         model.load_state_dict(_read_weights(pretrained))
     check_finite_weights(model, pretrained or model_name.name)
