@@ -17,9 +17,9 @@ from timm.layers import apply_rot_embed_cat
 from transformer_lens import ActivationCache
 
 from vit_lens_clip import HookedViT
-from vit_lens_clip.convert.support import UnsupportedTowerError, check_open_clip_name, check_timm_name
+from vit_lens_clip.convert.registry import check_open_clip_name, check_timm_name
 from vit_lens_clip.decompose.parts import decompose
-from vit_lens_clip.errors import UserInputError
+from vit_lens_clip.errors import UnsupportedTowerError, UserInputError
 from vit_lens_clip.methods.spatial.heatmaps import text_heatmap
 
 TOL = 1e-5

@@ -23,8 +23,7 @@ ROOT = {"__init__", "_moved", "__main__"}
 LAZY_OK = {
     ("vit_lens_clip.app.cli", "*"): "the CLI loads a command's modules only when that command runs (fast --help)",
     ("vit_lens_clip.datasets.segmentation", "h5py"): "optional dependency (extra 'seg')",
-    ("vit_lens_clip.loading", "transformers"): "optional dependency (extra 'hf')",
-    ("vit_lens_clip.loading", "vit_lens_clip.convert.hf"): "imports transformers (optional)",
+    ("vit_lens_clip.convert.sources", "transformers"): "optional dependency (extra 'hf')",
     ("vit_lens_clip.methods.textspan.bench", "threadpoolctl"): "optional dependency of a benchmark script",
     ("vit_lens_clip.methods.textspan.make_pools", "wordfreq"): "needed only to regenerate the shipped pools",
     ("vit_lens_clip.viz.html", "circuitsvis"): "optional: pages fall back to plotly without it",

@@ -31,6 +31,22 @@ class OutputFolderError(UserInputError, OSError):
     """An output folder cannot be used: it is a file, read-only, or holds files of another run."""
 
 
+class UnsupportedTowerError(UserInputError, ValueError):
+    """The vision tower is not a ViT that HookedViT can represent exactly."""
+
+
+class UnknownModelError(UserInputError, ValueError):
+    """A model name or pretrained tag that its library does not know; the message suggests the nearest ones."""
+
+
+class NoTextTowerError(UserInputError):
+    """A text-based tool was asked of an image-only model (a timm ViT)."""
+
+
+class WeightsUnavailableError(RuntimeError, UserInputError):
+    """Pretrained weights could not be fetched (usually: offline); the message says how to load locally."""
+
+
 _PICKLE_ADVICE = ("refused to load a checkpoint that holds pickled objects other than tensors "
                   "(read with torch.load(weights_only=True) for safety); convert it to .safetensors")
 

@@ -10,20 +10,27 @@ import einops
 import torch
 from torch import Tensor, nn
 
-from vit_lens_clip.convert.support import UnsupportedTowerError
+from vit_lens_clip.errors import UnsupportedTowerError
 from vit_lens_clip.model.config import ViTConfig
 
-_ACTIVATIONS = {"quick_gelu": "quick_gelu", "gelu": "gelu"}
+# transformers' ``hidden_act`` → ViTConfig ``act_fn`` (shared with the text tower, convert.hf_text)
+ACTIVATIONS = {"quick_gelu": "quick_gelu", "gelu": "gelu"}
+
+
+def is_hf_clip_vision(model: nn.Module) -> bool:
+    """A transformers CLIP image tower with its projection (``CLIPVisionModelWithProjection``, or any module
+    holding ``vision_model`` and ``visual_projection`` as a ``CLIPModel`` does); transformers stays optional."""
+    return hasattr(model, "vision_model") and hasattr(model, "visual_projection")
 
 
 def config_from_hf(model: nn.Module) -> ViTConfig:
     """Read a ViTConfig from a transformers CLIPVisionModelWithProjection."""
-    if not hasattr(model, "vision_model") or not hasattr(model, "visual_projection"):
+    if not is_hf_clip_vision(model):
         raise UnsupportedTowerError(
             f"expected a transformers CLIPVisionModelWithProjection, got {type(model).__name__}"
         )
     c = model.config
-    if c.hidden_act not in _ACTIVATIONS:
+    if c.hidden_act not in ACTIVATIONS:
         raise UnsupportedTowerError(f"unsupported activation {c.hidden_act!r}")
     return ViTConfig(
         n_layers=c.num_hidden_layers,
@@ -33,7 +40,7 @@ def config_from_hf(model: nn.Module) -> ViTConfig:
         output_dim=model.visual_projection.out_features,
         image_size=c.image_size,
         patch_size=c.patch_size,
-        act_fn=_ACTIVATIONS[c.hidden_act],
+        act_fn=ACTIVATIONS[c.hidden_act],
         eps=c.layer_norm_eps,
         in_channels=c.num_channels,
         model_name=getattr(c, "_name_or_path", "") or "hf-clip",
@@ -45,7 +52,7 @@ def _heads(w: Tensor, n: int) -> Tensor:
     return einops.rearrange(w, "(h e) i -> h i e", h=n)
 
 
-def _block_state(block: nn.Module, layer: int, n: int) -> dict[str, Tensor]:
+def encoder_layer_state(block: nn.Module, layer: int, n: int) -> dict[str, Tensor]:
     """One HF ``CLIPEncoderLayer`` (image or text tower) under ``blocks.{layer}.*`` names; the caller detaches."""
     p, a = f"blocks.{layer}", block.self_attn
     return {
@@ -76,7 +83,7 @@ def state_dict_from_hf(model: nn.Module, cfg: ViTConfig) -> dict[str, Tensor]:
         "W_proj": model.visual_projection.weight.T,
     }
     for layer, block in enumerate(vm.encoder.layers):
-        sd.update(_block_state(block, layer, cfg.n_heads))
+        sd.update(encoder_layer_state(block, layer, cfg.n_heads))
     return {k: v.detach().to(torch.float32).contiguous() for k, v in sd.items()}
 
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from vit_lens_clip.convert.hf import _ACTIVATIONS, _block_state
-from vit_lens_clip.convert.open_clip import UnsupportedTowerError
+from vit_lens_clip.convert.hf import ACTIVATIONS, encoder_layer_state
+from vit_lens_clip.errors import UnsupportedTowerError
 from vit_lens_clip.model.text_config import TextConfig
 
 
@@ -24,7 +24,7 @@ def hf_text_to_hooked(model: nn.Module) -> tuple[TextConfig, dict[str, Tensor]]:
         )
     tm, proj = model.text_model, model.text_projection
     c = tm.config
-    if c.hidden_act not in _ACTIVATIONS:
+    if c.hidden_act not in ACTIVATIONS:
         raise UnsupportedTowerError(f"unsupported text activation {c.hidden_act!r}")
     legacy = tm.eos_token_id == 2
     cfg = TextConfig(
@@ -35,7 +35,7 @@ def hf_text_to_hooked(model: nn.Module) -> tuple[TextConfig, dict[str, Tensor]]:
         d_vocab=c.vocab_size,
         n_ctx=c.max_position_embeddings,
         output_dim=proj.out_features,
-        act_fn=_ACTIVATIONS[c.hidden_act],
+        act_fn=ACTIVATIONS[c.hidden_act],
         eps=c.layer_norm_eps,
         causal=True,
         pool_type="argmax" if legacy else "eos",
@@ -54,5 +54,5 @@ def hf_text_to_hooked(model: nn.Module) -> tuple[TextConfig, dict[str, Tensor]]:
         "b_proj": proj.bias if proj.bias is not None else torch.zeros(proj.out_features, device=proj.weight.device),
     }
     for layer, block in enumerate(tm.encoder.layers):
-        sd.update(_block_state(block, layer, cfg.n_heads))
+        sd.update(encoder_layer_state(block, layer, cfg.n_heads))
     return cfg, {k: v.detach().contiguous() for k, v in sd.items()}

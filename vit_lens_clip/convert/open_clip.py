@@ -4,9 +4,10 @@ Everything is read from the instantiated modules, never from the model name: the
 QuickGELU), the head count, LayerScale, ``ln_pre``, the pooling variant and the attentional pooler.
 LayerScale is folded into the output weights: (x·W + b)·γ = x·(W·γ) + b·γ.
 
-open_clip's own ``VisionTransformer`` is read here; a ``TimmModel`` tower (SigLIP, SigLIP2, SO400M, PE-Core) is a
-timm VisionTransformer or Eva trunk (``convert.timm``, ``convert.eva``) followed by open_clip's optional linear
-projection.
+open_clip's own ``VisionTransformer`` is read here. A ``TimmModel`` tower (SigLIP, SigLIP2, SO400M, PE-Core) is
+a timm trunk, converted by its own family (the registry picks it), then ``fold_timm_head`` folds open_clip's
+optional linear projection into the trunk's. The block helpers (``check_block``, ``block_state``,
+``mlp_activation``, ``layer_norm_state``) are shared with the text tower (``convert.open_clip_text``).
 """
 
 from __future__ import annotations
@@ -15,45 +16,53 @@ from typing import Optional
 
 import einops
 import torch
+from open_clip.timm_model import TimmModel
+from open_clip.transformer import CustomResidualAttentionBlock, QuickGELU, ResidualAttentionBlock, VisionTransformer
 from torch import Tensor, nn
 
-from vit_lens_clip.convert.eva import convert_eva
-from vit_lens_clip.convert.support import UnsupportedTowerError, unsupported
-from vit_lens_clip.convert.timm import convert_timm
+from vit_lens_clip.convert.common import unsupported_tower
+from vit_lens_clip.errors import UnsupportedTowerError
 from vit_lens_clip.model.config import AttentionPoolConfig, ViTConfig
 
-__all__ = ["UnsupportedTowerError", "convert_open_clip", "config_from_open_clip", "state_dict_from_open_clip"]
+__all__ = ["UnsupportedTowerError", "convert_open_clip", "config_from_open_clip", "state_dict_from_open_clip",
+           "fold_timm_head", "image_tower", "is_open_clip_vit", "is_open_clip_timm_tower"]
 
 
-def _vision_tower(model_or_visual: nn.Module) -> nn.Module:
+def image_tower(model_or_visual: nn.Module) -> nn.Module:
+    """The image tower of an open_clip ``CLIP``/``CoCa`` (its ``visual``), or the module itself."""
     visual = getattr(model_or_visual, "visual", model_or_visual)
-    kind = type(visual).__name__
-    if kind == "TimmModel":
-        return visual
-    if kind != "VisionTransformer" or not hasattr(visual, "transformer"):
-        raise unsupported(kind, "open_clip")
-    return visual
+    return visual if isinstance(visual, nn.Module) else model_or_visual
 
 
-def _activation(mlp: nn.Module) -> str:
+def is_open_clip_vit(visual: nn.Module) -> bool:
+    """open_clip's own ``VisionTransformer`` image tower."""
+    return isinstance(visual, VisionTransformer) and hasattr(visual, "transformer")
+
+
+def is_open_clip_timm_tower(visual: nn.Module) -> bool:
+    """open_clip's ``TimmModel`` adapter: a timm trunk and an optional projection head."""
+    return isinstance(visual, TimmModel)
+
+
+def mlp_activation(mlp: nn.Module) -> str:
+    """The ViTConfig ``act_fn`` of an open_clip MLP (its ``gelu`` module): GELU or QuickGELU."""
     act = mlp.gelu
-    name = type(act).__name__
-    if name == "QuickGELU":
+    if isinstance(act, QuickGELU):
         return "quick_gelu"
     if isinstance(act, nn.GELU):
         if act.approximate != "none":
             raise UnsupportedTowerError(f"GELU(approximate={act.approximate!r}) is not supported")
         return "gelu"
-    raise UnsupportedTowerError(f"unsupported MLP activation {name}")
+    raise UnsupportedTowerError(f"unsupported MLP activation {type(act).__name__}")
 
 
-def _check_block(block: nn.Module, index: int) -> None:
-    name = type(block).__name__
-    if name == "ResidualAttentionBlock":
+def check_block(block: nn.Module, index: int) -> None:
+    """Refuse a block HookedViT cannot represent exactly: cross-attention, NormFormer-style options."""
+    if type(block) is ResidualAttentionBlock:
         if hasattr(block, "ln_1_kv"):
             raise UnsupportedTowerError(f"block {index}: cross-attention blocks are not supported")
         return
-    if name == "CustomResidualAttentionBlock":
+    if type(block) is CustomResidualAttentionBlock:
         attn = block.attn
         extras = {
             "qk_norm": not isinstance(attn.ln_q, nn.Identity),
@@ -67,7 +76,7 @@ def _check_block(block: nn.Module, index: int) -> None:
         if used:
             raise UnsupportedTowerError(f"block {index}: NormFormer-style options {used} are not supported")
         return
-    raise UnsupportedTowerError(f"block {index}: unsupported block type {name}")
+    raise UnsupportedTowerError(f"block {index}: unsupported block type {type(block).__name__}")
 
 
 def _layer_scale(module: nn.Module) -> Optional[Tensor]:
@@ -93,11 +102,12 @@ def _split_in_proj(attn: nn.Module, n_heads: int) -> dict[str, Tensor]:
     return out
 
 
-def _ln(prefix: str, ln: nn.Module) -> dict[str, Tensor]:
+def layer_norm_state(prefix: str, ln: nn.Module) -> dict[str, Tensor]:
+    """A LayerNorm's γ and β under ``{prefix}.w`` / ``{prefix}.b``."""
     return {f"{prefix}.w": ln.weight.detach(), f"{prefix}.b": ln.bias.detach()}
 
 
-def _block_state(block: nn.Module, layer: int, n_heads: int) -> dict[str, Tensor]:
+def block_state(block: nn.Module, layer: int, n_heads: int) -> dict[str, Tensor]:
     """One open_clip ``ResidualAttentionBlock`` (image or text tower) under ``blocks.{layer}.*`` names.
 
     LayerScale is folded into the output weights: (x·W + b)·γ = x·(W·γ) + b·γ.
@@ -117,7 +127,7 @@ def _block_state(block: nn.Module, layer: int, n_heads: int) -> dict[str, Tensor
     if gamma_mlp is not None:
         mlp[f"{p}.mlp.W_out"] = mlp[f"{p}.mlp.W_out"] * gamma_mlp
         mlp[f"{p}.mlp.b_out"] = mlp[f"{p}.mlp.b_out"] * gamma_mlp
-    return {**attn, **mlp, **_ln(f"{p}.ln1", block.ln_1), **_ln(f"{p}.ln2", block.ln_2)}
+    return {**attn, **mlp, **layer_norm_state(f"{p}.ln1", block.ln_1), **layer_norm_state(f"{p}.ln2", block.ln_2)}
 
 
 def config_from_open_clip(visual: nn.Module, name: str = "open_clip") -> ViTConfig:
@@ -125,7 +135,7 @@ def config_from_open_clip(visual: nn.Module, name: str = "open_clip") -> ViTConf
     blocks = visual.transformer.resblocks
     first = blocks[0]
     for i, block in enumerate(blocks):
-        _check_block(block, i)
+        check_block(block, i)
     if getattr(visual, "attn_pool_type", "") in ("parallel", "cascade"):
         raise UnsupportedTowerError(f"attentional pooling '{visual.attn_pool_type}' is not supported")
     attn_pool = None
@@ -154,7 +164,7 @@ def config_from_open_clip(visual: nn.Module, name: str = "open_clip") -> ViTConf
         output_dim=proj.shape[1] if proj is not None else d_pool,
         image_size=tuple(visual.image_size),
         patch_size=tuple(visual.patch_size),
-        act_fn=_activation(first.mlp),
+        act_fn=mlp_activation(first.mlp),
         eps=visual.ln_post.eps,
         pool_type="tok" if attn_pool else visual.pool_type,
         has_ln_pre=not isinstance(visual.ln_pre, nn.Identity),
@@ -169,23 +179,23 @@ def config_from_open_clip(visual: nn.Module, name: str = "open_clip") -> ViTConf
 def state_dict_from_open_clip(visual: nn.Module, cfg: ViTConfig) -> dict[str, Tensor]:
     """Map open_clip weights to HookedViT names, folding LayerScale into W_O/b_O and W_out/b_out."""
     if visual.conv1.bias is not None:
-        raise unsupported("VisionTransformer", "open_clip", "a patch embedding with a bias")
+        raise unsupported_tower("VisionTransformer", "open_clip", "a patch embedding with a bias")
     sd: dict[str, Tensor] = {
         "W_patch": visual.conv1.weight.detach(),
         "class_embedding": visual.class_embedding.detach(),
         "W_pos": visual.positional_embedding.detach(),
-        **_ln("ln_final", visual.ln_post),
+        **layer_norm_state("ln_final", visual.ln_post),
     }
     sd["W_proj"] = visual.proj.detach() if visual.proj is not None else torch.eye(cfg.d_pool)
     if cfg.has_ln_pre:
-        sd.update(_ln("ln_pre", visual.ln_pre))
+        sd.update(layer_norm_state("ln_pre", visual.ln_pre))
     for layer, block in enumerate(visual.transformer.resblocks):
-        sd.update(_block_state(block, layer, cfg.n_heads))
+        sd.update(block_state(block, layer, cfg.n_heads))
     if visual.attn_pool is not None:
         pool = visual.attn_pool
         sd["attn_pool.query"] = pool.query.detach()
-        sd.update(_ln("attn_pool.ln_q", pool.ln_q))
-        sd.update(_ln("attn_pool.ln_k", pool.ln_k))
+        sd.update(layer_norm_state("attn_pool.ln_q", pool.ln_q))
+        sd.update(layer_norm_state("attn_pool.ln_k", pool.ln_k))
         heads = cfg.attention_pool.n_heads
         sd.update({f"attn_pool.attn.{k}": v for k, v in _split_in_proj(pool.attn, heads).items()})
     return sd
@@ -203,18 +213,18 @@ def _ln_eps(visual: nn.Module, cfg: ViTConfig) -> dict[str, float]:
     return {k: m.eps for k, m in pairs.items() if m.eps != cfg.eps}
 
 
-def _convert_timm_tower(visual: nn.Module, name: str) -> tuple[ViTConfig, dict[str, Tensor]]:
-    """open_clip ``TimmModel``: the timm trunk, then the head (empty, or a linear projection)."""
-    convert = convert_eva if type(visual.trunk).__name__ == "Eva" else convert_timm
-    cfg, sd = convert(visual.trunk, name=name)
+def fold_timm_head(
+    visual: nn.Module, cfg: ViTConfig, sd: dict[str, Tensor]
+) -> tuple[ViTConfig, dict[str, Tensor]]:
+    """open_clip ``TimmModel``: its trunk's (config, state dict), then the head (empty, or a linear projection)
+    folded into the trunk's projection: (x·W + b)·Pᵀ + c = x·(W·Pᵀ) + (b·Pᵀ + c)."""
     layers = [m for m in visual.head.children() if not isinstance(m, nn.Dropout)]
     if not layers:
         return cfg, sd
     if len(layers) != 1 or not isinstance(layers[0], nn.Linear):
-        raise unsupported(f"TimmModel head {[type(m).__name__ for m in layers]}", "open_clip",
-                          "only a linear projection is ported")
+        raise unsupported_tower(f"TimmModel head {[type(m).__name__ for m in layers]}", "open_clip",
+                                "only a linear projection is ported")
     proj = layers[0]
-    # (x·W + b)·Pᵀ + c = x·(W·Pᵀ) + (b·Pᵀ + c)
     W = sd["W_proj"].float() @ proj.weight.detach().T.float()
     b = sd["b_proj"].float() @ proj.weight.detach().T.float() if "b_proj" in sd else torch.zeros(proj.out_features)
     if proj.bias is not None:
@@ -226,14 +236,15 @@ def _convert_timm_tower(visual: nn.Module, name: str) -> tuple[ViTConfig, dict[s
     return cfg, sd
 
 
-def convert_open_clip(model_or_visual: nn.Module, name: str = "open_clip") -> tuple[ViTConfig, dict[str, Tensor]]:
-    """(ViTConfig, state dict) of an open_clip image tower; ``HookedViT.from_converted`` builds the model.
+def convert_open_clip(visual: nn.Module, name: str = "open_clip") -> tuple[ViTConfig, dict[str, Tensor]]:
+    """(ViTConfig, state dict) of an open_clip ``VisionTransformer`` (or a CLIP/CoCa holding one as ``visual``);
+    ``HookedViT.from_converted`` builds the model. Its forward equals ``model.encode_image`` (unnormalised).
 
-    The port's forward equals ``model.encode_image`` (unnormalised) on the same weights.
+    A ``TimmModel`` tower goes through the registry (``convert.registry.convert_tower``), which converts its trunk.
     """
-    visual = _vision_tower(model_or_visual)
-    if type(visual).__name__ == "TimmModel":
-        return _convert_timm_tower(visual, name)
+    visual = image_tower(visual)
+    if not is_open_clip_vit(visual):
+        raise unsupported_tower(type(visual).__name__, "open_clip")
     cfg = config_from_open_clip(visual, name=name)
     cfg.ln_eps = _ln_eps(visual, cfg)
     return cfg, state_dict_from_open_clip(visual, cfg)

@@ -13,15 +13,11 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
+from open_clip.transformer import TextTransformer
 from torch import Tensor, nn
 
-from vit_lens_clip.convert.open_clip import (
-    UnsupportedTowerError,
-    _activation,
-    _block_state,
-    _check_block,
-    _ln,
-)
+from vit_lens_clip.convert.open_clip import block_state, check_block, layer_norm_state, mlp_activation
+from vit_lens_clip.errors import UnsupportedTowerError
 from vit_lens_clip.model.text_config import POOL_TYPES, TextConfig
 
 
@@ -42,11 +38,10 @@ class _TextTower:
 
 
 def _text_tower(model: nn.Module) -> _TextTower:
-    kind = type(model).__name__
     text = getattr(model, "text", None)
     if text is not None:  # CustomTextCLIP
-        model, kind = text, type(text).__name__
-    if kind == "TextTransformer":
+        model = text
+    if isinstance(model, TextTransformer):
         if model.cls_emb is not None:
             raise UnsupportedTowerError("open_clip TextTransformer with embed_cls (CoCa's text tower) is not supported")
         return _TextTower(
@@ -61,7 +56,7 @@ def _text_tower(model: nn.Module) -> _TextTower:
             False, 0,
         )
     raise UnsupportedTowerError(
-        f"vit_lens_clip ports open_clip's own TextTransformer; this model's text tower is {kind} "
+        f"vit_lens_clip ports open_clip's own TextTransformer; this model's text tower is {type(model).__name__} "
         f"(e.g. an HF text encoder inside open_clip), which cannot be ported"
     )
 
@@ -85,7 +80,7 @@ def open_clip_text_to_hooked(model: nn.Module, name: str = "open_clip-text") -> 
     t = _text_tower(model)
     blocks = t.transformer.resblocks
     for i, block in enumerate(blocks):
-        _check_block(block, i)
+        check_block(block, i)
     if t.pool_type not in POOL_TYPES:
         raise UnsupportedTowerError(f"text pool_type={t.pool_type!r} is not supported (supported: {POOL_TYPES})")
     if t.attn_mask is not None and not _is_causal(t.attn_mask):
@@ -108,7 +103,7 @@ def open_clip_text_to_hooked(model: nn.Module, name: str = "open_clip-text") -> 
         d_vocab=t.token_embedding.num_embeddings,
         n_ctx=t.positional_embedding.shape[0],
         output_dim=output_dim,
-        act_fn=_activation(first.mlp),
+        act_fn=mlp_activation(first.mlp),
         eps=_uniform_eps(t),
         causal=t.attn_mask is not None,
         pad_mask=t.pad_mask,
@@ -125,9 +120,9 @@ def open_clip_text_to_hooked(model: nn.Module, name: str = "open_clip-text") -> 
         "W_pos": t.positional_embedding.detach(),
         "W_proj": W,
         "b_proj": b,
-        **_ln("ln_final", t.ln_final),
+        **layer_norm_state("ln_final", t.ln_final),
     }
     for layer, block in enumerate(blocks):
-        sd.update(_block_state(block, layer, cfg.n_heads))
+        sd.update(block_state(block, layer, cfg.n_heads))
     device = t.token_embedding.weight.device
     return cfg, {k: v.to(device).contiguous() for k, v in sd.items()}

@@ -36,10 +36,8 @@ from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 from transformer_lens.HookedRootModule import HookedRootModule
 
-from vit_lens_clip.convert.eva import convert_eva
-from vit_lens_clip.convert.hf import convert_hf
-from vit_lens_clip.convert.open_clip import convert_open_clip
-from vit_lens_clip.convert.timm import convert_timm
+from vit_lens_clip.convert.registry import convert_tower
+from vit_lens_clip.convert.sources import BuiltSource, build_source, precision_name
 from vit_lens_clip.errors import BadInputError
 from vit_lens_clip.model.components import AttentionPool, LayerNorm, TransformerBlock
 from vit_lens_clip.model.config import ViTConfig
@@ -227,20 +225,48 @@ class HookedViT(StackedWeights, HookedRootModule):
     @classmethod
     def from_open_clip(cls, model_or_visual: nn.Module, name: str = "open_clip") -> "HookedViT":
         """Port an open_clip ``CLIP``/``CoCa`` model or its image tower (``VisionTransformer``, or a timm
-        ViT/SigLIP tower in ``TimmModel``); forward equals ``encode_image`` (see convert.open_clip)."""
-        return cls.from_converted(*convert_open_clip(model_or_visual, name=name), device=_device_of(model_or_visual))
+        ViT/SigLIP/PE-Core tower in ``TimmModel``); forward equals ``encode_image`` (see convert.registry)."""
+        return cls.from_converted(*convert_tower(model_or_visual, name, source="open_clip"),
+                                  device=_device_of(model_or_visual))
 
     @classmethod
     def from_hf(cls, model: nn.Module) -> "HookedViT":
         """Port a transformers ``CLIPVisionModelWithProjection`` (see convert.hf)."""
-        return cls.from_converted(*convert_hf(model), device=_device_of(model))
+        return cls.from_converted(*convert_tower(model, source="hf"), device=_device_of(model))
 
     @classmethod
     def from_timm(cls, model: nn.Module, name: Optional[str] = None) -> "HookedViT":
         """Port a timm ``VisionTransformer`` or a PE-Core ``Eva``; forward equals ``model(images)`` (logits, or
-        features for ``num_classes=0``). See convert.timm and convert.eva for what is supported."""
-        convert = convert_eva if type(model).__name__ == "Eva" else convert_timm
-        return cls.from_converted(*convert(model, name=name), device=_device_of(model))
+        features for ``num_classes=0``). See convert.registry for the families."""
+        return cls.from_converted(*convert_tower(model, name, source="timm"), device=_device_of(model))
+
+    @classmethod
+    def from_source(cls, source: BuiltSource) -> "HookedViT":
+        """Port a source model built from a name (``convert.sources.build_source``), on its device and dtype."""
+        cfg, state_dict = convert_tower(source.tower, source.model_name.name, source=source.family.source)
+        hooked = cls.from_converted(cfg, state_dict, device=_device_of(source.tower))
+        return hooked.to(device=source.device, dtype=source.dtype)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name: str,
+        pretrained: Optional[str] = None,
+        device: Optional[Union[str, torch.device]] = None,
+        dtype: Optional[torch.dtype] = None,
+    ) -> "HookedViT":
+        """The hooked image tower of a named model, as ``load_clip`` names them (TransformerLens' habit).
+
+        ``name``: an open_clip name ("ViT-B-16"), "timm:NAME", "hf:org/repo", "local-dir:…", "hf-hub:…" or the
+        embedded "vit-lens-clip/shapes"; ``pretrained``: a tag or a local weights file (random weights when None,
+        no network). ``device`` None picks CUDA when available; ``dtype`` None is float32. A CLIP's text encoder
+        is attached (``tokens_to_residual_directions("a dog")`` works); ``load_clip`` also returns the
+        preprocess and the tokenizer.
+        """
+        source = build_source(name, pretrained, device=device, precision=precision_name(dtype))
+        hooked = cls.from_source(source)
+        hooked.text_encoder = source.encode_text
+        return hooked
 
 
 def _own_copy(t: Tensor) -> Tensor:
