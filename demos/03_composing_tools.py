@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -21,13 +21,27 @@
 # 1. activation patching between two images that differ in one attribute;
 # 2. a small sparse autoencoder trained on a hook point's activations and spliced back into the forward pass.
 
+# %% [markdown]
+# ## Runtime and install
+#
+# **Runtime**: a CPU is enough for the embedded model (about a minute on 2 shared CPU cores). A real CLIP wants a
+# GPU (on Colab: Runtime > Change runtime type > GPU).
+#
+# The next cell installs the released package, `pip install vit_lens_clip`, unless it is already importable. To
+# install another build, set the environment variable `VIT_LENS_CLIP_SPEC` to any pip requirement before running
+# it: a wheel file (`%env VIT_LENS_CLIP_SPEC=/content/vit_lens_clip-0.1.0-py3-none-any.whl`), a VCS URL
+# (`%env VIT_LENS_CLIP_SPEC=git+https://example.org/you/vit_lens_clip.git@main`) or a version
+# (`vit_lens_clip==0.1.0`). When it is set, that requirement is installed even over an installed copy.
+
 # %%
-# Installs the package when it is missing (e.g. on Colab); does nothing when it is already importable.
-try:
-    import vit_lens_clip  # noqa: F401
-except ImportError:
-    get_ipython().run_line_magic("pip", "install -q vit_lens_clip")
-    import vit_lens_clip  # noqa: F401
+# Install vit_lens_clip where this notebook is opened (Colab, a cluster venv); see the cell above.
+import importlib.util
+import os
+import shlex
+
+VIT_LENS_CLIP_SPEC = os.environ.get("VIT_LENS_CLIP_SPEC", "")
+if VIT_LENS_CLIP_SPEC or importlib.util.find_spec("vit_lens_clip") is None:
+    get_ipython().run_line_magic("pip", "install -q " + shlex.quote(VIT_LENS_CLIP_SPEC or "vit_lens_clip"))
 
 # %%
 import numpy as np

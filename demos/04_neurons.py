@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -22,13 +22,27 @@
 # s = Σ_t A[pooled, t]·a_n(t)/σ(t) per (later layer, head, neuron); the effect of every neuron is formed on demand
 # from s and image-free vectors U. This notebook runs on the embedded shapes-world CLIP in well under a minute.
 
+# %% [markdown]
+# ## Runtime and install
+#
+# **Runtime**: a CPU is enough for the embedded model (about 30 s on 2 shared CPU cores). A real CLIP wants a GPU
+# (on Colab: Runtime > Change runtime type > GPU).
+#
+# The next cell installs the released package, `pip install vit_lens_clip`, unless it is already importable. To
+# install another build, set the environment variable `VIT_LENS_CLIP_SPEC` to any pip requirement before running
+# it: a wheel file (`%env VIT_LENS_CLIP_SPEC=/content/vit_lens_clip-0.1.0-py3-none-any.whl`), a VCS URL
+# (`%env VIT_LENS_CLIP_SPEC=git+https://example.org/you/vit_lens_clip.git@main`) or a version
+# (`vit_lens_clip==0.1.0`). When it is set, that requirement is installed even over an installed copy.
+
 # %%
-# Installs the package when it is missing (e.g. on Colab); does nothing when it is already importable.
-try:
-    import vit_lens_clip  # noqa: F401
-except ImportError:
-    get_ipython().run_line_magic("pip", "install -q vit_lens_clip")
-    import vit_lens_clip  # noqa: F401
+# Install vit_lens_clip where this notebook is opened (Colab, a cluster venv); see the cell above.
+import importlib.util
+import os
+import shlex
+
+VIT_LENS_CLIP_SPEC = os.environ.get("VIT_LENS_CLIP_SPEC", "")
+if VIT_LENS_CLIP_SPEC or importlib.util.find_spec("vit_lens_clip") is None:
+    get_ipython().run_line_magic("pip", "install -q " + shlex.quote(VIT_LENS_CLIP_SPEC or "vit_lens_clip"))
 
 # %%
 import torch

@@ -7,7 +7,14 @@ does not import torch.
 from __future__ import annotations
 
 import importlib
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _distribution_version
 from typing import TYPE_CHECKING, Any
+
+try:  # the installed distribution's version (pyproject.toml's [project] version)
+    __version__: str = _distribution_version("vit_lens_clip")
+except PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0+unknown"
 
 from vit_lens_clip import _moved
 

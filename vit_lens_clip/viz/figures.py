@@ -237,7 +237,7 @@ def layer_head_grid(
 ) -> go.Figure:
     """A heatmap with one cell per (layer, head): rows = layers (first layer at the bottom), columns = heads.
 
-    ``hover_text`` gives each cell extra lines (e.g. a head's top TextSpan texts): an [L][H] nested list of
+    ``hover_text`` gives each cell extra lines (e.g. a head's top TextSpan texts): an ``[L][H]`` nested list of
     strings or lists of strings, or a dict {(layer, head): text(s)}. NaN cells (heads not computed) are blank.
     """
     z = np.asarray(values.detach().cpu().double() if isinstance(values, Tensor) else values, dtype=np.float64)
