@@ -22,7 +22,6 @@ from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from vit_lens_clip.app import collect as collect_app
 from vit_lens_clip.app.cli import main
 from vit_lens_clip.app.collect import profile_collection
 from vit_lens_clip.datasets.folder import ImageFolder
@@ -128,11 +127,6 @@ def test_mean_reducer_merge_from_equals_one_pass(loaded, dataset):
     assert merged.count == 12
     for k, v in whole.result().items():
         assert torch.allclose(merged.result()[k], v, rtol=1e-6, atol=1e-7), k
-
-
-def test_folder_readers_keep_their_old_import_path():
-    assert collect_app.load_contributions is load_contributions
-    assert collect_app.load_decomposition is load_decomposition
 
 
 def test_single_process_collection_equals_collect_head_contributions(loaded, dataset, single):

@@ -17,8 +17,8 @@ CORE_RANK = {"model": 0, "convert": 0, "loading": 0, "decompose": 1, "distribute
 LEAVES = {"datasets", "viz", "embedded"}
 # modules every layer may import: they import nothing of the package but each other
 BASE = {"errors", "validation", "integrity"}
-# the package's own plumbing (public re-exports, old import paths, ``python -m vit_lens_clip``)
-ROOT = {"__init__", "_moved", "__main__"}
+# the package's own plumbing (public re-exports, ``python -m vit_lens_clip``)
+ROOT = {"__init__", "__main__"}
 # imports that may sit inside a function, each with its reason
 LAZY_OK = {
     ("vit_lens_clip.app.cli", "*"): "the CLI loads a command's modules only when that command runs (fast --help)",

@@ -9,10 +9,6 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from vit_lens_clip import _moved
-
-_moved.install()
-
 _PUBLIC: dict[str, str] = {
     "HookedViT": "vit_lens_clip.model.hooked_vit",
     "ViTConfig": "vit_lens_clip.model.config",

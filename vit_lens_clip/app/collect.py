@@ -27,7 +27,6 @@ from vit_lens_clip.distributed.collection import (
     rank_dir,
     read_collection_info,
 )
-from vit_lens_clip.distributed.folder import load_decomposition
 from vit_lens_clip.distributed.ranks import (
     RankInfo,
     barrier,
@@ -45,12 +44,9 @@ from vit_lens_clip.distributed.shards import (
 from vit_lens_clip.loading import LoadedCLIP, load_clip
 from vit_lens_clip.methods.textspan.algorithm import TextSpanResult, text_span
 from vit_lens_clip.methods.textspan.pools import embed_texts_cached, load_pool
-from vit_lens_clip.methods.textspan.runs import TextSpanTable, kept_layers, load_contributions
+from vit_lens_clip.methods.textspan.runs import TextSpanTable, kept_layers
 
-# load_contributions (methods/textspan/runs.py) and load_decomposition (distributed/folder.py) read collection
-# folders; they are re-exported from here, their old home
-__all__ = ["load_contributions", "load_decomposition", "run_collect", "run_textspan_command",
-           "textspan_from_collection"]
+__all__ = ["run_collect", "run_textspan_command", "textspan_from_collection"]
 
 # ------------------------------------------------------------------------------------------ collect
 

@@ -30,7 +30,6 @@ from vit_lens_clip import validation
 from vit_lens_clip.datasets.folder import Batch, collate_images
 from vit_lens_clip.decompose import checkpoint as ckpt_io
 from vit_lens_clip.decompose.fold import Convention
-from vit_lens_clip.decompose.manifests import merge_manifests  # noqa: F401  (the checked merge; its old home)
 from vit_lens_clip.decompose.parts import Decomposition, DecompositionCapture
 from vit_lens_clip.errors import BadInputError
 from vit_lens_clip.model.hooked_vit import HookedViT
