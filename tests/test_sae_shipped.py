@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vit_lens_clip.app.sae import sae_section
+from vit_lens_clip.app.report_output import ReportOutput
+from vit_lens_clip.app.sae import add_sae_features
 from vit_lens_clip.loading import load_clip
 from vit_lens_clip.methods.sae import explain
 from vit_lens_clip.methods.sae.factors import factor_summary
@@ -49,14 +50,19 @@ def test_shipped_sae_loads_and_matches_its_figures(loaded, world):
 
 
 def test_report_section_explains_features(loaded, world):
-    out = sae_section(loaded, world, n_features=2, n_top_images=2, ablation_images=8, segmentation_images=4,
-                      batch_size=16, progress=False)
-    titles = [t for t, _ in out.items]
-    assert len(titles) == 4 and isinstance(out.items[0][1], Markdown)
-    assert len(out.numbers["per_feature"]) == 2
-    row = out.numbers["per_feature"][0]
+    out = ReportOutput()
+    add_sae_features(out, loaded, world, n_features=2, n_top_images=2, ablation_images=8, segmentation_images=4,
+                     batch_size=16, progress=False)
+    titles = [t for t, _ in out.page]
+    assert len(titles) == 4 and isinstance(out.page[0][1], Markdown)
+    numbers = out.numbers["sae"]
+    assert len(numbers["per_feature"]) == 2
+    row = numbers["per_feature"][0]
     assert len(row["nearest_texts"]) == 3 and len(row["top_heads"]) == 3 and 0.5 <= row["best_factor"]["auroc"] <= 1
-    assert set(out.numbers["segmentation"]) == {"decomposition", "sae_features", "sae_top_feature"}
+    assert set(numbers["segmentation"]) == {"decomposition", "sae_features", "sae_top_feature"}
+    # CSV rows: one AUROC per explained feature, then three metrics per segmentation map
+    assert [r["metric"] for r in out.csv_rows[:2]] == [f"feature{j}.auroc" for j in numbers["features"]]
+    assert len(out.csv_rows) == 2 + 3 * 3 and all(r["section"] == "sae" for r in out.csv_rows)
     acts = explain.feature_activations(loaded.model, load_shipped_sae(), images_of(loaded, world))
     summary = factor_summary(acts, world)
     assert summary["n_alive"] > 0 and len(summary["per_feature"]) == summary["n_alive"]

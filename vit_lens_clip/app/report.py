@@ -8,21 +8,20 @@ an attention-pattern view. Defaults: the embedded shapes model and built-in synt
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import csv
 import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import torch
 
 from vit_lens_clip.app.config import ReportConfig, add_report_arguments
 from vit_lens_clip.app.run_folder import check_report_inputs, finish_report_folder, prepare_report_folder, report_settings
-from vit_lens_clip.app.sections import SECTIONS, ReportContext, Section
+from vit_lens_clip.app.sections import SECTIONS, ReportContext, ReportValues, Section
 from vit_lens_clip.distributed.collection import read_collection_info
 from vit_lens_clip.embedded import EMBEDDED_NAME
 from vit_lens_clip.errors import BadInputError
@@ -49,7 +48,8 @@ def _skip_reason(section: Section, ctx: ReportContext) -> str | None:
 
 def run_sections(ctx: ReportContext, sections: tuple[Section, ...] = SECTIONS) -> None:
     """Run each section whose needs are met, in order, timing each one into ``ctx.timings``; every section
-    that does not run is printed with its reason and listed in ``ctx.numbers["skipped_sections"]``."""
+    that does not run is printed with its reason and listed in ``ctx.numbers["skipped_sections"]``. A section
+    may set only the values it declares in ``gives``."""
     skipped = ctx.numbers.setdefault("skipped_sections", {})
     for section in sections:
         reason = _skip_reason(section, ctx)
@@ -60,8 +60,12 @@ def run_sections(ctx: ReportContext, sections: tuple[Section, ...] = SECTIONS) -
             continue
         print(f"[report] {section.name} ...", flush=True)
         start = time.perf_counter()
+        before = {name: getattr(ctx.values, name) for name in ReportValues.names()}
         with contextlib.nullcontext() if section.grad else torch.no_grad():
             section.run(ctx)
+        undeclared = sorted(n for n, v in before.items() if getattr(ctx.values, n) is not v and n not in section.gives)
+        if undeclared:
+            raise RuntimeError(f"section {section.name} set values {undeclared} it does not declare in gives")
         ctx.timings[section.name] = round(time.perf_counter() - start, 2)
 
 
@@ -108,10 +112,8 @@ def _check_collection_model(config: ReportConfig, key: str) -> None:
                             f"({recorded})")
 
 
-def run_report(config: Union[ReportConfig, argparse.Namespace]) -> Path:
+def run_report(config: ReportConfig) -> Path:
     """Run every section not in ``config.skip`` and write report.html, results.json and results.csv."""
-    if isinstance(config, argparse.Namespace):  # the old calling convention
-        config = ReportConfig.from_args(config)
     t_start = time.perf_counter()
     check_report_inputs(config)  # before any heavy work
     if config.source:
@@ -122,7 +124,7 @@ def run_report(config: Union[ReportConfig, argparse.Namespace]) -> Path:
     loaded = load_clip(config.model, config.pretrained, device=config.device, precision=config.precision)
     if config.source:
         _check_collection_model(config, loaded.key)
-    ctx = ReportContext(config, loaded)
+    ctx = ReportContext(config=config, loaded=loaded)
     ctx.numbers["model"] = _model_summary(ctx)
     run_sections(ctx)
     ctx.timings["total"] = round(time.perf_counter() - t_start, 2)

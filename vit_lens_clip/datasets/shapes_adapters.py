@@ -6,6 +6,11 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
 from vit_lens_clip.datasets.segmentation import make_item
 from vit_lens_clip.datasets.shapes_world import (
     ATTRIBUTES,
@@ -60,6 +65,19 @@ class ShapesSegmentation(ShapesDataset):
         item["caption"] = scene.caption
         item["shape"] = scene.attributes.shape
         return item
+
+
+def shapes_images(preprocess: Callable, n: int, seed: int, task: str = "shape", progress: bool = False) -> tuple[
+        Float[Tensor, "n channel height width"], Int[Tensor, " n"]]:
+    """``n`` shapes-world scenes as model inputs and their labels for ``task`` (−1 where undefined)."""
+    data = ShapesDataset(n, seed=seed)
+    images, labels = [], []
+    for i in tqdm(range(n), desc="rendering scenes", disable=not progress):
+        scene = data.scene(i)
+        images.append(preprocess(scene.pil()))
+        label = label_of(scene.attributes, task)
+        labels.append(-1 if label is None else label)
+    return torch.stack(images), torch.tensor(labels)
 
 
 def shapes_classes() -> tuple[list[str], list[Callable[[str], str]]]:

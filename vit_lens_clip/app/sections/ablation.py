@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+
+from jaxtyping import Bool
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from vit_lens_clip.app.sections.base import ReportContext
@@ -11,21 +15,33 @@ from vit_lens_clip.methods.zeroshot import logits
 from vit_lens_clip.viz.figures import ablation_curve
 
 
+def image_rows(parts: Decomposition, keep: Bool[Tensor, " batch"]) -> Decomposition:
+    """The parts of the images ``keep`` selects: every per-image tensor (and tensor dict) indexed, every other
+    field (layers, convention, normalized) as it was."""
+    def rows(value):
+        if isinstance(value, Tensor):
+            return value[keep]
+        if isinstance(value, dict):
+            return {k: rows(v) for k, v in value.items()}
+        return value
+
+    return dataclasses.replace(parts, **{f.name: rows(getattr(parts, f.name)) for f in dataclasses.fields(parts)})
+
+
 class AblationSection:
     name, needs, uses, gives = "ablation", ("parts", "means", "contributions", "tasks"), (), ()
     skippable, grad = True, False
 
     def run(self, ctx: ReportContext) -> None:
-        parts, means = ctx.values["parts"], ctx.values["means"]
-        indices = ctx.values["contributions"].indices
+        parts, means = ctx.values.parts, ctx.values.means
+        indices = ctx.values.contributions.indices
         figures, table = [], {}
-        for task in tqdm(ctx.values["tasks"], desc="ablation curves (tasks)", disable=not ctx.progress):
+        for task in tqdm(ctx.values.tasks, desc="ablation curves (tasks)", disable=not ctx.progress):
             labels = task.labels[indices]
             if (labels < 0).all():  # unlabelled: agreement with the unablated model's predictions
                 labels = logits(parts.embedding, task.classifier).argmax(-1)
             keep = labels >= 0
-            sub = Decomposition(parts.embed[keep], parts.attns[keep], parts.mlps[keep], parts.heads[keep],
-                                parts.layers, parts.embedding[keep], parts.convention, parts.normalized)
+            sub = image_rows(parts, keep)
             curves = {kind: cumulative_layer_curve(sub, means, task.classifier, labels[keep], kind=kind)
                       for kind in ("attn", "mlp")}
             baseline = curves["attn"][0][1]

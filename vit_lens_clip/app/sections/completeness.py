@@ -11,9 +11,9 @@ class CompletenessSection:
     skippable, grad = True, False
 
     def run(self, ctx: ReportContext) -> None:
-        contributions, pool_emb = ctx.values["contributions"], ctx.values["pool_emb"]
+        contributions, pool_emb = ctx.values.contributions, ctx.values.pool_emb
         results = {}
-        for task in ctx.values["tasks"][:1]:
+        for task in ctx.values.tasks[:1]:
             labels = task.labels[contributions.indices]
             keep = labels >= 0
             if keep.sum() == 0:

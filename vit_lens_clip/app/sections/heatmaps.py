@@ -29,7 +29,7 @@ class HeatmapSection:
             data = ShapesSegmentation(N_IMAGES, loaded.preprocess, seed=config.seed + 99, include_original=False)
             images = torch.stack([data[i]["image"] for i in range(N_IMAGES)])
         images = images.to(loaded.device)
-        tasks, textspan_table = ctx.values.get("tasks"), ctx.values.get("textspan_table")
+        tasks, textspan_table = ctx.values.tasks, ctx.values.textspan_table
         task = tasks[0] if tasks else None
         best = (sorted(textspan_table.rows.items(), key=lambda kv: -float(kv[1].variance_explained[0]))[:3]
                 if textspan_table else [])

@@ -25,9 +25,9 @@ class SpuriousSection:
         dataset = shapes_eval_set(loaded.preprocess, config.spurious_images, config.seed + 2, bird_size)
         classnames, templates = shapes_bird_classes()
         settings = SpuriousConfig(classnames=classnames, templates=templates, group_names=shapes_group_names(),
-                                  pool=ctx.values["pool"], k=config.k, last_n_layers=config.last_layers,
+                                  pool=ctx.values.pool, k=config.k, last_n_layers=config.last_layers,
                                   batch_size=config.batch_size, queries=queries, progress=ctx.progress)
-        table = run_spurious(loaded, dataset, settings, pool_embeddings=ctx.values["pool_emb"])
+        table = run_spurious(loaded, dataset, settings, pool_embeddings=ctx.values.pool_emb)
         data = table.to_dict()
         data["queries"] = list(queries)
         ctx.numbers["spurious"] = data

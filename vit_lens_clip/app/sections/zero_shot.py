@@ -10,9 +10,9 @@ class ZeroShotSection:
     name, needs, uses, gives, skippable, grad = "zero_shot", ("contributions",), ("tasks",), (), False, False
 
     def run(self, ctx: ReportContext) -> None:
-        embedding, indices = ctx.values["contributions"].embedding, ctx.values["contributions"].indices
+        embedding, indices = ctx.values.contributions.embedding, ctx.values.contributions.indices
         ctx.numbers["zero_shot"] = {}
-        for task in ctx.values.get("tasks") or []:
+        for task in ctx.values.tasks or []:
             labels = task.labels[indices]
             keep = labels >= 0
             if keep.any():
