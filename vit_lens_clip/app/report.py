@@ -14,14 +14,15 @@ import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
 
 from vit_lens_clip.app.config import ReportConfig, add_report_arguments
+from vit_lens_clip.app.provenance import provenance_markdown, report_provenance
 from vit_lens_clip.app.run_folder import check_report_inputs, finish_report_folder, prepare_report_folder, report_settings
-from vit_lens_clip.app.sections import SECTIONS, ReportContext, ReportValues, Section
+from vit_lens_clip.app.sections import SECTIONS, ReportContext, ReportValues, Section, SectionSkipped
 from vit_lens_clip.distributed.collection import read_collection_info
 from vit_lens_clip.embedded import EMBEDDED_NAME
 from vit_lens_clip.errors import BadInputError
@@ -48,8 +49,8 @@ def _skip_reason(section: Section, ctx: ReportContext) -> str | None:
 
 def run_sections(ctx: ReportContext, sections: tuple[Section, ...] = SECTIONS) -> None:
     """Run each section whose needs are met, in order, timing each one into ``ctx.timings``; every section
-    that does not run is printed with its reason and listed in ``ctx.numbers["skipped_sections"]``. A section
-    may set only the values it declares in ``gives``."""
+    that does not run (a missing need, ``--skip``, or ``SectionSkipped`` from its run) is printed with its reason
+    and listed in ``ctx.numbers["skipped_sections"]``. A section may set only the values it declares in ``gives``."""
     skipped = ctx.numbers.setdefault("skipped_sections", {})
     for section in sections:
         reason = _skip_reason(section, ctx)
@@ -61,12 +62,25 @@ def run_sections(ctx: ReportContext, sections: tuple[Section, ...] = SECTIONS) -
         print(f"[report] {section.name} ...", flush=True)
         start = time.perf_counter()
         before = {name: getattr(ctx.values, name) for name in ReportValues.names()}
-        with contextlib.nullcontext() if section.grad else torch.no_grad():
-            section.run(ctx)
+        try:
+            with contextlib.nullcontext() if section.grad else torch.no_grad():
+                section.run(ctx)
+        except SectionSkipped as skip:
+            skipped[section.name] = str(skip)
+            print(f"[report] {section.name} skipped: {skip}", flush=True)
+            continue
         undeclared = sorted(n for n, v in before.items() if getattr(ctx.values, n) is not v and n not in section.gives)
         if undeclared:
             raise RuntimeError(f"section {section.name} set values {undeclared} it does not declare in gives")
         ctx.timings[section.name] = round(time.perf_counter() - start, 2)
+
+
+def _skipped_markdown(skipped: dict[str, str]) -> str:
+    """The sections that did not run, each with its reason."""
+    if not skipped:
+        return "Every section ran."
+    return "\n".join(f"- **{name}**: " + ("left out with --skip" if reason == "--skip" else reason)
+                     for name, reason in skipped.items())
 
 
 def _write(ctx: ReportContext) -> None:
@@ -74,8 +88,10 @@ def _write(ctx: ReportContext) -> None:
     out = ctx.out
     intro = (f"Model **{ctx.loaded.name}** ({cfg.n_layers} layers, {cfg.n_heads} heads, width {cfg.d_model}, "
              f"{cfg.n_ctx} tokens). Parts are folded through the final LayerNorm (equal-share convention) and "
-             f"divided by the embedding norm. Wall time {ctx.timings['total']:.0f} s.")
-    page = figures_to_html([("About this report", intro)] + ctx.page, title=f"vit_lens_clip report: {ctx.loaded.name}")
+             f"divided by the embedding norm. Wall time {ctx.timings['total']:.0f} s.\n\n"
+             + provenance_markdown(ctx.numbers["provenance"]))
+    head = [("About this report", intro), ("Skipped sections", _skipped_markdown(ctx.numbers["skipped_sections"]))]
+    page = figures_to_html(head + ctx.page, title=f"vit_lens_clip report: {ctx.loaded.name}")
     (out / "report.html").write_text(page, encoding="utf-8")
     (out / "results.json").write_text(json.dumps(ctx.numbers, indent=1, default=_jsonable))
     with open(out / "results.csv", "w", newline="") as f:
@@ -112,8 +128,9 @@ def _check_collection_model(config: ReportConfig, key: str) -> None:
                             f"({recorded})")
 
 
-def run_report(config: ReportConfig) -> Path:
-    """Run every section not in ``config.skip`` and write report.html, results.json and results.csv."""
+def run_report(config: ReportConfig, command_line: Optional[Sequence[str]] = None) -> Path:
+    """Run every section not in ``config.skip`` and write report.html, results.json and results.csv.
+    ``command_line``: the command to record in the provenance (default: this process's)."""
     t_start = time.perf_counter()
     check_report_inputs(config)  # before any heavy work
     if config.source:
@@ -126,6 +143,7 @@ def run_report(config: ReportConfig) -> Path:
         _check_collection_model(config, loaded.key)
     ctx = ReportContext(config=config, loaded=loaded)
     ctx.numbers["model"] = _model_summary(ctx)
+    ctx.numbers["provenance"] = report_provenance(loaded, command_line)
     run_sections(ctx)
     ctx.timings["total"] = round(time.perf_counter() - t_start, 2)
     ctx.numbers["timings_s"] = ctx.timings

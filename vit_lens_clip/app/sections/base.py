@@ -85,6 +85,11 @@ class ReportContext(ReportOutput):
         return self.values.has(name)
 
 
+class SectionSkipped(Exception):
+    """Raised by a section's ``run`` before it writes anything, when the values it got cannot give its result
+    (e.g. no image has a label); the message is listed as the reason it was skipped."""
+
+
 @runtime_checkable  # so that run-time checks (beartype) can check annotations naming it
 class Section(Protocol):
     """One part of the report. ``needs``: values it cannot run without (it is skipped when one is missing);
