@@ -34,8 +34,9 @@ except ImportError:
 import torch
 
 from vit_lens_clip import load_clip
+from vit_lens_clip.datasets.shapes_adapters import shapes_texts
 from vit_lens_clip.methods.sae import explain, sae_hook_name, saes_spliced
-from vit_lens_clip.methods.sae.shipped import load_shipped_sae, shapes_texts, shipped_figures
+from vit_lens_clip.methods.sae.shipped import load_shipped_sae, shipped_figures
 from vit_lens_clip.methods.sae.train import scenes
 from vit_lens_clip.viz.figures import overlay_grid
 

@@ -18,11 +18,11 @@ import torch
 from plotly.subplots import make_subplots
 
 from vit_lens_clip.app.report_output import ReportOutput
-from vit_lens_clip.datasets.shapes_adapters import ShapesSegmentation, shapes_classes
+from vit_lens_clip.datasets.shapes_adapters import ShapesSegmentation, shapes_classes, shapes_texts
 from vit_lens_clip.datasets.shapes_world import Scene, label_of, zero_shot_labels
 from vit_lens_clip.methods.sae import explain
 from vit_lens_clip.methods.sae.sae import SparseAutoencoder
-from vit_lens_clip.methods.sae.shipped import load_shipped_sae, shapes_texts
+from vit_lens_clip.methods.sae.shipped import load_shipped_sae
 from vit_lens_clip.methods.sae.train import reconstruction_figures
 from vit_lens_clip.methods.spatial.evaluate import segmentation_markdown
 from vit_lens_clip.methods.zeroshot import build_classifier

@@ -15,13 +15,19 @@ from vit_lens_clip.datasets.segmentation import make_item
 from vit_lens_clip.datasets.shapes_world import (
     ATTRIBUTES,
     BIRDS,
+    COLOURS,
+    COUNTS,
     PLACE_GROUPS,
     PLACES,
+    POSITIONS,
+    SHAPES,
+    SIZES,
     ShapesDataset,
     ShapesWorld,
     SpuriousBirdsDataset,
     label_of,
     place_phrase,
+    position_phrase,
     zero_shot_labels,
 )
 
@@ -78,6 +84,18 @@ def shapes_images(preprocess: Callable, n: int, seed: int, task: str = "shape", 
         label = label_of(scene.attributes, task)
         labels.append(-1 if label is None else label)
     return torch.stack(images), torch.tensor(labels)
+
+
+def shapes_texts() -> dict[str, list[str]]:
+    """Attribute → short texts naming each of its values, worded like the world's captions."""
+    return {
+        "colour": [f"a {c} shape" for c in COLOURS],
+        "shape": [f"a {s}" for s in SHAPES],
+        "position": [f"a shape {position_phrase(p)}" for p in POSITIONS],
+        "place": [f"a shape {place_phrase(p)}" for p in PLACES],
+        "count": ["one shape", "two shapes", "three shapes"][: len(COUNTS)],
+        "size": [f"a {z} shape" for z in SIZES],
+    }
 
 
 def shapes_classes() -> tuple[list[str], list[Callable[[str], str]]]:
