@@ -36,8 +36,6 @@ LAZY_OK = {
 ARGPARSE_OK = {
     "vit_lens_clip.methods.textspan.bench": "benchmark script (python -m)",
     "vit_lens_clip.methods.textspan.make_pools": "regenerates the shipped pools (python -m)",
-    "vit_lens_clip.methods.sae.train": "retrains the shipped SAE (python -m, the command in docs/sae.md)",
-    "vit_lens_clip.methods.sae.factors": "measures the shipped SAE's factor alignment (python -m, docs/sae.md)",
 }
 
 

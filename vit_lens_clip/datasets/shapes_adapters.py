@@ -4,8 +4,10 @@ spurious-cue set, its groups and place queries). Every shapes-world adapter live
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
@@ -22,6 +24,7 @@ from vit_lens_clip.datasets.shapes_world import (
     POSITIONS,
     SHAPES,
     SIZES,
+    Scene,
     ShapesDataset,
     ShapesWorld,
     SpuriousBirdsDataset,
@@ -71,6 +74,18 @@ class ShapesSegmentation(ShapesDataset):
         item["caption"] = scene.caption
         item["shape"] = scene.attributes.shape
         return item
+
+
+def sample_scenes(n: int, seed: int, image_size: int = 64) -> list[Scene]:
+    """``n`` shapes-world scenes from the seeded stream ``seed`` (the shipped SAE's training and figures)."""
+    world = ShapesWorld(image_size=image_size, seed=seed)
+    rng = np.random.default_rng([seed, 2_000_003])
+    return [world.sample(rng) for _ in tqdm(range(n), desc="rendering scenes", disable=n < 500)]
+
+
+def scene_images(preprocess: Callable, scenes: Sequence[Scene]) -> Float[Tensor, "n channel height width"]:
+    """The scenes as model inputs."""
+    return torch.stack([preprocess(s.pil()) for s in scenes])
 
 
 def shapes_images(preprocess: Callable, n: int, seed: int, task: str = "shape", progress: bool = False) -> tuple[
