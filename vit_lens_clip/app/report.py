@@ -1,9 +1,11 @@
 """The main job, ``vit-lens-clip report``: the whole analysis on one model, as an offline HTML page plus
 JSON and CSV of every number.
 
-Sections: the layer mean-ablation curves; TextSpan for the last layers (variance explained, completeness);
-text heatmaps and joint head×patch maps; zero-shot segmentation against the baselines; the spurious-cue table;
-an attention-pattern view. Defaults: the embedded shapes model and built-in synthetic scenes.
+Sections (``app/sections``, in order): data, decomposition, zero-shot accuracy, the layer mean-ablation curves;
+TextSpan for the last layers (variance explained, completeness); text heatmaps and joint head×patch maps;
+zero-shot segmentation against the baselines; the spurious-cue table; an attention-pattern view; the neuron
+lens; SAE features. The page opens with the report's provenance (``app/provenance.py``) and the sections that
+did not run, with why. Defaults: the embedded shapes model and built-in synthetic scenes.
 """
 
 from __future__ import annotations
