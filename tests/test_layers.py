@@ -121,6 +121,13 @@ def test_methods_hold_no_command_line():
     assert not wrong, "\n".join(wrong)
 
 
+def test_methods_hold_no_synthetic_world():
+    """The shapes world (datasets.shapes_world and its adapters) reaches a method only through its caller."""
+    wrong = [f"{source} -> {target}" for source, imports in GRAPH.items() if _area(source) == "methods"
+             for target, _ in imports if target.startswith("vit_lens_clip.datasets.shapes")]
+    assert not wrong, "\n".join(wrong)
+
+
 def test_no_import_inside_a_function_without_a_reason():
     wrong = []
     for source, imports in GRAPH.items():
