@@ -239,12 +239,18 @@ print(segmentation_markdown(seg, title=f"{clip.name} on 150 synthetic scenes"))
 # ("on water", "on grass", ...).
 
 # %%
-from vit_lens_clip.datasets.shapes_adapters import SHAPES_PLACE_QUERIES, shapes_eval_set, shapes_group_names
+from vit_lens_clip.datasets.shapes_adapters import (
+    SHAPES_PLACE_QUERIES,
+    shapes_bird_classes,
+    shapes_eval_set,
+    shapes_group_names,
+)
 from vit_lens_clip.methods.spurious import SpuriousConfig, run_spurious
 from vit_lens_clip.viz import bar_table
 
-settings = SpuriousConfig(group_names=shapes_group_names(), pool=pool, k=10, queries=SHAPES_PLACE_QUERIES,
-                          progress=False)
+bird_names, bird_templates = shapes_bird_classes()
+settings = SpuriousConfig(classnames=bird_names, templates=bird_templates, group_names=shapes_group_names(), pool=pool,
+                          k=10, queries=SHAPES_PLACE_QUERIES, progress=False)
 tables = {}
 for bird_size in ("small", "large"):
     birds = shapes_eval_set(clip.preprocess, n_images=400, bird_size=bird_size)

@@ -48,13 +48,13 @@ if VIT_LENS_CLIP_SPEC or importlib.util.find_spec("vit_lens_clip") is None:
 import torch
 
 from vit_lens_clip import load_clip
+from vit_lens_clip.datasets.shapes_adapters import shapes_images
 from vit_lens_clip.datasets.shapes_world import zero_shot_labels
 from vit_lens_clip.methods.neurons.ablation import ablated_embeddings, ablation_accuracy, selectivity, significance_threshold
 from vit_lens_clip.methods.neurons.concepts import image_concepts, spurious_words
 from vit_lens_clip.methods.neurons.directions import neuron_directions, variance_explained
 from vit_lens_clip.methods.neurons.effects import NeuronEffects, collect_second_order
 from vit_lens_clip.methods.neurons.omp import omp, prepare_pool
-from vit_lens_clip.methods.neurons.study import shapes_images
 from vit_lens_clip.methods.textspan.pools import load_pool
 from vit_lens_clip.methods.zeroshot import build_classifier
 

@@ -49,9 +49,9 @@ if VIT_LENS_CLIP_SPEC or importlib.util.find_spec("vit_lens_clip") is None:
 import torch
 
 from vit_lens_clip import load_clip
+from vit_lens_clip.datasets.shapes_adapters import sample_scenes, scene_images, shapes_texts
 from vit_lens_clip.methods.sae import explain, sae_hook_name, saes_spliced
-from vit_lens_clip.methods.sae.shipped import load_shipped_sae, shapes_texts, shipped_figures
-from vit_lens_clip.methods.sae.train import scenes
+from vit_lens_clip.methods.sae.shipped import load_shipped_sae, shipped_figures
 from vit_lens_clip.viz.figures import overlay_grid
 
 torch.manual_seed(0)
@@ -65,8 +65,8 @@ print({k: figures[k] for k in ("explained_variance", "l0", "dead_features")})
 # ## Splice it: with the error term the model is unchanged; without it, the output is the reconstruction
 
 # %%
-world = scenes(48, seed=777)
-images = torch.stack([clip.preprocess(s.pil()) for s in world])
+world = sample_scenes(48, seed=777)
+images = scene_images(clip.preprocess, world)
 with torch.no_grad():
     plain = clip.model(images)
     with saes_spliced(clip.model, sae, use_error_term=True):

@@ -274,10 +274,6 @@ def test_evaluate_segmentation_end_to_end(tmp_path):
 
     timings = bench_heatmaps(loaded.model, dataset[0]["image"][None], classifier.T, repeats=1, verbose=False)
     assert set(timings) == {"forward", *METHODS} and all(v["seconds"] > 0 for v in timings.values())
-    with pytest.warns(DeprecationWarning, match="moved to vit_lens_clip.app.benchmarks.heatmaps"):
-        from vit_lens_clip.methods.spatial import evaluate
-
-        assert evaluate.bench_heatmaps is bench_heatmaps  # the old name still works
 
 
 def test_segmentation_loader_and_segment_batch(tmp_path):

@@ -17,8 +17,8 @@ CORE_RANK = {"model": 0, "convert": 0, "loading": 0, "decompose": 1, "distribute
 LEAVES = {"datasets", "viz", "embedded"}
 # modules every layer may import: they import nothing of the package but each other
 BASE = {"errors", "validation", "integrity"}
-# the package's own plumbing (public re-exports, old import paths, ``python -m vit_lens_clip``)
-ROOT = {"__init__", "_moved", "__main__"}
+# the package's own plumbing (public re-exports, ``python -m vit_lens_clip``)
+ROOT = {"__init__", "__main__"}
 # imports that may sit inside a function, each with its reason
 LAZY_OK = {
     ("vit_lens_clip.app.cli", "*"): "the CLI loads a command's modules only when that command runs (fast --help)",
@@ -35,8 +35,6 @@ LAZY_OK = {
 ARGPARSE_OK = {
     "vit_lens_clip.methods.textspan.bench": "benchmark script (python -m)",
     "vit_lens_clip.methods.textspan.make_pools": "regenerates the shipped pools (python -m)",
-    "vit_lens_clip.methods.sae.train": "retrains the shipped SAE (python -m, the command in docs/sae.md)",
-    "vit_lens_clip.methods.sae.factors": "measures the shipped SAE's factor alignment (python -m, docs/sae.md)",
 }
 
 
@@ -119,6 +117,13 @@ def test_base_modules_import_only_each_other():
 def test_methods_hold_no_command_line():
     wrong = [f"{source} imports argparse" for source, imports in GRAPH.items()
              if _area(source) == "methods" and source not in ARGPARSE_OK and any(t == "argparse" for t, _ in imports)]
+    assert not wrong, "\n".join(wrong)
+
+
+def test_methods_hold_no_synthetic_world():
+    """The shapes world (datasets.shapes_world and its adapters) reaches a method only through its caller."""
+    wrong = [f"{source} -> {target}" for source, imports in GRAPH.items() if _area(source) == "methods"
+             for target, _ in imports if target.startswith("vit_lens_clip.datasets.shapes")]
     assert not wrong, "\n".join(wrong)
 
 

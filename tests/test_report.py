@@ -8,6 +8,7 @@ import shutil
 import subprocess
 
 import pytest
+from PIL import Image
 
 from vit_lens_clip.app.cli import main
 
@@ -60,3 +61,39 @@ def test_report_errors_are_clear(tmp_path, capsys):
     assert main(["report", "--out", str(tmp_path / "out"), "--images", str(empty)]) == 2
     assert "no images" in capsys.readouterr().err
     assert main(["report", "--out", str(tmp_path), "--model", "ViT-B-32", "--pretrained", "/nope.safetensors"]) == 2
+
+
+def _image_folder(root, classes: dict[str, tuple[int, int, int]] | None, n: int = 3):
+    """``n`` flat-colour images per class (sub-folders), or ``n`` unlabelled images (``classes`` None)."""
+    for name, colour in (classes or {"": (200, 60, 30)}).items():
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            Image.new("RGB", (48, 48), tuple((c + 40 * i) % 256 for c in colour)).save(folder / f"{i}.png")
+    return root
+
+
+def test_report_on_image_folders_names_what_each_number_measures(tmp_path):
+    skip = ["textspan", "segmentation", "spurious", "neurons", "sae", "attention"]
+    labelled = _image_folder(tmp_path / "labelled", {"red square": (220, 20, 20), "blue square": (20, 20, 220)})
+    out = tmp_path / "labelled_report"
+    assert main(["report", "--out", str(out), "--images", str(labelled), "--quiet", "--skip", *skip]) == 0
+    numbers = json.loads((out / "results.json").read_text())
+    page = (out / "report.html").read_text()
+    assert set(numbers["zero_shot"]) == {"classes"} and "top-1 accuracy (against the labels)" in page
+    assert re.search(r"Heatmaps, image 0 \(classes: predicted (red|blue) square, true (red|blue) square\)", page)
+    assert "left out with --skip" in page and set(numbers["skipped_sections"]) == {*skip, "completeness"}  # no TextSpan
+
+    unlabelled = _image_folder(tmp_path / "unlabelled", None)
+    classes = tmp_path / "classes.txt"
+    classes.write_text("red square\nblue square\n")
+    out = tmp_path / "unlabelled_report"
+    assert main(["report", "--out", str(out), "--images", str(unlabelled), "--classes", str(classes), "--quiet",
+                 "--skip", *skip]) == 0
+    numbers = json.loads((out / "results.json").read_text())
+    page = (out / "report.html").read_text()
+    assert "zero_shot" not in numbers and "no image has a class label" in numbers["skipped_sections"]["zero_shot"]
+    assert "agreement with the unablated model" in page and "true unlabelled" in page
+    assert numbers["ablation"]["classes"]["baseline"] == 1.0  # the unablated model agrees with itself
+    rows = (out / "results.csv").read_text()
+    assert "classes.attn.agreement" in rows and "classes.attn.top1" not in rows

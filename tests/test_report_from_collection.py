@@ -128,3 +128,26 @@ def test_labelled_folder_that_changed_since_collection_is_refused(tmp_path, pool
     assert main(["report", "--out", str(tmp_path / "r2"), "--from", str(folder), "--texts", str(pool_file)]) == 2
     err = capsys.readouterr().err
     assert "changed since it was collected" in err and err.count("\n") == 1
+
+
+def test_unlabelled_folder_lists_the_sections_it_cannot_run(tmp_path, pool_file):
+    """An unlabelled collection has no zero-shot task: zero-shot and completeness are skipped, each with its
+    reason, in results.json and on the page (with the provenance)."""
+    root = tmp_path / "images"
+    root.mkdir()
+    for i, colour in enumerate(((255, 0, 0), (0, 0, 255), (0, 255, 0), (255, 255, 0))):
+        Image.new("RGB", (40, 40), colour).save(root / f"{i}.png")
+    folder = tmp_path / "c"
+    assert main(["collect", "--data", f"folder:{root}", "--out", str(folder), "--parts", "heads,embed,means",
+                 "--batch-size", "4", "--quiet"]) == 0
+    numbers = _report(tmp_path / "r", pool_file, "--from", str(folder))
+    skipped = numbers["skipped_sections"]
+    for name in ("zero_shot", "completeness"):
+        assert "has no class names; pass --classes FILE" in skipped[name], (name, skipped[name])
+    assert "zero_shot" not in numbers and "textspan" in numbers
+    page = (tmp_path / "r" / "report.html").read_text()
+    assert "Skipped sections" in page and "has no class names" in page
+    provenance = numbers["provenance"]
+    assert provenance["command"].startswith("vit-lens-clip report") and "--from" in provenance["command"]
+    assert len(provenance["model"]["weights_sha256"]) == 64 and provenance["device"] == "cpu"
+    assert provenance["model"]["weights_sha256"] in page

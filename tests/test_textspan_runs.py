@@ -15,7 +15,12 @@ from conftest import rel_err, tiny_clip
 from vit_lens_clip import HookedViT, LoadedCLIP
 from vit_lens_clip.datasets import shapes_world
 from vit_lens_clip.datasets.folder import TensorImages
-from vit_lens_clip.datasets.shapes_adapters import SHAPES_PLACE_QUERIES, shapes_eval_set, shapes_group_names
+from vit_lens_clip.datasets.shapes_adapters import (
+    SHAPES_PLACE_QUERIES,
+    shapes_bird_classes,
+    shapes_eval_set,
+    shapes_group_names,
+)
 from vit_lens_clip.decompose.contributions import HeadContributions
 from vit_lens_clip.decompose.parts import decompose
 from vit_lens_clip.errors import BadInputError
@@ -335,18 +340,20 @@ def test_spurious_end_to_end_on_tiny_model(tmp_path):
     dataset = shapes_eval_set(loaded.preprocess, n_images=16, seed=0)
     pool = ["on water", "on the grass", "on a beach", "in the snow", "a circle", "a red square", "a bird",
             "a blue star", "two crosses", "a large triangle", "in the top left", "a green diamond"]
-    table = run_spurious(loaded, dataset, last_n_layers=LAST, batch_size=8, pool=pool, k=3,
-                         hand_picked=[(2, 0), (1, 1)], group_names=shapes_group_names(), cache_dir=tmp_path,
-                         progress=False)
+    names, templates = shapes_bird_classes()
+    table = run_spurious(loaded, dataset, classnames=names, templates=templates, last_n_layers=LAST, batch_size=8,
+                         pool=pool, k=3, hand_picked=[(2, 0), (1, 1)], group_names=shapes_group_names(),
+                         cache_dir=tmp_path, progress=False)
     # the same settings as one SpuriousConfig, and as a config with a keyword override, give the same table
-    config = SpuriousConfig(last_n_layers=LAST, batch_size=8, pool=pool, k=3, hand_picked=[(2, 0), (1, 1)],
-                            group_names=shapes_group_names(), cache_dir=tmp_path, progress=False)
+    config = SpuriousConfig(classnames=names, templates=templates, last_n_layers=LAST, batch_size=8, pool=pool, k=3,
+                            hand_picked=[(2, 0), (1, 1)], group_names=shapes_group_names(), cache_dir=tmp_path,
+                            progress=False)
     for again in (run_spurious(loaded, dataset, config),
                   run_spurious(loaded, dataset, SpuriousConfig(**{**vars(config), "k": 7, "batch_size": 5}), k=3,
                                batch_size=8)):
         assert again.to_dict() == table.to_dict()
         assert torch.equal(again.classifier, table.classifier)
-    # precomputed contributions (what load_contributions(folder) gives) with the groups: the same table
+    # precomputed contributions (what StoredParts(folder).contributions() gives) with the groups: the same table
     items = LabelGroupItems(dataset, 2)
     stored = collect_head_contributions(loaded, items, LAST, 8, config.normalize, progress=False)
     class_labels, row_groups = items.unpack(stored.labels)
@@ -412,26 +419,24 @@ def test_spurious_config_checks_and_shapes_defaults(tmp_path):
     with pytest.raises(AttributeError):
         config.k = 3  # frozen
 
-    # no dataset: the shapes world's balanced bird set with its groups and place queries
+    # the method holds no synthetic data: the caller gives the set and the task
     loaded = tiny_loaded(seed=1)
     pool = ["on water", "on the grass", "a bird", "a red square", "in the snow", "a circle"]
-    config = SpuriousConfig(n_images=8, last_n_layers=LAST, batch_size=8, pool=pool, k=2, n_random_seeds=1,
-                            cache_dir=tmp_path, progress=False)
-    default = run_spurious(loaded, config=config)
-    explicit = run_spurious(loaded, shapes_eval_set(loaded.preprocess, 8, 0), config,
-                            queries=SHAPES_PLACE_QUERIES, group_names=shapes_group_names())
-    assert default.to_dict() == explicit.to_dict() and default.n_images == 8
-    assert set(default.to_dict()["rows"][0]["per_group"]) == set(shapes_group_names().values())
+    names, templates = shapes_bird_classes()
+    config = SpuriousConfig(classnames=names, templates=templates, last_n_layers=LAST, batch_size=8, pool=pool, k=2,
+                            n_random_seeds=1, cache_dir=tmp_path, progress=False)
+    with pytest.raises(BadInputError, match="needs a dataset"):
+        run_spurious(loaded, config=config)
+    with pytest.raises(BadInputError, match="classnames and templates"):
+        run_spurious(loaded, shapes_eval_set(loaded.preprocess, 8, 0), config, classnames=None)
+    table = run_spurious(loaded, shapes_eval_set(loaded.preprocess, 8, 0), config, queries=SHAPES_PLACE_QUERIES,
+                         group_names=shapes_group_names())
+    assert table.n_images == 8
+    assert set(table.to_dict()["rows"][0]["per_group"]) == set(shapes_group_names().values())
 
 
-def test_moved_shapes_names_warn_and_are_the_same_objects():
-    import vit_lens_clip.datasets.shapes_adapters as adapters
+def test_spurious_holds_no_shapes_world_names():
     import vit_lens_clip.methods.spurious as spurious
 
-    for name in ("SHAPES_PLACE_QUERIES", "shapes_group_names", "shapes_eval_set"):
-        with pytest.warns(DeprecationWarning, match=f"spurious.{name} moved to vit_lens_clip.datasets.shapes_adapters"):
-            assert getattr(spurious, name) is getattr(adapters, name)
-    with pytest.warns(DeprecationWarning):
-        assert spurious.shapes_world is shapes_world
-    with pytest.raises(AttributeError):
-        spurious.no_such_name  # noqa: B018
+    for name in ("SHAPES_PLACE_QUERIES", "shapes_group_names", "shapes_eval_set", "shapes_world"):
+        assert not hasattr(spurious, name), name

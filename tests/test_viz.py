@@ -128,8 +128,15 @@ def test_overlay_grid_has_one_panel_per_map():
     for _name, heat in zip(maps, heats):
         assert np.asarray(heat.z).shape == (32, 48)
         assert heat.zmax == pytest.approx(float(np.asarray(heat.z).max()))
+    # every panel has its own colour range, so its own colour bar, just right of its subplot
+    assert all(h.showscale for h in heats)
+    for k, heat in enumerate(heats, start=1):
+        suffix = "" if k == 1 else str(k)
+        x_domain = layout[f"xaxis{suffix}"]["domain"]
+        assert x_domain[1] < heat.colorbar.x < x_domain[1] + 0.02
     shared = overlay_grid(image, maps, cols=3, shared_scale=True)
     assert len({(h.zmin, h.zmax) for h in shared.data[1::2]}) == 1
+    assert [h.showscale for h in shared.data[1::2]] == [True] + [False] * (len(maps) - 1)  # one bar for all
 
 
 # ---------------------------------------------------------------------------------------- other figures

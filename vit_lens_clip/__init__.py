@@ -16,10 +16,6 @@ try:  # the installed distribution's version (pyproject.toml's [project] version
 except PackageNotFoundError:  # imported from a source tree that was never installed
     __version__ = "0+unknown"
 
-from vit_lens_clip import _moved
-
-_moved.install()
-
 _PUBLIC: dict[str, str] = {
     "HookedViT": "vit_lens_clip.model.hooked_vit",
     "ViTConfig": "vit_lens_clip.model.config",

@@ -4,6 +4,8 @@ Oracles in float64 on random weights with biases and LayerNorm parameters pertur
 encode_image (token pooling, CLIPA average pooling, CoCa's attentional pooler), timm's SigLIP (MAP head), and
 open_clip's encode_text. float32 models keep float32 statistics (checked in the tests of each module)."""
 
+import copy
+
 import pytest
 import torch
 from conftest import perturb_, random_open_clip, rel_err, tiny_clip
@@ -41,7 +43,7 @@ def test_float64_hooked_vit_matches_float64_open_clip(vision):
 
 
 def test_float64_attention_pooled_towers_are_float64_exact():
-    coca = random_open_clip("coca_ViT-B-32").double()
+    coca = copy.deepcopy(random_open_clip("coca_ViT-B-32")).double()  # the fixture is cached: never cast it in place
     hooked = HookedViT.from_open_clip(coca)
     x = _images(hooked, batch=1)
     with torch.no_grad():

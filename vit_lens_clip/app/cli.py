@@ -69,7 +69,7 @@ def _cmd_segment(args: argparse.Namespace) -> None:
 def _cmd_report(args: argparse.Namespace) -> None:
     from vit_lens_clip.app.report import run_report
 
-    run_report(ReportConfig.from_args(args))
+    run_report(ReportConfig.from_args(args), command_line=args.command_line)
 
 
 def _cmd_collect(args: argparse.Namespace) -> None:
@@ -151,6 +151,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
     args = build_parser().parse_args(argv)
+    args.command_line = ["vit-lens-clip", *argv]  # recorded by the report's provenance
     try:
         args.func(args)
     except Exception as e:

@@ -1,15 +1,15 @@
-"""Report section and command for the second-order neuron lens (methods.neurons).
+"""The second-order neuron lens (methods.neurons) on the shapes world, written as report output.
 
-``neurons_section(loaded, options)`` runs the protocol on shapes-world scenes (or given images) and returns
-the report items (title, Markdown or plotly figure) and a dict of numbers; ``run_neurons_command`` is the
-``vit-lens-clip neurons`` command built on it.
+``add_neuron_study(out, loaded, options)`` runs the protocol on shapes-world scenes and writes its page parts,
+its numbers (``out.numbers["neurons"]``) and CSV rows into a ``ReportOutput``: the report's neuron section
+passes its context, ``run_neurons_command`` (``vit-lens-clip neurons``) a fresh output it then writes out.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -19,12 +19,14 @@ import torch
 from plotly.subplots import make_subplots
 from safetensors.torch import save_file
 
-from vit_lens_clip.datasets.shapes_adapters import ShapesSegmentation
+from vit_lens_clip.app.report_output import ReportOutput
+from vit_lens_clip.datasets.shapes_adapters import ShapesSegmentation, shapes_images
 from vit_lens_clip.datasets.shapes_world import zero_shot_labels
 from vit_lens_clip.methods.neurons.ablation import PAPER_TOP_FRACTION
 from vit_lens_clip.methods.neurons.effects import check_supported, collect_layers
 from vit_lens_clip.methods.neurons.segmentation import compare_segmentation
-from vit_lens_clip.methods.neurons.study import NeuronStudy, run_study, shapes_images
+from vit_lens_clip.methods.neurons.study import NeuronStudy, run_study
+from vit_lens_clip.methods.spatial.evaluate import segmentation_markdown
 from vit_lens_clip.methods.textspan.pools import embed_texts_cached, load_pool
 from vit_lens_clip.methods.zeroshot import build_classifier
 from vit_lens_clip.viz.figures import bar_table, to_display_image
@@ -36,6 +38,8 @@ ABLATION_TITLES = {"baseline": "baseline", "all": "w/o all neurons", "significan
 
 @dataclass
 class NeuronOptions:
+    """Settings of the neuron study on the shapes world (scenes drawn from ``seed``)."""
+
     layers: Optional[Sequence[int]] = None  # default: every layer but the last
     task: str = "shape"
     n_reference: int = 2562
@@ -52,7 +56,6 @@ class NeuronOptions:
     batch_size: int = 64
     seed: int = 0
     progress: bool = True
-    extra: dict = field(default_factory=dict)
 
 
 def pool_embeddings(loaded, pools: Sequence[str]) -> tuple[list[str], torch.Tensor]:
@@ -71,14 +74,19 @@ def default_layers(n_layers: int) -> list[int]:
     return list(range(n_layers - 1))
 
 
-def neurons_section(loaded, options: NeuronOptions) -> tuple[list[tuple[str, Any]], dict[str, Any]]:
-    """Selectivity per layer, ablation table, variance explained, neuron texts and top images, segmentation."""
+def add_neuron_study(out: ReportOutput, loaded, options: NeuronOptions) -> None:
+    """Selectivity per layer, ablation table, variance explained, neuron texts and top images, segmentation:
+    page parts, ``out.numbers["neurons"]`` and one CSV row per layer and measure."""
     model = loaded.model
     layers = [check_supported(model, l) for l in (options.layers or default_layers(model.cfg.n_layers))]
     texts, embeddings = pool_embeddings(loaded, options.pools)
-    study = run_study(loaded, layers, options.task, options.n_reference, options.n_eval, options.seed, texts, embeddings,
-                      n_texts=options.n_texts, normalization=options.normalization, top_fraction=options.top_fraction,
-                      shares=options.shares, batch_size=options.batch_size, progress=options.progress)
+    classnames, templates = zero_shot_labels(options.task)
+    reference = shapes_images(loaded.preprocess, options.n_reference, options.seed + 1000, options.task, options.progress)
+    evaluation = shapes_images(loaded.preprocess, options.n_eval, options.seed + 2000, options.task, options.progress)
+    study = run_study(loaded, layers, reference, evaluation, classnames, templates, task=options.task, texts=texts,
+                      text_embeddings=embeddings, n_texts=options.n_texts, normalization=options.normalization,
+                      top_fraction=options.top_fraction, shares=options.shares, batch_size=options.batch_size,
+                      progress=options.progress)
     numbers: dict[str, Any] = {"task": options.task, "n_reference": study.n_reference, "n_eval": study.n_eval,
                                "top_fraction": options.top_fraction, "n_texts": options.n_texts,
                                "pool_size": len(texts), "normalization": options.normalization, "shares": options.shares,
@@ -105,14 +113,15 @@ def neurons_section(loaded, options: NeuronOptions) -> tuple[list[tuple[str, Any
         seg = compare_segmentation(loaded, data, classifier, {l: study.layers[l].directions for l in seg_layers},
                                    top=options.top_neurons, batch_size=options.batch_size, progress=options.progress)
         numbers["segmentation"] = {"layers": seg_layers, "top_neurons": options.top_neurons, **seg}
-        lines = ["| map | pixel accuracy | mIoU | mAP |", "|---|---|---|---|"]
         titles = {"neurons": f"neurons (layers {seg_layers}, top {options.top_neurons} per class)",
                   "decomposition": "heads (decomposition)"}
-        for name, m in seg.items():
-            lines.append(f"| {titles.get(name, name)} | {m['pixel_accuracy']:.3f} | {m['miou']:.3f} | {m['mean_ap']:.3f} |")
         items.append((f"Second-order neurons: zero-shot segmentation beside the heads ({options.segmentation_images} scenes)",
-                      "\n".join(lines)))
-    return items, numbers
+                      segmentation_markdown(seg, titles=titles)))
+    out.page.extend(items)
+    out.numbers["neurons"] = numbers
+    for layer, summary in numbers["layers"].items():
+        for metric, value in summary.items():
+            out.record("neurons", f"L{layer}.{metric}", value)
 
 
 def _layer_table(study: NeuronStudy) -> str:
@@ -204,14 +213,17 @@ def run_neurons_command(args: argparse.Namespace, loaded) -> dict[int | str, Any
                             pools=args.pools, n_texts=args.n_texts, normalization=args.normalization, shares=args.shares,
                             segmentation_images=args.segmentation_images if args.action in ("report", "segment") else 0,
                             top_neurons=args.top_neurons, batch_size=args.batch_size, seed=args.seed, progress=not args.quiet)
-    items, numbers = neurons_section(loaded, options)
+    written = ReportOutput()
+    add_neuron_study(written, loaded, options)
+    numbers = written.numbers["neurons"]
     (out / "results.json").write_text(json.dumps(numbers, indent=1, default=_jsonable))
     keep = {"describe": ("texts",), "ablate": ("selectivity",), "segment": ("segmentation",)}.get(args.action)
-    for title, content in items:
+    for title, content in written.page:
         if isinstance(content, str) and (keep is None or any(k in title for k in keep)):
             print(f"\n## {title}\n\n{content}")
     if args.action == "report":
-        (out / "report.html").write_text(figures_to_html(items, title=f"Second-order neurons: {loaded.name}"), encoding="utf-8")
+        page = figures_to_html(written.page, title=f"Second-order neurons: {loaded.name}")
+        (out / "report.html").write_text(page, encoding="utf-8")
         print(f"\nwrote {out / 'report.html'} and results.json")
     return numbers
 
@@ -222,6 +234,3 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, (np.floating, np.integer)):
         return value.item()
     return str(value)
-
-
-# ------------------------------------------------------------------------------------------------- report

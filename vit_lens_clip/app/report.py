@@ -1,28 +1,30 @@
 """The main job, ``vit-lens-clip report``: the whole analysis on one model, as an offline HTML page plus
 JSON and CSV of every number.
 
-Sections: the layer mean-ablation curves; TextSpan for the last layers (variance explained, completeness);
-text heatmaps and joint head×patch maps; zero-shot segmentation against the baselines; the spurious-cue table;
-an attention-pattern view. Defaults: the embedded shapes model and built-in synthetic scenes.
+Sections (``app/sections``, in order): data, decomposition, zero-shot accuracy, the layer mean-ablation curves;
+TextSpan for the last layers (variance explained, completeness); text heatmaps and joint head×patch maps;
+zero-shot segmentation against the baselines; the spurious-cue table; an attention-pattern view; the neuron
+lens; SAE features. The page opens with the report's provenance (``app/provenance.py``) and the sections that
+did not run, with why. Defaults: the embedded shapes model and built-in synthetic scenes.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import csv
 import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
 
 from vit_lens_clip.app.config import ReportConfig, add_report_arguments
+from vit_lens_clip.app.provenance import provenance_markdown, report_provenance
 from vit_lens_clip.app.run_folder import check_report_inputs, finish_report_folder, prepare_report_folder, report_settings
-from vit_lens_clip.app.sections import SECTIONS, ReportContext, Section
+from vit_lens_clip.app.sections import SECTIONS, ReportContext, ReportValues, Section, SectionSkipped
 from vit_lens_clip.distributed.collection import read_collection_info
 from vit_lens_clip.embedded import EMBEDDED_NAME
 from vit_lens_clip.errors import BadInputError
@@ -49,7 +51,8 @@ def _skip_reason(section: Section, ctx: ReportContext) -> str | None:
 
 def run_sections(ctx: ReportContext, sections: tuple[Section, ...] = SECTIONS) -> None:
     """Run each section whose needs are met, in order, timing each one into ``ctx.timings``; every section
-    that does not run is printed with its reason and listed in ``ctx.numbers["skipped_sections"]``."""
+    that does not run (a missing need, ``--skip``, or ``SectionSkipped`` from its run) is printed with its reason
+    and listed in ``ctx.numbers["skipped_sections"]``. A section may set only the values it declares in ``gives``."""
     skipped = ctx.numbers.setdefault("skipped_sections", {})
     for section in sections:
         reason = _skip_reason(section, ctx)
@@ -60,9 +63,26 @@ def run_sections(ctx: ReportContext, sections: tuple[Section, ...] = SECTIONS) -
             continue
         print(f"[report] {section.name} ...", flush=True)
         start = time.perf_counter()
-        with contextlib.nullcontext() if section.grad else torch.no_grad():
-            section.run(ctx)
+        before = {name: getattr(ctx.values, name) for name in ReportValues.names()}
+        try:
+            with contextlib.nullcontext() if section.grad else torch.no_grad():
+                section.run(ctx)
+        except SectionSkipped as skip:
+            skipped[section.name] = str(skip)
+            print(f"[report] {section.name} skipped: {skip}", flush=True)
+            continue
+        undeclared = sorted(n for n, v in before.items() if getattr(ctx.values, n) is not v and n not in section.gives)
+        if undeclared:
+            raise RuntimeError(f"section {section.name} set values {undeclared} it does not declare in gives")
         ctx.timings[section.name] = round(time.perf_counter() - start, 2)
+
+
+def _skipped_markdown(skipped: dict[str, str]) -> str:
+    """The sections that did not run, each with its reason."""
+    if not skipped:
+        return "Every section ran."
+    return "\n".join(f"- **{name}**: " + ("left out with --skip" if reason == "--skip" else reason)
+                     for name, reason in skipped.items())
 
 
 def _write(ctx: ReportContext) -> None:
@@ -70,8 +90,10 @@ def _write(ctx: ReportContext) -> None:
     out = ctx.out
     intro = (f"Model **{ctx.loaded.name}** ({cfg.n_layers} layers, {cfg.n_heads} heads, width {cfg.d_model}, "
              f"{cfg.n_ctx} tokens). Parts are folded through the final LayerNorm (equal-share convention) and "
-             f"divided by the embedding norm. Wall time {ctx.timings['total']:.0f} s.")
-    page = figures_to_html([("About this report", intro)] + ctx.page, title=f"vit_lens_clip report: {ctx.loaded.name}")
+             f"divided by the embedding norm. Wall time {ctx.timings['total']:.0f} s.\n\n"
+             + provenance_markdown(ctx.numbers["provenance"]))
+    head = [("About this report", intro), ("Skipped sections", _skipped_markdown(ctx.numbers["skipped_sections"]))]
+    page = figures_to_html(head + ctx.page, title=f"vit_lens_clip report: {ctx.loaded.name}")
     (out / "report.html").write_text(page, encoding="utf-8")
     (out / "results.json").write_text(json.dumps(ctx.numbers, indent=1, default=_jsonable))
     with open(out / "results.csv", "w", newline="") as f:
@@ -108,10 +130,9 @@ def _check_collection_model(config: ReportConfig, key: str) -> None:
                             f"({recorded})")
 
 
-def run_report(config: Union[ReportConfig, argparse.Namespace]) -> Path:
-    """Run every section not in ``config.skip`` and write report.html, results.json and results.csv."""
-    if isinstance(config, argparse.Namespace):  # the old calling convention
-        config = ReportConfig.from_args(config)
+def run_report(config: ReportConfig, command_line: Optional[Sequence[str]] = None) -> Path:
+    """Run every section not in ``config.skip`` and write report.html, results.json and results.csv.
+    ``command_line``: the command to record in the provenance (default: this process's)."""
     t_start = time.perf_counter()
     check_report_inputs(config)  # before any heavy work
     if config.source:
@@ -122,8 +143,9 @@ def run_report(config: Union[ReportConfig, argparse.Namespace]) -> Path:
     loaded = load_clip(config.model, config.pretrained, device=config.device, precision=config.precision)
     if config.source:
         _check_collection_model(config, loaded.key)
-    ctx = ReportContext(config, loaded)
+    ctx = ReportContext(config=config, loaded=loaded)
     ctx.numbers["model"] = _model_summary(ctx)
+    ctx.numbers["provenance"] = report_provenance(loaded, command_line)
     run_sections(ctx)
     ctx.timings["total"] = round(time.perf_counter() - t_start, 2)
     ctx.numbers["timings_s"] = ctx.timings

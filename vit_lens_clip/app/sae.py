@@ -1,9 +1,9 @@
 """Report section: an SAE's features explained with the decomposition (for ``vit-lens-clip report``).
 
-``sae_section(loaded, scenes)`` → ``SAESection`` (items: (title, figure or Markdown) pairs in order;
-numbers: everything measured; rows: CSV rows). For the ``n_features`` most active features (largest mean
-activation over all tokens of the scenes) it shows: the texts nearest to the feature's direct effect on the
-image embedding, a TextSpan description of its total (ablation) effect, the heads that write it (exact
+``add_sae_features(out, loaded, scenes)`` writes into a ``ReportOutput``: page parts (title, figure or Markdown)
+in order, everything measured as ``out.numbers["sae"]``, and CSV rows. For the ``n_features`` most active features
+(largest mean activation over all tokens of the scenes) it shows: the texts nearest to the feature's direct effect
+on the image embedding, a TextSpan description of its total (ablation) effect, the heads that write it (exact
 sources of its encoder pre-activation, weighted by where it fires), the shapes-world factor it separates best
 (AUROC against the scenes' labels), and its top images with activation maps. It also reports the SAE's
 reconstruction figures on these scenes and zero-shot segmentation from features.
@@ -11,31 +11,26 @@ reconstruction figures on these scenes and zero-shot segmentation from features.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
-from vit_lens_clip.datasets.shapes_adapters import ShapesSegmentation, shapes_classes
+from vit_lens_clip.app.report_output import ReportOutput
+from vit_lens_clip.datasets.shapes_adapters import ShapesSegmentation, shapes_classes, shapes_texts
 from vit_lens_clip.datasets.shapes_world import Scene, label_of, zero_shot_labels
 from vit_lens_clip.methods.sae import explain
 from vit_lens_clip.methods.sae.sae import SparseAutoencoder
-from vit_lens_clip.methods.sae.shipped import load_shipped_sae, shapes_texts
+from vit_lens_clip.methods.sae.shipped import load_shipped_sae
 from vit_lens_clip.methods.sae.train import reconstruction_figures
+from vit_lens_clip.methods.spatial.evaluate import segmentation_markdown
 from vit_lens_clip.methods.zeroshot import build_classifier
 from vit_lens_clip.viz.figures import map_to_pixels, to_display_image
 from vit_lens_clip.viz.html import Markdown
 
 FACTORS = ("colour", "shape", "position", "place", "count", "size")
-
-
-@dataclass
-class SAESection:
-    items: list[tuple[str, Any]] = field(default_factory=list)
-    numbers: dict[str, Any] = field(default_factory=dict)
-    rows: list[dict[str, Any]] = field(default_factory=list)
+SAE_MAPS = {"sae_features": "SAE features (all, weighted by the text)", "sae_top_feature": "SAE feature (the top one)"}
 
 
 def _feature_figure(images: torch.Tensor, maps: torch.Tensor, scores: Sequence[float], preprocess, title: str) -> go.Figure:
@@ -56,20 +51,21 @@ def _feature_figure(images: torch.Tensor, maps: torch.Tensor, scores: Sequence[f
 
 
 @torch.no_grad()
-def sae_section(loaded, scenes: Sequence[Scene], sae: Optional[SparseAutoencoder] = None, n_features: int = 10,
-                n_top_images: int = 4, ablation_images: int = 100, segmentation_images: int = 60,
-                batch_size: int = 64, progress: bool = True, seed: int = 0) -> SAESection:
+def add_sae_features(out: ReportOutput, loaded, scenes: Sequence[Scene], sae: Optional[SparseAutoencoder] = None,
+                     n_features: int = 10, n_top_images: int = 4, ablation_images: int = 100,
+                     segmentation_images: int = 60, batch_size: int = 64, progress: bool = True, seed: int = 0) -> None:
     """Explain the ``n_features`` most active features of ``sae`` (default: the shipped one) on ``scenes``."""
     sae = load_shipped_sae() if sae is None else sae
-    model, out = loaded.model, SAESection()
+    model, numbers = loaded.model, {}
+    out.numbers["sae"] = numbers
     images = torch.stack([loaded.preprocess(s.pil()) for s in scenes])
     acts = explain.feature_activations(model, sae, images, batch_size=batch_size, progress=progress)  # [N, P, d_sae]
     x = torch.cat([model.run_with_cache(images[i:i + batch_size], names_filter=lambda n: n == sae.cfg.hook_name)[1][
         sae.cfg.hook_name].float() for i in range(0, len(images), batch_size)])
-    out.numbers["reconstruction"] = reconstruction_figures(sae, x.flatten(0, 1))
+    numbers["reconstruction"] = reconstruction_figures(sae, x.flatten(0, 1))
     mean_act = acts.mean((0, 1))
     feats = [int(j) for j in mean_act.argsort(descending=True)[:n_features]]
-    out.numbers["features"] = feats
+    numbers["features"] = feats
 
     # texts: direct effect (nearest texts) and TextSpan over the total effect
     pool = [t for texts in shapes_texts().values() for t in texts]
@@ -103,23 +99,23 @@ def sae_section(loaded, scenes: Sequence[Scene], sae: Optional[SparseAutoencoder
                "top_heads": [(l, h, c) for l, h, c in heads],
                "best_factor": {**factor[0], "score": factor[1]}, "top_images": top[n].tolist()}
         per_feature.append(row)
-        out.rows.append({"section": "sae", "metric": f"feature{j}.auroc", "value": factor[0]["auroc"],
-                         "attribute": factor[0]["attribute"], "factor_value": factor[0]["value"]})
+        out.record("sae", f"feature{j}.auroc", factor[0]["auroc"], attribute=factor[0]["attribute"],
+                   factor_value=factor[0]["value"])
         lines.append(
             f"| {j} | {row['mean_activation']:.3f} | {fires:.1%} of tokens | "
             + ", ".join(f"{t} ({s:.2f})" for t, s in nearest[n]) + f" | {described} | "
             + ", ".join(f"L{l}.H{h}: {c:+.2f}" for l, h, c in heads)
             + f" | {factor[0]['attribute']} = {factor[0]['value']} ({factor[0]['auroc']:.2f}, {factor[1]}) |")
-    out.numbers["per_feature"] = per_feature
-    rec = out.numbers["reconstruction"]
+    numbers["per_feature"] = per_feature
+    rec = numbers["reconstruction"]
     intro = (f"SAE at `{sae.cfg.hook_name}` ({sae.cfg.d_sae} features, {sae.cfg.architecture}"
              f"{' k=' + str(sae.cfg.k) if sae.cfg.k else ''}) on {len(scenes)} scenes: explained variance "
              f"{rec['explained_variance']:.3f}, L0 {rec['l0']:.1f}, {rec['dead_features']} features never active.\n\n")
-    out.items.append(("SAE features: texts, heads, factors", Markdown(intro + "\n".join(lines))))
+    out.page.append(("SAE features: texts, heads, factors", Markdown(intro + "\n".join(lines))))
     for n, j in enumerate(feats):
         idx = top[n]
         scores = acts[idx, :, j].amax(1).tolist()
-        out.items.append((f"SAE feature {j}: top images and activation maps",
+        out.page.append((f"SAE feature {j}: top images and activation maps",
                           _feature_figure(images[idx], grids[idx, n], scores, loaded.preprocess,
                                           f"feature {j}: " + ", ".join(t for t, _ in nearest[n][:2]))))
 
@@ -129,11 +125,9 @@ def sae_section(loaded, scenes: Sequence[Scene], sae: Optional[SparseAutoencoder
         classifier = build_classifier(loaded, names_cls, templates)
         dataset = ShapesSegmentation(segmentation_images, loaded.preprocess, seed=seed + 1, include_original=False)
         seg = explain.feature_segmentation(loaded, sae, dataset, classifier, batch_size=16, progress=progress)
-        out.numbers["segmentation"] = seg
-        table = ["| map | pixel accuracy | mIoU | mAP |", "|---|---|---|---|"] + [
-            f"| {m} | {r['pixel_accuracy']:.3f} | {r['miou']:.3f} | {r['mean_ap']:.3f} |" for m, r in seg.items()]
-        out.items.append(("Zero-shot segmentation from SAE features", Markdown("\n".join(table))))
+        numbers["segmentation"] = seg
+        out.page.append(("Zero-shot segmentation from SAE features",
+                         Markdown(segmentation_markdown(seg, titles=SAE_MAPS))))
         for m, r in seg.items():
             for metric in ("pixel_accuracy", "miou", "mean_ap"):
-                out.rows.append({"section": "sae", "metric": f"segmentation.{m}.{metric}", "value": r[metric]})
-    return out
+                out.record("sae", f"segmentation.{m}.{metric}", r[metric])

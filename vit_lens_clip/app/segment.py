@@ -71,6 +71,6 @@ def run_segment_command(args: argparse.Namespace) -> dict[str, dict[str, float]]
     paths = write_segmentation_report(results, examples, args.out,
                                       title=f"Zero-shot segmentation: {loaded.name} on {' '.join(args.dataset)}",
                                       skipped=skipped)
-    print(segmentation_markdown(results))
+    print(segmentation_markdown(results, title="Zero-shot segmentation"))
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return results

@@ -4,19 +4,33 @@ spurious-cue set, its groups and place queries). Every shapes-world adapter live
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Callable
+
+import numpy as np
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from tqdm.auto import tqdm
 
 from vit_lens_clip.datasets.segmentation import make_item
 from vit_lens_clip.datasets.shapes_world import (
     ATTRIBUTES,
     BIRDS,
+    COLOURS,
+    COUNTS,
     PLACE_GROUPS,
     PLACES,
+    POSITIONS,
+    SHAPES,
+    SIZES,
+    Scene,
     ShapesDataset,
     ShapesWorld,
     SpuriousBirdsDataset,
     label_of,
     place_phrase,
+    position_phrase,
     zero_shot_labels,
 )
 
@@ -60,6 +74,43 @@ class ShapesSegmentation(ShapesDataset):
         item["caption"] = scene.caption
         item["shape"] = scene.attributes.shape
         return item
+
+
+def sample_scenes(n: int, seed: int, image_size: int = 64) -> list[Scene]:
+    """``n`` shapes-world scenes from the seeded stream ``seed`` (the shipped SAE's training and figures)."""
+    world = ShapesWorld(image_size=image_size, seed=seed)
+    rng = np.random.default_rng([seed, 2_000_003])
+    return [world.sample(rng) for _ in tqdm(range(n), desc="rendering scenes", disable=n < 500)]
+
+
+def scene_images(preprocess: Callable, scenes: Sequence[Scene]) -> Float[Tensor, "n channel height width"]:
+    """The scenes as model inputs."""
+    return torch.stack([preprocess(s.pil()) for s in scenes])
+
+
+def shapes_images(preprocess: Callable, n: int, seed: int, task: str = "shape", progress: bool = False) -> tuple[
+        Float[Tensor, "n channel height width"], Int[Tensor, " n"]]:
+    """``n`` shapes-world scenes as model inputs and their labels for ``task`` (−1 where undefined)."""
+    data = ShapesDataset(n, seed=seed)
+    images, labels = [], []
+    for i in tqdm(range(n), desc="rendering scenes", disable=not progress):
+        scene = data.scene(i)
+        images.append(preprocess(scene.pil()))
+        label = label_of(scene.attributes, task)
+        labels.append(-1 if label is None else label)
+    return torch.stack(images), torch.tensor(labels)
+
+
+def shapes_texts() -> dict[str, list[str]]:
+    """Attribute → short texts naming each of its values, worded like the world's captions."""
+    return {
+        "colour": [f"a {c} shape" for c in COLOURS],
+        "shape": [f"a {s}" for s in SHAPES],
+        "position": [f"a shape {position_phrase(p)}" for p in POSITIONS],
+        "place": [f"a shape {place_phrase(p)}" for p in PLACES],
+        "count": ["one shape", "two shapes", "three shapes"][: len(COUNTS)],
+        "size": [f"a {z} shape" for z in SIZES],
+    }
 
 
 def shapes_classes() -> tuple[list[str], list[Callable[[str], str]]]:

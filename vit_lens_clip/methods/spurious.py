@@ -29,8 +29,6 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from vit_lens_clip._moved import moved_attributes
-from vit_lens_clip.datasets import shapes_adapters
 from vit_lens_clip.decompose import Decomposition, StackReducer, run_reducers
 from vit_lens_clip.decompose.contributions import Head, HeadContributions
 from vit_lens_clip.errors import BadInputError
@@ -275,19 +273,17 @@ def _tuple_or_none(value: Sequence[Any] | None) -> tuple[Any, ...] | None:
 class SpuriousConfig:
     """The settings of ``run_spurious`` (its data — the dataset, pool embeddings, TextSpan rows — are arguments).
 
-    Evaluation set (used when no dataset is given): the shapes world's balanced bird set of ``n_images`` drawn
-    with ``seed`` (``seed`` also starts the random-head seeds). ``classnames`` / ``templates``: the zero-shot
-    classes (default: the shapes world's birds). ``group_names`` name the groups in tables (default: the shapes
-    world's for its set). Heads: the last ``last_n_layers`` layers are kept, collected ``batch_size`` images at
-    a time (``normalize``: unit-norm embeddings). TextSpan: ``k`` texts per head at ``rank`` from ``pool`` (a
+    ``seed`` starts the random-head seeds. ``classnames`` / ``templates``: the zero-shot classes (required: the
+    caller's task; the shapes world's birds come with its adapters in ``vit_lens_clip.datasets``). ``group_names``
+    name the groups in tables. Heads: the last ``last_n_layers`` layers are kept, collected ``batch_size`` images
+    at a time (``normalize``: unit-norm embeddings). TextSpan: ``k`` texts per head at ``rank`` from ``pool`` (a
     shipped pool's name or the texts). Role heads: ``n_heads`` (default ``default_role_head_count``) picked by
-    ``queries`` (default: the shapes world's place phrases for its set, else ``PLACE_QUERIES``) with ``picker``
-    ("textspan" or "variance"); ``hand_picked`` heads add a row. Random heads: best of ``n_random_seeds``.
-    ``heads_only`` adds the head rows without the extra ablations. ``cache_dir`` caches text embeddings;
-    ``out_dir`` keeps the collected contributions on disk (resumable). Sequences are stored as tuples.
+    ``queries`` (default ``PLACE_QUERIES``) with ``picker`` ("textspan" or "variance"); ``hand_picked`` heads add
+    a row. Random heads: best of ``n_random_seeds``. ``heads_only`` adds the head rows without the extra
+    ablations. ``cache_dir`` caches text embeddings; ``out_dir`` keeps the collected contributions on disk
+    (resumable). Sequences are stored as tuples.
     """
 
-    n_images: int = 400
     seed: int = 0
     classnames: Sequence[str] | None = None
     templates: Sequence[Any] | None = None
@@ -317,7 +313,7 @@ class SpuriousConfig:
             object.__setattr__(self, "group_names", dict(self.group_names))
         if self.picker not in ("textspan", "variance"):
             raise ValueError(f"picker must be 'textspan' or 'variance', got {self.picker!r}")
-        for name in ("n_images", "last_n_layers", "batch_size", "k", "rank", "n_random_seeds"):
+        for name in ("last_n_layers", "batch_size", "k", "rank", "n_random_seeds"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.n_heads is not None and self.n_heads < 0:
@@ -340,8 +336,7 @@ def run_spurious(
 ) -> SpuriousTable:
     """The whole experiment on any model and a balanced evaluation set with group labels.
 
-    ``dataset`` items hold a preprocessed ``image``, a class ``label`` and a ``group``; the default is the
-    shapes world's balanced bird set (``datasets.shapes_adapters.shapes_eval_set``). ``config`` holds the
+    ``dataset`` items hold a preprocessed ``image``, a class ``label`` and a ``group``. ``config`` holds the
     settings (``SpuriousConfig``); keyword ``settings`` (its field names, e.g. ``k=5``) override it, so
     ``run_spurious(loaded, dataset, k=5)`` equals ``run_spurious(loaded, dataset, SpuriousConfig(k=5))``.
     TextSpan runs on the kept heads over this set with the text pool unless ``textspan_rows`` are given (e.g.
@@ -360,20 +355,15 @@ def run_spurious(
     config = dataclasses.replace(config or SpuriousConfig(), **settings)
     classnames, templates = config.classnames, config.templates
     if classnames is None or templates is None:
-        default_names, default_templates = shapes_adapters.shapes_bird_classes()
-        classnames = default_names if classnames is None else classnames
-        templates = default_templates if templates is None else templates
-    queries, group_names = config.queries, config.group_names
+        raise BadInputError("run_spurious needs the zero-shot classnames and templates (SpuriousConfig fields)")
+    queries = PLACE_QUERIES if config.queries is None else config.queries
+    group_names = config.group_names
     if (contributions is None) != (groups is None):
         raise BadInputError("pass contributions and groups together (the group of each contribution row)")
     if contributions is not None and dataset is not None:
         raise BadInputError("pass either a dataset or precomputed contributions (with groups), not both")
     if dataset is None and contributions is None:
-        dataset = shapes_adapters.shapes_eval_set(loaded.preprocess, config.n_images, config.seed)
-        queries = shapes_adapters.SHAPES_PLACE_QUERIES if queries is None else queries
-        group_names = shapes_adapters.shapes_group_names() if group_names is None else group_names
-    elif queries is None:
-        queries = PLACE_QUERIES
+        raise BadInputError("run_spurious needs a dataset, or contributions with groups")
     classifier = build_classifier(loaded, list(classnames), list(templates))
     if contributions is None:
         items = LabelGroupItems(dataset, len(classnames))
@@ -517,14 +507,3 @@ def dataset_cue_and_class_effects(
                           layers=stack.layers, embedding=rows["embedding"], convention="equal_share", normalized=True)
     return cue_and_class_effects(parts, classifier, labels, groups % 2)
 
-
-# shapes-world names that moved to vit_lens_clip.datasets.shapes_adapters (methods hold no synthetic data)
-_MOVED_NAMES: dict[str, str] = {
-    "SHAPES_PLACE_QUERIES": "vit_lens_clip.datasets.shapes_adapters",
-    "shapes_group_names": "vit_lens_clip.datasets.shapes_adapters",
-    "shapes_eval_set": "vit_lens_clip.datasets.shapes_adapters",
-    "shapes_world": "vit_lens_clip.datasets",
-}
-
-
-__getattr__ = moved_attributes(__name__, _MOVED_NAMES)

@@ -86,7 +86,6 @@ class ViTConfig:
     # TransformerLens fields that ActivationCache reads.
     attn_only: bool = False
     final_rms: bool = False
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.image_size = _pair(self.image_size)

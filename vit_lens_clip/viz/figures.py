@@ -171,6 +171,14 @@ def heatmap_overlay(
     return fig
 
 
+def _panel_colorbar(fig: go.Figure, panel: int) -> dict[str, Any]:
+    """A slim colour bar just right of subplot ``panel`` (1-based, row-major), as tall as the subplot."""
+    suffix = "" if panel == 1 else str(panel)
+    x_domain, y_domain = fig.layout[f"xaxis{suffix}"].domain, fig.layout[f"yaxis{suffix}"].domain
+    return {"x": x_domain[1] + 0.005, "xanchor": "left", "y": (y_domain[0] + y_domain[1]) / 2, "yanchor": "middle",
+            "len": y_domain[1] - y_domain[0], "thickness": 10, "tickfont": {"size": 9}}
+
+
 def overlay_grid(
     image: ImageLike,
     maps: Mapping[str, MapLike],
@@ -186,7 +194,8 @@ def overlay_grid(
 ) -> go.Figure:
     """Several maps on one image, one subplot each (``go.Image`` + ``go.Heatmap`` per panel, row-major).
 
-    Each panel uses its own colour range unless ``shared_scale`` (then one range over all maps and a colour bar).
+    Each panel uses its own colour range, with its own colour bar beside it, unless ``shared_scale`` (then one
+    range over all maps and one colour bar).
     """
     if not maps:
         raise ValueError("maps is empty")
@@ -199,16 +208,19 @@ def overlay_grid(
     cols = min(cols, len(zs))
     rows = math.ceil(len(zs) / cols)
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=[html.escape(n) for n in zs],
-                        horizontal_spacing=0.02, vertical_spacing=0.08 if rows > 1 else 0.0)
+                        horizontal_spacing=0.02 if shared_scale else 0.1, vertical_spacing=0.08 if rows > 1 else 0.0)
     for i, (name, z) in enumerate(zs.items()):
         lo, hi = shared or _finite_range(z)
-        image_trace, heat = _overlay_traces(pixels, z, opacity, colorscale, lo, hi, shared_scale and i == 0, name)
+        image_trace, heat = _overlay_traces(pixels, z, opacity, colorscale, lo, hi, not shared_scale or i == 0, name)
+        if not shared_scale:
+            heat.colorbar = _panel_colorbar(fig, i + 1)
         fig.add_trace(image_trace, row=i // cols + 1, col=i % cols + 1)
         fig.add_trace(heat, row=i // cols + 1, col=i % cols + 1)
     _image_axes(fig, rows * cols)
     h, w = hw
+    bars = 0 if shared_scale else 60 * cols  # room for one colour bar per column
     fig.update_layout(
-        title=html.escape(title) if title else None, width=int(panel_size * w / max(h, w)) * cols + 60,
+        title=html.escape(title) if title else None, width=int(panel_size * w / max(h, w)) * cols + 60 + bars,
         height=int(panel_size * h / max(h, w)) * rows + 40 * rows + (60 if title else 20),
         margin={"l": 10, "r": 10, "t": 70 if title else 40, "b": 10},
     )

@@ -2,7 +2,7 @@
 
 from vit_lens_clip.app.sections.ablation import AblationSection
 from vit_lens_clip.app.sections.attention import AttentionSection
-from vit_lens_clip.app.sections.base import ReportContext, Section, Task
+from vit_lens_clip.app.sections.base import ReportContext, ReportValues, Section, SectionSkipped, Task
 from vit_lens_clip.app.sections.completeness import CompletenessSection
 from vit_lens_clip.app.sections.data import DataSection
 from vit_lens_clip.app.sections.decomposition import DecompositionSection
@@ -29,4 +29,4 @@ SECTIONS: tuple[Section, ...] = (
     SAESection(),
 )
 
-__all__ = ["SECTIONS", "ReportContext", "Section", "Task"]
+__all__ = ["SECTIONS", "ReportContext", "ReportValues", "Section", "SectionSkipped", "Task"]

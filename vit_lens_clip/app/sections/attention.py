@@ -10,7 +10,7 @@ class AttentionSection:
     name, needs, uses, gives, skippable, grad = "attention", ("dataset",), (), (), True, True
 
     def run(self, ctx: ReportContext) -> None:
-        model, dataset = ctx.loaded.model, ctx.values["dataset"]
+        model, dataset = ctx.loaded.model, ctx.values.dataset
         item = next(dataset[i] for i in range(len(dataset)) if dataset[i].get("error") is None)
         last = model.cfg.n_layers - 1
         name = f"blocks.{last}.attn.hook_pattern"

@@ -69,7 +69,7 @@ def folder_tasks(ctx: ReportContext, identity: dict[str, Any], indices: torch.Te
 
 
 def load_collection(ctx: ReportContext) -> None:
-    """Fill ``ctx.values`` from ``ctx.config.source``: contributions, means, parts, tasks (what the folder holds)."""
+    """Set ``ctx.values`` from ``ctx.config.source``: contributions, means, parts, tasks (what the folder holds)."""
     folder = ctx.config.source
     meta = read_collection_info(folder)
     identity = meta["identity"]
@@ -83,13 +83,13 @@ def load_collection(ctx: ReportContext) -> None:
         ctx.missing.update(contributions=reason, means=reason, tasks=reason)
         return
     contributions = stored.contributions()
-    ctx.values.update(contributions=contributions, means=contributions.means)
+    ctx.values.contributions, ctx.values.means = contributions, contributions.means
     lacking = stored.missing(ABLATION_PARTS)
     if lacking:
         ctx.missing["parts"] = f"{folder} lacks parts {lacking}: {parts_hint(ABLATION_PARTS)}"
     else:
-        ctx.values["parts"] = stored.decomposition()[0]
+        ctx.values.parts = stored.decomposition()[0]
     tasks, why_none = folder_tasks(ctx, identity, contributions.indices, contributions.labels)
-    ctx.values["tasks"] = tasks
+    ctx.values.tasks = tasks
     if why_none:
         ctx.missing["tasks"] = why_none

@@ -59,9 +59,9 @@ class DataSection:
         if ctx.config.source:
             load_collection(ctx)
             return
-        ctx.values["images"] = True  # sections that draw their own images run only when the report has images
+        ctx.values.images = True  # sections that draw their own images run only when the report has images
         dataset = load_dataset(ctx)
-        ctx.values["dataset"] = dataset
-        ctx.values["tasks"] = zero_shot_tasks(ctx, dataset)
-        if not ctx.values["tasks"]:
+        ctx.values.dataset = dataset
+        ctx.values.tasks = zero_shot_tasks(ctx, dataset)
+        if not ctx.values.tasks:
             ctx.missing["tasks"] = "the images have no class labels; pass --classes FILE"

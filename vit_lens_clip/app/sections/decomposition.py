@@ -15,16 +15,16 @@ class DecompositionSection:
         model = ctx.loaded.model
         layers = kept_layers(model.cfg.n_layers, ctx.config.last_layers)
         stack, means = StackReducer(), MeanReducer()
-        summary = run_reducers(model, ctx.values["dataset"], [stack, means], batch_size=ctx.config.batch_size,
+        summary = run_reducers(model, ctx.values.dataset, [stack, means], batch_size=ctx.config.batch_size,
                                layers=layers, normalize=True, progress=ctx.progress)
         if summary.skipped:
             ctx.numbers["skipped_images"] = summary.skipped
             print(f"[report] skipped {len(summary.skipped)} unreadable images (listed in results.json)")
         rows, mu = stack.result(), means.result()
-        ctx.values["parts"] = Decomposition(rows["embed"], rows["attns"], rows["mlps"], rows["heads"], layers,
+        ctx.values.parts = Decomposition(rows["embed"], rows["attns"], rows["mlps"], rows["heads"], layers,
                                             rows["embedding"], "equal_share", True)
-        ctx.values["means"] = mu
-        ctx.values["contributions"] = HeadContributions(
+        ctx.values.means = mu
+        ctx.values.contributions = HeadContributions(
             heads=rows["heads"], layers=layers, embed=rows["embed"], embedding=rows["embedding"],
             labels=rows.get("labels"), indices=rows["indices"], means=mu, normalized=True,
             n_layers=model.cfg.n_layers,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from vit_lens_clip.app.neurons import NeuronOptions, neurons_section
+from vit_lens_clip.app.neurons import NeuronOptions, add_neuron_study
 from vit_lens_clip.app.sections.base import ReportContext
 
 
@@ -18,9 +18,4 @@ class NeuronsSection:
         options = NeuronOptions(n_reference=config.neuron_images or 3 * config.n_images, n_eval=config.n_images,
                                 seed=config.seed, segmentation_images=config.segmentation_images,
                                 batch_size=config.batch_size, progress=ctx.progress)
-        items, numbers = neurons_section(ctx.loaded, options)
-        ctx.page.extend(items)
-        ctx.numbers["neurons"] = numbers
-        for layer, summary in numbers["layers"].items():
-            for metric, value in summary.items():
-                ctx.record("neurons", f"L{layer}.{metric}", value)
+        add_neuron_study(ctx, ctx.loaded, options)

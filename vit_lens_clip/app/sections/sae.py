@@ -6,7 +6,7 @@ model, with the SAE shipped beside it.
 
 from __future__ import annotations
 
-from vit_lens_clip.app.sae import sae_section
+from vit_lens_clip.app.sae import add_sae_features
 from vit_lens_clip.app.sections.base import ReportContext
 from vit_lens_clip.embedded import EMBEDDED_NAME
 from vit_lens_clip.methods.sae.formats import load_sae
@@ -17,7 +17,7 @@ class SAESection:
     name, needs, uses, gives, skippable, grad = "sae", ("dataset",), (), (), True, False
 
     def run(self, ctx: ReportContext) -> None:
-        config, dataset = ctx.config, ctx.values["dataset"]
+        config, dataset = ctx.config, ctx.values.dataset
         scenes = getattr(dataset, "scenes", None)
         if config.sae is None and ctx.loaded.name != EMBEDDED_NAME:
             ctx.page.append(("SAE features", "No SAE for this model: give one with --sae PATH "
@@ -31,8 +31,6 @@ class SAESection:
         if config.sae is not None:
             sae = load_sae(config.sae)
             check_compatible(ctx.loaded.model, sae)
-        out = sae_section(ctx.loaded, scenes[:config.n_images], sae=sae, segmentation_images=config.segmentation_images,
-                          batch_size=config.batch_size, progress=ctx.progress, seed=config.seed)
-        ctx.page.extend(out.items)
-        ctx.numbers["sae"] = out.numbers
-        ctx.csv_rows.extend(out.rows)
+        add_sae_features(ctx, ctx.loaded, scenes[:config.n_images], sae=sae,
+                         segmentation_images=config.segmentation_images, batch_size=config.batch_size,
+                         progress=ctx.progress, seed=config.seed)

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 from vit_lens_clip.app.sections.base import ReportContext
-from vit_lens_clip.datasets.shapes_adapters import SHAPES_PLACE_QUERIES, shapes_eval_set, shapes_group_names
+from vit_lens_clip.datasets.shapes_adapters import (
+    SHAPES_PLACE_QUERIES,
+    shapes_bird_classes,
+    shapes_eval_set,
+    shapes_group_names,
+)
 from vit_lens_clip.datasets.shapes_world import TRAIN_BIRD_SIZE
 from vit_lens_clip.methods.spurious import SpuriousConfig, dataset_cue_and_class_effects, effects_markdown, run_spurious
 from vit_lens_clip.viz.figures import bar_table
@@ -18,10 +23,11 @@ class SpuriousSection:
         bird_size = config.spurious_bird_size or TRAIN_BIRD_SIZE
         queries = list(config.spurious_queries or SHAPES_PLACE_QUERIES)
         dataset = shapes_eval_set(loaded.preprocess, config.spurious_images, config.seed + 2, bird_size)
-        settings = SpuriousConfig(group_names=shapes_group_names(), pool=ctx.values["pool"], k=config.k,
-                                  last_n_layers=config.last_layers, batch_size=config.batch_size, queries=queries,
-                                  progress=ctx.progress)
-        table = run_spurious(loaded, dataset, settings, pool_embeddings=ctx.values["pool_emb"])
+        classnames, templates = shapes_bird_classes()
+        settings = SpuriousConfig(classnames=classnames, templates=templates, group_names=shapes_group_names(),
+                                  pool=ctx.values.pool, k=config.k, last_n_layers=config.last_layers,
+                                  batch_size=config.batch_size, queries=queries, progress=ctx.progress)
+        table = run_spurious(loaded, dataset, settings, pool_embeddings=ctx.values.pool_emb)
         data = table.to_dict()
         data["queries"] = list(queries)
         ctx.numbers["spurious"] = data

@@ -18,7 +18,7 @@ class TextSpanSection:
     skippable, grad = True, False
 
     def run(self, ctx: ReportContext) -> None:
-        config, contributions = ctx.config, ctx.values["contributions"]
+        config, contributions = ctx.config, ctx.values.contributions
         pool = load_pool(config.texts)
         pool_emb = embed_texts_cached(pool, ctx.loaded.encode_text, ctx.loaded.key)
         table = TextSpanTable.compute(contributions, pool_emb, pool, k=config.k,
@@ -39,7 +39,7 @@ class TextSpanSection:
             ctx.record("textspan", f"L{layer}H{head}.variance_explained", float(row.variance_explained.sum()),
                        texts=" | ".join(table.texts((layer, head))))
         self._head_search(ctx, pool_emb)
-        ctx.values.update(textspan_table=table, pool=pool, pool_emb=pool_emb)
+        ctx.values.textspan_table, ctx.values.pool, ctx.values.pool_emb = table, pool, pool_emb
 
     @staticmethod
     def _head_search(ctx: ReportContext, pool_emb: torch.Tensor) -> None:
@@ -47,7 +47,7 @@ class TextSpanSection:
         lines = ["| query | top heads (share of the head's variance along the query) |", "|---|---|"]
         found = {}
         for query in ctx.config.queries:
-            ranked = heads_for_queries(ctx.values["contributions"], ctx.loaded, [query], top=3, centre_with=pool_emb)
+            ranked = heads_for_queries(ctx.values.contributions, ctx.loaded, [query], top=3, centre_with=pool_emb)
             found[query] = [(f"L{l}H{h}", round(score, 4)) for (l, h), score in ranked]
             lines.append(f"| {query} | " + ", ".join(f"L{l}H{h} ({score:.3f})" for (l, h), score in ranked) + " |")
             for (l, h), score in ranked:

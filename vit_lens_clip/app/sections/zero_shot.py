@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from vit_lens_clip.app.sections.base import ReportContext
+from vit_lens_clip.app.sections.base import ReportContext, SectionSkipped
 from vit_lens_clip.methods.zeroshot import accuracy, logits
 
 
 class ZeroShotSection:
-    name, needs, uses, gives, skippable, grad = "zero_shot", ("contributions",), ("tasks",), (), False, False
+    name, needs, uses, gives, skippable, grad = "zero_shot", ("contributions", "tasks"), (), (), False, False
 
     def run(self, ctx: ReportContext) -> None:
-        embedding, indices = ctx.values["contributions"].embedding, ctx.values["contributions"].indices
+        embedding, indices = ctx.values.contributions.embedding, ctx.values.contributions.indices
+        if not any((task.labels[indices] >= 0).any() for task in ctx.values.tasks):
+            raise SectionSkipped("no image has a class label (zero-shot accuracy needs labelled images)")
         ctx.numbers["zero_shot"] = {}
-        for task in ctx.values.get("tasks") or []:
+        for task in ctx.values.tasks:
             labels = task.labels[indices]
             keep = labels >= 0
             if keep.any():

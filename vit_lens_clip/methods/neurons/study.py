@@ -1,8 +1,8 @@
 """The paper's protocol end to end on labelled images: statistics, means, thresholds, directions, texts, ablations.
 
 Reference images (the paper: an ImageNet train subset) give φ̄_n, τ_n and r_n; evaluation images (a disjoint
-set) give the selectivity and the ablation accuracies. ``shapes_images`` draws both from the shapes world
-for the embedded model.
+set) give the selectivity and the ablation accuracies. Both come from the caller, with the zero-shot task (for
+the embedded model, the shapes world's scenes and labels from its adapters in ``vit_lens_clip.datasets``).
 """
 
 from __future__ import annotations
@@ -16,11 +16,6 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from vit_lens_clip.datasets.shapes_world import (
-    ShapesDataset,
-    label_of,
-    zero_shot_labels,
-)
 from vit_lens_clip.methods.neurons.ablation import (
     PAPER_TOP_FRACTION,
     ablated_embeddings,
@@ -41,19 +36,6 @@ from vit_lens_clip.methods.neurons.omp import (
     prepare_pool,
 )
 from vit_lens_clip.methods.zeroshot import build_classifier
-
-
-def shapes_images(preprocess: Callable, n: int, seed: int, task: str = "shape", progress: bool = False) -> tuple[
-        Float[Tensor, "n channel height width"], Int[Tensor, " n"]]:
-    """``n`` shapes-world scenes as model inputs and their labels for ``task`` (−1 where undefined)."""
-    data = ShapesDataset(n, seed=seed)
-    images, labels = [], []
-    for i in tqdm(range(n), desc="rendering scenes", disable=not progress):
-        scene = data.scene(i)
-        images.append(preprocess(scene.pil()))
-        label = label_of(scene.attributes, task)
-        labels.append(-1 if label is None else label)
-    return torch.stack(images), torch.tensor(labels)
 
 
 @dataclass
@@ -108,10 +90,11 @@ class NeuronStudy:
 def run_study(
     loaded,
     layers: Sequence[int],
-    task: str = "shape",
-    n_reference: int = 2562,
-    n_eval: int = 1000,
-    seed: int = 0,
+    reference: tuple[Float[Tensor, "n_ref channel height width"], Int[Tensor, " n_ref"]],
+    evaluation: tuple[Float[Tensor, "n_eval channel height width"], Int[Tensor, " n_eval"]],
+    classnames: Sequence[str],
+    templates: Sequence[Callable[[str], str]],
+    task: str = "",
     texts: Optional[Sequence[str]] = None,
     text_embeddings: Optional[Tensor] = None,
     n_texts: int = 32,
@@ -120,18 +103,15 @@ def run_study(
     shares: bool = False,
     batch_size: int = 64,
     progress: bool = True,
-    reference: Optional[tuple[Tensor, Tensor]] = None,
-    evaluation: Optional[tuple[Tensor, Tensor]] = None,
 ) -> NeuronStudy:
-    """Run §2-3 of the method notes for each layer; images default to shapes-world scenes for ``task``."""
+    """Run §2-3 of the method notes for each layer on ``reference`` and ``evaluation`` (images, labels of the
+    zero-shot task ``classnames`` × ``templates``; −1 = undefined), ``task`` naming that task."""
     model = loaded.model
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    classnames, templates = zero_shot_labels(task)
-    classifier = build_classifier(loaded, classnames, templates)
-    ref_x, ref_y = reference if reference is not None else shapes_images(loaded.preprocess, n_reference, seed + 1000, task,
-                                                                         progress)
-    ev_x, ev_y = evaluation if evaluation is not None else shapes_images(loaded.preprocess, n_eval, seed + 2000, task, progress)
+    classifier = build_classifier(loaded, list(classnames), list(templates))
+    ref_x, ref_y = reference
+    ev_x, ev_y = evaluation
     timings["data"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     ref_stats = collect_layers(model, ref_x, layers, ref_y, batch_size, shares, progress)

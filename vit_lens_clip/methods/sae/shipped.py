@@ -1,20 +1,11 @@
-"""The SAE shipped with the embedded shapes model, and a text pool in the shapes world's own words."""
+"""The SAE shipped with the embedded shapes model (its text pool in the shapes world's own words sits with the
+world's other adapters in ``vit_lens_clip.datasets``)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from vit_lens_clip.datasets.shapes_world import (
-    COLOURS,
-    COUNTS,
-    PLACES,
-    POSITIONS,
-    SHAPES,
-    SIZES,
-    place_phrase,
-    position_phrase,
-)
 from vit_lens_clip.embedded import EMBEDDED_MODEL_DIR
 from vit_lens_clip.methods.sae.formats import load_sae_lens
 from vit_lens_clip.methods.sae.sae import SparseAutoencoder
@@ -32,14 +23,3 @@ def shipped_figures() -> dict:
     """Its training figures (explained variance, L0, dead features, zero-shot accuracy with it spliced)."""
     return json.loads((SHIPPED_SAE_DIR / "figures.json").read_text())
 
-
-def shapes_texts() -> dict[str, list[str]]:
-    """Attribute → short texts naming each of its values, worded like the world's captions."""
-    return {
-        "colour": [f"a {c} shape" for c in COLOURS],
-        "shape": [f"a {s}" for s in SHAPES],
-        "position": [f"a shape {position_phrase(p)}" for p in POSITIONS],
-        "place": [f"a shape {place_phrase(p)}" for p in PLACES],
-        "count": ["one shape", "two shapes", "three shapes"][: len(COUNTS)],
-        "size": [f"a {z} shape" for z in SIZES],
-    }

@@ -1,63 +1,35 @@
 """A minimal TopK SAE trainer for one hook of a HookedViT, and the SAE's reconstruction figures.
 
-    python -m vit_lens_clip.methods.sae.train --hook blocks.4.hook_resid_post --d-sae 1024 --k 16 \
-        --images 4000 --steps 3000 --out vit_lens_clip/embedded/sae/blocks.4.hook_resid_post
-
 Why not SAELens' trainer: SAELens 6.x requires transformer_lens < 4 (this package runs on 4.x too) and its
 training runner reads activations from a language model; its lower-level ``SAETrainer`` can take any
 iterator of activation batches, but importing it at all forces the transformer_lens downgrade. So this is a
 short, self-contained trainer (about 60 lines) in the style of Gao et al. (2024):
 
-- activations x at every token position of ``--images`` shapes-world scenes (a training seed disjoint from
-  the held-out evaluation seed), scaled by one constant s = √d_in / E‖x‖ ("expected_average_only_in");
+- activations x at every token position of the caller's images, scaled by one constant s = √d_in / E‖x‖
+  ("expected_average_only_in");
 - TopK activation (k features per token), b_dec initialised to the mean, W_enc = W_decᵀ at init, decoder rows
   kept at unit norm, Adam, loss ‖x − x̂‖² / ‖x − mean‖² plus the AuxK loss (the k_aux largest dead
   features reconstruct the residual error; weight 1/32) so that fewer features die.
 
-Figures (``sae_figures``): explained variance 1 − Σ‖x − x̂‖² / Σ‖x − x̄‖², mean L0, dead features (never
-active on the held-out set), and the zero-shot accuracy of each shapes-world attribute with the SAE spliced
-(without the error term) next to the plain model's.
+Figures (``reconstruction_figures``): explained variance 1 − Σ‖x − x̂‖² / Σ‖x − x̄‖², mean L0, dead features
+(never active on the held-out set); ``zero_shot_with_sae``: the zero-shot accuracy of each of the caller's
+tasks with the SAE spliced (without the error term) next to the plain model's. The shipped SAE's training on
+the shapes world is ``python -m vit_lens_clip.app.shipped_sae train``.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import time
-from typing import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Optional
 
-import numpy as np
 import torch
 from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from vit_lens_clip.datasets.shapes_world import (
-    ATTRIBUTES,
-    Scene,
-    ShapesWorld,
-    label_of,
-    zero_shot_labels,
-)
-from vit_lens_clip.loading import load_clip
-from vit_lens_clip.methods.sae.formats import save_sae_lens
 from vit_lens_clip.methods.sae.sae import SAEConfig, SparseAutoencoder
 from vit_lens_clip.methods.sae.splice import saes_spliced
 from vit_lens_clip.methods.zeroshot import build_classifier
-
-TRAIN_SEED = 2026
-EVAL_SEED = 12345
-
-
-def scenes(n: int, seed: int, image_size: int = 64) -> list[Scene]:
-    """``n`` shapes-world scenes from the seeded stream ``seed``."""
-    world = ShapesWorld(image_size=image_size, seed=seed)
-    rng = np.random.default_rng([seed, 2_000_003])
-    return [world.sample(rng) for _ in tqdm(range(n), desc="rendering scenes", disable=n < 500)]
-
-
-def images_of(loaded, scene_list: Sequence[Scene]) -> Float[Tensor, "n channel height width"]:
-    return torch.stack([loaded.preprocess(s.pil()) for s in scene_list])
 
 
 @torch.no_grad()
@@ -139,9 +111,14 @@ def reconstruction_figures(sae: SparseAutoencoder, acts: Float[Tensor, "n d"], b
 
 
 @torch.no_grad()
-def zero_shot_with_sae(loaded, sae: SparseAutoencoder, scene_list: Sequence[Scene], images: Tensor,
-                       attributes: Sequence[str] = ATTRIBUTES, batch_size: int = 200) -> dict[str, dict[str, float]]:
-    """Zero-shot accuracy per attribute, plain and with the SAE spliced (no error term), on the same scenes."""
+def zero_shot_with_sae(loaded, sae: SparseAutoencoder, images: Float[Tensor, "n channel height width"],
+                       labels: Mapping[str, Sequence[Optional[int]]],
+                       classes: Mapping[str, tuple[Sequence[str], Sequence[Callable[[str], str]]]],
+                       batch_size: int = 200) -> dict[str, dict[str, float]]:
+    """Zero-shot accuracy per task, plain and with the SAE spliced (no error term), on the same images.
+
+    ``labels[task]``: each image's class index (None where the task is undefined for it); ``classes[task]``:
+    its class names and prompt templates."""
     def embed() -> Tensor:
         return torch.cat([loaded.model(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
 
@@ -149,51 +126,11 @@ def zero_shot_with_sae(loaded, sae: SparseAutoencoder, scene_list: Sequence[Scen
     with saes_spliced(loaded.model, sae, use_error_term=False):
         spliced = torch.nn.functional.normalize(embed().float(), dim=-1)
     out: dict[str, dict[str, float]] = {}
-    for attribute in attributes:
-        idx = [i for i, s in enumerate(scene_list) if label_of(s.attributes, attribute) is not None]
-        labels = torch.tensor([label_of(scene_list[i].attributes, attribute) for i in idx])
-        names, templates = zero_shot_labels(attribute)
-        W = build_classifier(loaded, names, templates)
-        acc = lambda e, idx=idx, W=W, labels=labels: float(((e[idx] @ W).argmax(-1) == labels).float().mean())
-        out[attribute] = {"plain": acc(plain), "sae": acc(spliced), "n": len(idx)}
+    for task, task_labels in labels.items():
+        idx = [i for i, label in enumerate(task_labels) if label is not None]
+        target = torch.tensor([task_labels[i] for i in idx])
+        names, templates = classes[task]
+        W = build_classifier(loaded, list(names), list(templates))
+        acc = lambda e, idx=idx, W=W, target=target: float(((e[idx] @ W).argmax(-1) == target).float().mean())
+        out[task] = {"plain": acc(plain), "sae": acc(spliced), "n": len(idx)}
     return out
-
-
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description="Train a TopK SAE on one hook of the embedded shapes model.")
-    p.add_argument("--model", default="vit-lens-clip/shapes")
-    p.add_argument("--hook", default="blocks.4.hook_resid_post")
-    p.add_argument("--d-sae", type=int, default=1024)
-    p.add_argument("--k", type=int, default=16)
-    p.add_argument("--images", type=int, default=4000, help="training scenes (all token positions are used)")
-    p.add_argument("--eval-images", type=int, default=1000, help="held-out scenes for the figures")
-    p.add_argument("--steps", type=int, default=3000)
-    p.add_argument("--batch-size", type=int, default=4096)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True, help="output folder (SAELens format + figures.json)")
-    args = p.parse_args(argv)
-
-    t0 = time.perf_counter()
-    torch.manual_seed(args.seed)
-    loaded = load_clip(args.model)
-    train_images = images_of(loaded, scenes(args.images, TRAIN_SEED))
-    acts = collect_activations(loaded.model, train_images, args.hook).flatten(0, 1)
-    sae, losses = train_topk_sae(acts, args.hook, args.d_sae, args.k, args.steps, args.batch_size, args.lr, args.seed)
-    del acts
-    eval_scenes = scenes(args.eval_images, EVAL_SEED)
-    eval_images = images_of(loaded, eval_scenes)
-    figures = reconstruction_figures(sae, collect_activations(loaded.model, eval_images, args.hook).flatten(0, 1))
-    figures["zero_shot"] = zero_shot_with_sae(loaded, sae, eval_scenes, eval_images)
-    figures["train_seconds"] = round(time.perf_counter() - t0, 1)
-    figures["final_train_nmse"] = float(np.mean(losses[-50:]))
-    figures["command"] = "python -m vit_lens_clip.methods.sae.train " + " ".join(
-        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items())
-    out = save_sae_lens(sae, args.out, {"model_name": args.model, "trained_by": "vit_lens_clip.methods.sae.train",
-                                        "train_images": args.images, "train_seed": TRAIN_SEED, "steps": args.steps})
-    (out / "figures.json").write_text(json.dumps(figures, indent=2) + "\n")
-    print(json.dumps(figures, indent=2))
-
-
-if __name__ == "__main__":
-    main()

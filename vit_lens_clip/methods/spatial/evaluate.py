@@ -10,8 +10,7 @@ column, as their papers explain the predicted class. Raw attention and rollout t
 
 Also here: the report's table and files (CSV, Markdown; the HTML page is drawn by ``vit_lens_clip.viz.pages``).
 The cost of each map over a plain forward is timed by ``vit_lens_clip.app.benchmarks.heatmaps.bench_heatmaps``.
-The shapes-world adapter is ``vit_lens_clip.datasets.shapes_adapters``; the ``segment`` command is
-``vit_lens_clip.app.segment``.
+The ``segment`` command (and its shapes-world default) is ``vit_lens_clip.app.segment``.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ import csv
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -29,7 +28,6 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from vit_lens_clip._moved import moved_attributes
 from vit_lens_clip.datasets.segmentation import segmentation_loader
 from vit_lens_clip.methods.spatial.heatmaps import predict_classes
 from vit_lens_clip.methods.spatial.metrics import SegmentationMetrics, segment_batch
@@ -172,21 +170,27 @@ SEGMENTATION_NOTE = ("Percent. Maps upsampled bilinearly, clipped below 0, min-m
                      "foreground = pixels above the map's mean.")
 
 
-def segmentation_table(results: dict[str, dict[str, float]]) -> tuple[list[str], list[list[str]]]:
-    """(header, rows) of the benchmark table: per method its title, pixel accuracy, mIoU and mAP (percent,
-    2 decimals, "n/a" when undefined) and the number of images; cells are strings."""
+def segmentation_table(results: Mapping[str, Mapping[str, float]],
+                       titles: Mapping[str, str] | None = None) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of the segmentation table: per map its title (``titles``, then ``METHOD_TITLES``, then
+    its key), pixel accuracy, mIoU and mAP (percent, 2 decimals, "n/a" when undefined) and the number of
+    images; cells are strings. The one table of every segmentation result (benchmark, report, neurons, SAE)."""
+    names = {**METHOD_TITLES, **(titles or {})}
     header = ["method", "Pixel Acc", "mIoU", "mAP", "images"]
-    rows = [[METHOD_TITLES.get(method, method), *(_fmt(r[k]) for k in REPORT_METRICS), str(r.get("n_images", ""))]
+    rows = [[names.get(method, method), *(_fmt(r[k]) for k in REPORT_METRICS), str(r.get("n_images", ""))]
             for method, r in results.items()]
     return header, rows
 
 
-def segmentation_markdown(results: dict[str, dict[str, float]], title: str = "Zero-shot segmentation") -> str:
-    """A Markdown table of pixel accuracy, mIoU and mAP (percent) per method."""
-    header, rows = segmentation_table(results)
-    lines = [f"# {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+def segmentation_markdown(results: Mapping[str, Mapping[str, float]], title: str | None = None,
+                          titles: Mapping[str, str] | None = None) -> str:
+    """``segmentation_table`` as Markdown, with the note on how maps become masks; a ``# title`` heading
+    first when ``title`` is given (a page that has its own heading gives none)."""
+    header, rows = segmentation_table(results, titles)
+    lines = [f"# {title}", ""] if title else []
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
-    lines += ["", "Maps are upsampled bilinearly, clipped below 0, min-max normalised; foreground = above the mean."]
+    lines += ["", SEGMENTATION_NOTE]
     return "\n".join(lines) + "\n"
 
 
@@ -228,18 +232,3 @@ def write_segmentation_report(
     paths["html"].write_text(page, encoding="utf-8")
     return paths
 
-
-# --------------------------------------------------------------------------------------------------- bench
-# names that moved out of this module: the shapes-world adapters to vit_lens_clip.datasets.shapes_adapters, the
-# ``segment`` command to vit_lens_clip.app.segment (and its options to vit_lens_clip.app.config), the timing of
-# the maps to vit_lens_clip.app.benchmarks.heatmaps
-_MOVED_NAMES: dict[str, str] = {
-    "ShapesSegmentation": "vit_lens_clip.datasets.shapes_adapters",
-    "shapes_classes": "vit_lens_clip.datasets.shapes_adapters",
-    "run_segment_command": "vit_lens_clip.app.segment",
-    "bench_heatmaps": "vit_lens_clip.app.benchmarks.heatmaps",
-    "add_segment_arguments": "vit_lens_clip.app.config",
-}
-
-
-__getattr__ = moved_attributes(__name__, _MOVED_NAMES)

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from vit_lens_clip.methods.textspan.algorithm import TextSpanResult
-from vit_lens_clip.methods.textspan.ranking import rank_heads_by_text  # noqa: F401 - its old home
 from vit_lens_clip.viz.pages import textspan_page
 
 
