@@ -26,6 +26,7 @@ LAZY_OK = {
     ("vit_lens_clip.convert.sources", "transformers"): "optional dependency (extra 'hf')",
     ("vit_lens_clip.methods.textspan.bench", "threadpoolctl"): "optional dependency of a benchmark script",
     ("vit_lens_clip.methods.textspan.make_pools", "wordfreq"): "needed only to regenerate the shipped pools",
+    ("vit_lens_clip.methods.textspan.make_pools", "better_profanity"): "filters the pools when they are regenerated",
     ("vit_lens_clip.viz.html", "circuitsvis"): "optional: pages fall back to plotly without it",
     ("vit_lens_clip.methods.sae.formats", "sae_lens"): "optional dependency (extra 'sae')",
     ("vit_lens_clip.viz.attention", "circuitsvis.utils.convert_props"): "optional: as above",

@@ -8,6 +8,9 @@ random numbers): combinatorial families are thinned by taking every s-th combina
   people and actions, letters and digits, art styles, lighting, weather, time of day and emotions, with many
   descriptions of the project's synthetic shapes world.
 * words: the most common English words (``wordfreq``), alphabetic only.
+
+Both pools leave out every text that matches ``better_profanity``'s maintained profanity list (``offensive``);
+tests/unit/methods/textspan/test_pools.py checks the shipped files against it.
 """
 
 from __future__ import annotations
@@ -356,16 +359,26 @@ def general_descriptions() -> list[str]:
     return out
 
 
+def offensive(text: str) -> bool:
+    """True when ``text`` matches the maintained profanity list of ``better_profanity`` (whole words, with its
+    spelling variants). Its list is broad (it also lists words such as "kill", "fat" or "pot"); a text pool loses
+    nothing it needs by leaving them out, and a report never shows a vulgar word as a head's or neuron's description."""
+    from better_profanity import profanity
+
+    return profanity.contains_profanity(text)
+
+
 def build_descriptions() -> list[str]:
-    """All descriptions, deduplicated case-insensitively, in generation order."""
-    return dedupe(shapes_world_descriptions() + general_descriptions())
+    """All descriptions, deduplicated case-insensitively, in generation order, without offensive texts."""
+    return [d for d in dedupe(shapes_world_descriptions() + general_descriptions()) if not offensive(d)]
 
 
 def build_words(n_words: int = N_WORDS) -> list[str]:
-    """The n_words most frequent alphabetic English words according to wordfreq (offline data)."""
+    """The n_words most frequent alphabetic English words according to wordfreq (offline data), without the
+    offensive ones."""
     import wordfreq
 
-    words = [w for w in wordfreq.top_n_list("en", n_words * 2) if w.isascii() and w.isalpha()]
+    words = [w for w in wordfreq.top_n_list("en", n_words * 2) if w.isascii() and w.isalpha() and not offensive(w)]
     if len(words) < n_words:
         raise RuntimeError(f"wordfreq gave only {len(words)} alphabetic words")
     return words[:n_words]
