@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
+import os
+import shutil
+import subprocess
+import tempfile
 import warnings
+from pathlib import Path
 from typing import Callable, Iterator
 
 import jaxtyping
@@ -13,6 +19,47 @@ import pytest
 import torch
 
 torch.set_num_threads(2)
+
+# Tests write only inside temporary folders: the text-embedding cache goes to one for the session, never to the
+# user's home folder (whatever VIT_LENS_CLIP_CACHE the shell had), and the checkout must gain no files (checked at
+# the end of the session, below).
+_SESSION_CACHE = tempfile.mkdtemp(prefix="vit_lens_clip_test_cache_")
+atexit.register(shutil.rmtree, _SESSION_CACHE, ignore_errors=True)
+os.environ["VIT_LENS_CLIP_CACHE"] = _SESSION_CACHE
+ROOT = Path(__file__).resolve().parents[1]
+_IGNORED_LITTER = ("__pycache__", ".pytest_cache", ".ruff_cache", ".jupyter", ".ipynb_checkpoints")
+
+
+def _untracked_files() -> set[str] | None:
+    """Untracked, unignored files of the checkout (None outside a git checkout)."""
+    try:
+        out = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=all"],
+                             capture_output=True, text=True, timeout=60, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    paths = {line[3:] for line in out.splitlines() if line.startswith("??")}
+    return {p for p in paths if not any(part in _IGNORED_LITTER for part in Path(p).parts)}
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[_LITTER_KEY] = _untracked_files()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run if the tests left files in the checkout (a test must write inside its tmp_path)."""
+    before = session.config.stash.get(_LITTER_KEY, None)
+    after = _untracked_files() if before is not None else None
+    if before is None or after is None or os.environ.get("VIT_LENS_CLIP_ALLOW_LITTER"):
+        return
+    litter = sorted(after - before)
+    if litter:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(f"FAILED: the tests left files in the checkout: {litter[:10]}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+_LITTER_KEY = pytest.StashKey[set]()
 
 # whether jaxtyping's pytest hook checks the package at run time (pyproject's addopts: --jaxtyping-packages=...)
 TYPE_CHECKED = False
