@@ -26,8 +26,6 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from vit_lens_clip.convert.sources import build_source, encode_texts
-from vit_lens_clip.convert.sources import file_digest as _file_digest  # noqa: F401  (tests/test_strict.py reads it here)
-from vit_lens_clip.embedded import EMBEDDED_MODEL_DIR as EMBEDDED_DIR  # noqa: F401  (tests/test_strict.py reads it here)
 from vit_lens_clip.embedded import EMBEDDED_NAME
 from vit_lens_clip.errors import NoTextTowerError, WeightsUnavailableError
 from vit_lens_clip.model.hooked_text import HookedTextTransformer

@@ -16,6 +16,7 @@ tests/unit/methods/textspan/test_pools.py checks the shipped files against it.
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -362,10 +363,37 @@ def general_descriptions() -> list[str]:
 def offensive(text: str) -> bool:
     """True when ``text`` matches the maintained profanity list of ``better_profanity`` (whole words, with its
     spelling variants). Its list is broad (it also lists words such as "kill", "fat" or "pot"); a text pool loses
-    nothing it needs by leaving them out, and a report never shows a vulgar word as a head's or neuron's description."""
+    nothing it needs by leaving them out, and a report never shows a vulgar word as a head's or neuron's description.
+
+    The same answer as ``profanity.contains_profanity(text)``, faster: each distinct word is checked once, and the
+    whole text only when it holds the first word of one of the list's multi-word entries."""
     from better_profanity import profanity
 
-    return profanity.contains_profanity(text)
+    words = text.split()
+    if any(_offensive_word(w) for w in words):
+        return True
+    return len(words) > 1 and not _MULTI_WORD_STARTS.isdisjoint(w.lower() for w in words) and \
+        profanity.contains_profanity(text)
+
+
+@functools.lru_cache(maxsize=None)
+def _offensive_word(word: str) -> bool:
+    from better_profanity import profanity
+
+    return profanity.contains_profanity(word)
+
+
+def _multi_word_starts() -> frozenset[str]:
+    from importlib.resources import files
+
+    try:
+        entries = (files("better_profanity") / "profanity_wordlist.txt").read_text(encoding="utf-8").splitlines()
+    except (ModuleNotFoundError, FileNotFoundError):  # the generator then fails at its first offensive() call
+        return frozenset()
+    return frozenset(e.split()[0].lower() for e in entries if len(e.split()) > 1)
+
+
+_MULTI_WORD_STARTS = _multi_word_starts()
 
 
 def build_descriptions() -> list[str]:

@@ -1,4 +1,4 @@
-"""A torchrun entry for tests/test_distributed_collect.py: the ``collect`` command on a shapes dataset whose items
+"""A torchrun entry for tests/integration/test_distributed_collect.py: the ``collect`` command on a shapes dataset whose items
 take ``--delay`` seconds each (so a test can kill a rank mid-run). Each rank writes its pid to OUT/pids/RANK."""
 
 import os

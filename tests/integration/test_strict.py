@@ -21,8 +21,9 @@ from vit_lens_clip.decompose.parts import decompose
 from vit_lens_clip.decompose.reducers import MeanReducer, Reducer, run_reducers
 from vit_lens_clip.decompose.store import StoredParts
 from vit_lens_clip.decompose.store_writer import ShardWriter
+from vit_lens_clip.embedded import EMBEDDED_MODEL_DIR as EMBEDDED_DIR
 from vit_lens_clip.errors import BadInputError, CorruptFileError, OutputFolderError, RunFolderMismatchError, UserInputError
-from vit_lens_clip.loading import EMBEDDED_DIR, load_clip
+from vit_lens_clip.loading import load_clip
 from vit_lens_clip.methods.ablation import ablate_posthoc, mean_ablation_hooks
 from vit_lens_clip.methods.retrieval import head_representation
 from vit_lens_clip.methods.spatial.heatmaps import text_heatmap
@@ -276,7 +277,7 @@ def test_damaged_text_cache_is_rebuilt(tmp_path):
 
 
 def test_weights_keys_cover_the_whole_file(tmp_path):
-    from vit_lens_clip.loading import _file_digest
+    from vit_lens_clip.convert.sources import file_digest as _file_digest
 
     head = bytes(5 << 20)
     (tmp_path / "a.bin").write_bytes(head + b"a")

@@ -40,7 +40,7 @@ from vit_lens_clip.methods.ablation import ablate_posthoc
 from vit_lens_clip.methods.textspan.runs import collect_head_contributions, run_textspan
 
 N, BATCH = 41, 7  # odd size; 7 divides both ranks' blocks (21, 20 → batches 7,7,7 | 7,7,6), so batches match
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 KEYS = ["heads", "embed", "embedding", "indices"]
 POOL = [f"{c} {s}" for c in ("a red", "a blue", "a green", "a small", "a large", "two") for s in
         ("circle", "square", "triangle", "star", "shape on grass", "bird")]
@@ -184,7 +184,7 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 400) -> None:
 
 def test_sigkilled_rank_resumes_to_the_uninterrupted_result(two_ranks, tmp_path):
     out = tmp_path / "killed"
-    worker = str(ROOT / "tests" / "collect_worker.py")
+    worker = str(ROOT / "tests" / "integration" / "collect_worker.py")
     proc = torchrun(worker, "0.4", *collect_args(out), check=False)
     _wait_for(rank_dir(out, 1) / "checkpoint" / "progress.json", proc)  # rank 1 has checkpointed a batch
     pid = int((out / "pids" / "1").read_text())

@@ -107,7 +107,7 @@ def test_real_process_kill_resumes_bitwise(setup, tmp_path):
     tests_dir = Path(__file__).parent
     script = textwrap.dedent(f"""
         import os, sys, torch
-        sys.path.insert(0, {str(tests_dir)!r})
+        sys.path[:0] = [{str(tests_dir)!r}, {str(tests_dir.parent)!r}]  # this file, and tests/ for conftest
         from test_checkpoint_faults import _run
         from conftest import tiny_clip
         from vit_lens_clip import HookedViT
@@ -120,7 +120,8 @@ def test_real_process_kill_resumes_bitwise(setup, tmp_path):
         _run(HookedViT.from_open_clip(tiny_clip(seed=3)), images, texts, __import__('pathlib').Path({str(tmp_path / 'killed')!r}))
     """)
     torch.save((images, texts), tmp_path / "inputs.pt")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 9, proc.stderr[-2000:]
     assert list((tmp_path / "killed" / "ckpt").glob("state-*.safetensors.tmp"))  # the torn file is there

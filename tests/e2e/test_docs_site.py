@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DOCS_MODULES = ("mkdocs", "material", "mkdocstrings", "mkdocstrings_handlers.python", "mkdocs_jupyter",
                 "mkdocs_gen_files", "mkdocs_literate_nav")
 MISSING = [name for name in DOCS_MODULES if importlib.util.find_spec(name.split(".")[0]) is None

@@ -15,7 +15,7 @@ import torch
 
 from vit_lens_clip.embedded import EMBEDDED_MODEL_DIR
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
