@@ -68,7 +68,7 @@ def test_an_unreadable_safetensors_file_in_the_context_is_reported():
         try:
             raise SafetensorError("Error while deserializing header:\n HeaderTooLarge")
         except SafetensorError:
-            raise RuntimeError("wrapping")  # implicit context, no `from`
+            raise RuntimeError("wrapping")  # noqa: B904 (the implicit context is what is tested)
     except RuntimeError as outer:
         message = user_error_message(outer)
     assert message == "not a readable safetensors file: Error while deserializing header: HeaderTooLarge"
