@@ -68,6 +68,7 @@ def test_device_with_cuda_is_the_local_rank_modulo_the_devices(monkeypatch):
     monkeypatch.setattr(ranks.torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(ranks.torch.cuda, "device_count", lambda: 2)
     assert RankInfo(0, 4, 0).device() == torch.device("cuda", 0)
+    assert RankInfo(rank=3, world_size=4, local_rank=0).device() == torch.device("cuda", 0)  # the local rank decides
     assert RankInfo(3, 4, 3).device("cuda") == torch.device("cuda", 1)  # 3 local ranks on 2 devices: wrap
     assert RankInfo(3, 4, 3).device("auto") == torch.device("cuda", 1)
     assert RankInfo(3, 4, 3).device("cpu") == torch.device("cpu")  # an explicit CPU is kept
