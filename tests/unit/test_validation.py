@@ -41,11 +41,11 @@ def test_int_likes_are_accepted_and_other_types_refused():
         assert layer_index(np.int64(-1), 3) == 2
         assert layer_index(torch.tensor(1), 3) == 1
         assert isinstance(layer_index(torch.tensor([2]), 3), int)
-        for bad in (True, 1.0, "1", torch.tensor(1.0), None):
+        for bad in (True, 1.0, "1", torch.tensor(1.0), torch.tensor(True), np.bool_(True), None):
             with pytest.raises(BadInputError, match="layer must be an integer"):
                 layer_index(bad, 3)
     assert is_int_like(5) and is_int_like(np.int32(5)) and is_int_like(torch.tensor([5]))
-    assert not any(is_int_like(x) for x in (5.0, torch.tensor(5.0), torch.tensor([1, 2]), "5", None))
+    assert not any(is_int_like(x) for x in (5.0, torch.tensor(5.0), torch.tensor([1, 2]), torch.tensor(True), "5", None))
 
 
 def test_layer_indices_are_sorted_distinct_and_all_by_default():
