@@ -65,7 +65,7 @@ def head_indices(heads: Iterable[Sequence[int]], n_layers: int, n_heads: int) ->
 def is_int_like(x) -> bool:
     if isinstance(x, int):
         return True
-    if isinstance(x, Tensor) and x.numel() == 1 and not x.is_floating_point() and not x.is_complex():
+    if isinstance(x, Tensor) and x.numel() == 1 and not x.is_floating_point() and not x.is_complex() and x.dtype != torch.bool:
         return True
     try:
 

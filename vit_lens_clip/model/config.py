@@ -138,6 +138,9 @@ class ViTConfig:
         d = dict(d)
         if isinstance(d.get("dtype"), str):
             d["dtype"] = getattr(torch, d["dtype"])
+        for key in ("image_size", "patch_size"):  # JSON stores the pairs as lists
+            if isinstance(d.get(key), list):
+                d[key] = tuple(d[key])
         if d.get("attention_pool") is not None and isinstance(d["attention_pool"], dict):
             d["attention_pool"] = AttentionPoolConfig(**d["attention_pool"])
         return cls(**d)
