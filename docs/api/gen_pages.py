@@ -4,6 +4,7 @@
   ``_``), each a mkdocstrings ``::: module`` block rendered from the docstrings and signatures, and
   ``api/SUMMARY.md``, their navigation (mkdocs-literate-nav);
 - ``demos/*.ipynb``: the demo notebooks, rendered by mkdocs-jupyter (not executed);
+- ``changelog.md``: CHANGELOG.md at the top of the repository;
 - ``model-card.md``: the embedded model's card, which the pages link to as a file of the package
   (``../vit_lens_clip/embedded/shapes/MODEL_CARD.md``, right when browsing the repository); those links are
   pointed at this page in the site's copy of each page.
@@ -38,6 +39,9 @@ with mkdocs_gen_files.open("api/SUMMARY.md", "w") as out:
 for notebook in sorted((ROOT / "demos").glob("*.ipynb")):
     with mkdocs_gen_files.open(f"demos/{notebook.name}", "w") as out:
         out.write(notebook.read_text(encoding="utf-8"))
+
+with mkdocs_gen_files.open("changelog.md", "w") as out:  # the repository's CHANGELOG.md, as a page
+    out.write((ROOT / "CHANGELOG.md").read_text(encoding="utf-8"))
 
 with mkdocs_gen_files.open("model-card.md", "w") as out:
     out.write((PACKAGE / "embedded" / "shapes" / "MODEL_CARD.md").read_text(encoding="utf-8"))
