@@ -1,6 +1,7 @@
 """The test tree mirrors the package: every module under vit_lens_clip/ is imported by a unit test file in the
-folder of its area (tests/unit/<area>/, or tests/unit/ for top-level modules), so a newcomer finds its tests by
-module, and `pytest tests/unit` (the fast loop) exercises every module."""
+mirror of its folder or of an enclosing area (vit_lens_clip/app/benchmarks/timing.py: tests/unit/app/benchmarks/ or
+tests/unit/app/; top-level modules: tests/unit/), so a newcomer finds its tests by module, and `pytest tests/unit`
+(the fast loop) exercises every module."""
 
 import ast
 from pathlib import Path
@@ -33,11 +34,21 @@ def _modules() -> list[tuple[str, Path]]:
     return out
 
 
+def _candidate_files(area: Path) -> list[Path]:
+    """Test files in the module's mirror folder (and below it), and in each enclosing area below tests/unit."""
+    if area == UNIT:
+        return sorted(UNIT.glob("test_*.py"))
+    files, folder = sorted(area.rglob("test_*.py")), area
+    while folder.parent != UNIT:
+        folder = folder.parent
+        files += sorted(folder.glob("test_*.py"))
+    return files
+
+
 def test_every_module_has_a_unit_test_in_its_area():
     uncovered = []
     for dotted, area in _modules():
-        files = sorted(area.rglob("test_*.py")) if area != UNIT else sorted(UNIT.glob("test_*.py"))
-        if not any(dotted in _imported_modules(f) for f in files):
+        if not any(dotted in _imported_modules(f) for f in _candidate_files(area)):
             uncovered.append(f"{dotted} (expected in {area.relative_to(ROOT)}/)")
     assert not uncovered, "modules no unit test of their area imports:\n" + "\n".join(uncovered)
 

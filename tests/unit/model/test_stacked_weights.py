@@ -12,6 +12,7 @@ from transformer_lens import ActivationCache
 from vit_lens_clip.model.config import ViTConfig
 from vit_lens_clip.model.hooked_text import HookedTextTransformer
 from vit_lens_clip.model.hooked_vit import HookedViT
+from vit_lens_clip.model.stacked_weights import StackedWeights
 from vit_lens_clip.model.text_config import TextConfig
 
 L, D, H, MLP_D = 3, 16, 2, 24
@@ -40,6 +41,7 @@ def tokens() -> torch.Tensor:
 @pytest.mark.parametrize("make", [vit, text], ids=["vit", "text"])
 def test_stacked_mlp_biases_and_every_weight_on_both_towers(make):
     model = make()
+    assert isinstance(model, StackedWeights)  # both towers get the stacks from the one mixin
     e = model.cfg.d_head
     shapes = {"W_Q": (L, H, D, e), "W_O": (L, H, e, D), "b_V": (L, H, e), "b_O": (L, D),
               "W_in": (L, D, MLP_D), "W_out": (L, MLP_D, D), "b_in": (L, MLP_D), "b_out": (L, D)}
