@@ -195,7 +195,7 @@ def test_unlabelled_root_images_are_listed_as_skipped(tiny, tmp_path):
 
 def test_segment_folder_reports_an_image_without_a_mask(tmp_path, capsys):
     from vit_lens_clip.app.cli import build_parser
-    from vit_lens_clip.methods.spatial.evaluate import run_segment_command
+    from vit_lens_clip.app.segment import run_segment_command
 
     root = tmp_path / "data"
     (root / "images").mkdir(parents=True)

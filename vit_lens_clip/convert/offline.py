@@ -41,7 +41,7 @@ def _probe(host: str, port: int, timeout: float) -> bool:
         try:
             socket.create_connection((host, port), timeout=timeout).close()
             opened.append(True)
-        except OSError:
+        except Exception:  # noqa: BLE001  any failure of the probe (a refused, reset or patched socket) is "no hub"
             opened.append(False)
 
     thread = threading.Thread(target=connect, daemon=True)
