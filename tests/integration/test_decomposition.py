@@ -14,9 +14,14 @@ from vit_lens_clip.decompose.parts import DecompositionCapture, decompose
 TOL = 1e-5
 
 
-@pytest.fixture(scope="module", params=["ViT-B-16", "ViT-L-14-CLIPA"])
+@pytest.fixture(scope="module", params=["ViT-B-16", "CLIPA-like"])
 def ported(request):
-    model = random_open_clip(request.param)
+    """A real architecture, and a small tower built like ViT-L-14-CLIPA (patch mean, final LN after pooling, no
+    ln_pre); the full-size CLIPA port is checked in test_hooked_vit.py (slow)."""
+    if request.param == "CLIPA-like":
+        model = tiny_clip(seed=5, pool_type="avg", final_ln_after_pool=True, no_ln_pre=True, layers=4)
+    else:
+        model = random_open_clip(request.param)
     x = torch.randn(2, 3, *model.visual.image_size, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         y = model.encode_image(x, normalize=False)

@@ -11,13 +11,14 @@ from vit_lens_clip.convert.open_clip import UnsupportedTowerError
 
 TOL = 1e-5
 
+SLOW = pytest.mark.slow  # full-size ViT-L ports: `pytest -m slow` (small towers of each kind run by default)
 ARCHITECTURES = [
     "ViT-B-32",
     "ViT-B-32-quickgelu",
     "ViT-B-16",
-    "ViT-L-14",
-    "ViT-L-14-336",
-    "ViT-L-14-CLIPA",
+    pytest.param("ViT-L-14", marks=SLOW),
+    pytest.param("ViT-L-14-336", marks=SLOW),
+    pytest.param("ViT-L-14-CLIPA", marks=SLOW),
     "coca_ViT-B-32",
     "ViT-B-16-plus-240",
 ]
@@ -53,7 +54,13 @@ def test_port_matches_open_clip_large(name, images):
 
 def test_head_count_read_from_module():
     assert HookedViT.from_open_clip(random_open_clip("ViT-B-16-plus-240")).cfg.n_heads == 14
-    assert HookedViT.from_open_clip(random_open_clip("ViT-L-14-CLIPA")).cfg.n_heads == 16
+
+
+@SLOW
+def test_clipa_config_read_from_the_module():
+    hooked = HookedViT.from_open_clip(random_open_clip("ViT-L-14-CLIPA"))
+    assert hooked.cfg.n_heads == 16
+    assert hooked.cfg.pool_type == "avg" and hooked.cfg.final_ln_after_pool and not hooked.cfg.has_ln_pre
 
 
 def test_activation_read_from_module_not_name(images):
@@ -70,8 +77,8 @@ def test_layer_scale(images):
 
 
 def test_clipa_variants(images):
-    model = random_open_clip("ViT-L-14-CLIPA")
-    hooked = HookedViT.from_open_clip(model)
+    model = tiny_clip(pool_type="avg", final_ln_after_pool=True, no_ln_pre=True)  # built like ViT-L-14-CLIPA
+    hooked = _check_port(model, images((32, 32)))
     assert hooked.cfg.pool_type == "avg" and hooked.cfg.final_ln_after_pool and not hooked.cfg.has_ln_pre
     # average pooling with the LayerNorm before pooling
     model2 = tiny_clip(pool_type="avg", no_ln_pre=True)
