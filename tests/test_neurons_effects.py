@@ -175,3 +175,99 @@ def test_rejects_bad_layers(model64):
         collect_second_order(model, x, model.cfg.n_layers - 1)
     with pytest.raises(ValueError, match="out of range"):
         collect_second_order(model, x, 99)
+
+
+# ------------------------------------------------------------------------ through an attentional pooler
+def _pooled_towers():
+    import warnings
+
+    import open_clip
+    import timm
+    from conftest import perturb_
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        siglip = timm.create_model("vit_base_patch16_siglip_224", pretrained=False, embed_dim=64, depth=3,
+                                   num_heads=4, img_size=32, patch_size=8, num_classes=0)
+        coca = open_clip.CoCa(
+            embed_dim=48,
+            vision_cfg=dict(image_size=32, patch_size=8, width=64, layers=3, head_width=16, attentional_pool=True,
+                            attn_pooler_heads=4, output_tokens=True),
+            text_cfg=dict(context_length=16, vocab_size=100, width=32, heads=2, layers=1),
+            multimodal_cfg=dict(context_length=16, vocab_size=100, width=32, heads=2, layers=1))
+    return {"siglip": lambda: HookedViT.from_timm(perturb_(siglip.eval(), seed=3)),
+            "coca": lambda: HookedViT.from_open_clip(perturb_(coca.eval(), seed=4))}
+
+
+@pytest.fixture(scope="module", params=["siglip", "coca"])
+def pooled64(request):
+    hooked = _pooled_towers()[request.param]().double()
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    return hooked, x
+
+
+def _through_pooler(model: HookedViT, x: torch.Tensor, cache, delta: torch.Tensor) -> torch.Tensor:
+    """The folded change of r when ``delta`` [B, T, d] is added to the pooler's input alone: ln_k statistics and
+    the pooler's pattern frozen, read at the pooler's attention output (its MLP is not on the path), final LN
+    statistics frozen (none for SigLIP)."""
+    pool = model.attn_pool
+    tokens = cache[f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"]
+    if not pool.include_prefix:
+        tokens, delta = tokens[:, model.cfg.n_prefix:], delta[:, model.cfg.n_prefix:]
+    mu, sigma = tokens.mean(-1, keepdim=True), cache["attn_pool.ln_k.hook_scale"]
+    outs = []
+    for add in (torch.zeros_like(delta), delta):
+        hooks = [("attn_pool.ln_k.hook_normalized", lambda t, hook, add=add: (tokens + add - mu) / sigma),
+                 ("attn_pool.attn.hook_pattern", lambda t, hook: cache["attn_pool.attn.hook_pattern"]),
+                 ("attn_pool.hook_attn_out", lambda t, hook: outs.append(t[:, 0]))]
+        with torch.no_grad():
+            model.run_with_hooks(x, fwd_hooks=hooks)
+    change = outs[1] - outs[0]
+    if model.ln_final is not None:
+        pooled = cache["hook_pooled"]
+        sigma_f = ((pooled - pooled.mean(-1, keepdim=True)).pow(2).mean(-1, keepdim=True) + model.ln_final.eps).sqrt()
+        change = model.ln_final.w * change / sigma_f
+    return change @ model.W_proj
+
+
+def brute_force_pooled(model: HookedViT, x: torch.Tensor, layer: int, write) -> list[torch.Tensor]:
+    """Per later layer j (then the direct path): ``write`` added to ln_1's input of block j alone (statistics and
+    patterns frozen), the changed attention output at EVERY token passed to the pooler alone (``_through_pooler``).
+    Every step is linear once statistics and patterns are frozen, so the write is scaled up by 1e4 (and the
+    effects down) to keep the difference of two forwards clear of cancellation."""
+    _, cache = model.run_with_cache(x)
+    delta = write(cache) * 1e4
+    effects = []
+    for j in range(layer + 1, model.cfg.n_layers):
+        resid = cache[f"blocks.{j}.hook_resid_pre"]
+        mu, sigma = resid.mean(-1, keepdim=True), cache[f"blocks.{j}.ln1.hook_scale"]
+        outs = []
+        for add in (torch.zeros_like(delta), delta):
+            hooks = [(f"blocks.{j}.ln1.hook_normalized", lambda t, hook, add=add: (resid + add - mu) / sigma),
+                     (f"blocks.{j}.attn.hook_pattern", lambda t, hook, j=j: cache[f"blocks.{j}.attn.hook_pattern"]),
+                     (f"blocks.{j}.hook_attn_out", lambda t, hook, j=j: outs.append(t) or cache[f"blocks.{j}.hook_attn_out"])]
+            with torch.no_grad():
+                model.run_with_hooks(x, fwd_hooks=hooks)
+        effects.append(_through_pooler(model, x, cache, outs[1] - outs[0]) / 1e4)
+    effects.append(_through_pooler(model, x, cache, delta) / 1e4)
+    return effects
+
+
+@pytest.mark.parametrize("layer", [1, 2])
+def test_neuron_effect_through_the_pooler_equals_brute_force_per_later_layer(pooled64, layer):
+    model, x = pooled64
+    stats = collect_second_order(model, x, layer)
+    assert stats.later == list(range(layer + 1, model.cfg.n_layers)) + [model.cfg.n_layers]
+    fx = NeuronEffects(model, stats, normalized=False)
+    rows = torch.arange(len(x))
+    W_out = model.blocks[layer].mlp.W_out
+    for n in (0, 37):
+        per_layer = brute_force_pooled(model, x, layer, lambda c, n=n: c[f"blocks.{layer}.mlp.hook_post"][..., n, None] * W_out[n])
+        for i, expected in enumerate(per_layer):  # each later layer's share, then the pooler's direct read
+            assert expected.abs().max() > 1e-6
+            got = torch.einsum("bh,hd->bd", stats.s[:, i, :, n], fx.U[i, :, n]) * stats.inv_scale[:, None]
+            assert rel_err(got, expected) < 1e-10
+        assert rel_err(fx.effects(rows)[:, n], sum(per_layer)) < 1e-10
+    whole = sum(brute_force_pooled(model, x, layer, lambda c: c[f"blocks.{layer}.hook_mlp_out"]))
+    assert rel_err(fx.layer_effect(rows), whole) < 1e-10
