@@ -244,9 +244,16 @@ def brute_force_pooled(model: HookedViT, x: torch.Tensor, layer: int, write) -> 
         mu, sigma = resid.mean(-1, keepdim=True), cache[f"blocks.{j}.ln1.hook_scale"]
         outs = []
         for add in (torch.zeros_like(delta), delta):
-            hooks = [(f"blocks.{j}.ln1.hook_normalized", lambda t, hook, add=add: (resid + add - mu) / sigma),
+            def frozen_ln(t, hook, add=add, resid=resid, mu=mu, sigma=sigma):
+                return (resid + add - mu) / sigma
+
+            def keep_out(t, hook, j=j, outs=outs):
+                outs.append(t)
+                return cache[f"blocks.{j}.hook_attn_out"]  # nothing downstream sees the change
+
+            hooks = [(f"blocks.{j}.ln1.hook_normalized", frozen_ln),
                      (f"blocks.{j}.attn.hook_pattern", lambda t, hook, j=j: cache[f"blocks.{j}.attn.hook_pattern"]),
-                     (f"blocks.{j}.hook_attn_out", lambda t, hook, j=j: outs.append(t) or cache[f"blocks.{j}.hook_attn_out"])]
+                     (f"blocks.{j}.hook_attn_out", keep_out)]
             with torch.no_grad():
                 model.run_with_hooks(x, fwd_hooks=hooks)
         effects.append(_through_pooler(model, x, cache, outs[1] - outs[0]) / 1e4)
@@ -263,7 +270,10 @@ def test_neuron_effect_through_the_pooler_equals_brute_force_per_later_layer(poo
     rows = torch.arange(len(x))
     W_out = model.blocks[layer].mlp.W_out
     for n in (0, 37):
-        per_layer = brute_force_pooled(model, x, layer, lambda c, n=n: c[f"blocks.{layer}.mlp.hook_post"][..., n, None] * W_out[n])
+        def write(c, n=n):
+            return c[f"blocks.{layer}.mlp.hook_post"][..., n, None] * W_out[n]
+
+        per_layer = brute_force_pooled(model, x, layer, write)
         for i, expected in enumerate(per_layer):  # each later layer's share, then the pooler's direct read
             assert expected.abs().max() > 1e-6
             got = torch.einsum("bh,hd->bd", stats.s[:, i, :, n], fx.U[i, :, n]) * stats.inv_scale[:, None]

@@ -159,7 +159,7 @@ class SecondOrderCapture:
         dtype = compute_dtype(m.W_proj.dtype)
         post = st["post"].to(dtype)  # [B, T, N]
         s, s_bias = [], []
-        for j, weights in self._token_weights(dtype):  # weights [B, heads, T]: how token t's write reaches r
+        for _entry, weights in self._token_weights(dtype):  # weights [B, heads, T]: how token t's write reaches r
             s.append(torch.einsum("bht,btn->bhn", weights, post))
             s_bias.append(weights.sum(-1))
         embedding = st["embedding"].to(dtype)
