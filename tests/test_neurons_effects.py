@@ -206,20 +206,84 @@ def _pooled_towers():
             "pe_core": lambda: HookedViT.from_timm(perturb_(pe_core.eval(), seed=5))}
 
 
-def test_neuron_lens_refuses_eva02_by_name():
+def _eva02(**kw) -> HookedViT:
     import warnings
 
     import timm
+    from conftest import perturb_
 
-    from vit_lens_clip.errors import UnsupportedTowerError
-
+    torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        eva = timm.create_model("eva02_base_patch16_clip_224", pretrained=False, embed_dim=64, depth=2, num_heads=4,
-                                img_size=32, patch_size=8)
-    model = HookedViT.from_timm(eva.eval())
-    with pytest.raises(UnsupportedTowerError, match="eva02_base_patch16_clip_224: .*SwiGLU"):
-        collect_second_order(model, torch.randn(1, 3, 32, 32), 0)
+        eva = timm.create_model("eva02_base_patch16_clip_224", pretrained=False, embed_dim=64, depth=4, num_heads=4,
+                                img_size=32, patch_size=8, **kw)
+    with torch.no_grad():
+        for block in eva.blocks:
+            block.attn.q_proj.weight.mul_(8)
+    return HookedViT.from_timm(perturb_(eva.eval(), seed=7)).double()
+
+
+def brute_force_eva02(model: HookedViT, x: torch.Tensor, layer: int, write) -> torch.Tensor:
+    """``brute_force`` with EVA02's sub-LayerNorm on the heads frozen too: its normalised output is recomputed
+    from the changed z with the clean μ_z, σ_z. The write is scaled by 1e4 (everything is linear once frozen)."""
+    _, cache = model.run_with_cache(x)
+    delta = write(cache) * 1e4
+    pooled = cache["hook_pooled"]
+    sigma_f = ((pooled - pooled.mean(-1, keepdim=True)).pow(2).mean(-1, keepdim=True) + model.ln_final.eps).sqrt()
+    total = 0
+    for j in range(layer + 1, model.cfg.n_layers):
+        resid = cache[f"blocks.{j}.hook_resid_pre"]
+        mu, sigma = resid.mean(-1, keepdim=True), cache[f"blocks.{j}.ln1.hook_scale"]
+        z_clean = cache[f"blocks.{j}.attn.hook_z"].flatten(-2)
+        mu_z, sigma_z = z_clean.mean(-1, keepdim=True), cache[f"blocks.{j}.attn.ln_z.hook_scale"]
+        outs, z_now = [], {}
+
+        def frozen_ln(t, hook, add=None, resid=resid, mu=mu, sigma=sigma):
+            return (resid + add - mu) / sigma
+
+        def keep_z(t, hook, z_now=z_now):
+            z_now["z"] = t.flatten(-2)
+
+        def frozen_z_norm(t, hook, z_now=z_now, mu_z=mu_z, sigma_z=sigma_z):
+            return (z_now["z"] - mu_z) / sigma_z
+
+        def keep_out(t, hook, j=j, outs=outs):
+            outs.append(model.pool_tokens(t))
+            return cache[f"blocks.{j}.hook_attn_out"]
+
+        for add in (torch.zeros_like(delta), delta):
+            hooks = [(f"blocks.{j}.ln1.hook_normalized", lambda t, hook, add=add: frozen_ln(t, hook, add)),
+                     (f"blocks.{j}.attn.hook_pattern", lambda t, hook, j=j: cache[f"blocks.{j}.attn.hook_pattern"]),
+                     (f"blocks.{j}.attn.hook_z", keep_z),
+                     (f"blocks.{j}.attn.ln_z.hook_normalized", frozen_z_norm),
+                     (f"blocks.{j}.hook_attn_out", keep_out)]
+            with torch.no_grad():
+                model.run_with_hooks(x, fwd_hooks=hooks)
+        total = total + (model.ln_final.w * (outs[1] - outs[0]) / sigma_f) @ model.W_proj / 1e4
+    return total
+
+
+@pytest.mark.parametrize("pool", ["token", "avg"])
+def test_eva02_neuron_effects_equal_brute_force(pool):
+    """EVA02: SwiGLU neurons read after the MLP's hidden LayerNorm, later heads through their sub-LayerNorm."""
+    model = _eva02(global_pool=pool, num_classes=48)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    stats = collect_second_order(model, x, LAYER)
+    fx = NeuronEffects(model, stats, normalized=False)
+    rows = torch.arange(len(x))
+    mlp = model.blocks[LAYER].mlp
+    for n in (0, 11):
+        def write(c, n=n):
+            a = c[f"blocks.{LAYER}.mlp.ln.hook_normalized"][..., n, None] * mlp.ln.w[n] + mlp.ln.b[n]
+            return a * mlp.W_out[n]
+
+        expected = brute_force_eva02(model, x, LAYER, write)
+        assert expected.abs().max() > 1e-12
+        assert rel_err(fx.effects(rows)[:, n], expected) < 1e-10
+    whole = brute_force_eva02(model, x, LAYER, lambda c: c[f"blocks.{LAYER}.hook_mlp_out"])
+    assert rel_err(fx.layer_effect(rows), whole) < 1e-10
+    with pytest.raises(ValueError, match="shares=False"):
+        collect_second_order(model, x, LAYER, shares=True)
 
 
 @pytest.fixture(scope="module", params=["siglip", "coca", "pe_core"])

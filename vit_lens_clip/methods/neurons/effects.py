@@ -60,10 +60,9 @@ def check_supported(model: HookedViT, layer: int) -> int:
     """Validate the model and layer; returns the layer index in [0, L−2] ([0, L−1] through a pooler)."""
     cfg = model.cfg
     tower = cfg.model_name
-    if any(getattr(b.attn, "ln_z", None) is not None or not hasattr(b.mlp, "W_in") or hasattr(b.mlp, "W_gate")
-           for b in model.blocks):
-        raise UnsupportedTowerError(f"{tower}: the neuron lens reads plain MLP neurons through plain attention; "
-                                    "EVA02's SwiGLU neurons and sub-LayerNorm on the heads are not derived yet")
+    if model.attn_pool is not None and any(_z_norm(b.attn) is not None for b in model.blocks):
+        raise UnsupportedTowerError(f"{tower}: a sub-LayerNorm on the heads under an attentional pooler is not "
+                                    "derived for the neuron lens (every query's statistics would enter)")
     if cfg.pool_type == "avg" and not cfg.final_ln_after_pool:
         raise UnsupportedTowerError(f"{tower}: average pooling with the LayerNorm applied before pooling has no "
                                     "pooled residual to fold (the neuron lens needs one)")
@@ -73,6 +72,21 @@ def check_supported(model: HookedViT, layer: int) -> int:
     if layer == cfg.n_layers - 1 and model.attn_pool is None:
         raise ValueError(f"layer {layer} is the last layer: no later attention reads its neurons")
     return layer
+
+
+def _z_norm(attn) -> Optional[torch.nn.Module]:
+    """EVA02's sub-LayerNorm on the concatenated heads (``attn.ln_z``), or None."""
+    return getattr(attn, "ln_z", None)
+
+
+def _activation_hook(model: HookedViT, layer: int) -> tuple[str, Callable[[Tensor], Tensor]]:
+    """The neuron activations a_n(t) whose writes are a_n(t)·W_out[n]: ``hook_post``, or for an MLP with a
+    LayerNorm on its hidden units (EVA02) that norm's output γ_n (post_n − μ)/σ + β_n at frozen statistics."""
+    mlp = model.blocks[layer].mlp
+    ln = getattr(mlp, "ln", None)
+    if ln is None:
+        return f"blocks.{layer}.mlp.hook_post", lambda t: t
+    return f"blocks.{layer}.mlp.ln.hook_normalized", lambda t: t * ln.w.to(t.dtype) + ln.b.to(t.dtype)
 
 
 @dataclass
@@ -124,6 +138,9 @@ class SecondOrderCapture:
     def __init__(self, model: HookedViT, layer: int, shares: bool = False):
         self.model, self.layer, self.shares = model, check_supported(model, layer), shares
         self.pooler = model.attn_pool is not None
+        if shares and any(_z_norm(b.attn) is not None or hasattr(b.mlp, "W_gate") for b in model.blocks):
+            raise ValueError(f"{model.cfg.model_name}: shares=True is the official code's convention for plain "
+                             "attention and MLPs; for EVA02 use shares=False")
         if shares and self.pooler:
             raise ValueError(f"{model.cfg.model_name}: shares=True is the official code's convention for a class "
                              "token or patch mean; through an attentional pooler use shares=False")
@@ -138,15 +155,18 @@ class SecondOrderCapture:
         return hook
 
     def hooks(self) -> list[Hook]:
-        hooks = [(f"blocks.{self.layer}.mlp.hook_post", self._keep("post")),
+        hooks = [(_activation_hook(self.model, self.layer)[0], self._keep("post", _activation_hook(self.model, self.layer)[1])),
                  ("hook_pooled", self._keep("pooled")), ("hook_image_embed", self._keep("embedding"))]
         if self.pooler:
             hooks.append(("attn_pool.ln_k.hook_scale", self._keep("sigma.pool", lambda t: t[..., 0])))
             hooks.append(("attn_pool.attn.hook_pooled_pattern", self._keep("A.pool")))
         for j in self.later[: len(self.later) - self.pooler]:
             hooks.append((f"blocks.{j}.ln1.hook_scale", self._keep(f"sigma.{j}", lambda t: t[..., 0])))
-            pattern = "hook_pattern" if self.pooler else "hook_pooled_pattern"  # every query row feeds the pooler
+            z_normed = _z_norm(self.model.blocks[j].attn) is not None  # EVA02: each query's σ_z enters
+            pattern = "hook_pattern" if self.pooler or z_normed else "hook_pooled_pattern"  # every query row used
             hooks.append((f"blocks.{j}.attn.{pattern}", self._keep(f"A.{j}")))
+            if z_normed:
+                hooks.append((f"blocks.{j}.attn.ln_z.hook_scale", self._keep(f"sigma_z.{j}", lambda t: t[..., 0])))
             if self.shares:
                 hooks.append((f"blocks.{j}.hook_resid_pre",
                               self._keep(f"mu.{j}", lambda t: t.to(compute_dtype(t.dtype)).mean(-1))))
@@ -179,7 +199,10 @@ class SecondOrderCapture:
         st = self.store
         if not self.pooler:
             for j in self.later:
-                yield j, st[f"A.{j}"].to(dtype) / st[f"sigma.{j}"].to(dtype)[:, None, :]
+                A = st[f"A.{j}"].to(dtype)
+                if f"sigma_z.{j}" in st:  # EVA02: Σ_q w_q A_q[h, t]/σ_z(q) over the pooled queries q
+                    A = self.model.pool_tokens(A / st[f"sigma_z.{j}"].to(dtype)[:, None, :, None])
+                yield j, A / st[f"sigma.{j}"].to(dtype)[:, None, :]
             return
         omega = st["A.pool"].to(dtype) / st["sigma.pool"].to(dtype)[:, None, :]  # [B, H', n_src]
         missing = self.model.cfg.n_ctx - omega.shape[-1]  # the pooler reads the patches only: prefix weight 0
@@ -304,7 +327,10 @@ def _neuron_vectors(model: HookedViT, layer: int, dtype: torch.dtype) -> tuple[T
     for j in range(layer + 1, model.cfg.n_layers):
         attn = model.blocks[j].attn
         read = writes * model.blocks[j].ln1.w.to(dtype)  # [N+1, d]
-        ov = torch.einsum("nd,hde,hef->hnf", read, attn.W_V.to(dtype), attn.W_O.to(dtype))  # [H, N+1, d]
+        W_V = attn.W_V.to(dtype)
+        if _z_norm(attn) is not None:  # EVA02: the sub-LayerNorm's γ on each head's slice (1/σ_z is in s)
+            W_V = W_V * _z_norm(attn).w.to(dtype).reshape(attn.n_heads, 1, attn.d_head)
+        ov = torch.einsum("nd,hde,hef->hnf", read, W_V, attn.W_O.to(dtype))  # [H, N+1, d]
         if pool is not None:  # then through the pooler's ln_k and every pooler head: [H·H', N+1, d_pool]
             ov = torch.einsum("hnf,pfg->hpng", ov * pool.ln_k.w.to(dtype), _pooler_ov(pool, dtype)).flatten(0, 1)
         U.append((ov * gamma_f) @ P)
