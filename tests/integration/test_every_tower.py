@@ -174,3 +174,25 @@ def test_evaluate_segmentation_with_every_method(tower, tmp_path):
     assert set(results) == set(MAP_METHODS)
     for r in results.values():
         assert r["n_images"] == 3 and 0 <= r["miou"] <= 1 and 0 <= r["mean_ap"] <= 1
+
+
+def test_neuron_lens_and_neuron_maps(tower):
+    """The second-order neuron lens runs on every tower (its brute-force checks are in tests/test_neurons_effects.py),
+    and the neuron segmentation map reads the patch positions of each tower (no class token, registers)."""
+    from vit_lens_clip.methods.neurons.effects import NeuronEffects, collect_second_order, neuron_activation_hook
+    from vit_lens_clip.methods.neurons.segmentation import neuron_maps
+
+    _, model = tower
+    x = _images()
+    stats = collect_second_order(model, x, 0)
+    effects = NeuronEffects(model, stats, normalized=False)
+    assert effects.effects(torch.arange(2)).shape == (2, model.cfg.d_mlp, model.cfg.output_dim)
+    layer_of, neuron_of = torch.tensor([[0, 1], [1, 1]]), torch.tensor([[3, 5], [2, 7]])
+    maps = neuron_maps(model, x, _texts(model, 2).T, (layer_of, neuron_of), labels=torch.tensor([0, 1]))
+    _, cache = model.run_with_cache(x)
+    for b, c in enumerate((0, 1)):
+        acts = []
+        for l, n in zip(layer_of[c].tolist(), neuron_of[c].tolist()):
+            name, activation = neuron_activation_hook(model, l)
+            acts.append(activation(cache[name])[b, model.cfg.n_prefix:, n])
+        assert rel_err(maps[b].flatten(), torch.stack(acts).mean(0)) < 1e-6

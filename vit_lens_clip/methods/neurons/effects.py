@@ -79,7 +79,7 @@ def _z_norm(attn) -> Optional[torch.nn.Module]:
     return getattr(attn, "ln_z", None)
 
 
-def _activation_hook(model: HookedViT, layer: int) -> tuple[str, Callable[[Tensor], Tensor]]:
+def neuron_activation_hook(model: HookedViT, layer: int) -> tuple[str, Callable[[Tensor], Tensor]]:
     """The neuron activations a_n(t) whose writes are a_n(t)·W_out[n]: ``hook_post``, or for an MLP with a
     LayerNorm on its hidden units (EVA02) that norm's output γ_n (post_n − μ)/σ + β_n at frozen statistics."""
     mlp = model.blocks[layer].mlp
@@ -155,7 +155,8 @@ class SecondOrderCapture:
         return hook
 
     def hooks(self) -> list[Hook]:
-        hooks = [(_activation_hook(self.model, self.layer)[0], self._keep("post", _activation_hook(self.model, self.layer)[1])),
+        name, activation = neuron_activation_hook(self.model, self.layer)
+        hooks = [(name, self._keep("post", activation)),
                  ("hook_pooled", self._keep("pooled")), ("hook_image_embed", self._keep("embedding"))]
         if self.pooler:
             hooks.append(("attn_pool.ln_k.hook_scale", self._keep("sigma.pool", lambda t: t[..., 0])))
