@@ -164,6 +164,9 @@ def test_parse_the_embedded_name_and_bad_names():
     ("coca_ViT-B-32", "open_clip"),
     ("ViT-B-16-SigLIP", "open_clip_timm"),
     ("PE-Core-B-16", "open_clip_timm"),
+    ("timm:eva02_tiny_patch14_224", "eva02"),
+    ("timm:eva02_large_patch14_clip_224", "eva02"),
+    ("EVA02-L-14", "open_clip_timm"),
 ])
 def test_detection_from_the_config_builds_nothing(name, family, monkeypatch):
     def no_build(*args, **kwargs):
