@@ -168,3 +168,13 @@ def test_sub_layernorm_hooks_and_edits():
         _, edited = hooked.run_with_cache(x)
     change = edited["blocks.1.hook_attn_out"][:, 0] - cache["blocks.1.hook_attn_out"][:, 0]
     assert rel_err(change, -head) < 1e-10
+
+
+def test_eva02_e_post_norm_is_refused_from_its_name():
+    from vit_lens_clip.errors import UnsupportedTowerError
+
+    for check, name in ((check_open_clip_name, "EVA02-E-14"), (check_timm_name, "eva02_enormous_patch14_clip_224")):
+        with pytest.raises(UnsupportedTowerError, match="post-norm blocks"):
+            check(name)
+    with pytest.raises(UnsupportedTowerError, match="post-norm blocks"):
+        HookedViT.from_timm(small_eva02("eva02_enormous_patch14_clip_224"))

@@ -17,7 +17,7 @@ import dataclasses
 from typing import Optional
 
 from timm.layers import GluMlp, Mlp, SwiGLU
-from timm.models.eva import Eva, EvaAttention, EvaBlock
+from timm.models.eva import Eva, EvaAttention, EvaBlock, EvaBlockPostNorm
 from torch import Tensor, nn
 
 from vit_lens_clip.convert.common import affine_layer_norm, is_identity, unsupported_tower
@@ -30,7 +30,8 @@ EVA02_PREFIX = "eva02_"
 
 def _has_eva02_parts(block: nn.Module) -> bool:
     mlp = getattr(block, "mlp", None)
-    return (not is_identity(getattr(block.attn, "norm", None)) or type(mlp) in (SwiGLU, GluMlp)
+    post_norm = type(block) is EvaBlockPostNorm  # EVA02-E: claimed here so that it is refused by name
+    return (post_norm or not is_identity(getattr(block.attn, "norm", None)) or type(mlp) in (SwiGLU, GluMlp)
             or not is_identity(getattr(mlp, "norm", None)))
 
 
@@ -39,8 +40,15 @@ def is_eva02(model: nn.Module) -> bool:
     return type(model) is Eva and any(_has_eva02_parts(b) for b in model.blocks)
 
 
+POST_NORM = "post-norm blocks (a LayerNorm on each branch's output, EVA02-E) are not ported"
+POST_NORM_NAMES = ("eva02_enormous",)  # timm builds these with EvaBlockPostNorm
+
+
 def is_eva02_name(timm_name: str) -> bool:
-    """Whether a timm model name is an EVA02 tower (``eva02_*``), before anything is built."""
+    """Whether a timm model name is an EVA02 tower (``eva02_*``), before anything is built; EVA02-E (post-norm
+    blocks) is refused here, from its name."""
+    if timm_name.startswith(POST_NORM_NAMES):
+        raise unsupported_tower(timm_name, "timm (EVA02)", POST_NORM)
     return timm_name.startswith(EVA02_PREFIX)
 
 
@@ -62,6 +70,8 @@ def _mlp_kind(mlp: nn.Module, tower: str, index: int) -> tuple[str, bool]:
 
 def _check_block(block: nn.Module, index: int, tower: str) -> tuple[bool, str, bool]:
     attn = block.attn
+    if type(block) is EvaBlockPostNorm:
+        raise unsupported_tower(tower, "timm (EVA02)", POST_NORM)
     if type(block) is not EvaBlock or type(attn) is not EvaAttention:
         raise unsupported_tower(tower, "timm (EVA02)", f"block {index} is {type(block).__name__} / {type(attn).__name__}")
     if not (is_identity(attn.q_norm) and is_identity(attn.k_norm)) or attn.gate is not None:
