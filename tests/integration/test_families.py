@@ -192,7 +192,7 @@ def test_text_heatmap_on_siglip_sums_the_trunk_pieces():
 # ---------------------------------------------------------------- unsupported, from the config alone
 @pytest.mark.parametrize("name, words", [
     ("RN50", "ModifiedResNet"),
-    ("EVA02-B-16", "sub-LayerNorm"),
+    ("EVA01-g-14", "only EVA02"),
     ("convnext_base_w", "convnext"),
 ])
 def test_unsupported_towers_fail_from_the_config(name, words):
@@ -281,9 +281,9 @@ def test_cli_hooks_offline_for_timm_and_one_line_error_for_unsupported(capsys):
     assert main(["hooks", "--model", "timm:deit_tiny_patch16_224"]) == 0
     out = capsys.readouterr().out
     assert "197 tokens" in out and "blocks.11.attn.hook_result_per_source" in out
-    assert main(["hooks", "--model", "EVA02-B-16"]) == 2
+    assert main(["hooks", "--model", "EVA01-g-14"]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "UnsupportedTowerError" not in err and "sub-LayerNorm" in err
+    assert len(err.splitlines()) == 1 and "UnsupportedTowerError" not in err and "only EVA02" in err
 
 
 def test_siglip_refuses_a_convention_it_cannot_honour():

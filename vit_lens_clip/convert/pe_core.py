@@ -4,13 +4,11 @@
 The rotary embedding only turns q and k of the patch tokens; attention stays softmax(q'k'ᵀ/√d)·v, so the value
 path, and with it every decomposition, is unchanged. The port copies the source's rotary table for its image
 size ([sin | cos] per patch) and rotates after ``hook_q``/``hook_k`` (``hook_rot_q``/``hook_rot_k`` see the
-result). What is not exact is refused by name: a sub-LayerNorm on the attention output (EVA02's
-``scale_attn_inner``) mixes the heads before W_O, SwiGLU / normed MLPs (EVA02), q/k norms, gates, and the
-depth-mixed rotary variant.
+result). EVA02's blocks (a sub-LayerNorm on the heads, SwiGLU) are ported by ``convert.eva02``, which shares
+``rope_table``; q/k norms, gates and the depth-mixed rotary variant are refused by name.
 
 The trunk's config and weights are read by ``convert.timm_trunk``; this file checks the Eva blocks and copies
-the rotary table. ``is_pe_core_name`` tells a PE-Core timm name from the other Eva towers (EVA02), which are
-refused from their name alone.
+the rotary table. ``is_pe_core_name`` tells a PE-Core timm name from the other Eva towers.
 """
 
 from __future__ import annotations
@@ -29,7 +27,7 @@ PE_CORE_PREFIX = "vit_pe_core"
 
 
 def is_pe_core(model: nn.Module) -> bool:
-    """A timm ``Eva`` trunk: PE-Core when its blocks pass the checks, EVA02 is refused when converted."""
+    """A timm ``Eva`` trunk (the registry gives those with EVA02 blocks to ``convert.eva02``)."""
     return type(model) is Eva
 
 
@@ -43,8 +41,8 @@ def _check_block(block: nn.Module, index: int, tower: str) -> None:
     if type(block) is not EvaBlock or type(attn) not in (EvaAttention, AttentionRope):
         raise unsupported_tower(tower, "timm", f"block {index} is {type(block).__name__} / {type(attn).__name__}")
     if not is_identity(attn.norm):
-        raise unsupported_tower(tower, "timm (EVA02)", "a sub-LayerNorm on the attention output mixes the heads "
-                                                       "before W_O, so per-head results would not be exact")
+        raise unsupported_tower(tower, "timm (EVA02)", "a sub-LayerNorm on the attention output: an EVA02 block, "
+                                                       "ported by convert.eva02")
     if getattr(attn, "num_kv_heads", attn.num_heads) != attn.num_heads:
         raise unsupported_tower(tower, "timm", f"block {index}: grouped-query attention")
     if not (is_identity(attn.q_norm) and is_identity(attn.k_norm)) or getattr(attn, "gate", None) is not None:
@@ -54,7 +52,8 @@ def _check_block(block: nn.Module, index: int, tower: str) -> None:
     affine_layer_norm(block.norm2, f"block {index} norm2", tower)
 
 
-def _rope_table(model: nn.Module, n_patches: int, d_head: int, tower: str) -> Optional[Tensor]:
+def rope_table(model: nn.Module, n_patches: int, d_head: int, tower: str) -> Optional[Tensor]:
+    """The source's rotary table for its image size, [sin | cos] per patch (refused if depth-mixed)."""
     if model.rope is None:
         return None
     if getattr(model, "rope_mixed", False):
@@ -88,7 +87,7 @@ def config_from_pe_core(model: nn.Module, name: Optional[str] = None) -> ViTConf
 
 def state_dict_from_pe_core(model: nn.Module, cfg: ViTConfig) -> dict[str, Tensor]:
     """Map Eva weights to HookedViT names (LayerScale folded, the rotary table copied)."""
-    rope = _rope_table(model, cfg.n_patches, cfg.d_head, type(model).__name__) if cfg.rotary else None
+    rope = rope_table(model, cfg.n_patches, cfg.d_head, type(model).__name__) if cfg.rotary else None
     return trunk_state(model, cfg, lambda block: (block.gamma_1, block.gamma_2), rope)
 
 

@@ -28,6 +28,7 @@ import timm
 from torch import Tensor, nn
 
 from vit_lens_clip.convert.common import unsupported_tower
+from vit_lens_clip.convert.eva02 import convert_eva02, is_eva02, is_eva02_name
 from vit_lens_clip.convert.hf import convert_hf, is_hf_clip_vision
 from vit_lens_clip.convert.open_clip import (
     convert_open_clip,
@@ -129,22 +130,29 @@ HF_CLIP = TowerFamily(
     is_tower=is_hf_clip_vision,
     convert=lambda m, name: convert_hf(m),
 )
+EVA02 = TowerFamily(
+    name="eva02",
+    source="timm",
+    line="EVA02 (open_clip EVA02-*, timm eva02_*: rotary attention, a sub-LayerNorm on the heads, SwiGLU)",
+    is_tower=is_eva02,
+    convert=convert_eva02,
+    claims_timm_name=lambda timm_name, module: module == "eva" and is_eva02_name(timm_name),
+)
 PE_CORE = TowerFamily(
     name="pe_core",
     source="timm",
     line="Perception Encoder (open_clip PE-Core-*, timm vit_pe_core_*: rotary attention, MAP head)",
-    is_tower=is_pe_core,
+    is_tower=lambda m: is_pe_core(m) and not is_eva02(m),
     convert=convert_pe_core,
     claims_timm_name=lambda timm_name, module: module == "eva" and is_pe_core_name(timm_name),
 )
 
-FAMILIES: tuple[TowerFamily, ...] = (OPEN_CLIP_VIT, OPEN_CLIP_TIMM, TIMM_VIT, HF_CLIP, PE_CORE)
+FAMILIES: tuple[TowerFamily, ...] = (OPEN_CLIP_VIT, OPEN_CLIP_TIMM, TIMM_VIT, HF_CLIP, EVA02, PE_CORE)
 
 # timm modules whose towers are refused from the name alone, with the reason (no family claims them)
 REFUSED_TIMM_MODULES = {
-    "eva": "EVA02 towers put a sub-LayerNorm on the attention output, which mixes the heads before W_O, and use "
-    "SwiGLU MLPs; per-head results would not be exact, so no port is attempted (PE-Core's rotary towers are "
-    "ported)",
+    "eva": "only EVA02 (eva02_*) and PE-Core (vit_pe_core_*) towers of timm's eva module are ported; EVA (v1) and "
+    "the other rotary ViTs there are not checked for exactness",
 }
 
 

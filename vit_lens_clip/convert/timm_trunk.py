@@ -78,7 +78,7 @@ def trunk_config(
         n_layers=len(blocks),
         d_model=model.embed_dim,
         n_heads=blocks[0].attn.num_heads,
-        d_mlp=blocks[0].mlp.fc1.out_features,
+        d_mlp=fields.pop("d_mlp", None) or blocks[0].mlp.fc1.out_features,
         output_dim=head.out_features if isinstance(head, nn.Linear) else d_pool,
         image_size=_pair(model.patch_embed.img_size),
         patch_size=_pair(model.patch_embed.patch_size),
@@ -173,8 +173,10 @@ def _qkv(attn: nn.Module) -> tuple[tuple[Tensor, Optional[Tensor]], ...]:
     return tuple((p.weight, p.bias) for p in (attn.q_proj, attn.k_proj, attn.v_proj))
 
 
-def trunk_state(model: nn.Module, cfg: ViTConfig, gammas: Gammas, rope: Optional[Tensor] = None) -> dict[str, Tensor]:
-    """HookedViT weights of a timm trunk (VisionTransformer or Eva); ``gammas(block)``: its two LayerScales.
+def trunk_state(model: nn.Module, cfg: ViTConfig, gammas: Gammas, rope: Optional[Tensor] = None,
+                mlp_state: Callable[[nn.Module, str, Optional[Tensor]], dict[str, Tensor]] = None) -> dict[str, Tensor]:
+    """HookedViT weights of a timm trunk (VisionTransformer or Eva); ``gammas(block)``: its two LayerScales;
+    ``mlp_state(mlp, prefix, gamma)``: a block MLP's weights when it is not a plain ``Mlp`` (EVA02's SwiGLU).
 
     LayerScale is folded into W_O/b_O and W_out/b_out; without a position table, or with one that skips the
     prefix tokens (``no_embed_class``), the prefix tokens get a zero position.
@@ -199,7 +201,7 @@ def trunk_state(model: nn.Module, cfg: ViTConfig, gammas: Gammas, rope: Optional
         for letter, (w, b) in zip("QKV", _qkv(block.attn)):
             sd.update(heads_in(w, b, n, f"{p}.attn", letter))
         sd.update(heads_out(block.attn.proj.weight, block.attn.proj.bias, n, f"{p}.attn", gamma_attn))
-        sd.update(_mlp(block.mlp, f"{p}.mlp", gamma_mlp))
+        sd.update((mlp_state or _mlp)(block.mlp, f"{p}.mlp", gamma_mlp))
     if cfg.pool_type == "map":
         sd.update(_map_state(model, cfg))
     head = model.head

@@ -48,6 +48,11 @@ def _identity(t: Tensor) -> Tensor:
     return t
 
 
+def _z_normed(attn) -> bool:
+    """EVA02's sub-LayerNorm on the concatenated heads: per-head parts are read from ``hook_result``."""
+    return getattr(attn, "ln_z", None) is not None
+
+
 class RowPieces:
     """Pieces at a readout's pooled row (module docstring, first part), for either tower."""
 
@@ -62,6 +67,10 @@ class RowPieces:
     def _pool_heads(self, z: Tensor) -> Tensor:
         return self._pool(z.flatten(-2)).unflatten(-1, z.shape[-2:])
 
+    def _pool_results(self, result: Tensor) -> Tensor:
+        """[B, pos, H, d] → [B, H, d] at the pooled row."""
+        return self._pool(result.transpose(1, 2))
+
     def hook_names(self, with_texts: bool, value_scores: Optional[Callable[[int], Reduce]]) -> dict[str, Reduce]:
         """Hook name → reduction of the activation kept; ``value_scores(l)`` reduces values during the pass."""
         names: dict[str, Reduce] = {name: self._pool for name in self.embed_hooks}
@@ -70,6 +79,11 @@ class RowPieces:
             names[f"blocks.{l}.hook_attn_out"] = self._pool
             names[f"blocks.{l}.hook_mlp_out"] = self._pool
         for l in self.layers:
+            if _z_normed(self.model.blocks[l].attn):  # heads and their text scores from the frozen-statistics pieces
+                names[f"blocks.{l}.attn.hook_result"] = self._pool_results
+                if self.per_source or with_texts:
+                    names[f"blocks.{l}.attn.hook_result_per_source"] = _identity
+                continue
             names[f"blocks.{l}.attn.hook_z"] = self._pool_heads
             if self.per_source:
                 names[f"blocks.{l}.attn.hook_result_per_source"] = _identity
@@ -87,6 +101,16 @@ class RowPieces:
         for l in self.layers:
             attn = m.blocks[l].attn
             W_O, b_O = attn.W_O.detach().to(dtype), attn.b_O.detach().to(dtype)
+            if _z_normed(attn):
+                heads.append(get(f"blocks.{l}.attn.hook_result") + b_O / H)
+                if self.per_source or pull_back is not None:
+                    per_source = get(f"blocks.{l}.attn.hook_result_per_source").transpose(1, 2)
+                    per_source = per_source + b_O / (H * per_source.shape[2])
+                    if self.per_source:
+                        sources.append(per_source)
+                    if pull_back is not None:
+                        dots.append(per_source @ pull_back)
+                continue
             heads.append(torch.einsum("bhe,hed->bhd", get(f"blocks.{l}.attn.hook_z"), W_O) + b_O / H)
             if self.per_source:
                 per_source = get(f"blocks.{l}.attn.hook_result_per_source").transpose(1, 2)  # [B, H, N, d]
@@ -143,7 +167,8 @@ class PoolerPieces:
             names[f"blocks.{l}.hook_attn_out"] = _identity
             names[f"blocks.{l}.hook_mlp_out"] = _identity
         for l in self.layers:
-            names[f"blocks.{l}.attn.hook_z"] = _identity
+            z_normed = _z_normed(self.model.blocks[l].attn)
+            names[f"blocks.{l}.attn.hook_result" if z_normed else f"blocks.{l}.attn.hook_z"] = _identity
         if self.per_source:
             names["attn_pool.attn.hook_result_per_source"] = _identity
         return names
@@ -160,7 +185,10 @@ class PoolerPieces:
         heads, sources = [], []
         for l in self.layers:
             attn = m.blocks[l].attn
-            result = torch.einsum("bnhe,hed->bnhd", get(f"blocks.{l}.attn.hook_z"), attn.W_O.detach().to(dtype))
+            if _z_normed(attn):  # per-token head results under the sub-LayerNorm's frozen statistics
+                result = get(f"blocks.{l}.attn.hook_result")
+            else:
+                result = torch.einsum("bnhe,hed->bnhd", get(f"blocks.{l}.attn.hook_z"), attn.W_O.detach().to(dtype))
             result = result + attn.b_O.detach().to(dtype) / H  # [B, N, H, d]
             heads.append(through.summed(result) + K0[:, None] / (K * H))
             if self.per_source or pull_back is not None:

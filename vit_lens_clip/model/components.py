@@ -52,9 +52,11 @@ def rotate(x: Float[Tensor, "batch pos head d_head"], table: Float[Tensor, "n_ro
 
 
 def activation(x: Tensor, act_fn: str) -> Tensor:
-    """GELU (erf), GELU with the tanh approximation (SigLIP) or QuickGELU."""
+    """GELU (erf), GELU with the tanh approximation (SigLIP), QuickGELU, or SiLU (SwiGLU's gate)."""
     if act_fn == "quick_gelu":
         return quick_gelu(x)
+    if act_fn == "silu":
+        return F.silu(x)
     return F.gelu(x, approximate="tanh" if act_fn == "gelu_tanh" else "none")
 
 
@@ -116,11 +118,14 @@ class Attention(nn.Module):
         d_kv_in: Optional[int] = None,
         readout: Optional[Readout] = None,
         rotary: str = "",
+        z_norm_eps: Optional[float] = None,
     ):
         super().__init__()
         d_kv_in = d_kv_in or d_in
         self.n_heads, self.d_head, self.readout = n_heads, d_head, readout
         self.rotary = rotary
+        # EVA02: LayerNorm over the concatenated heads before W_O; per-head hooks use its frozen statistics
+        self.ln_z = LayerNorm(n_heads * d_head, z_norm_eps) if z_norm_eps is not None else None
         if rotary:  # PE-Core: q and k of the patch tokens are rotated; these hooks see them after the rotation
             self.hook_rot_q = HookPoint()  # [batch, query, head, d_head]
             self.hook_rot_k = HookPoint()  # [batch, source, head, d_head]
@@ -185,6 +190,8 @@ class Attention(nn.Module):
                 q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask
             ).transpose(1, 2)
         z = self.hook_z(z)
+        if self.ln_z is not None:
+            return self._z_norm_out(z, q, k, v, pattern, attn_mask, pool_index, want_pooled)
 
         if _hooked(self.hook_result):
             result = self.hook_result(torch.einsum("bqhe,hed->bqhd", z, self.W_O))
@@ -196,6 +203,55 @@ class Attention(nn.Module):
             original = self.readout.pooled_pattern(q, k, pattern, attn_mask, pool_index)
             out = self.readout.add_to_pooled(out, self._pooled_edit(v, original), pool_index)
         return out
+
+    def _z_norm_out(self, z: Tensor, q: Tensor, k: Tensor, v: Tensor, pattern: Optional[Tensor],
+                    attn_mask: Optional[Tensor], pool_index: Optional[Tensor], want_pooled: bool) -> Tensor:
+        """W_O after the sub-LayerNorm on the concatenated heads (EVA02), y = γ ⊙ (z − μ)/σ + β.
+
+        With μ, σ of each query frozen, head h's result is (γ_h ⊙ z_h/σ) W_O^h + κ/H, κ = (β − γ·μ/σ) W_O
+        (every head takes an equal share of the mean and β term); Σ_h result + b_O is the output exactly. The
+        pooled pieces are A[h, m]/σ · (γ_h ⊙ v_m^h) W_O^h + κ/(H·N) (docs/decomposition.md).
+        """
+        flat = z.flatten(-2)
+        if not (_hooked(self.hook_result) or want_pooled):
+            return _affine(self.ln_z(flat), self.W_O.flatten(0, 1), self.b_O)
+        self.ln_z(flat)  # its hooks see the statistics
+        work = compute_dtype(z.dtype)
+        gamma, beta = self.ln_z.w.to(work), self.ln_z.b.to(work)
+        W_O = self.W_O.to(work)
+        mu = flat.to(work).mean(-1, keepdim=True)
+        inv_sigma = ((flat.to(work) - mu).pow(2).mean(-1, keepdim=True) + self.ln_z.eps).rsqrt()  # [B, Q, 1]
+        kappa = torch.einsum("bqi,id->bqd", beta - gamma * mu * inv_sigma, W_O.flatten(0, 1))  # [B, Q, d]
+        gamma_h = gamma.unflatten(-1, (self.n_heads, self.d_head))
+        scaled = z.to(work) * gamma_h * inv_sigma[..., None]
+        result = self.hook_result(
+            (torch.einsum("bqhe,hed->bqhd", scaled, W_O) + kappa[:, :, None] / self.n_heads).to(z.dtype))
+        out = result.sum(-2) + self.b_O
+        if want_pooled:
+            if self.readout.needs_full_pattern:
+                weighted = self.readout.pool(pattern.to(work) * inv_sigma[:, None], pool_index)  # Σ_q w_q A_q/σ_q
+            else:
+                weighted = None
+            original = self.readout.pooled_pattern(q, k, pattern, attn_mask, pool_index).to(work)
+            mean_inv_sigma = self.readout.pool(inv_sigma, pool_index)[:, :, None]  # [B, 1, 1]
+            weighted = original * mean_inv_sigma if weighted is None else weighted
+            value_out = torch.einsum("bshe,hed->bshd", v.to(work) * gamma_h, W_O)
+            const = self.readout.pool(kappa, pool_index)[:, None, None] / (self.n_heads * v.shape[1])
+            out = self.readout.add_to_pooled(
+                out, self._pooled_edit_scaled(value_out, original, weighted, mean_inv_sigma, const), pool_index)
+        return out
+
+    def _pooled_edit_scaled(self, value_out: Tensor, original: Tensor, weighted: Tensor, mean_inv_sigma: Tensor,
+                            const: Tensor) -> Tensor:
+        """``_pooled_edit`` under a frozen sub-LayerNorm: pieces Ã[h, m] (γ_h ⊙ v_m^h) W_O^h + κ/(H·N), with
+        Ã = Σ_q w_q A_q[h, m]/σ_q; an edit ΔA of the pooled pattern moves Ã by ΔA · Σ_q w_q/σ_q."""
+        pooled = self.hook_pooled_pattern(original.clone().to(self.W_O.dtype)).to(original.dtype)
+        edited = weighted + (pooled - original) * mean_inv_sigma
+        before = (einops.rearrange(weighted, "b h s -> b s h 1") * value_out + const).sum((1, 2))
+        pieces = einops.rearrange(edited, "b h s -> b s h 1") * value_out + const
+        if _hooked(self.hook_result_per_source):
+            pieces = self.hook_result_per_source(pieces.to(self.W_O.dtype)).to(pieces.dtype)
+        return pieces.sum((1, 2)) - before
 
     def _pooled_edit(
         self,
@@ -248,6 +304,37 @@ class MLP(nn.Module):
         return _affine(post, self.W_out, self.b_out)
 
 
+class GatedMLP(nn.Module):
+    """SwiGLU (EVA02): post = silu(x·W_gate + b_gate) ⊙ (x·W_in + b_in); mlp_out = ln?(post)·W_out + b_out.
+
+    Hooks as TransformerLens' gated MLP: ``hook_pre`` the gate's pre-activation, ``hook_pre_linear`` the linear
+    branch, ``hook_post`` their product [batch, pos, d_mlp]; ``ln`` (EVA02-CLIP's ``scale_mlp``) has its own
+    ``hook_scale``/``hook_normalized``. The MLP stays one part of the decomposition.
+    """
+
+    def __init__(self, d_model: int, d_mlp: int, act_fn: str = "silu", norm_eps: Optional[float] = None):
+        super().__init__()
+        self.act_fn = act_fn
+        self.W_gate = nn.Parameter(torch.empty(d_model, d_mlp))
+        self.b_gate = nn.Parameter(torch.zeros(d_mlp))
+        self.W_in = nn.Parameter(torch.empty(d_model, d_mlp))
+        self.b_in = nn.Parameter(torch.zeros(d_mlp))
+        self.W_out = nn.Parameter(torch.empty(d_mlp, d_model))
+        self.b_out = nn.Parameter(torch.zeros(d_model))
+        for w, fan_in in ((self.W_gate, d_model), (self.W_in, d_model), (self.W_out, d_mlp)):
+            nn.init.normal_(w, std=fan_in**-0.5)
+        self.ln = LayerNorm(d_mlp, norm_eps) if norm_eps is not None else None
+        self.hook_pre = HookPoint()  # [batch, pos, d_mlp]
+        self.hook_pre_linear = HookPoint()  # [batch, pos, d_mlp]
+        self.hook_post = HookPoint()  # [batch, pos, d_mlp]
+
+    def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+        pre = self.hook_pre(_affine(x, self.W_gate, self.b_gate))
+        linear = self.hook_pre_linear(_affine(x, self.W_in, self.b_in))
+        post = self.hook_post(activation(pre, self.act_fn) * linear)
+        return _affine(self.ln(post) if self.ln is not None else post, self.W_out, self.b_out)
+
+
 class PreLNBlock(nn.Module):
     """Pre-LN residual block around a given attention (image or text tower):
     resid_mid = resid_pre + attn(ln1(resid_pre)); resid_post = resid_mid + mlp(ln2(resid_mid)).
@@ -255,13 +342,14 @@ class PreLNBlock(nn.Module):
     LayerScale, where the source model has it, is folded into W_O/b_O and W_out/b_out at conversion.
     """
 
-    def __init__(self, layer: int, attn: Attention, d_model: int, d_mlp: int, act_fn: str, eps: float):
+    def __init__(self, layer: int, attn: Attention, d_model: int, d_mlp: int, act_fn: str, eps: float,
+                 mlp: Optional[nn.Module] = None):
         super().__init__()
         self.layer = layer
         self.ln1 = LayerNorm(d_model, eps)
         self.attn = attn
         self.ln2 = LayerNorm(d_model, eps)
-        self.mlp = MLP(d_model, d_mlp, act_fn)
+        self.mlp = mlp if mlp is not None else MLP(d_model, d_mlp, act_fn)
         self.hook_resid_pre = HookPoint()
         self.hook_attn_out = HookPoint()
         self.hook_resid_mid = HookPoint()
@@ -280,8 +368,14 @@ class TransformerBlock(PreLNBlock):
 
     def __init__(self, cfg: ViTConfig, layer: int):
         attn = Attention(cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_model,
-                         readout=readout_for(cfg.pool_type, cfg.n_prefix), rotary=cfg.rotary)
-        super().__init__(layer, attn, cfg.d_model, cfg.d_mlp, cfg.act_fn, cfg.eps)
+                         readout=readout_for(cfg.pool_type, cfg.n_prefix), rotary=cfg.rotary,
+                         z_norm_eps=cfg.eps if cfg.attn_z_norm else None)
+        mlp = None
+        if cfg.mlp_type == "swiglu":
+            mlp = GatedMLP(cfg.d_model, cfg.d_mlp, cfg.act_fn, cfg.eps if cfg.mlp_norm else None)
+        elif cfg.mlp_norm:
+            raise ValueError("mlp_norm is supported with mlp_type='swiglu' only")
+        super().__init__(layer, attn, cfg.d_model, cfg.d_mlp, cfg.act_fn, cfg.eps, mlp)
 
     def forward(
         self, resid_pre: Float[Tensor, "batch pos d_model"], rope: Optional[Tensor] = None

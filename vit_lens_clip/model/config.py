@@ -9,8 +9,9 @@ import torch
 
 from vit_lens_clip.model.pooling import POOL_TYPES, PoolType, n_prefix_tokens
 
-ActFn = Literal["gelu", "quick_gelu", "gelu_tanh"]
-ACT_FNS = ("gelu", "quick_gelu", "gelu_tanh")
+ActFn = Literal["gelu", "quick_gelu", "gelu_tanh", "silu"]
+ACT_FNS = ("gelu", "quick_gelu", "gelu_tanh", "silu")
+MLP_TYPES = ("mlp", "swiglu")
 
 
 @dataclass
@@ -78,7 +79,10 @@ class ViTConfig:
     patch_bias: bool = False
     has_ln_final: bool = True
     proj_bias: bool = False
-    rotary: str = ""  # "" | "interleave" | "half": rotary embedding of the patches' q, k (PE-Core)
+    rotary: str = ""  # "" | "interleave" | "half": rotary embedding of the patches' q, k (PE-Core, EVA02)
+    attn_z_norm: bool = False  # EVA02: a LayerNorm on the concatenated head outputs z before W_O (attn.ln_z)
+    mlp_type: str = "mlp"  # "mlp": act(x·W_in + b_in)·W_out; "swiglu": silu(x·W_gate + b_gate) ⊙ (x·W_in + b_in)
+    mlp_norm: bool = False  # EVA02: a LayerNorm on the MLP's hidden activations before W_out (mlp.ln)
     ln_eps: dict = field(default_factory=dict)  # LayerNorm module name -> eps, where it differs from ``eps``
     in_channels: int = 3
     model_name: str = "custom"
@@ -95,6 +99,8 @@ class ViTConfig:
             raise ValueError(f"act_fn must be one of {ACT_FNS}, got {self.act_fn!r}")
         if self.pool_type not in POOL_TYPES:
             raise ValueError(f"pool_type must be one of {POOL_TYPES}, got {self.pool_type!r}")
+        if self.mlp_type not in MLP_TYPES:
+            raise ValueError(f"mlp_type must be one of {MLP_TYPES}, got {self.mlp_type!r}")
         if self.rotary not in ("", "interleave", "half"):
             raise ValueError(f"rotary must be '', 'interleave' or 'half', got {self.rotary!r}")
         if self.pool_type == "map" and self.attention_pool is None:

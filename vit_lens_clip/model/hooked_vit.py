@@ -17,6 +17,11 @@ tower has one, then any register tokens, then the patches; see ``model.pooling``
     blocks.{l}.attn.hook_pooled_pattern      [B, head, source]
     blocks.{l}.attn.hook_result_per_source   [B, source, head, d_model]
     blocks.{l}.mlp.hook_pre/hook_post        [B, pos, d_mlp]
+    blocks.{l}.attn.hook_rot_q/hook_rot_k    [B, pos, head, d_head]   q, k after the rotary embedding (PE-Core, EVA02)
+    blocks.{l}.attn.ln_z.hook_scale/normalized   EVA02: the LayerNorm on the concatenated heads; hook_result and
+                                     hook_result_per_source are then the per-head parts with its statistics frozen
+    blocks.{l}.mlp.hook_pre_linear, mlp.ln.*     EVA02's SwiGLU: gate pre-activation (hook_pre), linear branch,
+                                     hook_post = silu(pre) ⊙ pre_linear, the hidden-unit LayerNorm before W_out
     attn_pool.*                      CoCa / MAP (SigLIP): the pooler's attention (queries instead of positions);
                                      MAP: attn_pool.ln_k is the trunk's final norm, attn_pool.hook_attn_out,
                                      attn_pool.mlp.*, attn_pool.hook_mlp_out the pooler's MLP with its residual

@@ -57,6 +57,14 @@ def _tiny_pe_core() -> torch.nn.Module:
     return perturb_(model.eval(), seed=1)
 
 
+def _tiny_eva02() -> torch.nn.Module:
+    model = _quiet(lambda: timm.create_model("eva02_base_patch16_clip_224", **SMALL, patch_size=8, num_classes=48))
+    with torch.no_grad():  # as for PE-Core: sharpen the attention so the rotation and the sub-LayerNorm matter
+        for block in model.blocks:
+            block.attn.q_proj.weight.mul_(8)
+    return perturb_(model.eval(), seed=4)
+
+
 def _tiny_open_clip_timm() -> torch.nn.Module:
     visual = _quiet(lambda: TimmModel("vit_base_patch16_siglip_224", embed_dim=48, pool="map", proj="linear",
                                       proj_bias=True))
@@ -82,6 +90,7 @@ TINY = {
     "open_clip_timm": (_tiny_open_clip_timm, _forward_open_clip),
     "timm": (_tiny_timm_vit, lambda m, x: m(x)),
     "pe_core": (_tiny_pe_core, lambda m, x: m(x)),
+    "eva02": (_tiny_eva02, lambda m, x: m(x)),
     "hf": (_tiny_hf, lambda m, x: m(pixel_values=x).image_embeds),
 }
 
@@ -155,6 +164,9 @@ def test_parse_the_embedded_name_and_bad_names():
     ("coca_ViT-B-32", "open_clip"),
     ("ViT-B-16-SigLIP", "open_clip_timm"),
     ("PE-Core-B-16", "open_clip_timm"),
+    ("timm:eva02_tiny_patch14_224", "eva02"),
+    ("timm:eva02_large_patch14_clip_224", "eva02"),
+    ("EVA02-L-14", "open_clip_timm"),
 ])
 def test_detection_from_the_config_builds_nothing(name, family, monkeypatch):
     def no_build(*args, **kwargs):
@@ -173,9 +185,9 @@ def test_folders_and_transformers_names_are_checked_once_built():
 
 @pytest.mark.parametrize("check, name, words", [
     (check_open_clip_name, "RN50", "ModifiedResNet"),
-    (check_open_clip_name, "EVA02-B-16", "sub-LayerNorm"),
+    (check_open_clip_name, "EVA01-g-14", "only EVA02"),
     (check_open_clip_name, "convnext_base_w", "timm.models.convnext"),
-    (check_timm_name, "eva02_base_patch14_224", "sub-LayerNorm"),
+    (check_timm_name, "eva_giant_patch14_224", "only EVA02"),
     (check_timm_name, "convnext_tiny", "timm.models.convnext"),
 ])
 def test_refusal_from_the_config_lists_every_family_once(check, name, words):

@@ -21,6 +21,20 @@ code does; the default keeps φ_n pure and φ_bias (+ g) apart.
 
 Only s (4·J·H·N bytes per image), σ_f, ‖e‖, the embedding and g are stored; effects [N, D] or their
 projections onto directions are formed on demand, never [images, N, D].
+
+**Through an attentional pooler** (CoCa; MAP: SigLIP, PE-Core) the embedding is read by the pooler's query 0,
+which attends over the trunk's last residual x with A_pool[h', q] through ln_k (per-token statistics σ_k(q)
+frozen). Write ω_{h'}(q) = A_pool[h', q]/σ_k(q) and V'^{h'} = W_V'^{h'} W_O'^{h'}. The neuron's write then
+reaches the pooled vector r by two kinds of path (the pooler's MLP, like every MLP, is not on a second-order
+path):
+
+- directly (the entry ``later = L``, one "head" per pooler head h'; the last layer's neurons have this one):
+      s_{L,h',n} = Σ_q ω_{h'}(q) a_n(q),        U_{L,h',n} = ((γ_k ⊙ w_n) V'^{h'} ⊙ γ_f) · P
+- through a later block j's attention at every query q, then the pooler (one "head" per pair (h, h')):
+      s_{j,(h,h'),n} = Σ_q ω_{h'}(q) Σ_t A^{j,h}[q, t] a_n(t)/σ_j(t)
+      U_{j,(h,h'),n} = ((γ_k ⊙ ((γ_j ⊙ w_n) W_V^h W_O^h)) V'^{h'} ⊙ γ_f) · P
+The head axis is H·H' for every entry (the direct entry's first H' slots are used, the rest are zero); without
+a final LayerNorm (SigLIP) γ_f = 1 and σ_f = 1. The U tensor is J·H·H'·N·D: small towers only.
 """
 
 from __future__ import annotations
@@ -35,6 +49,7 @@ from tqdm.auto import tqdm
 
 from vit_lens_clip.decompose.fold import LNFold
 from vit_lens_clip.decompose.reducers import Reducer
+from vit_lens_clip.errors import UnsupportedTowerError
 from vit_lens_clip.model.hooked_vit import HookedViT
 from vit_lens_clip.model.pooling import compute_dtype
 
@@ -42,18 +57,36 @@ Hook = tuple[str, Callable]
 
 
 def check_supported(model: HookedViT, layer: int) -> int:
-    """Validate the model and layer; returns the layer index in [0, L−2]."""
+    """Validate the model and layer; returns the layer index in [0, L−2] ([0, L−1] through a pooler)."""
     cfg = model.cfg
-    if model.attn_pool is not None:
-        raise NotImplementedError("second-order effects through an attentional pooler (CoCa) are not implemented")
+    tower = cfg.model_name
+    if model.attn_pool is not None and any(_z_norm(b.attn) is not None for b in model.blocks):
+        raise UnsupportedTowerError(f"{tower}: a sub-LayerNorm on the heads under an attentional pooler is not "
+                                    "derived for the neuron lens (every query's statistics would enter)")
     if cfg.pool_type == "avg" and not cfg.final_ln_after_pool:
-        raise NotImplementedError("average pooling with the LayerNorm applied before pooling is not supported")
+        raise UnsupportedTowerError(f"{tower}: average pooling with the LayerNorm applied before pooling has no "
+                                    "pooled residual to fold (the neuron lens needs one)")
     if not -cfg.n_layers <= layer < cfg.n_layers:
         raise ValueError(f"layer {layer} out of range for a {cfg.n_layers}-layer model")
     layer %= cfg.n_layers
-    if layer == cfg.n_layers - 1:
+    if layer == cfg.n_layers - 1 and model.attn_pool is None:
         raise ValueError(f"layer {layer} is the last layer: no later attention reads its neurons")
     return layer
+
+
+def _z_norm(attn) -> Optional[torch.nn.Module]:
+    """EVA02's sub-LayerNorm on the concatenated heads (``attn.ln_z``), or None."""
+    return getattr(attn, "ln_z", None)
+
+
+def neuron_activation_hook(model: HookedViT, layer: int) -> tuple[str, Callable[[Tensor], Tensor]]:
+    """The neuron activations a_n(t) whose writes are a_n(t)·W_out[n]: ``hook_post``, or for an MLP with a
+    LayerNorm on its hidden units (EVA02) that norm's output γ_n (post_n − μ)/σ + β_n at frozen statistics."""
+    mlp = model.blocks[layer].mlp
+    ln = getattr(mlp, "ln", None)
+    if ln is None:
+        return f"blocks.{layer}.mlp.hook_post", lambda t: t
+    return f"blocks.{layer}.mlp.ln.hook_normalized", lambda t: t * ln.w.to(t.dtype) + ln.b.to(t.dtype)
 
 
 @dataclass
@@ -104,7 +137,15 @@ class SecondOrderCapture:
 
     def __init__(self, model: HookedViT, layer: int, shares: bool = False):
         self.model, self.layer, self.shares = model, check_supported(model, layer), shares
-        self.later = list(range(self.layer + 1, model.cfg.n_layers))
+        self.pooler = model.attn_pool is not None
+        if shares and any(_z_norm(b.attn) is not None or hasattr(b.mlp, "W_gate") for b in model.blocks):
+            raise ValueError(f"{model.cfg.model_name}: shares=True is the official code's convention for plain "
+                             "attention and MLPs; for EVA02 use shares=False")
+        if shares and self.pooler:
+            raise ValueError(f"{model.cfg.model_name}: shares=True is the official code's convention for a class "
+                             "token or patch mean; through an attentional pooler use shares=False")
+        L = model.cfg.n_layers
+        self.later = list(range(self.layer + 1, L)) + ([L] if self.pooler else [])  # L: the pooler itself
         self.store: dict[str, Tensor] = {}
 
     def _keep(self, key: str, reduce: Callable[[Tensor], Tensor] = lambda t: t) -> Callable:
@@ -114,11 +155,19 @@ class SecondOrderCapture:
         return hook
 
     def hooks(self) -> list[Hook]:
-        hooks = [(f"blocks.{self.layer}.mlp.hook_post", self._keep("post")),
+        name, activation = neuron_activation_hook(self.model, self.layer)
+        hooks = [(name, self._keep("post", activation)),
                  ("hook_pooled", self._keep("pooled")), ("hook_image_embed", self._keep("embedding"))]
-        for j in self.later:
+        if self.pooler:
+            hooks.append(("attn_pool.ln_k.hook_scale", self._keep("sigma.pool", lambda t: t[..., 0])))
+            hooks.append(("attn_pool.attn.hook_pooled_pattern", self._keep("A.pool")))
+        for j in self.later[: len(self.later) - self.pooler]:
             hooks.append((f"blocks.{j}.ln1.hook_scale", self._keep(f"sigma.{j}", lambda t: t[..., 0])))
-            hooks.append((f"blocks.{j}.attn.hook_pooled_pattern", self._keep(f"A.{j}")))
+            z_normed = _z_norm(self.model.blocks[j].attn) is not None  # EVA02: each query's σ_z enters
+            pattern = "hook_pattern" if self.pooler or z_normed else "hook_pooled_pattern"  # every query row used
+            hooks.append((f"blocks.{j}.attn.{pattern}", self._keep(f"A.{j}")))
+            if z_normed:
+                hooks.append((f"blocks.{j}.attn.ln_z.hook_scale", self._keep(f"sigma_z.{j}", lambda t: t[..., 0])))
             if self.shares:
                 hooks.append((f"blocks.{j}.hook_resid_pre",
                               self._keep(f"mu.{j}", lambda t: t.to(compute_dtype(t.dtype)).mean(-1))))
@@ -131,17 +180,39 @@ class SecondOrderCapture:
         dtype = compute_dtype(m.W_proj.dtype)
         post = st["post"].to(dtype)  # [B, T, N]
         s, s_bias = [], []
-        for j in self.later:
-            weights = st[f"A.{j}"].to(dtype) / st[f"sigma.{j}"].to(dtype)[:, None, :]  # [B, H, T]
+        for _entry, weights in self._token_weights(dtype):  # weights [B, heads, T]: how token t's write reaches r
             s.append(torch.einsum("bht,btn->bhn", weights, post))
             s_bias.append(weights.sum(-1))
-        fold = LNFold.from_residual(st["pooled"].to(dtype), m.ln_final.w, m.ln_final.b, m.W_proj, m.ln_final.eps)
         embedding = st["embedding"].to(dtype)
-        out = {"s": torch.stack(s, 1), "s_bias": torch.stack(s_bias, 1), "inv_scale": 1 / fold.scale,
+        if m.ln_final is not None:
+            fold = LNFold.from_residual(st["pooled"].to(dtype), m.ln_final.w, m.ln_final.b, m.W_proj, m.ln_final.eps)
+            inv_scale = 1 / fold.scale
+        else:  # no final LayerNorm (SigLIP's MAP head): σ_f = 1
+            fold, inv_scale = None, torch.ones(embedding.shape[0], dtype=dtype, device=embedding.device)
+        out = {"s": torch.stack(s, 1), "s_bias": torch.stack(s_bias, 1), "inv_scale": inv_scale,
                "norm": embedding.norm(dim=-1), "embedding": embedding}
         out["shares"] = self._shares(fold, dtype) if self.shares else torch.zeros_like(embedding)
         self.store = {}
         return out
+
+    def _token_weights(self, dtype: torch.dtype) -> Iterator[tuple[int, Tensor]]:
+        """(later entry, weights [B, heads, T]) with s = Σ_t weights[t] a_n(t) (module docstring)."""
+        st = self.store
+        if not self.pooler:
+            for j in self.later:
+                A = st[f"A.{j}"].to(dtype)
+                if f"sigma_z.{j}" in st:  # EVA02: Σ_q w_q A_q[h, t]/σ_z(q) over the pooled queries q
+                    A = self.model.pool_tokens(A / st[f"sigma_z.{j}"].to(dtype)[:, None, :, None])
+                yield j, A / st[f"sigma.{j}"].to(dtype)[:, None, :]
+            return
+        omega = st["A.pool"].to(dtype) / st["sigma.pool"].to(dtype)[:, None, :]  # [B, H', n_src]
+        missing = self.model.cfg.n_ctx - omega.shape[-1]  # the pooler reads the patches only: prefix weight 0
+        omega = torch.cat([omega.new_zeros(*omega.shape[:2], missing), omega], -1) if missing else omega
+        H, Hp = self.model.cfg.n_heads, omega.shape[1]
+        for j in self.later[:-1]:
+            through = torch.einsum("bpq,bhqt->bhpt", omega, st[f"A.{j}"].to(dtype))  # [B, H, H', T]
+            yield j, (through / st[f"sigma.{j}"].to(dtype)[:, None, None, :]).flatten(1, 2)
+        yield self.later[-1], torch.cat([omega, omega.new_zeros(omega.shape[0], H * Hp - Hp, omega.shape[-1])], 1)
 
     def _shares(self, fold: LNFold, dtype: torch.dtype) -> Float[Tensor, "batch d_out"]:
         """g(I): the official code's μ/β/bias shares of every neuron of the layer, summed over neurons: each
@@ -250,15 +321,32 @@ def neuron_vectors(model: HookedViT, layer: int, dtype: torch.dtype = torch.floa
 def _neuron_vectors(model: HookedViT, layer: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     mlp = model.blocks[layer].mlp
     writes = torch.cat([mlp.W_out, mlp.b_out[None]]).to(dtype)  # [N+1, d]
-    gamma_f, P = model.ln_final.w.to(dtype), model.W_proj.to(dtype)
+    gamma_f = model.ln_final.w.to(dtype) if model.ln_final is not None else 1
+    P = model.W_proj.to(dtype)
+    pool = model.attn_pool
     U = []
     for j in range(layer + 1, model.cfg.n_layers):
         attn = model.blocks[j].attn
         read = writes * model.blocks[j].ln1.w.to(dtype)  # [N+1, d]
-        ov = torch.einsum("nd,hde,hef->hnf", read, attn.W_V.to(dtype), attn.W_O.to(dtype))  # [H, N+1, d]
+        W_V = attn.W_V.to(dtype)
+        if _z_norm(attn) is not None:  # EVA02: the sub-LayerNorm's γ on each head's slice (1/σ_z is in s)
+            W_V = W_V * _z_norm(attn).w.to(dtype).reshape(attn.n_heads, 1, attn.d_head)
+        ov = torch.einsum("nd,hde,hef->hnf", read, W_V, attn.W_O.to(dtype))  # [H, N+1, d]
+        if pool is not None:  # then through the pooler's ln_k and every pooler head: [H·H', N+1, d_pool]
+            ov = torch.einsum("hnf,pfg->hpng", ov * pool.ln_k.w.to(dtype), _pooler_ov(pool, dtype)).flatten(0, 1)
         U.append((ov * gamma_f) @ P)
-    U = torch.stack(U)  # [J, H, N+1, D]
+    if pool is not None:  # the pooler reads the write directly; its H' heads fill the first slots
+        direct = torch.einsum("nf,pfg->png", writes * pool.ln_k.w.to(dtype), _pooler_ov(pool, dtype))
+        H, Hp = model.cfg.n_heads, direct.shape[0]
+        direct = torch.cat([direct, direct.new_zeros(H * Hp - Hp, *direct.shape[1:])])
+        U.append((direct * gamma_f) @ P)
+    U = torch.stack(U)  # [J, heads, N+1, D]
     return U[:, :, :-1].contiguous(), U[:, :, -1].contiguous()
+
+
+def _pooler_ov(pool, dtype: torch.dtype) -> Float[Tensor, "heads d_context d_pool"]:
+    """The pooler's OV circuits W_V'^{h'} W_O'^{h'}."""
+    return torch.einsum("pfe,peg->pfg", pool.attn.W_V.to(dtype), pool.attn.W_O.to(dtype))
 
 
 class NeuronEffects:

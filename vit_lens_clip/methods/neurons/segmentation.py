@@ -19,9 +19,11 @@ from tqdm.auto import tqdm
 
 from vit_lens_clip.datasets.geometry import upsample_patch_map
 from vit_lens_clip.datasets.segmentation import collate_segmentation
+from vit_lens_clip.methods.neurons.effects import neuron_activation_hook
 from vit_lens_clip.methods.spatial.evaluate import method_maps
 from vit_lens_clip.methods.spatial.metrics import SegmentationMetrics, zero_shot_segment
 from vit_lens_clip.model.hooked_vit import HookedViT
+from vit_lens_clip.model.pooling import patch_slice
 
 
 def top_neurons_per_class(
@@ -47,8 +49,12 @@ def neuron_maps(
     """Mean post-activation of the predicted class's selected neurons at each patch, in one forward pass."""
     layer_of, neuron_of = selected
     store: dict[int, Tensor] = {}
-    hooks = [(f"blocks.{l}.mlp.hook_post", lambda t, hook, l=l: store.__setitem__(l, t[:, 1:].detach().float()))
-             for l in sorted(set(layer_of.flatten().tolist()))]
+    patches = patch_slice(model.cfg.n_prefix)  # no class token (SigLIP), or registers after it (DINOv2)
+    hooks = []
+    for l in sorted(set(layer_of.flatten().tolist())):
+        name, activation = neuron_activation_hook(model, l)  # hook_post, or EVA02's hidden LayerNorm output
+        hooks.append((name, lambda t, hook, l=l, activation=activation:
+                      store.__setitem__(l, activation(t[:, patches].detach()).float())))
     with torch.no_grad():
         embedding = model.run_with_hooks(images.to(model.W_patch.device), fwd_hooks=hooks).float()
     if labels is None:

@@ -45,6 +45,7 @@ from tqdm.auto import tqdm
 
 from vit_lens_clip.datasets.segmentation import segmentation_loader
 from vit_lens_clip.decompose.fold import LNFold
+from vit_lens_clip.errors import UnsupportedTowerError
 from vit_lens_clip.methods.sae.sae import SparseAutoencoder
 from vit_lens_clip.methods.sae.splice import attached_saes, sae_hook_name, saes_spliced
 from vit_lens_clip.methods.spatial.evaluate import method_maps
@@ -70,7 +71,8 @@ def _check_residual_hook(model: HookedViT, sae: SparseAutoencoder) -> None:
         raise NotImplementedError(f"explaining features needs an SAE on a residual-width hook (hook_embed, "
                                   f"blocks.l.hook_resid_pre/mid/post, hook_attn_out, hook_mlp_out); got {hook!r}")
     if model.attn_pool is not None:
-        raise NotImplementedError("feature effects through CoCa's attentional pooler are not implemented")
+        raise UnsupportedTowerError(f"{model.cfg.model_name}: its embedding is read by an attentional pooler, not a "
+                                    "residual row; SAE feature effects are folded at a pooled row only")
 
 
 # ------------------------------------------------------------------------------------------- (a) effects

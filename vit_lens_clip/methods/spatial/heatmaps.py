@@ -27,7 +27,7 @@ from vit_lens_clip.decompose.fold import Convention
 from vit_lens_clip.decompose.parts import DecompositionCapture, decompose
 from vit_lens_clip.errors import BadInputError
 from vit_lens_clip.model.hooked_vit import HookedViT
-from vit_lens_clip.model.pooling import patch_slice
+from vit_lens_clip.model.pooling import compute_dtype, patch_slice
 from vit_lens_clip.validation import head_indices, layer_indices, text_embeddings
 
 HeadIndex = tuple[int, int]
@@ -93,9 +93,10 @@ def text_heatmap(
     both, every pair must lie in ``layers``. ``normalize`` divides by ‖image embedding‖ (cosine-like scores).
     Texts may be unit embeddings [K, D] or strings (encoded with the model's attached text encoder).
     """
-    texts = text_embeddings(texts, model.cfg.output_dim, model.text_encoder).float()
+    texts = text_embeddings(texts, model.cfg.output_dim, model.text_encoder)
+    texts = texts.to(device=model.W_proj.device, dtype=compute_dtype(model.W_proj.dtype))  # float64 models: exact
     kept_layers, pairs = _resolve_selection(model, layers, heads)
-    dec = decompose(model, images, layers=kept_layers, texts=texts.to(model.W_proj.device),
+    dec = decompose(model, images, layers=kept_layers, texts=texts,
                     convention=convention, normalize=normalize)
     return _sum_sources(model, dec.source_scores, kept_layers, pairs)
 

@@ -175,3 +175,197 @@ def test_rejects_bad_layers(model64):
         collect_second_order(model, x, model.cfg.n_layers - 1)
     with pytest.raises(ValueError, match="out of range"):
         collect_second_order(model, x, 99)
+
+
+# ------------------------------------------------------------------------ through an attentional pooler
+def _pooled_towers():
+    import warnings
+
+    import open_clip
+    import timm
+    from conftest import perturb_
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        siglip = timm.create_model("vit_base_patch16_siglip_224", pretrained=False, embed_dim=64, depth=3,
+                                   num_heads=4, img_size=32, patch_size=8, num_classes=0)
+        coca = open_clip.CoCa(
+            embed_dim=48,
+            vision_cfg=dict(image_size=32, patch_size=8, width=64, layers=3, head_width=16, attentional_pool=True,
+                            attn_pooler_heads=4, output_tokens=True),
+            text_cfg=dict(context_length=16, vocab_size=100, width=32, heads=2, layers=1),
+            multimodal_cfg=dict(context_length=16, vocab_size=100, width=32, heads=2, layers=1))
+        pe_core = timm.create_model("vit_pe_core_base_patch16_224", pretrained=False, embed_dim=64, depth=3,
+                                    num_heads=4, img_size=32, patch_size=8, attn_pool_num_heads=2, num_classes=48)
+    with torch.no_grad():  # sharpen timm's near-uniform attention so the rotary pattern matters
+        for block in pe_core.blocks:
+            (block.attn.qkv.weight if block.attn.qkv is not None else block.attn.q_proj.weight).mul_(8)
+    return {"siglip": lambda: HookedViT.from_timm(perturb_(siglip.eval(), seed=3)),
+            "coca": lambda: HookedViT.from_open_clip(perturb_(coca.eval(), seed=4)),
+            "pe_core": lambda: HookedViT.from_timm(perturb_(pe_core.eval(), seed=5))}
+
+
+def _eva02(**kw) -> HookedViT:
+    import warnings
+
+    import timm
+    from conftest import perturb_
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        eva = timm.create_model("eva02_base_patch16_clip_224", pretrained=False, embed_dim=64, depth=4, num_heads=4,
+                                img_size=32, patch_size=8, **kw)
+    with torch.no_grad():
+        for block in eva.blocks:
+            block.attn.q_proj.weight.mul_(8)
+    return HookedViT.from_timm(perturb_(eva.eval(), seed=7)).double()
+
+
+def brute_force_eva02(model: HookedViT, x: torch.Tensor, layer: int, write) -> torch.Tensor:
+    """``brute_force`` with EVA02's sub-LayerNorm on the heads frozen too: its normalised output is recomputed
+    from the changed z with the clean μ_z, σ_z. The write is scaled by 1e4 (everything is linear once frozen)."""
+    _, cache = model.run_with_cache(x)
+    delta = write(cache) * 1e4
+    pooled = cache["hook_pooled"]
+    sigma_f = ((pooled - pooled.mean(-1, keepdim=True)).pow(2).mean(-1, keepdim=True) + model.ln_final.eps).sqrt()
+    total = 0
+    for j in range(layer + 1, model.cfg.n_layers):
+        resid = cache[f"blocks.{j}.hook_resid_pre"]
+        mu, sigma = resid.mean(-1, keepdim=True), cache[f"blocks.{j}.ln1.hook_scale"]
+        z_clean = cache[f"blocks.{j}.attn.hook_z"].flatten(-2)
+        mu_z, sigma_z = z_clean.mean(-1, keepdim=True), cache[f"blocks.{j}.attn.ln_z.hook_scale"]
+        outs, z_now = [], {}
+
+        def frozen_ln(t, hook, add=None, resid=resid, mu=mu, sigma=sigma):
+            return (resid + add - mu) / sigma
+
+        def keep_z(t, hook, z_now=z_now):
+            z_now["z"] = t.flatten(-2)
+
+        def frozen_z_norm(t, hook, z_now=z_now, mu_z=mu_z, sigma_z=sigma_z):
+            return (z_now["z"] - mu_z) / sigma_z
+
+        def keep_out(t, hook, j=j, outs=outs):
+            outs.append(model.pool_tokens(t))
+            return cache[f"blocks.{j}.hook_attn_out"]
+
+        for add in (torch.zeros_like(delta), delta):
+            hooks = [(f"blocks.{j}.ln1.hook_normalized", lambda t, hook, add=add: frozen_ln(t, hook, add)),
+                     (f"blocks.{j}.attn.hook_pattern", lambda t, hook, j=j: cache[f"blocks.{j}.attn.hook_pattern"]),
+                     (f"blocks.{j}.attn.hook_z", keep_z),
+                     (f"blocks.{j}.attn.ln_z.hook_normalized", frozen_z_norm),
+                     (f"blocks.{j}.hook_attn_out", keep_out)]
+            with torch.no_grad():
+                model.run_with_hooks(x, fwd_hooks=hooks)
+        total = total + (model.ln_final.w * (outs[1] - outs[0]) / sigma_f) @ model.W_proj / 1e4
+    return total
+
+
+@pytest.mark.parametrize("pool", ["token", "avg"])
+def test_eva02_neuron_effects_equal_brute_force(pool):
+    """EVA02: SwiGLU neurons read after the MLP's hidden LayerNorm, later heads through their sub-LayerNorm."""
+    model = _eva02(global_pool=pool, num_classes=48)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    stats = collect_second_order(model, x, LAYER)
+    fx = NeuronEffects(model, stats, normalized=False)
+    rows = torch.arange(len(x))
+    mlp = model.blocks[LAYER].mlp
+    for n in (0, 11):
+        def write(c, n=n):
+            a = c[f"blocks.{LAYER}.mlp.ln.hook_normalized"][..., n, None] * mlp.ln.w[n] + mlp.ln.b[n]
+            return a * mlp.W_out[n]
+
+        expected = brute_force_eva02(model, x, LAYER, write)
+        assert expected.abs().max() > 1e-12
+        assert rel_err(fx.effects(rows)[:, n], expected) < 1e-10
+    whole = brute_force_eva02(model, x, LAYER, lambda c: c[f"blocks.{LAYER}.hook_mlp_out"])
+    assert rel_err(fx.layer_effect(rows), whole) < 1e-10
+    with pytest.raises(ValueError, match="shares=False"):
+        collect_second_order(model, x, LAYER, shares=True)
+
+
+@pytest.fixture(scope="module", params=["siglip", "coca", "pe_core"])
+def pooled64(request):
+    hooked = _pooled_towers()[request.param]().double()
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    return hooked, x
+
+
+def _through_pooler(model: HookedViT, x: torch.Tensor, cache, delta: torch.Tensor) -> torch.Tensor:
+    """The folded change of r when ``delta`` [B, T, d] is added to the pooler's input alone: ln_k statistics and
+    the pooler's pattern frozen, read at the pooler's attention output (its MLP is not on the path), final LN
+    statistics frozen (none for SigLIP)."""
+    pool = model.attn_pool
+    tokens = cache[f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"]
+    if not pool.include_prefix:
+        tokens, delta = tokens[:, model.cfg.n_prefix:], delta[:, model.cfg.n_prefix:]
+    mu, sigma = tokens.mean(-1, keepdim=True), cache["attn_pool.ln_k.hook_scale"]
+    outs = []
+    for add in (torch.zeros_like(delta), delta):
+        hooks = [("attn_pool.ln_k.hook_normalized", lambda t, hook, add=add: (tokens + add - mu) / sigma),
+                 ("attn_pool.attn.hook_pattern", lambda t, hook: cache["attn_pool.attn.hook_pattern"]),
+                 ("attn_pool.hook_attn_out", lambda t, hook: outs.append(t[:, 0]))]
+        with torch.no_grad():
+            model.run_with_hooks(x, fwd_hooks=hooks)
+    change = outs[1] - outs[0]
+    if model.ln_final is not None:
+        pooled = cache["hook_pooled"]
+        sigma_f = ((pooled - pooled.mean(-1, keepdim=True)).pow(2).mean(-1, keepdim=True) + model.ln_final.eps).sqrt()
+        change = model.ln_final.w * change / sigma_f
+    return change @ model.W_proj
+
+
+def brute_force_pooled(model: HookedViT, x: torch.Tensor, layer: int, write) -> list[torch.Tensor]:
+    """Per later layer j (then the direct path): ``write`` added to ln_1's input of block j alone (statistics and
+    patterns frozen), the changed attention output at EVERY token passed to the pooler alone (``_through_pooler``).
+    Every step is linear once statistics and patterns are frozen, so the write is scaled up by 1e4 (and the
+    effects down) to keep the difference of two forwards clear of cancellation."""
+    _, cache = model.run_with_cache(x)
+    delta = write(cache) * 1e4
+    effects = []
+    for j in range(layer + 1, model.cfg.n_layers):
+        resid = cache[f"blocks.{j}.hook_resid_pre"]
+        mu, sigma = resid.mean(-1, keepdim=True), cache[f"blocks.{j}.ln1.hook_scale"]
+        outs = []
+        for add in (torch.zeros_like(delta), delta):
+            def frozen_ln(t, hook, add=add, resid=resid, mu=mu, sigma=sigma):
+                return (resid + add - mu) / sigma
+
+            def keep_out(t, hook, j=j, outs=outs):
+                outs.append(t)
+                return cache[f"blocks.{j}.hook_attn_out"]  # nothing downstream sees the change
+
+            hooks = [(f"blocks.{j}.ln1.hook_normalized", frozen_ln),
+                     (f"blocks.{j}.attn.hook_pattern", lambda t, hook, j=j: cache[f"blocks.{j}.attn.hook_pattern"]),
+                     (f"blocks.{j}.hook_attn_out", keep_out)]
+            with torch.no_grad():
+                model.run_with_hooks(x, fwd_hooks=hooks)
+        effects.append(_through_pooler(model, x, cache, outs[1] - outs[0]) / 1e4)
+    effects.append(_through_pooler(model, x, cache, delta) / 1e4)
+    return effects
+
+
+@pytest.mark.parametrize("layer", [1, 2])
+def test_neuron_effect_through_the_pooler_equals_brute_force_per_later_layer(pooled64, layer):
+    model, x = pooled64
+    stats = collect_second_order(model, x, layer)
+    assert stats.later == list(range(layer + 1, model.cfg.n_layers)) + [model.cfg.n_layers]
+    fx = NeuronEffects(model, stats, normalized=False)
+    rows = torch.arange(len(x))
+    W_out = model.blocks[layer].mlp.W_out
+    _, cache = model.run_with_cache(x, names_filter=f"blocks.{layer}.mlp.hook_post")
+    strongest = (cache[f"blocks.{layer}.mlp.hook_post"].abs().mean((0, 1)) * W_out.norm(dim=-1)).topk(2).indices
+    for n in strongest.tolist():  # the neurons whose writes are largest (random towers leave many near zero)
+        def write(c, n=n):
+            return c[f"blocks.{layer}.mlp.hook_post"][..., n, None] * W_out[n]
+
+        per_layer = brute_force_pooled(model, x, layer, write)
+        for i, expected in enumerate(per_layer):  # each later layer's share, then the pooler's direct read
+            assert expected.abs().max() > 1e-12  # not trivially zero (timm's small init keeps PE-Core's ~1e-9)
+            got = torch.einsum("bh,hd->bd", stats.s[:, i, :, n], fx.U[i, :, n]) * stats.inv_scale[:, None]
+            assert rel_err(got, expected) < 1e-10
+        assert rel_err(fx.effects(rows)[:, n], sum(per_layer)) < 1e-10
+    whole = sum(brute_force_pooled(model, x, layer, lambda c: c[f"blocks.{layer}.hook_mlp_out"]))
+    assert rel_err(fx.layer_effect(rows), whole) < 1e-10
