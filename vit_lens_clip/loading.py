@@ -80,14 +80,21 @@ def load_clip(
     device: Optional[str | torch.device] = "cpu",
     precision: str = "fp32",
     cache_dir: Optional[str] = None,
+    keep_source: bool = False,
 ) -> LoadedCLIP:
     """Load a named model with its own library and port its image tower to a HookedViT (see the module doc).
 
     ``precision`` is "fp32", "fp16" or "bf16"; ``device`` "cpu", "cuda", "auto" or a torch device.
     QuickGELU is taken from the pretrained tag when the tag says so, and always read from the built module.
+
+    Each weight is held once: ``loaded.model`` owns the image tower's weights and ``loaded.clip`` keeps only what
+    ``encode_text`` and the hooked text tower need; ``loaded.clip.encode_image`` raises ``ImageTowerMovedError``
+    naming ``loaded.model``. ``keep_source=True`` keeps ``loaded.clip`` whole and untouched by edits of the
+    hooked model, at the cost of a second copy of the image tower's weights (about 1.5x the memory of
+    ``open_clip.create_model_and_transforms`` for a ViT-B-16).
     """
     source = build_source(name, pretrained, device=device, precision=precision, cache_dir=cache_dir)
-    hooked = HookedViT.from_source(source)
+    hooked = HookedViT.from_source(source, keep_source=keep_source)
     loaded = LoadedCLIP(hooked, source.clip, source.tokenizer, source.preprocess, source.model_name.name,
                         source.pretrained, source.key, source.device)
     hooked.text_encoder = loaded.encode_text
