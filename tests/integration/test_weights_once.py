@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import rel_err, tiny_clip
+
 from vit_lens_clip.convert.sources import ImageTowerMovedError
 from vit_lens_clip.loading import load_clip
 from vit_lens_clip.model.hooked_vit import HookedViT

@@ -6,6 +6,7 @@ peak memory in a separate call, and checks each against its exact counterpart (`
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 
 import numpy as np
@@ -15,7 +16,7 @@ import torch.nn.functional as F
 
 from vit_lens_clip.app.benchmarks.arguments import HEADLIKE_HEADS
 from vit_lens_clip.app.benchmarks.memory import LOADERS, measure_load, peak_bytes
-from vit_lens_clip.app.benchmarks.results import Row, agreement
+from vit_lens_clip.app.benchmarks.results import Row, agreement, format_table
 from vit_lens_clip.app.benchmarks.timing import Timing, time_interleaved
 from vit_lens_clip.decompose.parts import decompose
 from vit_lens_clip.methods.neurons.effects import SecondOrderCapture
@@ -305,3 +306,9 @@ def load_memory_rows(archs: tuple[str, ...] = ("ViT-B-16", "ViT-L-14"), seed: in
             rows.append(Row.of(table, loader, LOADERS[0], timing, record["rss"], check, counterpart,
                                "RSS grown by the load", rss_bytes=record["rss"]))
     return rows
+
+
+if __name__ == "__main__":  # python -m vit_lens_clip.app.benchmarks.suites [ARCH ...]: the resident-memory table
+    rows = load_memory_rows(tuple(sys.argv[1:]) or ("ViT-B-16", "ViT-L-14"))
+    for name in dict.fromkeys(r.table for r in rows):
+        print(format_table([r for r in rows if r.table == name], f"# {name}"), end="\n\n")
