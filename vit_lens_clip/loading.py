@@ -58,6 +58,8 @@ class LoadedCLIP:
     def text_model(self) -> HookedTextTransformer:
         """The hooked text tower (built on first use): its forward equals ``clip.encode_text`` (unnormalised)."""
         if self._text_model is None:
+            if self.tokenizer is None:
+                raise NoTextTowerError(f"{self.name} is an image-only model (no text tower): text_model needs a CLIP")
             self._text_model = HookedTextTransformer.from_model(getattr(self.clip, "m", self.clip))
             self._text_model.tokenizer = self.tokenizer
             self._text_model.cfg.model_name = f"{self.name} (text tower)"

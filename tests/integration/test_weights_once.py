@@ -8,6 +8,7 @@ import torch
 from conftest import rel_err, tiny_clip
 
 from vit_lens_clip.convert.sources import ImageTowerMovedError
+from vit_lens_clip.errors import NoTextTowerError
 from vit_lens_clip.loading import load_clip
 from vit_lens_clip.model.hooked_vit import HookedViT
 
@@ -86,3 +87,18 @@ def test_taking_over_gives_one_tensor_under_two_names_two_storages():
     taken = HookedViT.from_converted(hooked.cfg, state, copy=False)
     assert taken.ln_final.w.data_ptr() != taken.ln_pre.w.data_ptr()
     assert taken.W_proj.data_ptr() == state["W_proj"].data_ptr()  # contiguous weights are not copied
+
+
+def test_an_image_only_timm_model_is_held_once_and_keeps_its_refusals():
+    torch.manual_seed(0)
+    loaded = load_clip("timm:vit_tiny_patch16_224")
+    torch.manual_seed(0)
+    whole = load_clip("timm:vit_tiny_patch16_224", keep_source=True)
+    assert not list(loaded.clip.parameters())  # the whole timm model was the tower: nothing of it is left
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert rel_err(loaded.model(x), whole.clip(x)) <= 1e-5
+    with pytest.raises(ImageTowerMovedError, match=r"loaded\.model"):
+        loaded.clip(x)
+    with pytest.raises(NoTextTowerError, match="image-only"):
+        loaded.text_model  # noqa: B018
