@@ -56,6 +56,8 @@ class LoadedCLIP:
     def text_model(self) -> HookedTextTransformer:
         """The hooked text tower (built on first use): its forward equals ``clip.encode_text`` (unnormalised)."""
         if self._text_model is None:
+            if self.tokenizer is None:
+                raise NoTextTowerError(f"{self.name} is an image-only model (no text tower): text_model needs a CLIP")
             self._text_model = HookedTextTransformer.from_model(getattr(self.clip, "m", self.clip))
             self._text_model.tokenizer = self.tokenizer
             self._text_model.cfg.model_name = f"{self.name} (text tower)"
@@ -78,14 +80,21 @@ def load_clip(
     device: Optional[str | torch.device] = "cpu",
     precision: str = "fp32",
     cache_dir: Optional[str] = None,
+    keep_source: bool = False,
 ) -> LoadedCLIP:
     """Load a named model with its own library and port its image tower to a HookedViT (see the module doc).
 
     ``precision`` is "fp32", "fp16" or "bf16"; ``device`` "cpu", "cuda", "auto" or a torch device.
     QuickGELU is taken from the pretrained tag when the tag says so, and always read from the built module.
+
+    Each weight is held once: ``loaded.model`` owns the image tower's weights and ``loaded.clip`` keeps only what
+    ``encode_text`` and the hooked text tower need; ``loaded.clip.encode_image`` raises ``ImageTowerMovedError``
+    naming ``loaded.model``. ``keep_source=True`` keeps ``loaded.clip`` whole and untouched by edits of the
+    hooked model, at the cost of a second copy of the image tower's weights (about 1.5x the memory of
+    ``open_clip.create_model_and_transforms`` for a ViT-B-16).
     """
     source = build_source(name, pretrained, device=device, precision=precision, cache_dir=cache_dir)
-    hooked = HookedViT.from_source(source)
+    hooked = HookedViT.from_source(source, keep_source=keep_source)
     loaded = LoadedCLIP(hooked, source.clip, source.tokenizer, source.preprocess, source.model_name.name,
                         source.pretrained, source.key, source.device)
     hooked.text_encoder = loaded.encode_text

@@ -6,10 +6,12 @@ Python-style negative indices count from the end (``-1`` is the last layer); any
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Sequence, Union
+from typing import Callable, Iterable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -83,8 +85,10 @@ def check_images(images: Tensor) -> None:
     """Model inputs must be preprocessed float images; warn (naming the images) on NaN or inf.
 
     uint8 (or any integer) input is raw pixels: the model would see values 0..255 instead of normalised
-    ones and return plausible but wrong embeddings, so it raises; so do float images with any |value| above
-    ``MAX_ABS_PIXEL`` (raw 0..255 pixels that skipped the preprocess). One reduction and one host sync per call.
+    ones and return plausible but wrong embeddings, so it raises at once (a dtype check, no host read); so do
+    float images with any |value| above ``MAX_ABS_PIXEL`` (raw 0..255 pixels that skipped the preprocess). The
+    values are checked through ``host_check``: at once (one reduction, one host read per call), or, inside
+    ``deferred_checks()``, when the run reads its checks (no host read per batch).
     """
     if not isinstance(images, Tensor):
         raise BadInputError(f"images must be a torch.Tensor, got {type(images).__name__}")
@@ -93,21 +97,110 @@ def check_images(images: Tensor) -> None:
             f"images have dtype {images.dtype}: raw pixels are not model inputs; pass each PIL image through the "
             "model's preprocess (loaded.preprocess) to get normalised float tensors")
     if images.ndim >= 1 and images.shape[0] > 0 and images.numel() > 0:
-        flat = images.detach().reshape(images.shape[0], -1)
-        peak = flat.abs().amax(1).float().cpu()  # NaN where an image holds NaN; inf where it holds inf
-        bad = ~torch.isfinite(peak)
-        if bool(bad.any()):
-            idx = bad.nonzero().flatten().tolist()
-            shown = ", ".join(map(str, idx[:20])) + (", ..." if len(idx) > 20 else "")
-            warnings.warn(f"{len(idx)} input image(s) contain NaN or inf (batch indices {shown}); their outputs "
-                          "are not finite, the other images are unaffected", RuntimeWarning, stacklevel=3)
-        raw = (peak > MAX_ABS_PIXEL) & ~bad
-        if bool(raw.any()):
-            first = int(raw.nonzero()[0])
-            raise BadInputError(
-                f"image {first} has a value of magnitude {peak[first].item():.4g}, beyond the {MAX_ABS_PIXEL:g} of "
-                "normalised model inputs: raw 0..255 pixels? pass each PIL image through the model's preprocess "
-                "(loaded.preprocess)")
+        peak = images.detach().reshape(images.shape[0], -1).abs().amax(1)  # NaN/inf where an image holds them
+        host_check(peak, _image_verdict)
+
+
+def _image_verdict(peak: Tensor, where: Optional[Tensor]) -> None:
+    """The verdict on images' peak |value| (read on the host): warn on NaN/inf, raise on raw pixels."""
+    noun, labels = _labels(where, peak.shape[0], "batch indices")
+    bad = ~torch.isfinite(peak)
+    if bool(bad.any()):
+        idx = [labels[i] for i in bad.nonzero().flatten().tolist()]
+        shown = ", ".join(map(str, idx[:20])) + (", ..." if len(idx) > 20 else "")
+        warnings.warn(f"{len(idx)} input image(s) contain NaN or inf ({noun} {shown}); their outputs "
+                      "are not finite, the other images are unaffected", RuntimeWarning, stacklevel=5)
+    raw = (peak > MAX_ABS_PIXEL) & ~bad
+    if bool(raw.any()):
+        first = int(raw.nonzero()[0])
+        which = f"image {labels[first]}" if where is None else f"dataset image {labels[first]}"
+        raise BadInputError(
+            f"{which} has a value of magnitude {peak[first].item():.4g}, beyond the {MAX_ABS_PIXEL:g} of "
+            "normalised model inputs: raw 0..255 pixels? pass each PIL image through the model's preprocess "
+            "(loaded.preprocess)")
+
+
+def _labels(where: Optional[Tensor], n: int, noun: str) -> tuple[str, list[int]]:
+    """How a verdict names the rows of a batch: positions in the batch, or the dataset indices of a run."""
+    if where is None or where.numel() != n:
+        return noun, list(range(n))
+    return "dataset indices", where.tolist()
+
+
+# ------------------------------------------------------------------------------------------- host reads
+Verdict = Callable[[Tensor, Optional[Tensor]], None]
+
+
+class HostChecks:
+    """Checks whose verdict needs values computed on the device, kept there and read in one go by ``report``.
+
+    ``where`` is the dataset indices of the batch now in the model (a CPU tensor, set by the run's loop; images
+    are counted from the start of the block when it is not set); each check added keeps it, so that a verdict
+    names dataset images.
+    """
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[Tensor, Verdict, Tensor]] = []
+        self.where: Optional[Tensor] = None
+        self._seen: dict[Verdict, int] = {}
+
+    def add(self, values: Tensor, verdict: Verdict) -> None:
+        where, n = self.where, _rows(values)
+        if where is None or where.numel() != n:
+            seen = self._seen.get(verdict, 0)
+            where, self._seen[verdict] = torch.arange(seen, seen + n), seen + n
+        self.pending.append((values.detach(), verdict, where))
+
+    def report(self) -> None:
+        """Read every pending value to the host (one copy), then give one verdict per kind of check over all its
+        batches (in the order added): warnings, or the first error."""
+        pending, self.pending = self.pending, []
+        if not pending:
+            return
+        device = pending[0][0].device
+        flat = torch.cat([v.reshape(-1).to(device, torch.float64) for v, _, _ in pending]).cpu()
+        grouped: dict[Verdict, tuple[list[Tensor], list[Tensor]]] = {}
+        offset = 0
+        for values, verdict, where in pending:
+            rows = flat[offset : offset + values.numel()].reshape(_rows(values), *values.shape[1:])
+            offset += values.numel()
+            kept = grouped.setdefault(verdict, ([], []))
+            kept[0].append(rows)
+            kept[1].append(where)
+        for verdict, (values, wheres) in grouped.items():
+            verdict(torch.cat(values), torch.cat(wheres))
+
+
+def _rows(values: Tensor) -> int:
+    return values.shape[0] if values.ndim else 1
+
+
+_ACTIVE: ContextVar[Optional[HostChecks]] = ContextVar("vit_lens_clip_host_checks", default=None)
+
+
+def host_check(values: Tensor, verdict: Verdict) -> None:
+    """Give ``verdict(values on the host, None)`` now, or, inside ``deferred_checks()``, keep ``values`` on the
+    device for that run's next ``report()``."""
+    active = _ACTIVE.get()
+    if active is None:
+        verdict(values.detach().cpu(), None)
+    else:
+        active.add(values, verdict)
+
+
+@contextlib.contextmanager
+def deferred_checks() -> Iterator[HostChecks]:
+    """Inside, input checks that need a value (NaN/inf and raw-pixel images, zero embeddings under
+    ``normalize=True``) add no host read per batch: their values wait on the device until ``report()`` (called by
+    the run: after its first batch, at checkpoints, at the end) or the end of the block, where they warn or raise
+    naming the images (by dataset index when ``where`` is set). A run loop's way to keep the device busy."""
+    checks = HostChecks()
+    token = _ACTIVE.set(checks)
+    try:
+        yield checks
+    finally:
+        _ACTIVE.reset(token)
+    checks.report()
 
 
 def check_embeddings(x, width: int, what: str = "texts", unit: bool = False) -> Tensor:

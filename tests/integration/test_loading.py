@@ -43,7 +43,7 @@ def test_quickgelu_tag_under_gelu_named_config(b32_weights, monkeypatch):
     QuickGELU (open_clip alone only warns)."""
     path, reference = b32_weights
     monkeypatch.setattr(open_clip.factory, "download_pretrained", lambda cfg, cache_dir=None: str(path))
-    loaded = load_clip("ViT-B-32", pretrained="openai")
+    loaded = load_clip("ViT-B-32", pretrained="openai", keep_source=True)  # the source's own tower, read below
     assert loaded.model.cfg.act_fn == "quick_gelu"
     assert type(loaded.clip.visual.transformer.resblocks[0].mlp.gelu).__name__ == "QuickGELU"
     x = torch.randn(1, 3, 224, 224)
@@ -76,7 +76,7 @@ def test_from_pretrained_is_load_clips_tower():
     from vit_lens_clip import EMBEDDED_NAME, HookedViT
 
     tower = HookedViT.from_pretrained(EMBEDDED_NAME, device="cpu")
-    loaded = load_clip(EMBEDDED_NAME)
+    loaded = load_clip(EMBEDDED_NAME, keep_source=True)  # open_clip's own encode_image as the reference
     x = torch.randn(2, 3, *tower.cfg.image_size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert rel_err(tower(x), loaded.clip.encode_image(x)) <= 1e-5
@@ -229,9 +229,10 @@ def test_hf_name_goes_through_the_registry(monkeypatch):
 
     monkeypatch.setattr(transformers.CLIPModel, "from_pretrained", classmethod(from_pretrained))
     monkeypatch.setattr(transformers.CLIPProcessor, "from_pretrained", classmethod(from_pretrained))
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():  # before load_clip, which takes this (stubbed, so shared) model's image tower over
+        expected = model.visual_projection(model.vision_model(pixel_values=x).pooler_output)
     loaded = load_clip("hf:/models/tiny-clip")
     assert asked == ["/models/tiny-clip", "/models/tiny-clip"] and loaded.name == "hf:/models/tiny-clip"
-    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
-        expected = model.visual_projection(model.vision_model(pixel_values=x).pooler_output)
         assert rel_err(loaded.model(x), expected) <= 1e-5

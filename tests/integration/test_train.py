@@ -22,7 +22,7 @@ def _run(out, steps, **kw):
 
 def test_export_loads_through_open_clip_local_dir(tmp_path):
     model = _run(tmp_path / "run", 2, seed=3)
-    loaded = load_clip(f"local-dir:{tmp_path / 'run'}", device="cpu")
+    loaded = load_clip(f"local-dir:{tmp_path / 'run'}", device="cpu", keep_source=True)  # reads loaded.clip's tower
     config = json.loads((tmp_path / "run" / trainer.CONFIG_NAME).read_text())
     assert config["training"]["steps_done"] == 2 and config["training"]["seed"] == 3
     image = torch.randn(2, 3, 64, 64)

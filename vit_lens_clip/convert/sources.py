@@ -70,6 +70,38 @@ class BuiltSource:
         """Unit text embeddings of this model (see ``encode_texts``)."""
         return encode_texts(self.clip, self.tokenizer, texts, self.device, self.model_name.name, batch_size, progress)
 
+    def release_image_tower(self) -> None:
+        """Let go of the image tower once a HookedViT holds its weights (``HookedViT.from_source``): ``tower`` and
+        the image side of ``clip`` become ``ImageTowerMoved`` (calling it raises, saying where the tower went);
+        what ``encode_text`` and the hooked text tower read stays."""
+        moved = ImageTowerMoved(self.model_name.name)
+        if isinstance(getattr(self.clip, "visual", None), nn.Module):  # open_clip CLIP / CoCa (the tower read)
+            self.clip.visual = moved
+        elif isinstance(self.clip, _HFText):  # a transformers CLIPModel: its text side stays
+            self.clip.m.vision_model, self.clip.m.visual_projection = moved, ImageTowerMoved(self.model_name.name)
+        elif self.clip is self.tower:  # an image-only model (timm): the whole model was the tower
+            self.clip = moved
+        self.tower = moved
+
+
+class ImageTowerMovedError(RuntimeError):
+    """The source model's image tower was handed to the HookedViT (``load_clip``'s default)."""
+
+
+class ImageTowerMoved(nn.Module):
+    """What is left of a source model's image tower after ``load_clip`` ported it: no weights; calling it (as
+    ``loaded.clip.encode_image`` does) raises ``ImageTowerMovedError`` naming ``loaded.model``."""
+
+    def __init__(self, name: str):
+        super().__init__()
+        self.name = name
+
+    def forward(self, *args, **kwargs):
+        raise ImageTowerMovedError(
+            f"the image tower of {self.name} lives in loaded.model (a HookedViT that holds its weights, once): "
+            f"use loaded.encode_image(images) or loaded.model(images); load_clip({self.name!r}, keep_source=True) "
+            "keeps the source model's own image tower too, at the cost of a second copy of its weights")
+
 
 def encode_texts(
     clip: nn.Module, tokenizer: Optional[Callable], texts: Sequence[str], device: torch.device, name: str = "model",

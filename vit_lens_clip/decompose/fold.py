@@ -24,7 +24,7 @@ so per-piece scores never need the D-dimensional pieces themselves.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Optional
 
 import torch
 from jaxtyping import Float
@@ -32,6 +32,7 @@ from torch import Tensor
 
 from vit_lens_clip.errors import BadInputError
 from vit_lens_clip.model.pooling import compute_dtype
+from vit_lens_clip.validation import host_check
 
 Convention = Literal["equal_share", "own_mean"]
 CONVENTIONS = ("equal_share", "own_mean")
@@ -116,12 +117,19 @@ class LNFold:
 
 
 def embedding_norms(embedding: Float[Tensor, "batch d_out"], normalize: bool) -> Float[Tensor, " batch"]:
-    """‖y‖ per image (what ``normalize=True`` divides every part by), or ones; a zero embedding raises."""
+    """‖y‖ per image (what ``normalize=True`` divides every part by), or ones; a zero embedding raises, at once or,
+    inside ``validation.deferred_checks()``, when the run reads its checks (no host read per batch)."""
     if not normalize:
         return torch.ones(embedding.shape[0], device=embedding.device, dtype=embedding.dtype)
     norm = embedding.norm(dim=-1)
-    zero = norm == 0
-    if bool(zero.any()):
-        raise BadInputError(f"normalize=True: image(s) {zero.nonzero().flatten().tolist()[:20]} have a zero embedding, "
-                            "so their parts cannot be divided by its norm; use normalize=False")
+    host_check(norm == 0, _zero_embedding_verdict)
     return norm
+
+
+def _zero_embedding_verdict(zero: Tensor, where: Optional[Tensor]) -> None:
+    if bool(zero.any()):
+        rows = zero.nonzero().flatten()
+        named = rows.tolist() if where is None else where[rows].tolist()
+        which = "image(s)" if where is None else "dataset image(s)"
+        raise BadInputError(f"normalize=True: {which} {named[:20]} have a zero embedding, "
+                            "so their parts cannot be divided by its norm; use normalize=False")

@@ -3,14 +3,19 @@
 A reducer sees each batch's ``Decomposition`` (and the ``Batch`` it came from) and keeps a small state:
 
     class MyReducer(Reducer):
-        def update(self, parts, batch):
-            self.best = max(self.best, parts.heads.norm(dim=-1).max().item())
+        def update(self, parts, batch):  # stays on the device: no .item(), .cpu() or bool(tensor) per batch
+            self.best = torch.maximum(self.best, parts.heads.norm(dim=-1).amax(0))
 
 ``run_reducers`` makes one hooked forward pass per batch and feeds every reducer. With ``checkpoint_dir``
 it saves all reducer states every ``checkpoint_every`` batches, atomically (``decompose.checkpoint``); a
 killed run restarts from the last checkpoint and, since batches are the same, produces bitwise-identical
 results. The checkpoint records the identity of its inputs (model weights, data, settings) and a resume
 on anything else is refused.
+
+The per-batch path (``run_step``: the hooked forward, the decomposition, every reducer's ``update``) reads
+nothing back to the host: input checks that need a value are deferred (``validation.deferred_checks``) and read
+after the first batch, at each checkpoint and at the end; reducers copy to the host with ``to_host`` (pinned,
+non-blocking) and wait for those copies only when they write or return them (``host_ready``).
 """
 
 from __future__ import annotations
@@ -32,6 +37,24 @@ from vit_lens_clip.decompose.fold import Convention
 from vit_lens_clip.decompose.parts import Decomposition, DecompositionCapture
 from vit_lens_clip.errors import BadInputError
 from vit_lens_clip.model.hooked_vit import HookedViT
+
+
+def to_host(t: Tensor) -> Tensor:
+    """``t`` copied to host memory without waiting for the device (a pinned buffer, non-blocking copy): call
+    ``host_ready()`` before reading it. A CPU tensor is returned as it is."""
+    t = t.detach()
+    if t.device.type == "cpu":
+        return t
+    if t.device.type == "cuda":
+        out = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+        return out.copy_(t, non_blocking=True)
+    return t.to("cpu", non_blocking=True)
+
+
+def host_ready() -> None:
+    """Wait for the copies ``to_host`` started (once per shard or result, never per batch)."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
 
 
 class Reducer:
@@ -201,15 +224,19 @@ class TextScoreReducer(Reducer):
     """Per-image scores of each head's part against texts, [n_images, n_layers_kept, H, K], kept in memory."""
 
     def __init__(self, texts: Float[Tensor, "n_texts d_out"]):
-        self.texts = texts.float()
+        width = texts.shape[-1] if isinstance(texts, Tensor) and texts.ndim == 2 else 0
+        self.texts = validation.check_embeddings(texts, width, "texts").float()  # once, not per batch
         self.scores: list[Tensor] = []
         self.indices: list[Tensor] = []
 
     def update(self, parts: Decomposition, batch: Batch) -> None:
-        self.scores.append(parts.head_scores(self.texts).cpu())
-        self.indices.append(batch.indices.cpu())
+        if self.texts.device != parts.heads.device:
+            self.texts = self.texts.to(parts.heads.device, non_blocking=True)
+        self.scores.append(to_host(parts.heads @ self.texts.to(parts.heads.dtype).T))  # Decomposition.head_scores
+        self.indices.append(to_host(batch.indices))
 
     def result(self) -> dict[str, Tensor]:
+        host_ready()
         return {"scores": torch.cat(self.scores), "indices": torch.cat(self.indices)}
 
     def state_dict(self) -> dict[str, Tensor]:
@@ -237,11 +264,12 @@ class StackReducer(Reducer):
         if batch.labels is not None:
             values["labels"] = batch.labels
         for k, v in values.items():
-            self.rows.setdefault(k, []).append(v.detach().cpu())
+            self.rows.setdefault(k, []).append(to_host(v))
 
     def result(self) -> dict[str, Tensor]:
         if not self.rows:
             raise ValueError("StackReducer saw no images")
+        host_ready()
         return {k: torch.cat(v) for k, v in self.rows.items()}
 
     def state_dict(self) -> dict[str, Tensor]:
@@ -332,23 +360,39 @@ def run_reducers(
     done = start
     bar = tqdm(loader, desc="decomposing", disable=not progress, initial=start // batch_size,
                total=(n + batch_size - 1) // batch_size)
-    for step, batch in enumerate(bar, start=1):
-        done = min(n, done + batch_size)
-        summary.skipped += batch.skipped
-        if batch.images is not None:
-            capture = DecompositionCapture(model, layers, per_source, texts, convention, normalize)
-            hooks = list(extra_hooks) + [h for a in activation_means for h in a.hooks()] + capture.hooks()
-            with torch.no_grad():
-                model.run_with_hooks(batch.images.to(device), fwd_hooks=hooks)
-                parts = capture.finish()
-            for a in activation_means:
-                a.end_batch()
-            for r in reducers:
-                r.update(parts, batch)
-            summary.images += len(batch)
-        if step % checkpoint_every == 0 and done < n:
-            save_checkpoint(done)
+    capture = DecompositionCapture(model, layers, per_source, texts, convention, normalize)  # texts checked once
+    first = True
+    with validation.deferred_checks() as checks:
+        for step, batch in enumerate(bar, start=1):
+            done = min(n, done + batch_size)
+            summary.skipped += batch.skipped
+            if batch.images is not None:
+                checks.where = batch.indices
+                run_step(model, batch, capture, reducers, extra_hooks, activation_means, device)
+                summary.images += len(batch)
+                if first:  # raw pixels (a missing preprocess) fail on the first batch, not after the whole run
+                    checks.report()
+                    first = False
+            if step % checkpoint_every == 0 and done < n:
+                checks.report()  # nothing unchecked goes into a checkpoint
+                save_checkpoint(done)
+        checks.report()
     for r in reducers:
         r.flush()
     save_checkpoint(n)
     return summary
+
+
+def run_step(model: HookedViT, batch: Batch, capture: DecompositionCapture, reducers: Sequence[Reducer],
+             extra_hooks: Sequence[tuple[str, Any]], activation_means: Sequence[ActivationMeanReducer],
+             device: torch.device) -> None:
+    """One batch of ``run_reducers``: the hooked forward, the decomposition, every reducer's update. Nothing here
+    reads a value back to the host (tests/integration/test_host_syncs.py counts)."""
+    hooks = list(extra_hooks) + [h for a in activation_means for h in a.hooks()] + capture.hooks()
+    with torch.no_grad():
+        model.run_with_hooks(batch.images.to(device, non_blocking=True), fwd_hooks=hooks)
+        parts = capture.finish()
+    for a in activation_means:
+        a.end_batch()
+    for r in reducers:
+        r.update(parts, batch)

@@ -1,7 +1,8 @@
 """The one writer of store folders (docs/store.md): a reducer that streams the chosen parts of every image to
 safetensors shards listed by a ``manifest.json``; ``decompose.store.StoredParts`` reads them back.
 
-Memory holds at most one shard. The shard list (file, row count, sha256) is the reducer's checkpoint state, so a
+Memory holds at most one shard. Rows are copied to the host without waiting for the device (``to_host``); the
+writer waits once per shard, when it writes one. The shard list (file, row count, sha256) is the reducer's checkpoint state, so a
 resumed ``run_reducers`` rewrites the manifest from it and removes shards written after the checkpoint: a
 killed run resumes to the same files.
 """
@@ -18,7 +19,7 @@ from torch import Tensor
 from vit_lens_clip.datasets.folder import Batch
 from vit_lens_clip.decompose import checkpoint as ckpt_io
 from vit_lens_clip.decompose.parts import Decomposition
-from vit_lens_clip.decompose.reducers import Reducer
+from vit_lens_clip.decompose.reducers import Reducer, host_ready, to_host
 from vit_lens_clip.decompose.store import MANIFEST, PART_FIELDS, STORE_DTYPES
 from vit_lens_clip.errors import BadInputError
 
@@ -64,7 +65,7 @@ class ShardWriter(Reducer):
                 raise BadInputError(f"the decomposition holds no {name}; pass texts for source scores")
             rows[name] = value if self.dtype is None else value.to(self.dtype)
         for key, value in rows.items():
-            self.buffer.setdefault(key, []).append(value.detach().cpu())
+            self.buffer.setdefault(key, []).append(to_host(value))  # no wait for the device: see flush
         self.buffered += len(batch)
         if self.buffered >= self.shard_size:
             self.flush()
@@ -75,6 +76,7 @@ class ShardWriter(Reducer):
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
         name = shard_name(len(self.shards))
+        host_ready()  # the rows' copies to the host, started batch by batch, are done (once per shard)
         with torch.autocast("cpu", enabled=False):  # the buffers are CPU tensors of their final dtype
             tensors = {k: torch.cat(v).contiguous() for k, v in self.buffer.items()}
         sha = ckpt_io.atomic_save_tensors(self.out_dir / name, tensors)

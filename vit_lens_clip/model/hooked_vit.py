@@ -48,7 +48,7 @@ from vit_lens_clip.model.components import AttentionPool, LayerNorm, Transformer
 from vit_lens_clip.model.config import ViTConfig
 from vit_lens_clip.model.pooling import readout_for, trunk_readout
 from vit_lens_clip.model.stacked_weights import StackedWeights
-from vit_lens_clip.validation import check_images, text_embeddings, text_list
+from vit_lens_clip.validation import check_images, host_check, text_embeddings, text_list
 
 TextEncoder = Callable[[Sequence[str]], Tensor]
 
@@ -125,12 +125,16 @@ class HookedViT(StackedWeights, HookedRootModule):
             edited = self.hook_pooled(pooled.clone())
             if self.readout.is_position:
                 resid = self.readout.replace_pooled(resid, edited)
-            elif not torch.equal(edited, pooled):
-                raise ValueError(
-                    "hook_pooled cannot be edited when patches are averaged after the final LayerNorm "
-                    f"(no position holds the pooled residual); edit blocks.{self.cfg.n_layers - 1}.hook_resid_post"
-                )
+            else:
+                host_check((edited != pooled).any(), self._refuse_pooled_edit)
         return self.readout.pool(ln(resid))
+
+    def _refuse_pooled_edit(self, edited: Tensor, where: Optional[Tensor]) -> None:
+        if bool(edited.any()):
+            raise ValueError(
+                "hook_pooled cannot be edited when patches are averaged after the final LayerNorm "
+                f"(no position holds the pooled residual); edit blocks.{self.cfg.n_layers - 1}.hook_resid_post"
+            )
 
     def pool_tokens(self, x: Float[Tensor, "*batch pos d"]) -> Float[Tensor, "*batch d"]:
         """The trunk's readout of any per-position tensor (the pooled row); raises for an attention-pooled trunk."""
@@ -138,7 +142,7 @@ class HookedViT(StackedWeights, HookedRootModule):
 
     def forward(self, images: Float[Tensor, "batch channel height width"]) -> Float[Tensor, "batch d_out"]:
         """Image embedding = ln_final(r) · W_proj (+ b_proj); equals the source model's image embedding."""
-        check_images(images)  # uint8 raises; NaN/inf images are named in a warning
+        check_images(images)  # uint8 raises; NaN/inf and raw-pixel images at once, or deferred (validation.py)
         resid = self.embed(images)
         for block in self.blocks:
             resid = block(resid, rope=self.rope)
@@ -212,15 +216,19 @@ class HookedViT(StackedWeights, HookedRootModule):
         cfg: ViTConfig,
         state_dict: dict[str, Tensor],
         device: Optional[Union[str, torch.device]] = None,
+        copy: bool = True,
     ) -> "HookedViT":
         """The one loader: build a HookedViT from a converter's (config, state dict), in ``cfg.dtype``.
 
-        Every LayerNorm named in ``cfg.ln_eps`` keeps the eps of the module it was ported from. The weights are
-        always copied, in every precision: editing the hooked model never edits the source model, nor the reverse.
+        Every LayerNorm named in ``cfg.ln_eps`` keeps the eps of the module it was ported from. With ``copy`` (the
+        default, and what every ``from_*`` of a user's model does) the weights are copied, in every precision:
+        editing the hooked model never edits the source model, nor the reverse. ``copy=False`` is for a source
+        the package built and then lets go of (``from_source``): contiguous weights are taken over, not copied,
+        so each weight is held once; two entries that overlap in memory are still given separate storage.
         """
         with torch.device("meta"):
             hooked = cls(cfg)
-        state = {k: _own_copy(v) for k, v in state_dict.items()}
+        state = {k: _own_copy(v) for k, v in state_dict.items()} if copy else _take_over(state_dict)
         hooked.load_state_dict(state, strict=True, assign=True)
         hooked.W_text = torch.zeros(0, cfg.output_dim)
         for name, eps in cfg.ln_eps.items():
@@ -246,10 +254,18 @@ class HookedViT(StackedWeights, HookedRootModule):
         return cls.from_converted(*convert_tower(model, name, source="timm"), device=_device_of(model))
 
     @classmethod
-    def from_source(cls, source: BuiltSource) -> "HookedViT":
-        """Port a source model built from a name (``convert.sources.build_source``), on its device and dtype."""
+    def from_source(cls, source: BuiltSource, keep_source: bool = False) -> "HookedViT":
+        """Port a source model built from a name (``convert.sources.build_source``), on its device and dtype.
+
+        The hooked tower takes the source's image-tower weights over and the source lets go of its image tower
+        (``BuiltSource.release_image_tower``), so each weight is held once; ``keep_source`` copies them instead
+        and leaves the source whole (one more image tower in memory).
+        """
         cfg, state_dict = convert_tower(source.tower, source.model_name.name, source=source.family.source)
-        hooked = cls.from_converted(cfg, state_dict, device=_device_of(source.tower))
+        hooked = cls.from_converted(cfg, state_dict, device=_device_of(source.tower), copy=keep_source)
+        del state_dict
+        if not keep_source:
+            source.release_image_tower()
         return hooked.to(device=source.device, dtype=source.dtype)
 
     @classmethod
@@ -277,6 +293,23 @@ class HookedViT(StackedWeights, HookedRootModule):
 def _own_copy(t: Tensor) -> Tensor:
     """A contiguous copy in t's own precision that shares no storage with ``t`` (a bare ``.to`` would alias)."""
     return t.detach().clone(memory_format=torch.contiguous_format)
+
+
+def _take_over(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The state dict's tensors, contiguous (a copy only where they are not); an entry that overlaps an earlier
+    one in memory (one tensor under two names, say) gets its own copy, so no two weights share storage."""
+    taken, spans = {}, []
+    for k, v in state_dict.items():
+        v = v.detach().contiguous()
+        start = v.untyped_storage().data_ptr() + v.storage_offset() * v.element_size()
+        end = start + v.numel() * v.element_size()
+        if any(s < end and start < e for s, e in spans):
+            v = _own_copy(v)
+            start = v.data_ptr()
+            end = start + v.numel() * v.element_size()
+        spans.append((start, end))
+        taken[k] = v
+    return taken
 
 
 def _device_of(model: nn.Module) -> torch.device:

@@ -6,6 +6,7 @@ peak memory in a separate call, and checks each against its exact counterpart (`
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 
 import numpy as np
@@ -14,9 +15,9 @@ import torch
 import torch.nn.functional as F
 
 from vit_lens_clip.app.benchmarks.arguments import HEADLIKE_HEADS
-from vit_lens_clip.app.benchmarks.memory import peak_bytes
-from vit_lens_clip.app.benchmarks.results import Row, agreement
-from vit_lens_clip.app.benchmarks.timing import time_interleaved
+from vit_lens_clip.app.benchmarks.memory import LOADERS, measure_load, peak_bytes
+from vit_lens_clip.app.benchmarks.results import Row, agreement, format_table
+from vit_lens_clip.app.benchmarks.timing import Timing, time_interleaved
 from vit_lens_clip.decompose.parts import decompose
 from vit_lens_clip.methods.neurons.effects import SecondOrderCapture
 from vit_lens_clip.methods.spatial.heatmaps import text_heatmap
@@ -286,3 +287,28 @@ def full_rows(arch: str, batch_size: int, device: torch.device, repeats: int, pr
     rows += neuron_rows(arch, batch_size, device, repeats)
     rows += textspan_tables(textspan_data, textspan_sizes, repeats, device)
     return rows
+
+
+def load_memory_rows(archs: tuple[str, ...] = ("ViT-B-16", "ViT-L-14"), seed: int = 0) -> list[Row]:
+    """Resident memory a load leaves: ``load_clip(arch)`` against ``open_clip.create_model_and_transforms(arch)``
+    (random weights, float32), each in its own fresh process, one after the other (``memory.measure_load``).
+    The memory column is the RSS grown by the load (not a peak; target: load_clip at most 1.1x open_clip), the
+    times are the load's, and the agreement is that of the two models' embeddings of the same seeded images."""
+    rows = []
+    for arch in archs:
+        measured = {loader: measure_load(arch, loader, seed) for loader in LOADERS}
+        reference = measured[LOADERS[0]]["embedding"]
+        table = f"resident memory after loading: {arch} fp32, random weights, fresh process each"
+        for loader, record in measured.items():
+            timing = Timing([record["cpu_seconds"]], [record["seconds"]])
+            check = 0.0 if loader == LOADERS[0] else agreement(record["embedding"], reference)
+            counterpart = "itself" if loader == LOADERS[0] else "open_clip encode_image (same weights, same images)"
+            rows.append(Row.of(table, loader, LOADERS[0], timing, record["rss"], check, counterpart,
+                               "RSS grown by the load", rss_bytes=record["rss"]))
+    return rows
+
+
+if __name__ == "__main__":  # python -m vit_lens_clip.app.benchmarks.suites [ARCH ...]: the resident-memory table
+    rows = load_memory_rows(tuple(sys.argv[1:]) or ("ViT-B-16", "ViT-L-14"))
+    for name in dict.fromkeys(r.table for r in rows):
+        print(format_table([r for r in rows if r.table == name], f"# {name}"), end="\n\n")
