@@ -3,11 +3,12 @@ a TextDecomposition's head_tokens are its (head, token) pieces."""
 
 import pytest
 import torch
-from conftest import rel_err, tiny_clip
+from conftest import rel_err, tiny_clip, type_checks_off
 
 from vit_lens_clip.decompose.decomposition import Decomposition, TextDecomposition
 from vit_lens_clip.decompose.parts import decompose
 from vit_lens_clip.decompose.text import decompose_text
+from vit_lens_clip.errors import BadInputError
 from vit_lens_clip.model.hooked_text import HookedTextTransformer
 from vit_lens_clip.model.hooked_vit import HookedViT
 
@@ -24,8 +25,8 @@ def test_image_decomposition_total_and_head_scores():
     scores = parts.head_scores(texts)
     assert scores.shape == (2, 2, 4, 3)
     assert torch.allclose(scores[1, 0, 2], parts.heads[1, 0, 2] @ texts.T, atol=1e-6)
-    with pytest.raises(Exception):
-        parts.head_scores(torch.randn(3, 47))  # the wrong width is refused
+    with type_checks_off(), pytest.raises(BadInputError, match=r"texts must be \[n, 48\], got shape \(3, 47\)"):
+        parts.head_scores(torch.randn(3, 47))  # the package's own check, as in a normal install
 
 
 def test_text_decomposition_head_tokens():

@@ -5,6 +5,7 @@ import pytest
 import torch
 from conftest import rel_err, tiny_clip
 
+from vit_lens_clip.errors import BadInputError
 from vit_lens_clip.model.hooked_vit import HookedViT
 
 TOL = 1e-5
@@ -69,5 +70,5 @@ def test_text_directions_score_the_pooled_residual(pair):
     offset = (hooked.ln_final.b @ hooked.W_proj) @ texts.T
     assert rel_err(scores + offset, cache["hook_image_embed"] @ texts.T) <= TOL
     assert hooked.to_single_token("b") == 1 and hooked.W_U is hooked.W_proj
-    with pytest.raises(Exception, match="out of range"):
+    with pytest.raises(BadInputError, match="token index out of range for a text vocabulary of 3 texts"):
         hooked.tokens_to_residual_directions(torch.tensor([3]))

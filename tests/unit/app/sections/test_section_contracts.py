@@ -13,9 +13,8 @@ from types import SimpleNamespace
 import torch
 from conftest import tiny_clip, type_checks_off
 
-from vit_lens_clip.app.config import ReportConfig
-
 from vit_lens_clip.app import sections as registry
+from vit_lens_clip.app.config import ReportConfig
 from vit_lens_clip.app.sections import (
     ablation,
     attention,
