@@ -33,6 +33,8 @@ def test_classifier_averages_normalised_templates():
     assert weights.shape == (48, 2)
     callables = [lambda c: f"a {c}", lambda c: f"the {c} here", lambda c: f"{c}!"]
     assert torch.allclose(build_classifier(loaded, ["cat", "dog"], callables), weights, atol=1e-6)
+    mixed = ["a {}", callables[1], "{}!"]  # the documented mix of format strings and callables
+    assert torch.allclose(build_classifier(loaded, ["cat", "dog"], mixed), weights, atol=1e-6)
     with torch.no_grad():
         texts = [t.format("dog") for t in templates]
         e = F.normalize(loaded.clip.encode_text(loaded.tokenizer(texts)), dim=-1).mean(0)
