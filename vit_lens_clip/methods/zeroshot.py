@@ -31,12 +31,15 @@ def build_classifier(
         if isinstance(template, str) and "{}" not in template:
             raise BadInputError(f"template {template!r} has no '{{}}' for the class name: every class would get "
                                 "the same text")
+    templates = list(templates)
+    if any(isinstance(t, str) for t in templates) and not all(isinstance(t, str) for t in templates):
+        templates = [t.format if isinstance(t, str) else t for t in templates]  # open_clip takes one kind only
     with torch.no_grad():
         weights = open_clip.build_zero_shot_classifier(
             loaded.clip,
             tokenizer=loaded.tokenizer,
             classnames=list(classnames),
-            templates=list(templates),
+            templates=templates,
             num_classes_per_batch=classes_per_batch,
             device=loaded.device,
             use_tqdm=progress,

@@ -91,7 +91,7 @@ def train_topk_sae(acts: Float[Tensor, "n d"], hook: str, d_sae: int, k: int, st
             sae.W_dec.div_(sae.W_dec.norm(dim=-1, keepdim=True))
         for group in opt.param_groups:  # linear decay over the last fifth
             group["lr"] = lr * min(1.0, 5 * (steps - step) / steps)
-        losses.append(float(mse))
+        losses.append(float(mse.detach()))
     return sae, losses
 
 

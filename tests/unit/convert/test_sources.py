@@ -1,0 +1,54 @@
+"""convert/sources.py: devices, precisions, whole-file digests and batched unit text embeddings (no hub)."""
+
+import pytest
+import torch
+from conftest import tiny_clip
+
+from vit_lens_clip.convert.sources import (
+    PRECISIONS,
+    encode_texts,
+    file_digest,
+    precision_name,
+    resolve_device,
+)
+from vit_lens_clip.errors import NoTextTowerError
+
+
+def test_resolve_device_and_precision_names():
+    assert resolve_device("cpu") == torch.device("cpu")
+    if not torch.cuda.is_available():
+        assert resolve_device(None) == torch.device("cpu") and resolve_device("auto") == torch.device("cpu")
+        with pytest.raises(ValueError, match="no CUDA device"):
+            resolve_device("cuda")
+    assert precision_name(None) == "fp32"
+    for name, dtype in PRECISIONS.items():
+        assert precision_name(dtype) == name and precision_name(name) == name
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        precision_name(torch.int8)
+
+
+def test_file_digest_reads_the_whole_file(tmp_path):
+    head = b"x" * (3 << 20)
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    a.write_bytes(head + b"1")
+    b.write_bytes(head + b"2")
+    c.write_bytes(head + b"1")
+    assert file_digest(a) != file_digest(b)  # same first megabytes, different files
+    assert file_digest(a) == file_digest(c)
+
+
+def test_encode_texts_batches_to_unit_vectors_and_refuses_image_only_models():
+    clip = tiny_clip()
+
+    def tokenizer(texts):
+        return torch.stack([torch.tensor([1 + len(t)] * 15 + [49407]) for t in texts])
+
+    texts = ["a", "bb", "ccc", "dddd", "eeeee"]
+    one_batch = encode_texts(clip, tokenizer, texts, torch.device("cpu"))
+    small_batches = encode_texts(clip, tokenizer, texts, torch.device("cpu"), batch_size=2)
+    assert one_batch.shape == (5, 48)
+    assert torch.allclose(one_batch.norm(dim=-1), torch.ones(5), atol=1e-5)
+    assert torch.allclose(one_batch, small_batches, atol=1e-6)
+    assert torch.allclose(encode_texts(clip, tokenizer, "ccc", torch.device("cpu"))[0], one_batch[2], atol=1e-6)
+    with pytest.raises(NoTextTowerError, match="image-only"):
+        encode_texts(clip, None, texts, torch.device("cpu"), name="m")
