@@ -12,10 +12,11 @@ import torch.nn.functional as F
 from conftest import tiny_clip
 
 from vit_lens_clip import HookedViT
+from vit_lens_clip.datasets.shapes_adapters import shapes_images
 from vit_lens_clip.datasets.shapes_world import zero_shot_labels
 from vit_lens_clip.loading import LoadedCLIP
 from vit_lens_clip.methods.neurons.ablation import SETTINGS
-from vit_lens_clip.methods.neurons.study import LayerResult, run_study, shapes_images
+from vit_lens_clip.methods.neurons.study import LayerResult, run_study
 from vit_lens_clip.methods.zeroshot import build_classifier
 
 TASK = "shape"
@@ -44,8 +45,8 @@ def data(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def result(loaded):
-    return run_study(loaded, LAYERS, TASK, seed=0, texts=TEXTS, n_texts=2, top_fraction=TOP, batch_size=16,
-                     progress=False, reference=data(N_REF, 1), evaluation=data(N_EVAL, 2))
+    return run_study(loaded, LAYERS, data(N_REF, 1), data(N_EVAL, 2), *zero_shot_labels(TASK), task=TASK,
+                     texts=TEXTS, n_texts=2, top_fraction=TOP, batch_size=16, progress=False)
 
 
 def test_the_study_records_its_inputs(result):
@@ -84,8 +85,8 @@ def test_selectivity_is_measured_on_the_evaluation_images_against_the_reference_
 def test_evaluating_on_the_reference_images_gives_the_threshold_quantile(loaded):
     """τ_n is the k-th largest norm over the reference images (strict >): on those same images every neuron is
     significant on exactly k − 1 of them. On other images this would not hold."""
-    same = run_study(loaded, [0], TASK, top_fraction=TOP, batch_size=16, progress=False, reference=data(N_REF, 1),
-                     evaluation=data(N_REF, 1))  # one layer, no texts: the cheap part of the protocol
+    same = run_study(loaded, [0], data(N_REF, 1), data(N_REF, 1), *zero_shot_labels(TASK), task=TASK,
+                     top_fraction=TOP, batch_size=16, progress=False)  # one layer, no texts: the cheap part
     assert set(same.layers[0].accuracy) == set(SETTINGS) - {"text"}  # no texts, no text ablation
     k = max(1, round(TOP * N_REF))
     for layer in same.layers.values():
