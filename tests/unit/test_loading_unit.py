@@ -14,7 +14,7 @@ from vit_lens_clip.loading import EMBEDDED_NAME, LoadedCLIP, load_clip
 
 @pytest.fixture(scope="module")
 def loaded():
-    return load_clip()
+    return load_clip(keep_source=True)  # open_clip's own image tower stays, as the reference below
 
 
 def test_embedded_default(loaded):

@@ -19,6 +19,7 @@ import argparse
 import functools
 import itertools
 from collections.abc import Iterable, Sequence
+from importlib.resources import files
 from pathlib import Path
 
 POOL_DIR = Path(__file__).parent / "pools"
@@ -384,8 +385,6 @@ def _offensive_word(word: str) -> bool:
 
 
 def _multi_word_starts() -> frozenset[str]:
-    from importlib.resources import files
-
     try:
         entries = (files("better_profanity") / "profanity_wordlist.txt").read_text(encoding="utf-8").splitlines()
     except (ModuleNotFoundError, FileNotFoundError):  # the generator then fails at its first offensive() call
