@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal, Optional
 
 import torch
@@ -48,7 +48,6 @@ class TextConfig:
     attn_only: bool = False
     final_rms: bool = False
     positional_embedding_type: str = "standard"
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.d_head = head_width(self.d_model, self.n_heads, self.d_head)
