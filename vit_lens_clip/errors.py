@@ -6,7 +6,9 @@ Anything else that escapes a command is a bug and prints a traceback. This modul
 
 from __future__ import annotations
 
+import difflib
 import pickle
+from typing import Iterable
 
 from safetensors import SafetensorError
 
@@ -17,6 +19,22 @@ class UserInputError(Exception):
 
 class BadInputError(UserInputError, ValueError):
     """An argument or option value that cannot be used (out-of-range index, empty list, wrong dtype)."""
+
+
+class UnknownHookError(UserInputError, KeyError):
+    """A hook name the model does not have; the message names the closest real ones. A ``KeyError``, as the
+    bare lookup that it replaces was."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+def unknown_hook(name: str, known: "Iterable[str]") -> UnknownHookError:
+    """``UnknownHookError`` for ``name``, with a "did you mean" from the model's hook names (difflib)."""
+    known = list(known)
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else "; list them with model.hook_dict"
+    return UnknownHookError(f"no hook named {name!r} in this model{hint}")
 
 
 class RunFolderMismatchError(UserInputError, ValueError):

@@ -6,9 +6,10 @@ Light on purpose (no torch): the CLI builds its parser from this module, so ``--
 from __future__ import annotations
 
 import argparse
+import difflib
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from vit_lens_clip.embedded import EMBEDDED_NAME
 
@@ -18,6 +19,20 @@ SECTION_NAMES: tuple[str, ...] = (
 DEFAULT_QUERIES: tuple[str, ...] = (
     "a colour", "a shape", "a location in the image", "a place", "a number of objects",
 )
+
+
+def suggest_names(unknown: Sequence[str], known: Sequence[str]) -> str:
+    """'' or "; did you mean 'x'?" for the closest known names (difflib)."""
+    close = [c for name in unknown for c in difflib.get_close_matches(name, list(known), n=1, cutoff=0.5)]
+    return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+
+
+def section_name(text: str) -> str:
+    """A report section's name, for argparse: an unknown one is refused with the closest names."""
+    if text not in SECTION_NAMES:
+        raise argparse.ArgumentTypeError(f"unknown section {text!r}{suggest_names([text], SECTION_NAMES)} "
+                                         f"(sections: {', '.join(SECTION_NAMES)})")
+    return text
 
 
 @dataclass(frozen=True)
@@ -59,7 +74,8 @@ class ReportConfig:
             object.__setattr__(self, "spurious_queries", tuple(self.spurious_queries))
         unknown = sorted(set(self.skip) - set(SECTION_NAMES))
         if unknown:
-            raise ValueError(f"unknown sections to skip {unknown}; sections are {list(SECTION_NAMES)}")
+            raise ValueError(f"unknown sections to skip {unknown}{suggest_names(unknown, SECTION_NAMES)}; "
+                             f"sections are {list(SECTION_NAMES)}")
         for name in ("n_images", "last_layers", "k", "batch_size", "segmentation_images", "spurious_images"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -113,7 +129,8 @@ def add_report_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sae", default=None,
                    help="a SAELens or ViT-Prisma SAE folder for a hook of the model (default: the embedded model's "
                         "shipped SAE; other models skip the SAE section without one)")
-    p.add_argument("--skip", nargs="*", default=[], choices=SECTION_NAMES, help="sections to leave out")
+    p.add_argument("--skip", nargs="*", default=[], type=section_name, metavar="SECTION",
+                   help=f"sections to leave out: {', '.join(SECTION_NAMES)}")
     p.add_argument("--queries", nargs="*", default=list(DEFAULT_QUERIES),
                    help="texts for the 'which heads span this text' search")
     p.add_argument("--seed", type=int, default=0)

@@ -9,13 +9,26 @@ the cache reads), and ``cfg.device`` kept equal to the parameters' device after 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable, Union
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 from transformer_lens import ActivationCache
 from transformer_lens.FactoredMatrix import FactoredMatrix
+
+from vit_lens_clip.errors import unknown_hook
+
+
+class _HookLookup(dict):
+    """The module table TransformerLens looks hook names up in; an unknown name raises ``UnknownHookError``."""
+
+    def __init__(self, modules: dict, hooks: dict):
+        super().__init__(modules)
+        self.hooks = hooks
+
+    def __missing__(self, name: str):
+        raise unknown_hook(name, self.hooks)
 
 
 class StackedWeights:
@@ -83,9 +96,24 @@ class StackedWeights:
         """What each head writes per unit of attention: x_src · W_V W_O (before b_V, b_O)."""
         return FactoredMatrix(self.W_V, self.W_O)
 
+    # ------------------------------------------ hook names: a misspelling names the closest real ones
+    def setup(self) -> None:
+        super().setup()
+        self.mod_dict = _HookLookup(self.mod_dict, self.hook_dict)
+
+    def check_hook_names(self, names: Union[str, Iterable[str]]) -> None:
+        """Raise ``UnknownHookError`` (with a "did you mean") for any name that is not one of the model's hooks."""
+        for name in [names] if isinstance(names, str) else names:
+            if name not in self.hook_dict:
+                raise unknown_hook(name, self.hook_dict)
+
     # ------------------------------------------ what ActivationCache reads
     def run_with_cache(self, *model_args: Any, return_cache_object: bool = True, **kwargs: Any):
-        """Run and cache activations; returns (embedding, ``transformer_lens.ActivationCache``)."""
+        """Run and cache activations; returns (embedding, ``transformer_lens.ActivationCache``). A list of names as
+        ``names_filter`` must hold real hook names (a misspelled one would be silently left out of the cache)."""
+        names_filter = kwargs.get("names_filter")
+        if isinstance(names_filter, (str, list, tuple)):
+            self.check_hook_names(names_filter)
         out, cache_dict = super().run_with_cache(*model_args, **kwargs)
         if return_cache_object:
             return out, ActivationCache(cache_dict, self, has_batch_dim=not kwargs.get("remove_batch_dim", False))

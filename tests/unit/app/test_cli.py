@@ -47,3 +47,13 @@ def test_user_errors_print_one_line_and_return_2(tmp_path, capsys):
     rc = main(["report", "--out", str(tmp_path / "r"), "--images", str(tmp_path / "missing")])
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "image folder not found" in err
+
+
+def test_a_misspelled_section_names_the_closest_one(capsys):
+    from vit_lens_clip.app.config import ReportConfig
+
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(["report", "--skip", "textspn"])
+    assert exit_.value.code == 2 and "did you mean 'textspan'?" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="did you mean 'heatmaps'"):
+        ReportConfig(skip=("heatmap",))

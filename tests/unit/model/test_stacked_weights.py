@@ -115,3 +115,19 @@ def test_transformer_lens_full_residual_decomposition_adds_up(layer, mlp_input, 
                                                        return_labels=True)
     assert labels[-1] == "bias" and "embed" in labels and "pos_embed" in labels
     assert rel_err(parts.sum(0), cache[target]) <= 1e-5
+
+
+@pytest.mark.parametrize("make", [vit, text], ids=["vit", "text"])
+def test_a_misspelled_hook_name_names_the_closest_real_ones(make):
+    from vit_lens_clip.errors import UnknownHookError
+
+    model = make()
+    x = images() if make is vit else tokens()
+    with pytest.raises(UnknownHookError, match="did you mean 'blocks.0.attn.hook_pattern'"):
+        model.run_with_hooks(x, fwd_hooks=[("blocks.0.attn.hook_patern", lambda t, hook: t)])
+    with pytest.raises(KeyError, match="did you mean 'blocks.1.hook_resid_post'"):  # still a KeyError
+        model.run_with_cache(x, names_filter=["blocks.1.hook_resid_psot"])  # would silently cache nothing
+    with pytest.raises(UnknownHookError, match="hook_dict"):  # nothing close: where to look
+        model.add_hook("zzzz", lambda t, hook: t)
+    _, cache = model.run_with_cache(x, names_filter=["blocks.1.hook_resid_post"])
+    assert list(cache.keys()) == ["blocks.1.hook_resid_post"]
