@@ -18,7 +18,7 @@ with random weights (``pretrained=None``) loads without any network access.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -81,6 +81,7 @@ def load_clip(
     precision: str = "fp32",
     cache_dir: Optional[str] = None,
     keep_source: bool = False,
+    tokenizer: Union[None, str, Callable] = None,
 ) -> LoadedCLIP:
     """Load a named model with its own library and port its image tower to a HookedViT (see the module doc).
 
@@ -92,8 +93,11 @@ def load_clip(
     naming ``loaded.model``. ``keep_source=True`` keeps ``loaded.clip`` whole and untouched by edits of the
     hooked model, at the cost of a second copy of the image tower's weights (about 1.5x the memory of
     ``open_clip.create_model_and_transforms`` for a ViT-B-16).
+
+    ``tokenizer`` (open_clip models): a local folder with a Hugging Face tokenizer (for SigLIP-style models whose
+    tokenizer comes from the hub: needed offline unless the hub cache holds it), or any callable texts → tokens.
     """
-    source = build_source(name, pretrained, device=device, precision=precision, cache_dir=cache_dir)
+    source = build_source(name, pretrained, device=device, precision=precision, cache_dir=cache_dir, tokenizer=tokenizer)
     hooked = HookedViT.from_source(source, keep_source=keep_source)
     loaded = LoadedCLIP(hooked, source.clip, source.tokenizer, source.preprocess, source.model_name.name,
                         source.pretrained, source.key, source.device)

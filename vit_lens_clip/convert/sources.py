@@ -17,7 +17,7 @@ import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Union
 
 import open_clip
 import timm
@@ -150,12 +150,18 @@ def build_source(
     device: Optional[str | torch.device] = "cpu",
     precision: str = "fp32",
     cache_dir: Optional[str] = None,
+    tokenizer: Union[None, str, Callable] = None,
 ) -> BuiltSource:
-    """Build the source model ``name`` names (see ``vit_lens_clip.loading``), its family checked first."""
+    """Build the source model ``name`` names (see ``vit_lens_clip.loading``), its family checked first.
+    ``tokenizer``: for an open_clip model, a local tokenizer folder or a callable instead of open_clip's own."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
     model_name = parse_name(name)
     check_name(model_name)  # unknown or unsupported: from the config, before anything is built or fetched
+    if tokenizer is not None:
+        if model_name.source != "open_clip":
+            raise ValueError(f"tokenizer= is for open_clip models; {name!r} is a {model_name.source} model")
+        return _build_open_clip(model_name, pretrained, resolve_device(device), precision, cache_dir, tokenizer)
     return _BUILDERS[model_name.source](model_name, pretrained, resolve_device(device), precision, cache_dir)
 
 
@@ -206,15 +212,45 @@ def _read_weights(path: str) -> dict[str, Tensor]:
 
 # ------------------------------------------------------------------------------------------- open_clip
 class _LazyTokenizer:
-    """open_clip's tokenizer for ``name``, built on first use (SigLIP's comes from the hub)."""
+    """open_clip's tokenizer for ``name``, built on first use (SigLIP's comes from the hub).
 
-    def __init__(self, name: str):
-        self.name, self._tokenizer = name, None
+    ``local``: a folder holding a Hugging Face tokenizer (tokenizer.json / tokenizer_config.json, as
+    ``AutoTokenizer.save_pretrained`` writes them), used with the model's own text settings (context length,
+    tokenizer options) instead of the hub. Offline, a hub tokenizer is read from the local cache only, and a missing
+    one fails at once, in one line, saying how to give a local folder."""
+
+    def __init__(self, name: str, local: Optional[str] = None, cache_dir: Optional[str] = None):
+        self.name, self.local, self.cache_dir, self._tokenizer = name, local, cache_dir, None
 
     def __call__(self, texts):
         if self._tokenizer is None:
-            self._tokenizer = open_clip.get_tokenizer(self.name)
+            self._tokenizer = self._build()
         return self._tokenizer(texts)
+
+    def _build(self) -> Callable:
+        if self.local is not None:
+            return tokenizer_from_folder(self.name, self.local)
+        if not hub_offline():
+            return open_clip.get_tokenizer(self.name, cache_dir=self.cache_dir)
+        try:
+            with hub_offline_mode():
+                return open_clip.get_tokenizer(self.name, cache_dir=self.cache_dir)
+        except (OSError, ValueError, RuntimeError) as e:
+            raise WeightsUnavailableError(
+                f"the tokenizer of {self.name!r} comes from the model hub, which cannot be reached, and it is not in "
+                f"the local cache; give it as a folder: load_clip({self.name!r}, ..., tokenizer='/path/to/tokenizer') "
+                "(a folder written by transformers' AutoTokenizer.save_pretrained)") from e
+
+
+def tokenizer_from_folder(name: str, folder: str) -> Callable:
+    """open_clip's ``HFTokenizer`` on a local folder, with the model ``name``'s text settings from its config."""
+    path = Path(folder).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(f"tokenizer folder not found: {path}")
+    text_cfg = (open_clip.get_model_config(name) or {}).get("text_cfg", {})
+    return open_clip.tokenizer.HFTokenizer(
+        str(path), context_length=text_cfg.get("context_length", 77),
+        tokenizer_mode=text_cfg.get("tokenizer_mode"), **text_cfg.get("tokenizer_kwargs", {}))
 
 
 def _quick_gelu_for_tag(name: str, pretrained: Optional[str]) -> bool:
@@ -226,7 +262,7 @@ def _quick_gelu_for_tag(name: str, pretrained: Optional[str]) -> bool:
 
 
 def _build_open_clip(model_name: ModelName, pretrained: Optional[str], device: torch.device, precision: str,
-                     cache_dir: Optional[str]) -> BuiltSource:
+                     cache_dir: Optional[str], tokenizer: Union[None, str, Callable] = None) -> BuiltSource:
     name, local_dir = model_name.identifier, model_name.local_dir
     verify_local_dir(str(local_dir)) if local_dir is not None else check_weights_file(pretrained)  # sha256, truncation
     if pretrained is not None and os.path.sep in pretrained and not _is_file(pretrained):
@@ -255,7 +291,8 @@ def _build_open_clip(model_name: ModelName, pretrained: Optional[str], device: t
         weights_key = file_digest(files[0]) if files else "none"
     else:
         weights_key = pretrained or _params_digest(clip)
-    return BuiltSource(model_name, family_of(clip, "open_clip"), clip, clip, _LazyTokenizer(name), preprocess,
+    return BuiltSource(model_name, family_of(clip, "open_clip"), clip, clip,
+                       _LazyTokenizer(name, tokenizer, cache_dir) if not callable(tokenizer) else tokenizer, preprocess,
                        pretrained, f"{model_name.name}|{weights_key}|{precision}", device, PRECISIONS[precision])
 
 

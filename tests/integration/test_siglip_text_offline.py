@@ -1,0 +1,53 @@
+"""SigLIP's tokenizer comes from the model hub: offline it fails at once in one line that says how to give a local
+one, and a local tokenizer folder makes the text tower usable offline (random weights, no network)."""
+
+import time
+
+import pytest
+import torch
+
+from vit_lens_clip.convert import offline
+from vit_lens_clip.errors import UserInputError, WeightsUnavailableError
+from vit_lens_clip.loading import load_clip
+
+
+@pytest.fixture
+def hub_offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    offline._hub_unreachable.cache_clear()
+
+
+def _local_tokenizer(folder):
+    """A tiny Hugging Face tokenizer written to ``folder``, as AutoTokenizer.save_pretrained writes one."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, "a": 3, "photo": 4, "of": 5, "cat": 6, "dog": 7}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>",
+                            unk_token="<unk>").save_pretrained(str(folder))
+    return folder
+
+
+def test_offline_hub_tokenizer_fails_at_once_in_one_line(hub_offline):
+    loaded = load_clip("ViT-B-16-SigLIP")
+    start = time.perf_counter()
+    with pytest.raises(WeightsUnavailableError) as refused:
+        loaded.encode_text(["a photo of a cat"])
+    assert time.perf_counter() - start < 5
+    message = str(refused.value)
+    assert isinstance(refused.value, UserInputError) and "\n" not in message and "tokenizer=" in message
+
+
+def test_a_local_tokenizer_folder_encodes_text_offline(hub_offline, tmp_path):
+    folder = _local_tokenizer(tmp_path / "tokenizer")
+    loaded = load_clip("ViT-B-16-SigLIP", tokenizer=str(folder))
+    texts = loaded.encode_text(["a photo of a cat", "a dog", "a photo of a cat"])
+    assert texts.shape == (3, loaded.model.cfg.output_dim)
+    assert torch.allclose(texts.norm(dim=-1), torch.ones(3), atol=1e-5)
+    assert torch.allclose(texts[0], texts[2]) and not torch.allclose(texts[0], texts[1], atol=1e-3)
+    tokens = loaded.tokenizer(["a photo of a cat"])
+    assert tokens[0, :5].tolist() == [3, 4, 5, 3, 6]  # the folder's vocabulary, not the hub's
+    with pytest.raises(FileNotFoundError, match="tokenizer folder not found"):
+        load_clip("ViT-B-16-SigLIP", tokenizer=str(tmp_path / "missing")).encode_text(["a cat"])
