@@ -58,12 +58,12 @@ class NeuronOptions:
     progress: bool = True
 
 
-def pool_embeddings(loaded, pools: Sequence[str]) -> tuple[list[str], torch.Tensor]:
+def pool_embeddings(loaded, pools: Sequence[str], progress: bool = True) -> tuple[list[str], torch.Tensor]:
     """Texts of the pools (first occurrence kept) and their unit embeddings, cached on disk per pool."""
     texts, rows = [], []
     for pool in pools:
         pool_texts = load_pool(pool)
-        rows.append(embed_texts_cached(pool_texts, loaded.encode_text, loaded.key))
+        rows.append(embed_texts_cached(pool_texts, loaded.encode_text, loaded.key, progress=progress))
         texts += pool_texts
     first = {t: i for i, t in reversed(list(enumerate(texts)))}
     keep = sorted(first.values())
@@ -79,7 +79,7 @@ def add_neuron_study(out: ReportOutput, loaded, options: NeuronOptions) -> None:
     page parts, ``out.numbers["neurons"]`` and one CSV row per layer and measure."""
     model = loaded.model
     layers = [check_supported(model, l) for l in (options.layers or default_layers(model.cfg.n_layers))]
-    texts, embeddings = pool_embeddings(loaded, options.pools)
+    texts, embeddings = pool_embeddings(loaded, options.pools, options.progress)
     classnames, templates = zero_shot_labels(options.task)
     reference = shapes_images(loaded.preprocess, options.n_reference, options.seed + 1000, options.task, options.progress)
     evaluation = shapes_images(loaded.preprocess, options.n_eval, options.seed + 2000, options.task, options.progress)

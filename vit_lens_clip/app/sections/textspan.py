@@ -20,7 +20,7 @@ class TextSpanSection:
     def run(self, ctx: ReportContext) -> None:
         config, contributions = ctx.config, ctx.values.contributions
         pool = load_pool(config.texts)
-        pool_emb = embed_texts_cached(pool, ctx.loaded.encode_text, ctx.loaded.key)
+        pool_emb = embed_texts_cached(pool, ctx.loaded.encode_text, ctx.loaded.key, progress=not config.quiet)
         table = TextSpanTable.compute(contributions, pool_emb, pool, k=config.k,
                                       title=f"TextSpan ({config.texts}, k={config.k})")
         table.write(ctx.out, "textspan")  # textspan.json, .md and .html beside the report

@@ -66,13 +66,15 @@ def embed_texts_cached(
     model_key: str,
     cache_dir: str | Path | None = None,
     batch_size: int = 256,
+    progress: bool = True,
 ) -> Float[Tensor, "n_texts d_out"]:
     """Embed ``texts`` with ``encode`` in batches, caching the result on disk.
 
     ``encode`` maps a list of strings to a [batch, d_out] tensor (normalise inside it if unit embeddings are
     wanted). ``model_key`` must identify the model and everything else that changes the embeddings (for
     example the template and normalisation); the cache file is ``<cache_dir>/<sha256>.safetensors`` keyed by
-    (model_key, texts) and is written atomically. The result is returned on the CPU.
+    (model_key, texts) and is written atomically. The result is returned on the CPU. ``progress``: a progress bar
+    while embedding (a command's ``--quiet`` turns it off).
     """
     texts = list(texts)
     if not texts:
@@ -90,7 +92,7 @@ def embed_texts_cached(
             return embeddings  # (a damaged cache file, e.g. NaN bits, is rebuilt)
 
     batches = []
-    for start in tqdm(range(0, len(texts), batch_size), desc="embedding texts", unit="batch"):
+    for start in tqdm(range(0, len(texts), batch_size), desc="embedding texts", unit="batch", disable=not progress):
         batch = texts[start : start + batch_size]
         with torch.no_grad():
             out = encode(batch)

@@ -17,3 +17,17 @@ def test_the_words_pool_is_clean_and_is_what_the_generator_writes():
     assert len(words) == make_pools.N_WORDS
     assert [w for w in words if profanity.contains_profanity(w)] == []
     assert make_pools.build_words() == words  # the filter runs at generation; frequent vulgar words are dropped
+
+
+def test_embedding_a_pool_shows_a_bar_unless_quiet(tmp_path, capsys):
+    import torch
+
+    from vit_lens_clip.methods.textspan.pools import embed_texts_cached
+
+    def encode(batch):
+        return torch.ones(len(batch), 4)
+
+    embed_texts_cached(["a", "b"], encode, "m", cache_dir=tmp_path / "loud")
+    assert "embedding texts" in capsys.readouterr().err
+    quiet = embed_texts_cached(["a", "b", "c"], encode, "m", cache_dir=tmp_path / "quiet", progress=False)
+    assert quiet.shape == (3, 4) and "embedding texts" not in capsys.readouterr().err
