@@ -81,7 +81,7 @@ def check_collection(model: HookedViT, images: torch.Tensor, batch_size: int, te
             writer = ShardWriter(Path(tmp) / "parts", ("heads", "embed", "scores"), shard_size=10**9)
             run = [writer, MeanReducer(), StackReducer(), TextScoreReducer(texts)]
             run_reducers(model, TensorImages(images), run, batch_size=batch_size, texts=texts, normalize=True,
-                         checkpoint_dir=Path(tmp) / "checkpoint", checkpoint_every=2, pin_memory=True,
+                         checkpoint_dir=Path(tmp) / "checkpoint", checkpoint_every=2, pin_memory=torch.cuda.is_available(),
                          progress=False, device=texts.device)
             writer.result()
     finally:
