@@ -19,7 +19,7 @@ from vit_lens_clip.decompose.assemble import assemble
 from vit_lens_clip.decompose.decomposition import Decomposition
 from vit_lens_clip.decompose.fold import Convention
 from vit_lens_clip.decompose.output_fold import output_fold
-from vit_lens_clip.decompose.pieces import PoolerPieces, RowPieces, value_dots
+from vit_lens_clip.decompose.pieces import NormedMeanPieces, PoolerPieces, RowPieces, value_dots
 from vit_lens_clip.model.hooked_text import HookedTextTransformer
 from vit_lens_clip.model.hooked_vit import HookedViT
 from vit_lens_clip.model.pooling import compute_dtype
@@ -30,17 +30,16 @@ __all__ = ["Decomposition", "DecompositionCapture", "decompose"]
 Hook = tuple[str, Callable]
 
 
-def _check_supported(model: HookedViT) -> None:
-    if model.cfg.pool_type == "avg" and not model.cfg.final_ln_after_pool:
-        raise NotImplementedError("average pooling with the LayerNorm applied before pooling is not supported")
+Pieces = Union[RowPieces, PoolerPieces, NormedMeanPieces]
 
 
-def pieces_for(model: HookedViT, layers: Sequence[int], per_source: bool, convention: Convention
-               ) -> Union[RowPieces, PoolerPieces]:
-    """The piece builder of the image tower's readout: its attentional pooler, or its pooled row."""
+def pieces_for(model: HookedViT, layers: Sequence[int], per_source: bool, convention: Convention) -> Pieces:
+    """The piece builder of the image tower's readout: its attentional pooler, the patch mean of per-token normed
+    tokens (a final LayerNorm before the mean), or its pooled row."""
     if model.attn_pool is not None:
         return PoolerPieces(model, layers, per_source, convention)
-    _check_supported(model)
+    if not model.readout.is_position and model.ln_final is not None and not model.cfg.final_ln_after_pool:
+        return NormedMeanPieces(model, layers, per_source, convention)
     return RowPieces(model, model.readout, layers, per_source)
 
 
@@ -60,7 +59,7 @@ class DecompositionCapture:
         convention: Convention = "equal_share",
         normalize: bool = False,
         reduce_values: bool = True,
-        pieces: Optional[Union[RowPieces, PoolerPieces]] = None,
+        pieces: Optional[Pieces] = None,
         embedding_hook: str = "hook_image_embed",
     ):
         """``reduce_values``: contract the values with the texts' pull-back during the pass (keeps [B, H, N, K+1]
@@ -129,7 +128,10 @@ class DecompositionCapture:
         s = self.store
         if self.reduce_values and self.texts is not None and self.texts is not self._texts_in_pass:
             raise ValueError("texts changed after the pass; use DecompositionCapture(reduce_values=False)")
-        fold = output_fold(self.model, s["hook_pooled"].to(self.dtype), self.convention)
+        if isinstance(self.pieces, NormedMeanPieces):
+            fold = self.pieces.output_fold(s, self.dtype, self.convention)
+        else:
+            fold = output_fold(self.model, s["hook_pooled"].to(self.dtype), self.convention)
         pull_back = None if self.texts is None else fold.pull_back(self.texts)
         raw = self.pieces.raw(s, self.dtype, pull_back, self.reduce_values)
         parts = assemble(raw, fold, s[self.embedding_hook], self.layers, self.convention, self.normalize, self.texts)

@@ -26,6 +26,15 @@ K₀/(K·H)); its (head, token m) pieces are the per-token terms of T (share K�
 not attend to (prefix tokens with ``include_prefix=False``) carry only their share. The pooler's own heads are
 a second split of r − p_u: pool head h' = z0_{h'} W_O^{h'} + b_O/H_p − s_u·K₀/H_p with share (1 − s_u)/H_p, where
 s_u = 1/K with a pooler MLP and 0 without; per source, the same divided by the number of sources.
+
+**The patch mean of a per-token final LayerNorm** (a timm ViT with ``global_pool="avg"`` and no ``fc_norm``): the
+norm is applied at every token and the normed patches are averaged, y = mean_{m∈P} LN(x_m)·P + b. With each token's
+μ_m, σ_m frozen this is the attentional pooler's case with a uniform pattern over the patches and no value map:
+
+    r' = mean_{m∈P} LN(x_m) = Σ_c T(c) + K₀,   T(c) = mean_{m∈P} γ ⊙ c_m/σ_m,   K₀ = β − T(μ),
+
+and r' goes to the output through P and b alone. A (head, source s) piece is γ ⊙ Ā[h, s]·v_s W_O^h with the
+σ-weighted pattern Ā[h, s] = mean_{m∈P} A[h, m, s]/σ_m (plus its shares of T(b_O) and K₀), so it sums to its head.
 """
 
 from __future__ import annotations
@@ -38,6 +47,7 @@ from torch import Tensor
 
 from vit_lens_clip.decompose.assemble import RawParts, stack_layers
 from vit_lens_clip.decompose.fold import Convention, ln_statistics
+from vit_lens_clip.decompose.output_fold import BiasedFold, ProjectionFold
 from vit_lens_clip.model.pooling import Readout
 
 Reduce = Callable[[Tensor], Tensor]
@@ -213,6 +223,78 @@ class PoolerPieces:
             n_src = per_src.shape[2]
             raw.extras["pool_head_sources"] = (per_src + head_offset[:, :, None] / n_src, (1 - mlp_share) / (Hp * n_src))
         return raw
+
+
+class NormedMeanPieces:
+    """Pieces of the patch mean of per-token normed tokens (module docstring, third part)."""
+
+    def __init__(self, model, layers: Sequence[int], per_source: bool, convention: Convention):
+        if convention != "equal_share":
+            raise ValueError(
+                f"convention={convention!r} is not defined for a tower whose final LayerNorm is applied at every token "
+                f"before the patches are averaged ({model.cfg.model_name}): each token's mean is folded with equal "
+                "shares and no norm follows the pooling; use convention='equal_share'")
+        self.model, self.layers, self.per_source = model, list(layers), per_source
+        self.n_prefix = model.cfg.n_prefix
+
+    def hook_names(self, with_texts: bool, value_scores=None) -> dict[str, Reduce]:
+        L = self.model.cfg.n_layers
+        names: dict[str, Reduce] = {"hook_embed": _identity, "hook_pooled": _identity,
+                                    f"blocks.{L - 1}.hook_resid_post": _identity}
+        for l in range(L):
+            names[f"blocks.{l}.hook_attn_out"] = _identity
+            names[f"blocks.{l}.hook_mlp_out"] = _identity
+        for l in self.layers:
+            names[f"blocks.{l}.attn.hook_z"] = _identity
+            if self.per_source or with_texts:
+                names[f"blocks.{l}.attn.hook_pattern"] = _identity
+                names[f"blocks.{l}.attn.hook_v"] = _identity
+        return names
+
+    def output_fold(self, store: dict[str, Tensor], dtype: torch.dtype, convention: Convention):
+        """No norm after pooling: the projection and its bias only."""
+        fold = ProjectionFold(self.model.W_proj.detach().to(dtype))
+        bias = self.model.b_proj
+        return fold if bias is None else BiasedFold(fold, bias.detach().to(dtype))
+
+    def raw(self, store: dict[str, Tensor], dtype: torch.dtype, pull_back: Optional[Tensor],
+            values_reduced: bool) -> RawParts:
+        m, ln = self.model, self.model.ln_final
+        L, H = m.cfg.n_layers, m.cfg.n_heads
+        get = lambda name: store[name].to(dtype)  # noqa: E731
+        patches = slice(self.n_prefix, None)
+        resid = get(f"blocks.{L - 1}.hook_resid_post")
+        mu, sigma = ln_statistics(resid, ln.eps)
+        inv_sigma = 1 / sigma.to(dtype)[:, patches]  # [B, N_p]
+        gamma, beta = ln.w.detach().to(dtype), ln.b.detach().to(dtype)
+
+        def T(c: Tensor) -> Tensor:
+            """mean over the patches of γ ⊙ c_m/σ_m, for c [B, pos, *parts, d]."""
+            weights = inv_sigma.reshape(*inv_sigma.shape, *([1] * (c.ndim - 2)))
+            return gamma * (c[:, patches] * weights).mean(1)
+
+        K = 1 + 2 * L
+        K0 = beta - T(mu.to(dtype)[..., None].expand_as(resid))  # [B, d]
+        heads, sources = [], []
+        for l in self.layers:
+            attn = m.blocks[l].attn
+            W_O, b_O = attn.W_O.detach().to(dtype), attn.b_O.detach().to(dtype)
+            result = torch.einsum("bnhe,hed->bnhd", get(f"blocks.{l}.attn.hook_z"), W_O) + b_O / H
+            heads.append(T(result) + K0[:, None] / (K * H))
+            if self.per_source or pull_back is not None:
+                pattern = get(f"blocks.{l}.attn.hook_pattern")  # [B, H, query, source]
+                weighted = (pattern[:, :, patches] * inv_sigma[:, None, :, None]).mean(2)  # Ā [B, H, N]
+                values = torch.einsum("bshe,hed->bhsd", get(f"blocks.{l}.attn.hook_v"), W_O)  # [B, H, N, d]
+                N = values.shape[2]
+                shared = (T(b_O.expand(*resid.shape[:2], -1)) / (H * N) + K0 / (K * H * N))[:, None, None]
+                sources.append(gamma * weighted[..., None] * values + shared)
+        return RawParts(
+            pooled=T(resid) + K0,
+            embed=T(get("hook_embed")) + K0 / K,
+            attns=T(stack_layers(store, "blocks.{}.hook_attn_out", range(L), 2).to(dtype)) + K0[:, None] / K,
+            mlps=T(stack_layers(store, "blocks.{}.hook_mlp_out", range(L), 2).to(dtype)) + K0[:, None] / K,
+            n_heads=H, heads=torch.stack(heads, 1) if heads else None,
+            sources=torch.stack(sources, 1) if sources else None, keep_sources=self.per_source)
 
 
 class PerTokenFold:
