@@ -7,8 +7,10 @@ From the folder's stored parts (``collect --parts heads,embed,means``) it comput
 - its top dataset examples along its first principal direction (``methods.examples.TopExamples``), each with
   the head's map of that direction (``joint_map``) recomputed for just those images, re-read from the dataset
   the collection recorded (a ``shapes:`` world is re-rendered from its seed);
-- the pool texts nearest to its mean direct effect, and the cosine of every pool text with that mean, which
-  the site's search box ranks heads by (offline: the query picks pool texts, see ``rank_units``).
+- the pool texts nearest to its mean direct effect. The site's search box ranks heads by the cosine of a
+  query with their mean direct effects, offline: the query is the mean embedding of the pool texts it matches
+  (``viz.explorer.rank_units``); for folders of at most ``max_search_images`` images the site also carries every
+  image's head contributions and a thumbnail, and shows the found heads' top images along the query.
 
 Pages are written by ``viz.explorer`` (through the one HTML writer, ``viz.html``).
 """
@@ -33,9 +35,9 @@ from vit_lens_clip.loading import LoadedCLIP, load_clip
 from vit_lens_clip.methods.examples import HeadUnit, TopExamples, principal_directions
 from vit_lens_clip.methods.spatial.heatmaps import joint_map
 from vit_lens_clip.methods.textspan.pools import embed_texts_cached, load_pool
-from vit_lens_clip.viz.explorer import HeadView, SiteData, overlay_png, write_site
+from vit_lens_clip.viz.explorer import HeadView, SiteData, image_png, overlay_png, write_site
 
-__all__ = ["build_site_data", "rank_units", "reopen_dataset", "run_explore_command"]
+__all__ = ["build_site_data", "reopen_dataset", "run_explore_command"]
 
 
 def reopen_dataset(fingerprint: str, preprocess: Callable) -> Optional[Dataset]:
@@ -59,24 +61,10 @@ def _display(preprocess: Callable, image: torch.Tensor) -> torch.Tensor:
     return (image - image.min()) / (image.max() - image.min()).clamp_min(1e-8)
 
 
-def rank_units(data: SiteData, query: str) -> list[tuple[str, float]]:
-    """The site's offline search, in Python: the pool texts that equal the query (case-insensitive), else those
-    containing every word of it; units ranked by the mean cosine of those texts with their mean direct effect."""
-    words = query.lower().split()
-    texts = [t.lower() for t in data.pool]
-    rows = [i for i, t in enumerate(texts) if t == query.lower().strip()]
-    if not rows:
-        rows = [i for i, t in enumerate(texts) if all(re.search(rf"\b{re.escape(w)}\b", t) for w in words)]
-    if not rows:
-        return []
-    scores = data.search_scores[rows].mean(0)
-    order = sorted(range(len(data.units)), key=lambda u: (-float(scores[u]), u))
-    return [(data.units[u].name, float(scores[u])) for u in order]
-
-
 def build_site_data(source: str | Path, loaded: Optional[LoadedCLIP] = None, examples: int = 8,
                     textspan_k: int = 3, pool_name: str = "descriptions", device: str = "cpu",
-                    cache_dir: Optional[str] = None, progress: bool = False) -> SiteData:
+                    cache_dir: Optional[str] = None, progress: bool = False,
+                    max_search_images: int = 2000) -> SiteData:
     """Everything the site shows, computed from a collection folder (module docstring)."""
     meta = read_collection_info(source)
     identity = meta["identity"]
@@ -105,9 +93,15 @@ def build_site_data(source: str | Path, loaded: Optional[LoadedCLIP] = None, exa
     kept = reducer.result()
 
     mean_effect = F.normalize(heads.mean(0), dim=-1)  # [L_kept, H, D]
-    search = F.normalize(pool_emb, dim=-1) @ mean_effect.reshape(-1, mean_effect.shape[-1]).T  # [n_texts, U]
+    pool_emb = F.normalize(pool_emb, dim=-1)
+    search = pool_emb @ mean_effect.reshape(-1, mean_effect.shape[-1]).T  # [n_texts, U]
 
     dataset = reopen_dataset(str(identity.get("dataset", "")), loaded.preprocess)
+    small = n <= max_search_images
+    thumbnails = {}
+    if small and dataset is not None:
+        thumbnails = {j: image_png(_display(loaded.preprocess, dataset[j]["image"].float()))
+                      for j in contributions.indices.tolist()}
     model = loaded.model
     views = []
     for u, unit in enumerate(units):
@@ -132,7 +126,10 @@ def build_site_data(source: str | Path, loaded: Optional[LoadedCLIP] = None, exa
         ))
     return SiteData(
         title=f"{identity.get('model', loaded.key)} on {identity.get('dataset', '?')}",
-        n_images=n, layers=layers, n_heads=n_heads, units=views, pool=pool, search_scores=search,
+        n_images=n, layers=layers, n_heads=n_heads, units=views, pool=pool, pool_embeddings=pool_emb,
+        mean_effects=mean_effect.reshape(-1, mean_effect.shape[-1]),
+        contributions=heads.reshape(n, n_kept * n_heads, -1) if small else None,
+        indices=contributions.indices.tolist(), thumbnails=thumbnails,
     )
 
 

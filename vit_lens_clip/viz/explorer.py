@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -23,9 +24,11 @@ from torch import Tensor
 
 from vit_lens_clip.viz.html import RawHTML, escape, figures_to_html, html_table
 
-__all__ = ["HeadView", "SiteData", "head_page_name", "overlay_png", "write_site"]
+__all__ = ["HeadView", "SiteData", "head_page_name", "image_png", "overlay_png", "query_direction", "query_examples",
+           "rank_units", "write_site"]
 
 THUMB = 128  # pixels per panel of an example image
+SEARCH_EXAMPLES = 8  # images shown under each of the first three heads a search finds
 
 
 @dataclass
@@ -49,8 +52,10 @@ class HeadView:
 
 @dataclass
 class SiteData:
-    """The whole site: the heads in layer-major order and the search table (cosine of every pool text with
-    every head's mean direct effect, [n_texts, n_heads])."""
+    """The whole site: the heads in layer-major order and what the search needs: the pool's unit text
+    embeddings [n_texts, D], each head's unit mean direct effect [n_heads, D] and, for small folders, every
+    image's head contributions [n, n_heads, D] (rows of dataset ``indices``) with image ``thumbnails`` (PNG by
+    dataset index), from which the search shows each found head's top images along the query."""
 
     title: str
     n_images: int
@@ -58,7 +63,11 @@ class SiteData:
     n_heads: int
     units: list[HeadView]
     pool: list[str]
-    search_scores: Tensor
+    pool_embeddings: Tensor
+    mean_effects: Tensor
+    contributions: Optional[Tensor] = None
+    indices: list[int] = field(default_factory=list)
+    thumbnails: dict[int, bytes] = field(default_factory=dict)
 
 
 def head_page_name(layer: int, head: int) -> str:
@@ -92,6 +101,13 @@ def overlay_png(image: Tensor, patch_map: Tensor) -> bytes:
     return buffer.getvalue()
 
 
+def image_png(image: Tensor) -> bytes:
+    """PNG bytes of a [3, H, W] image in [0, 1]."""
+    buffer = io.BytesIO()
+    Image.fromarray((image.permute(1, 2, 0).numpy() * 255).astype(np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 _EXTRA_CSS = """<style>
 .examples { display: flex; flex-wrap: wrap; gap: 0.8em; }
 .examples figure { margin: 0; font-size: 0.85em; }
@@ -99,6 +115,7 @@ _EXTRA_CSS = """<style>
 .unitnav { display: flex; gap: 1.5em; margin: 0.5em 0 1em 0; }
 .grid td a { text-decoration: none; }
 #search-results li { margin: 0.2em 0; }
+.strip img { width: 64px; height: 64px; image-rendering: pixelated; margin: 2px; border: 1px solid #ccc; }
 </style>"""
 
 
@@ -136,15 +153,13 @@ def _head_page(data: SiteData, u: int) -> str:
         "<p>Images with the highest score along the head's first principal direction (its contribution to the "
         "image embedding · that direction); left: the image, right: the head's map of that direction "
         "(<code>joint_map</code>, min-max normalised).</p><div class='examples'>" + "".join(figures) + "</div>")
-    scores = go.Figure(go.Bar(x=[f"#{r + 1}" for r in range(len(view.examples))], y=[s for _, s in view.examples]))
-    scores.update_layout(height=220, margin=dict(l=40, r=10, t=10, b=30), yaxis_title="score")
     sections = [
         ("Head", RawHTML(_EXTRA_CSS + _nav(previous, "../index.html", following)
                          + f"<p>Layer {view.layer}, head {view.head}: share of the embedding "
                            f"{100 * view.share:.2f}% (mean of ĉ·y/‖y‖² over {data.n_images} images). "
                            "Keys: ← previous head, → next head.</p>"
                          + _keys_script(previous, following))),
-        ("Top examples", [examples, scores]),
+        ("Top examples", examples),
         ("TextSpan descriptions", RawHTML(html_table(["text", "variance explained"],
                                                       [[t, f"{v:.3f}"] for t, v in view.descriptions]))
          if view.descriptions else "No TextSpan run (--textspan-k 0)."),
@@ -164,27 +179,46 @@ _SEARCH_SCRIPT = """<script>
     var esc = w.replace(/[.*+?^${}()|[\\]\\\\]/g, '\\\\$&');
     return new RegExp('\\\\b' + esc + '\\\\b').test(text);
   }
-  function search() {
-    var q = box.value.trim().toLowerCase(), ws = words(q);
-    out.innerHTML = '';
-    if (!ws.length) { note.textContent = ''; return; }
-    var rows = [];
+  function dot(a, b) { var s = 0; for (var i = 0; i < a.length; i++) s += a[i] * b[i]; return s; }
+  function matches(q) {
+    var ws = words(q), rows = [];
     data.texts.forEach(function (t, i) { if (t.toLowerCase() === q) rows.push(i); });
     if (!rows.length) data.texts.forEach(function (t, i) {
       var low = t.toLowerCase();
       if (ws.every(function (w) { return hasWord(low, w); })) rows.push(i);
     });
+    return rows;
+  }
+  function search() {
+    var q = box.value.trim().toLowerCase();
+    out.innerHTML = '';
+    if (!words(q).length) { note.textContent = ''; return; }
+    var rows = matches(q);
     note.textContent = rows.length ? rows.length + ' pool text(s) match' : 'no pool text matches: try a word of the pool';
     if (!rows.length) return;
-    var scores = data.units.map(function (_, u) {
-      var s = 0; rows.forEach(function (r) { s += data.scores[r][u]; }); return s / rows.length;
-    });
+    var d = data.emb[0].length, qv = new Array(d).fill(0);
+    rows.forEach(function (r) { for (var j = 0; j < d; j++) qv[j] += data.emb[r][j]; });
+    var norm = Math.sqrt(dot(qv, qv)) || 1;
+    qv = qv.map(function (x) { return x / norm; });
+    var scores = data.means.map(function (m) { return dot(m, qv); });
     var order = data.units.map(function (_, u) { return u; });
     order.sort(function (a, b) { return scores[b] - scores[a] || a - b; });
-    order.slice(0, 10).forEach(function (u) {
+    order.slice(0, 10).forEach(function (u, rank) {
       var li = document.createElement('li'), a = document.createElement('a');
       a.href = 'heads/' + data.units[u] + '.html'; a.textContent = data.units[u];
       li.appendChild(a); li.appendChild(document.createTextNode(' cosine ' + scores[u].toFixed(3)));
+      if (data.contrib && rank < 3) {
+        var best = data.indices.map(function (idx, i) { return [dot(data.contrib[i][u], qv), idx]; });
+        best.sort(function (x, y) { return y[0] - x[0] || x[1] - y[1]; });
+        var strip = document.createElement('div'); strip.className = 'strip';
+        best.slice(0, data.k).forEach(function (p) {
+          var img = document.createElement('img');
+          img.loading = 'lazy'; img.src = 'img/image_' + p[1] + '.png';
+          img.title = 'image ' + p[1] + ', score ' + p[0].toFixed(3); img.alt = img.title;
+          strip.appendChild(img);
+        });
+        li.appendChild(strip);
+      }
       out.appendChild(li);
     });
   }
@@ -193,6 +227,46 @@ _SEARCH_SCRIPT = """<script>
   if (initial) { box.value = initial; search(); }
 })();
 </script>"""
+
+
+def _rows_matching(pool: list[str], query: str) -> list[int]:
+    """Pool texts equal to the query (case-insensitive), else those containing every word of it."""
+    q = query.lower().strip()
+    rows = [i for i, t in enumerate(pool) if t.lower() == q]
+    if not rows:
+        rows = [i for i, t in enumerate(pool) if all(re.search(rf"\\b{re.escape(w)}\\b", t.lower()) for w in q.split())]
+    return rows
+
+
+def query_direction(data: SiteData, query: str) -> Optional[Tensor]:
+    """The site's offline query embedding: the normalised mean of the matching pool texts' embeddings."""
+    rows = _rows_matching(data.pool, query) if query.split() else []
+    return F.normalize(data.pool_embeddings[rows].float().mean(0), dim=0) if rows else None
+
+
+def rank_units(data: SiteData, query: str) -> list[tuple[str, float]]:
+    """What the search box lists, in Python: heads by cosine of the query with their mean direct effect."""
+    q = query_direction(data, query)
+    if q is None:
+        return []
+    scores = data.mean_effects.float() @ q
+    order = sorted(range(len(data.units)), key=lambda u: (-float(scores[u]), u))
+    return [(data.units[u].name, float(scores[u])) for u in order]
+
+
+def query_examples(data: SiteData, name: str, query: str, k: int = 8) -> list[tuple[int, float]]:
+    """A found head's top images along the query (what the search shows under it): (dataset index, score),
+    higher score first, lower index on ties."""
+    q = query_direction(data, query)
+    if q is None or data.contributions is None:
+        return []
+    u = [v.name for v in data.units].index(name)
+    scores = (data.contributions[:, u].float() @ q).tolist()
+    return sorted(zip(data.indices, scores), key=lambda p: (-p[1], p[0]))[:k]
+
+
+def _rounded(t: Tensor, digits: int) -> list:
+    return np.round(t.double().numpy(), digits).tolist()  # float64: short decimal reprs in the JSON
 
 
 def _overview(data: SiteData) -> str:
@@ -213,12 +287,15 @@ def _overview(data: SiteData) -> str:
         x=[f"head {h}" for h in range(data.n_heads)], y=[f"layer {layer}" for layer in data.layers],
         colorscale="Viridis", colorbar=dict(title="% of y")))
     share.update_layout(height=120 + 40 * len(data.layers), margin=dict(l=60, r=10, t=10, b=30))
-    payload = {"texts": data.pool, "units": [v.name for v in data.units],
-               "scores": [[round(float(x), 4) for x in row] for row in data.search_scores.tolist()]}
+    payload = {"texts": data.pool, "units": [v.name for v in data.units], "k": SEARCH_EXAMPLES,
+               "emb": _rounded(data.pool_embeddings, 4), "means": _rounded(data.mean_effects, 5),
+               "contrib": None if data.contributions is None else _rounded(data.contributions, 4),
+               "indices": list(data.indices)}
     blob = json.dumps(payload, separators=(",", ":")).replace("</", "<\\/")
     search = RawHTML(
-        "<p>Type a word or a text of the pool (e.g. <code>red</code>, <code>a blue star</code>): heads are ranked "
-        "by the mean cosine of the matching pool texts' embeddings with each head's mean direct effect.</p>"
+        "<p>Type a word or a text of the pool (e.g. <code>red</code>, <code>a blue star</code>): the query is the "
+        "mean embedding of the matching pool texts; heads are ranked by its cosine with each head's mean direct "
+        "effect, and under the first three are their top images along the query.</p>"
         "<input id='search' type='search' placeholder='search heads by text' size='40' autocomplete='off'> "
         "<span id='search-note'></span><ol id='search-results'></ol>"
         f"<script type='application/json' id='search-data'>{blob}</script>" + _SEARCH_SCRIPT)
@@ -239,6 +316,8 @@ def write_site(data: SiteData, out: str | Path) -> Path:
     out = Path(out)
     (out / "heads").mkdir(parents=True, exist_ok=True)
     (out / "img").mkdir(exist_ok=True)
+    for index, png in data.thumbnails.items():
+        (out / "img" / f"image_{index}.png").write_bytes(png)
     for u, view in enumerate(data.units):
         for rank, png in enumerate(view.images):
             if png is not None:
