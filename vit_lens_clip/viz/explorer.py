@@ -17,7 +17,6 @@ from typing import Optional
 
 import numpy as np
 import plotly.graph_objects as go
-import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
@@ -234,7 +233,7 @@ def _rows_matching(pool: list[str], query: str) -> list[int]:
     q = query.lower().strip()
     rows = [i for i, t in enumerate(pool) if t.lower() == q]
     if not rows:
-        rows = [i for i, t in enumerate(pool) if all(re.search(rf"\\b{re.escape(w)}\\b", t.lower()) for w in q.split())]
+        rows = [i for i, t in enumerate(pool) if all(re.search(rf"\b{re.escape(w)}\b", t.lower()) for w in q.split())]
     return rows
 
 
