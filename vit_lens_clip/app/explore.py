@@ -64,7 +64,7 @@ def _display(preprocess: Callable, image: torch.Tensor) -> torch.Tensor:
 def build_site_data(source: str | Path, loaded: Optional[LoadedCLIP] = None, examples: int = 8,
                     textspan_k: int = 3, pool_name: str = "descriptions", device: str = "cpu",
                     cache_dir: Optional[str] = None, progress: bool = False,
-                    max_search_images: int = 2000) -> SiteData:
+                    max_search_images: int = 1024) -> SiteData:
     """Everything the site shows, computed from a collection folder (module docstring)."""
     meta = read_collection_info(source)
     identity = meta["identity"]
@@ -137,7 +137,8 @@ def run_explore_command(args: argparse.Namespace) -> Path:
     torch.manual_seed(0)
     start = time.perf_counter()
     data = build_site_data(args.source, examples=args.examples, textspan_k=args.textspan_k, pool_name=args.pool,
-                           device=args.device, cache_dir=args.cache_dir, progress=not args.quiet)
+                           device=args.device, cache_dir=args.cache_dir, progress=not args.quiet,
+                           max_search_images=args.search_images)
     out = write_site(data, args.out)
     if not args.quiet:
         print(f"explorer site of {len(data.units)} heads ({data.n_images} images) in {out}/index.html "

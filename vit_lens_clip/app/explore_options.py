@@ -23,6 +23,9 @@ def add_explore_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--examples", type=_positive, default=8, help="top dataset examples shown per head")
     p.add_argument("--textspan-k", type=int, default=3, help="TextSpan descriptions per head (0: none)")
     p.add_argument("--pool", default="descriptions", help="text pool: descriptions, words, or a file of texts")
+    p.add_argument("--search-images", type=int, default=1024,
+                   help="up to this many images, the site carries every image's head contributions and a thumbnail, "
+                        "and its search shows the found heads' top images along the query (0: never)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--cache-dir", default=None, help="text-embedding cache folder")
     p.add_argument("--quiet", action="store_true")
