@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_docs_site import _console_errors, _DevTools
+from e2e.test_docs_site import _console_errors, _DevTools
 from vit_lens_clip.app.cli import main
 from vit_lens_clip.app.explore import build_site_data
 from vit_lens_clip.datasets.shapes_world import ShapesDataset
@@ -36,9 +36,15 @@ def collection(tmp_path_factory) -> Path:
 def site(collection, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("site")
     start = time.perf_counter()
-    assert main(["explore", str(collection), "--out", str(out), "--examples", "8", "--quiet"]) == 0
+    assert main(["explore", str(collection), "--out", str(out), "--examples", "8", "--quiet",
+                 "--queries", "something vermilion"]) == 0
     print(f"explore of {N_IMAGES} images: {time.perf_counter() - start:.1f} s")
     return out
+
+
+@pytest.fixture(scope="module")
+def data(collection):
+    return build_site_data(collection, queries=["something vermilion"])
 
 
 def test_every_head_has_a_page_with_images_and_links(site):
@@ -54,8 +60,7 @@ def test_every_head_has_a_page_with_images_and_links(site):
         assert "../index.html" in links and all((page.parent / link).is_file() for link in links), page.name
 
 
-def test_searching_a_colour_finds_a_head_whose_top_images_have_it(collection):
-    data = build_site_data(collection)
+def test_searching_a_colour_finds_a_head_whose_top_images_have_it(data):
     colours = [ShapesDataset(N_IMAGES, 0).scene(i).attributes.colour for i in range(N_IMAGES)]
     head, cosine = rank_units(data, "red")[0]
     top = query_examples(data, head, "red", k=8)
@@ -107,16 +112,20 @@ def _open(browser: _DevTools, url: str) -> list[str]:
     return _console_errors(browser.events)
 
 
-def test_pages_load_search_and_navigate_in_chromium(site, collection, browser):
+def test_pages_load_search_and_navigate_in_chromium(site, data, browser):
     assert _open(browser, (site / "index.html").as_uri()) == []
     assert browser.evaluate("document.querySelectorAll('.js-plotly-plot').length") == 1
     found = browser.evaluate("(function () { var box = document.getElementById('search'); box.value = 'red';"
                              "box.dispatchEvent(new Event('input'));"
                              "return Array.from(document.querySelectorAll('#search-results > li > a'))"
                              ".map(function (a) { return a.textContent; }); })()")
-    assert found[0] == rank_units(build_site_data(collection), "red")[0][0]
+    assert found[0] == rank_units(data, "red")[0][0]
     assert browser.evaluate("document.querySelectorAll('#search-results .strip img').length") == 3 * 8
     assert _console_errors(browser.events) == []
+    vermilion = browser.evaluate("(function () { var box = document.getElementById('search'); box.value = 'vermilion';"
+                               "box.dispatchEvent(new Event('input'));"
+                               "return document.querySelectorAll('#search-results > li').length; })()")
+    assert vermilion == 10  # a text outside the pool, embedded at build time (--queries)
 
     assert _open(browser, (site / "heads" / "L3H1.html").as_uri()) == []
     deadline = time.monotonic() + 20

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import re
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -64,8 +65,9 @@ def _display(preprocess: Callable, image: torch.Tensor) -> torch.Tensor:
 def build_site_data(source: str | Path, loaded: Optional[LoadedCLIP] = None, examples: int = 8,
                     textspan_k: int = 3, pool_name: str = "descriptions", device: str = "cpu",
                     cache_dir: Optional[str] = None, progress: bool = False,
-                    max_search_images: int = 1024) -> SiteData:
-    """Everything the site shows, computed from a collection folder (module docstring)."""
+                    max_search_images: int = 1024, queries: Sequence[str] = ()) -> SiteData:
+    """Everything the site shows, computed from a collection folder (module docstring). ``queries``: texts
+    the search knows besides the pool (embedded now, since the page has no text tower)."""
     meta = read_collection_info(source)
     identity = meta["identity"]
     if loaded is None:
@@ -93,6 +95,10 @@ def build_site_data(source: str | Path, loaded: Optional[LoadedCLIP] = None, exa
     kept = reducer.result()
 
     mean_effect = F.normalize(heads.mean(0), dim=-1)  # [L_kept, H, D]
+    extra = [q for q in dict.fromkeys(t.strip() for t in queries) if q and q not in pool]
+    if extra:
+        pool = pool + extra
+        pool_emb = torch.cat([pool_emb, loaded.encode_text(extra).float().cpu()])
     pool_emb = F.normalize(pool_emb, dim=-1)
     search = pool_emb @ mean_effect.reshape(-1, mean_effect.shape[-1]).T  # [n_texts, U]
 
@@ -133,12 +139,21 @@ def build_site_data(source: str | Path, loaded: Optional[LoadedCLIP] = None, exa
     )
 
 
+def _queries(spec: Optional[str]) -> list[str]:
+    """``--queries``: a file of texts (one a line), or texts separated by ';'."""
+    if not spec:
+        return []
+    path = Path(spec)
+    lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else spec.split(";")
+    return [t.strip() for t in lines if t.strip()]
+
+
 def run_explore_command(args: argparse.Namespace) -> Path:
     torch.manual_seed(0)
     start = time.perf_counter()
     data = build_site_data(args.source, examples=args.examples, textspan_k=args.textspan_k, pool_name=args.pool,
                            device=args.device, cache_dir=args.cache_dir, progress=not args.quiet,
-                           max_search_images=args.search_images)
+                           max_search_images=args.search_images, queries=_queries(args.queries))
     out = write_site(data, args.out)
     if not args.quiet:
         print(f"explorer site of {len(data.units)} heads ({data.n_images} images) in {out}/index.html "

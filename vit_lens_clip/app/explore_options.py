@@ -26,6 +26,8 @@ def add_explore_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--search-images", type=int, default=1024,
                    help="up to this many images, the site carries every image's head contributions and a thumbnail, "
                         "and its search shows the found heads' top images along the query (0: never)")
+    p.add_argument("--queries", default=None,
+                   help="more texts the offline search knows besides the pool: a file (one a line) or 'a;b;c'")
     p.add_argument("--device", default="cpu")
     p.add_argument("--cache-dir", default=None, help="text-embedding cache folder")
     p.add_argument("--quiet", action="store_true")

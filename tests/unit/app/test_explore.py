@@ -7,7 +7,7 @@ import argparse
 import pytest
 
 from vit_lens_clip.app.cli import build_parser
-from vit_lens_clip.app.explore import reopen_dataset
+from vit_lens_clip.app.explore import _queries, reopen_dataset
 from vit_lens_clip.app.explore_options import add_explore_arguments
 
 
@@ -28,3 +28,9 @@ def test_reopen_dataset_rerenders_shapes_and_rereads_folders(tmp_path):
     assert len(shapes) == 5 and shapes.seed == 3
     assert reopen_dataset("wds:n=3:abc", identity) is None
     assert reopen_dataset(f"folder:{tmp_path / 'gone'}:n=1:abcd", identity) is None
+
+
+def test_queries_come_from_a_list_or_a_file(tmp_path):
+    assert _queries(None) == [] and _queries("a red thing; ;two cats") == ["a red thing", "two cats"]
+    (tmp_path / "q.txt").write_text("vermilion\n\n  a vermilion disc \n")
+    assert _queries(str(tmp_path / "q.txt")) == ["vermilion", "a vermilion disc"]
