@@ -10,7 +10,8 @@ A unit is anything that gives one number per image:
   ``reducer.hooks()`` to ``run_reducers(extra_hooks=...)``.
 
 The kept set of a unit is the k best (score, image index) pairs under one total order: higher score first, on
-equal scores the lower dataset index first. Keeping the k best of a union equals keeping the k best of the k
+equal scores the lower dataset index first. Scores stay on the device they were computed on (nothing is read back per batch);
+``result()`` returns host tensors. Keeping the k best of a union equals keeping the k best of the k
 best of each part, so ``merge`` of per-rank states gives exactly the single-process result, in any order, and a
 resumed run (``state_dict``/``load_state_dict``) gives exactly an uninterrupted one. NaN scores are never kept.
 The bottom-k are the top-k of the negated scores (negation is exact).
@@ -66,15 +67,18 @@ Unit = Union[HeadUnit, HookUnit]
 
 def select_top(values: Float[Tensor, "units m"], indices: Int[Tensor, "units m"], k: int
                ) -> tuple[Float[Tensor, "units k2"], Int[Tensor, "units k2"]]:
-    """The k best (value, index) pairs of each row: higher value first, equal values by lower index; NaN last
-    and dropped when the row has fewer than k finite values (every row keeps the same count: the smallest)."""
+    """The k best (value, index) pairs of each row: higher value first, equal values by lower index, NaN
+    ranked as -inf (``TopExamples.result`` drops them). Runs on the values' device, reading nothing back."""
     order = torch.argsort(indices, dim=1, stable=True)
     values, indices = values.gather(1, order), indices.gather(1, order)
     keyed = torch.where(torch.isnan(values), torch.full_like(values, -torch.inf), values)
-    order = torch.argsort(keyed, dim=1, descending=True, stable=True)
-    values, indices = values.gather(1, order)[:, :k], indices.gather(1, order)[:, :k]
-    finite = (~torch.isnan(values)).sum(1)
-    keep = int(finite.min()) if len(finite) else 0
+    order = torch.argsort(keyed, dim=1, descending=True, stable=True)[:, :k]
+    return values.gather(1, order), indices.gather(1, order)
+
+
+def _finite_columns(values: Tensor, indices: Tensor) -> tuple[Tensor, Tensor]:
+    """The leading columns that hold no NaN in any row (NaN sort last, so each row's NaN are at its end)."""
+    keep = int((~torch.isnan(values)).sum(1).min()) if values.shape[0] else 0
     return values[:, :keep], indices[:, :keep]
 
 
@@ -142,9 +146,13 @@ class TopExamples(Reducer):
 
     def add(self, scores: Float[Tensor, "batch units"], indices: Int[Tensor, " batch"]) -> None:
         """Take a batch of scores (one column per unit) of the images ``indices``."""
-        scores, indices = scores.detach().double().cpu(), indices.detach().long().cpu()
         if scores.shape != (len(indices), len(self.units)):
             raise BadInputError(f"scores must be [{len(indices)}, {len(self.units)}], got {tuple(scores.shape)}")
+        scores = scores.detach().double()  # stays on its device: no copy to the host per batch
+        indices = indices.detach().long().to(scores.device, non_blocking=True)
+        if self.top[0].device != scores.device:
+            self.top = (self.top[0].to(scores.device), self.top[1].to(scores.device))
+            self.low = (self.low[0].to(scores.device), self.low[1].to(scores.device))
         batch_indices = indices.expand(len(self.units), -1)
         self.top = self._merged(self.top, (scores.T, batch_indices))
         if self.bottom:
@@ -156,10 +164,12 @@ class TopExamples(Reducer):
     # ------------------------------------------------------------------ results and state
 
     def result(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"names": list(self.names), "top_scores": self.top[0].clone(),
-                               "top_indices": self.top[1].clone()}
+        """Host tensors; images whose score was NaN are left out (each row keeps the same count)."""
+        values, indices = _finite_columns(self.top[0].cpu(), self.top[1].cpu())
+        out: dict[str, Any] = {"names": list(self.names), "top_scores": values.clone(), "top_indices": indices.clone()}
         if self.bottom:
-            out["bottom_scores"], out["bottom_indices"] = -self.low[0], self.low[1].clone()
+            values, indices = _finite_columns(self.low[0].cpu(), self.low[1].cpu())
+            out["bottom_scores"], out["bottom_indices"] = -values, indices.clone()
         return out
 
     def state_dict(self) -> dict[str, Tensor]:
@@ -178,13 +188,16 @@ class TopExamples(Reducer):
             if "bottom.values" not in state:
                 raise BadInputError("the state has no bottom-k (saved with bottom=False)")
             self.low = (state["bottom.values"].double(), state["bottom.indices"].long())
+        else:
+            self.low = (self.low[0].to(self.top[0].device), self.low[1].to(self.top[0].device))
 
     def merge(self, other: "TopExamples") -> None:
         if other.names != self.names or other.k != self.k or other.bottom != self.bottom:
             raise BadInputError("TopExamples merge needs the same units, k and bottom setting")
-        self.top = self._merged(self.top, other.top)
+        device = self.top[0].device
+        self.top = self._merged(self.top, tuple(t.to(device) for t in other.top))
         if self.bottom:
-            self.low = self._merged(self.low, other.low)
+            self.low = self._merged(self.low, tuple(t.to(device) for t in other.low))
 
 
 def principal_directions(heads: Float[Tensor, "n n_kept n_heads d_out"]) -> Float[Tensor, "n_kept n_heads d_out"]:
