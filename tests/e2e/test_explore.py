@@ -36,7 +36,7 @@ def collection(tmp_path_factory) -> Path:
 def site(collection, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("site")
     start = time.perf_counter()
-    assert main(["explore", str(collection), "--out", str(out), "--examples", "8", "--quiet",
+    assert main(["explore", str(collection), "--out", str(out), "--examples", "8", "--bottom", "--quiet",
                  "--queries", "something vermilion"]) == 0
     print(f"explore of {N_IMAGES} images: {time.perf_counter() - start:.1f} s")
     return out
@@ -55,7 +55,8 @@ def test_every_head_has_a_page_with_images_and_links(site):
         assert f"href='heads/{page.name}'" in index
         text = page.read_text()
         images = re.findall(r"<img loading='lazy' src='\.\./img/([^']+)'", text)
-        assert len(images) == 8 and all((site / "img" / name).is_file() for name in images), page.name
+        assert len(images) == 16 and all((site / "img" / name).is_file() for name in images), page.name
+        assert sum("_bottom_" in name for name in images) == 8 and "Bottom examples" in text
         links = re.findall(r"href='([^'#]+)'", text)
         assert "../index.html" in links and all((page.parent / link).is_file() for link in links), page.name
 

@@ -62,10 +62,21 @@ def _display(preprocess: Callable, image: torch.Tensor) -> torch.Tensor:
     return (image - image.min()) / (image.max() - image.min()).clamp_min(1e-8)
 
 
+def _example_images(loaded: LoadedCLIP, dataset: Optional[Dataset], unit: HeadUnit, indices: list[int]
+                    ) -> list[Optional[bytes]]:
+    """[image | image with the head's map of its direction] PNGs of the dataset images ``indices``."""
+    if dataset is None or not indices:
+        return [None] * len(indices)
+    model = loaded.model
+    images = torch.stack([dataset[j]["image"] for j in indices]).to(model.W_proj.device, model.W_proj.dtype)
+    maps = joint_map(model, images, unit.layer, unit.head, unit.direction.to(images))
+    return [overlay_png(_display(loaded.preprocess, im.float().cpu()), m.float().cpu()) for im, m in zip(images, maps)]
+
+
 def build_site_data(source: str | Path, loaded: Optional[LoadedCLIP] = None, examples: int = 8,
                     textspan_k: int = 3, pool_name: str = "descriptions", device: str = "cpu",
                     cache_dir: Optional[str] = None, progress: bool = False,
-                    max_search_images: int = 1024, queries: Sequence[str] = ()) -> SiteData:
+                    max_search_images: int = 1024, queries: Sequence[str] = (), bottom: bool = False) -> SiteData:
     """Everything the site shows, computed from a collection folder (module docstring). ``queries``: texts
     the search knows besides the pool (embedded now, since the page has no text tower)."""
     meta = read_collection_info(source)
@@ -88,7 +99,7 @@ def build_site_data(source: str | Path, loaded: Optional[LoadedCLIP] = None, exa
 
     directions = principal_directions(heads)
     units = [HeadUnit(layers[i], h, directions[i, h]) for i in range(n_kept) for h in range(n_heads)]
-    reducer = TopExamples(units, k=examples)
+    reducer = TopExamples(units, k=examples, bottom=bottom)
     for start in range(0, n, 1024):  # streamed over the stored rows, as a collection would feed it
         block = heads[start:start + 1024]
         reducer.add(reducer.head_scores(block, layers), contributions.indices[start:start + 1024])
@@ -108,18 +119,13 @@ def build_site_data(source: str | Path, loaded: Optional[LoadedCLIP] = None, exa
     if small and dataset is not None:
         thumbnails = {j: image_png(_display(loaded.preprocess, dataset[j]["image"].float()))
                       for j in contributions.indices.tolist()}
-    model = loaded.model
     views = []
     for u, unit in enumerate(units):
         i, h = layers.index(unit.layer), unit.head
-        indices = kept["top_indices"][u].tolist()
-        scores = kept["top_scores"][u].tolist()
-        pngs: list[Optional[bytes]] = [None] * len(indices)
-        if dataset is not None and indices:
-            images = torch.stack([dataset[j]["image"] for j in indices]).to(model.W_proj.device, model.W_proj.dtype)
-            maps = joint_map(model, images, unit.layer, h, unit.direction.to(images))
-            pngs = [overlay_png(_display(loaded.preprocess, im.float().cpu()), m.float().cpu())
-                    for im, m in zip(images, maps)]
+        top = list(zip(kept["top_indices"][u].tolist(), kept["top_scores"][u].tolist()))
+        low = list(zip(kept["bottom_indices"][u].tolist(), kept["bottom_scores"][u].tolist())) if bottom else []
+        pngs = _example_images(loaded, dataset, unit, [j for j, _ in top])
+        low_pngs = _example_images(loaded, dataset, unit, [j for j, _ in low])
         row = table.rows.get((unit.layer, h)) if table is not None else None
         descriptions = []
         if row is not None and row.texts is not None:
@@ -128,7 +134,7 @@ def build_site_data(source: str | Path, loaded: Optional[LoadedCLIP] = None, exa
         views.append(HeadView(
             layer=unit.layer, head=h, share=float(shares[i, h]), descriptions=descriptions,
             nearest=[(pool[t], float(c)) for c, t in zip(nearest.values.tolist(), nearest.indices.tolist())],
-            examples=list(zip(indices, scores)), images=pngs,
+            examples=top, images=pngs, bottom=low, bottom_images=low_pngs,
         ))
     return SiteData(
         title=f"{identity.get('model', loaded.key)} on {identity.get('dataset', '?')}",
@@ -153,7 +159,8 @@ def run_explore_command(args: argparse.Namespace) -> Path:
     start = time.perf_counter()
     data = build_site_data(args.source, examples=args.examples, textspan_k=args.textspan_k, pool_name=args.pool,
                            device=args.device, cache_dir=args.cache_dir, progress=not args.quiet,
-                           max_search_images=args.search_images, queries=_queries(args.queries))
+                           max_search_images=args.search_images, queries=_queries(args.queries),
+                           bottom=args.bottom)
     out = write_site(data, args.out)
     if not args.quiet:
         print(f"explorer site of {len(data.units)} heads ({data.n_images} images) in {out}/index.html "

@@ -21,6 +21,7 @@ def add_explore_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", metavar="DIR", help="a collection folder (collect --parts heads,embed,means ...)")
     p.add_argument("--out", required=True, help="folder of the site (index.html, heads/L{l}H{h}.html, img/)")
     p.add_argument("--examples", type=_positive, default=8, help="top dataset examples shown per head")
+    p.add_argument("--bottom", action="store_true", help="also show each head's bottom examples (lowest scores)")
     p.add_argument("--textspan-k", type=int, default=3, help="TextSpan descriptions per head (0: none)")
     p.add_argument("--pool", default="descriptions", help="text pool: descriptions, words, or a file of texts")
     p.add_argument("--search-images", type=int, default=1024,

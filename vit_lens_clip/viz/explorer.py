@@ -34,7 +34,8 @@ SEARCH_EXAMPLES = 8  # images shown under each of the first three heads a search
 class HeadView:
     """What a head's page shows: share of the embedding, TextSpan descriptions (text, variance explained),
     nearest pool texts of its mean direct effect (text, cosine), top examples (dataset index, score) and their
-    PNG images (original | map overlay), None where the images could not be re-read."""
+    PNG images (original | map overlay), None where the images could not be re-read; likewise the bottom
+    examples (lowest score first) when they were kept."""
 
     layer: int
     head: int
@@ -43,6 +44,8 @@ class HeadView:
     nearest: list[tuple[str, float]]
     examples: list[tuple[int, float]]
     images: list[Optional[bytes]] = field(default_factory=list)
+    bottom: list[tuple[int, float]] = field(default_factory=list)
+    bottom_images: list[Optional[bytes]] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -135,23 +138,29 @@ def _nav(previous: Optional[str], index: str, following: Optional[str]) -> str:
     return "<div class='unitnav'>" + "".join(parts) + "</div>"
 
 
-def _head_page(data: SiteData, u: int) -> str:
-    view = data.units[u]
-    previous = head_page_name(data.units[u - 1].layer, data.units[u - 1].head) if u > 0 else None
-    following = head_page_name(data.units[u + 1].layer, data.units[u + 1].head) if u + 1 < len(data.units) else None
+def _figures(name: str, suffix: str, examples: list[tuple[int, float]], images: list[Optional[bytes]]) -> str:
     figures = []
-    for rank, ((index, score), png) in enumerate(zip(view.examples, view.images)):
+    for rank, ((index, score), png) in enumerate(zip(examples, images)):
         caption = f"#{rank + 1}: image {index}, score {score:.3f}"
         if png is None:
             figures.append(f"<figure><figcaption>{escape(caption)}</figcaption></figure>")
         else:
-            src = f"../img/{view.name}_{rank}.png"
+            src = f"../img/{name}{suffix}_{rank}.png"
             figures.append(f"<figure><img loading='lazy' src='{src}' alt='{escape(caption)}'>"
                            f"<figcaption>{escape(caption)}</figcaption></figure>")
+    return "<div class='examples'>" + "".join(figures) + "</div>"
+
+
+def _head_page(data: SiteData, u: int) -> str:
+    view = data.units[u]
+    previous = head_page_name(data.units[u - 1].layer, data.units[u - 1].head) if u > 0 else None
+    following = head_page_name(data.units[u + 1].layer, data.units[u + 1].head) if u + 1 < len(data.units) else None
     examples = RawHTML(
         "<p>Images with the highest score along the head's first principal direction (its contribution to the "
         "image embedding · that direction); left: the image, right: the head's map of that direction "
-        "(<code>joint_map</code>, min-max normalised).</p><div class='examples'>" + "".join(figures) + "</div>")
+        "(<code>joint_map</code>, min-max normalised).</p>" + _figures(view.name, "", view.examples, view.images))
+    bottom = RawHTML("<p>Images with the lowest score along the same direction, lowest first.</p>"
+                     + _figures(view.name, "_bottom", view.bottom, view.bottom_images))
     sections = [
         ("Head", RawHTML(_EXTRA_CSS + _nav(previous, "../index.html", following)
                          + f"<p>Layer {view.layer}, head {view.head}: share of the embedding "
@@ -159,6 +168,7 @@ def _head_page(data: SiteData, u: int) -> str:
                            "Keys: ← previous head, → next head.</p>"
                          + _keys_script(previous, following))),
         ("Top examples", examples),
+        *([("Bottom examples", bottom)] if view.bottom else []),
         ("TextSpan descriptions", RawHTML(html_table(["text", "variance explained"],
                                                       [[t, f"{v:.3f}"] for t, v in view.descriptions]))
          if view.descriptions else "No TextSpan run (--textspan-k 0)."),
@@ -318,9 +328,10 @@ def write_site(data: SiteData, out: str | Path) -> Path:
     for index, png in data.thumbnails.items():
         (out / "img" / f"image_{index}.png").write_bytes(png)
     for u, view in enumerate(data.units):
-        for rank, png in enumerate(view.images):
-            if png is not None:
-                (out / "img" / f"{view.name}_{rank}.png").write_bytes(png)
+        for suffix, images in (("", view.images), ("_bottom", view.bottom_images)):
+            for rank, png in enumerate(images):
+                if png is not None:
+                    (out / "img" / f"{view.name}{suffix}_{rank}.png").write_bytes(png)
         (out / "heads" / head_page_name(view.layer, view.head)).write_text(_head_page(data, u), encoding="utf-8")
     (out / "index.html").write_text(_overview(data), encoding="utf-8")
     return out

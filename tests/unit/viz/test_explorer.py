@@ -29,7 +29,8 @@ def _data(with_contributions: bool = True) -> SiteData:
     means = torch.stack([emb[1], emb[0] + emb[2], emb[3], -emb[0]])  # head 1 (L0H1) points at "red"
     png = overlay_png(torch.rand(3, 16, 16), torch.randn(2, 2))
     units = [HeadView(layer=0 + u // 2, head=u % 2, share=0.1 * u, descriptions=[("a red star", 0.4)] if u else [],
-                      nearest=[("snow", 0.2)], examples=[(3, 1.5), (1, 0.5)], images=[png, None]) for u in range(4)]
+                      nearest=[("snow", 0.2)], examples=[(3, 1.5), (1, 0.5)], images=[png, None],
+                      bottom=[(2, -1.0)] if u == 1 else [], bottom_images=[png] if u == 1 else []) for u in range(4)]
     contributions = torch.randn(5, 4, d)
     contributions[4, 1] = 5 * (emb[0] + emb[2])  # image 4 is the reddest for L0H1
     return SiteData(title="t <b>", n_images=5, layers=[0, 1], n_heads=2, units=units, pool=pool,
@@ -65,6 +66,8 @@ def test_site_has_a_page_per_head_with_links_keys_and_lazy_images(tmp_path):
     assert "href='L0H0.html'" in page and "href='L1H0.html'" in page and "href='../index.html'" in page
     assert "ArrowLeft" in page and "ArrowRight" in page
     assert "<img loading='lazy' src='../img/L0H1_0.png'" in page and (out / "img" / "L0H1_0.png").is_file()
+    assert "<img loading='lazy' src='../img/L0H1_bottom_0.png'" in page and (out / "img" / "L0H1_bottom_0.png").is_file()
+    assert "Bottom examples" not in (out / "heads" / "L0H0.html").read_text()
     assert "plotly" not in page.lower()  # head pages carry no plotly.js: only the overview's figure needs it
     first, last = (out / "heads" / "L0H0.html").read_text(), (out / "heads" / "L1H1.html").read_text()
     assert "id='prev'" not in first and "id='next'" not in last
