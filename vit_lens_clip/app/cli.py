@@ -16,6 +16,7 @@ from vit_lens_clip.app.config import (
     add_segment_arguments,
     add_textspan_arguments,
 )
+from vit_lens_clip.app.explore_options import add_explore_command
 from vit_lens_clip.app.huge_pages import request_for_torch
 from vit_lens_clip.embedded.arguments import DESCRIPTION as TRAIN_DESCRIPTION
 from vit_lens_clip.embedded.arguments import add_train_arguments
@@ -97,6 +98,12 @@ def _cmd_neurons(args: argparse.Namespace) -> None:
     run_neurons_command(args, load_clip(args.model, args.pretrained, device=args.device, precision=args.precision))
 
 
+def _cmd_explore(args: argparse.Namespace) -> None:
+    from vit_lens_clip.app.explore import run_explore_command
+
+    run_explore_command(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vit-lens-clip", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show the full traceback of any error (any position)")
@@ -134,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("textspan", help="TextSpan of every kept head of a collection folder (heads split over ranks)")
     add_textspan_arguments(p)
     p.set_defaults(func=_cmd_textspan)
+
+    add_explore_command(sub, _cmd_explore)
 
     p = sub.add_parser("train-embedded", help="train the embedded shapes CLIP (the trainer's own options)",
                        description=TRAIN_DESCRIPTION, formatter_class=argparse.ArgumentDefaultsHelpFormatter)

@@ -9,7 +9,7 @@ import pytest
 from vit_lens_clip.app.cli import build_parser, main
 from vit_lens_clip.app.config import DEFAULT_QUERIES, SECTION_NAMES, ReportConfig
 
-COMMANDS = {"report", "hooks", "bench", "segment", "neurons", "collect", "textspan", "train-embedded"}
+COMMANDS = {"report", "hooks", "bench", "segment", "neurons", "collect", "textspan", "explore", "train-embedded"}
 
 
 def _subcommands(parser):
