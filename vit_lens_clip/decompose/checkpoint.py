@@ -44,12 +44,25 @@ def _boundary(label: str) -> None:
 # ------------------------------------------------------------------------------------------ atomic files
 
 
+def open_new_file(path: str | Path):
+    """``path`` opened for writing as a new file of this process: whatever is there (a file or a symlink left by a
+    killed run, or planted) is removed first and the name created with O_EXCL and O_NOFOLLOW, so a symlink is never
+    followed and nothing outside the folder is written."""
+    path = Path(path)
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    return os.fdopen(fd, "wb")
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through ``path.tmp`` and a rename: readers see the old file or the new one."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     _boundary(f"open {path.name}")
-    with open(tmp, "wb") as f:
+    with open_new_file(tmp) as f:
         half = len(data) // 2
         f.write(data[:half])
         f.flush()
