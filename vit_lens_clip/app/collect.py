@@ -104,25 +104,33 @@ def check_collect_folder(out: Path) -> None:
 
 
 def available_memory() -> int | None:
-    """Bytes of memory available to new allocations (Linux: MemAvailable), or None where unknown."""
+    """Bytes of memory available to new allocations: Linux's MemAvailable, or less under an address-space limit
+    (``ulimit -v``) set on this process; None where neither is known."""
+    found: list[int] = []
     try:
         with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+            found += [int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:")]
     except OSError:
-        return None
-    return None
+        pass
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+        if soft != resource.RLIM_INFINITY:
+            with open("/proc/self/statm") as f:
+                used = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+            found.append(max(0, soft - used))
+    except (ImportError, OSError, ValueError):
+        pass
+    return min(found) if found else None
 
 
 def scores_memory(plan: CollectionPlan, n_rows: int, cfg: Any, n_texts: int) -> int:
     """Bytes a ``scores`` collection holds at its peak: the shard buffer (``min(shard_size, rows)`` images of
     [kept layers, heads, tokens, texts], twice while a shard is concatenated) and one batch's head sources and
     scores in float32 (three times over, for the temporaries of the fold)."""
-    from vit_lens_clip.decompose.store import STORE_DTYPES
-
     per_image = len(plan.layers) * cfg.n_heads * cfg.n_ctx
-    stored = STORE_DTYPES[plan.store_dtype].itemsize
+    stored = STORE_DTYPES_BYTES[plan.store_dtype]
     buffer = 2 * min(plan.shard_size, max(n_rows, 1)) * per_image * n_texts * stored
     batch = 3 * plan.batch_size * per_image * (n_texts + cfg.output_dim) * 4
     return buffer + batch

@@ -83,7 +83,7 @@ def to_rgb(im: Image.Image) -> Image.Image:
         values = np.asarray(im, dtype=np.float64)
         top = 65535.0 if im.mode.startswith("I;16") or values.max(initial=0) <= 65535 else float(values.max())
         scaled = np.clip(np.round(values / top * 255.0), 0, 255).astype(np.uint8)
-        return Image.fromarray(scaled, mode="L").convert("RGB")
+        return Image.fromarray(scaled).convert("RGB")
     return im.convert("RGB")
 
 

@@ -79,6 +79,8 @@ class WebDatasetShards(Dataset):
         if not any(image is not None for _, _, image, _ in self.samples):
             raise ValueError(f"no readable images in the WebDataset shards {[str(s) for s in self.shards]}"
                              + (f" ({self.samples[0][1]})" if self.samples else ""))
+        # labelled when any sample has a .cls: then a sample without one is skipped (its rows would lack a label)
+        self.labelled = any(label is not None for _, _, _, label in self.samples)
         self._open: dict[int, tarfile.TarFile] = {}
 
     @staticmethod
@@ -98,12 +100,19 @@ class WebDatasetShards(Dataset):
                     key, dot, ext = base.partition(".")
                     if m.isfile() and dot:
                         members.setdefault(f"{folder}/{key}" if folder else key, {})[ext.lower()] = m
+                end = tar.offset  # where tarfile stopped: past it only the zero blocks of the archive's end
             size = path.stat().st_size
             cut = [m for exts in members.values() for m in exts.values() if m.offset_data + m.size > size]
+            with open(path, "rb") as f:
+                f.seek(end)
+                rest = f.read(1 << 16)
             if cut:
                 problem = f"truncated tar: member {cut[0].name} ends past the end of the file"
+            elif rest.strip(b"\0"):  # tarfile stops silently at a header cut short
+                problem = f"truncated tar: unreadable data at byte {end} of {size}"
         except (tarfile.TarError, OSError, EOFError) as e:
-            problem = (f"unreadable tar ({'empty file' if path.stat().st_size == 0 else type(e).__name__ + ': ' + str(e)})"
+            why = "empty file" if path.stat().st_size == 0 else f"{type(e).__name__}: {e}"
+            problem = (f"{'truncated' if 'unexpected end' in str(e) else 'unreadable'} tar ({why})"
                        + (f"; {sum(map(len, members.values()))} member(s) before it kept" if members else ""))
         return members, problem
 
@@ -129,6 +138,9 @@ class WebDatasetShards(Dataset):
         item: dict[str, Any] = {"index": i, "name": f"{self.shards[s].name}/{key}"}
         if image is None:  # the rest of an unreadable shard
             item["name"], item["error"] = self.shards[s].name, key
+            return item
+        if label is None and self.labelled:
+            item["error"] = "no .cls label (other samples of the shards have one)"
             return item
         try:
             tar = self._tar(s)
