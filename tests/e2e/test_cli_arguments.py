@@ -128,3 +128,14 @@ def test_read_only_out_is_refused_before_torch(files, tmp_path):
     assert result["status"] == 2 and len(stderr.strip().splitlines()) == 1, stderr[-3000:]
     assert "not writable" in stderr and not result["torch"]
     assert result["seconds"] < 1.0
+
+
+def test_trainer_module_batch_size_zero_is_one_line(tmp_path):
+    """`python -m vit_lens_clip.embedded.train --batch-size 0` (the trainer's own command line) started training."""
+    environment = {**os.environ, "PYTHONPATH": str(SOURCE), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "vit_lens_clip.embedded.train", "--out", str(tmp_path / "run"),
+                           "--batch-size", "0", "--steps", "1", "--eval-every", "0"], cwd=tmp_path, env=environment,
+                          capture_output=True, text=True, timeout=300)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "--batch-size must be at least 1" in lines[0], proc.stderr[-3000:]
+    assert not (tmp_path / "run").exists()

@@ -18,9 +18,9 @@ from vit_lens_clip.app.config import (
     add_textspan_arguments,
 )
 from vit_lens_clip.app.huge_pages import request_for_torch
+from vit_lens_clip.app.preflight import check_arguments
 from vit_lens_clip.embedded.arguments import DESCRIPTION as TRAIN_DESCRIPTION
 from vit_lens_clip.embedded.arguments import add_train_arguments
-from vit_lens_clip.app.preflight import check_arguments
 from vit_lens_clip.errors import user_error_message
 
 # The parser imports only the light options module above; each command imports its heavy modules (torch,

@@ -13,6 +13,7 @@ from typing import Callable, Optional, Sequence
 
 import open_clip
 
+from vit_lens_clip.app.preflight import check_out_folder
 from vit_lens_clip.datasets.segmentation import ImageNetSegmentation, MaskFolder
 from vit_lens_clip.datasets.shapes_adapters import ShapesSegmentation, shapes_classes
 from vit_lens_clip.loading import load_clip
@@ -23,7 +24,6 @@ from vit_lens_clip.methods.spatial.evaluate import (
     write_segmentation_report,
 )
 from vit_lens_clip.methods.zeroshot import build_classifier
-from vit_lens_clip.app.preflight import check_out_folder
 from vit_lens_clip.validation import check_output_folder
 
 
