@@ -153,7 +153,7 @@ def _resource_error(e: BaseException) -> Optional[str]:
     """One line for an OSError the user can fix (disk full, quota, read-only), naming the file; else None."""
     if isinstance(e, OSError) and e.errno in _RESOURCE_ERRNOS:
         where = f" writing {e.filename}" if e.filename else ""
-        return f"{_RESOURCE_ERRNOS[e.errno]}{where}; free space or choose another --out, then rerun (the run resumes)"
+        return f"{_RESOURCE_ERRNOS[e.errno]}{where}; free space or choose another --out, then rerun"
     return None
 
 
