@@ -156,6 +156,26 @@ def test_symlinks_in_the_output_folder_are_never_followed_for_writing(tmp_path, 
     assert manifest(out)["n_images"] == 3 and embeddings(out).shape[0] == 3
 
 
+def test_a_symlinked_folder_inside_the_output_folder_is_refused(tmp_path, capsys):
+    """`out/ranks/rank_00000/parts -> ../elsewhere`: a resume wrote its shards outside --out."""
+    write_images(tmp_path / "imgs", n=2)
+    out = tmp_path / "c"
+    argv = ["collect", "--data", f"folder:{tmp_path / 'imgs'}", "--out", str(out), "--quiet"]
+    assert cli(capsys, *argv)[0] == 0
+    info = json.loads((out / "collection.json").read_text())
+    (out / "collection.json").write_text(json.dumps({**info, "complete": False}))
+    parts = out / "ranks" / "rank_00000" / "parts"
+    for p in parts.iterdir():
+        p.unlink()
+    parts.rmdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    parts.symlink_to(elsewhere)
+    status, lines = cli(capsys, *argv)
+    assert status == 2 and len(lines) == 1 and "symlink" in lines[0], lines
+    assert list(elsewhere.iterdir()) == []
+
+
 def test_disk_full_is_one_line(tmp_path, capsys, monkeypatch):
     """An OSError ENOSPC while writing a shard printed a traceback."""
     from vit_lens_clip.decompose import checkpoint

@@ -95,12 +95,26 @@ def check_collect_folder(out: Path) -> None:
     if not out.is_dir():
         raise OutputFolderError(f"--out {out} is a file, not a folder")
     if (out / "collection.json").is_file():
+        linked = _linked_folder(out)
+        if linked is not None:
+            raise OutputFolderError(f"--out {out}: {linked.relative_to(out)} is a symlink to a folder; collect never "
+                                    "writes through symlinks (replace it with a real folder, or choose another --out)")
         return
     foreign = sorted(p.name for p in out.iterdir() if not is_lock_file(p.name))
     if foreign:
         shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
         raise OutputFolderError(f"--out {out} is not empty and holds no collection ({shown}); collect writes into a new "
                                 "or empty folder, or resumes its own: choose another folder (your files are kept)")
+
+
+def _linked_folder(out: Path) -> Path | None:
+    """The first symlink to a folder inside ``out`` (writing below it would write outside ``out``), or None.
+    Symlinked files are harmless: every file is replaced by a rename, which replaces the link itself."""
+    for root, dirs, _ in os.walk(out):  # symlinked folders are listed in dirs, never entered
+        for name in sorted(dirs):
+            if os.path.islink(os.path.join(root, name)):
+                return Path(root) / name
+    return None
 
 
 def available_memory() -> int | None:
