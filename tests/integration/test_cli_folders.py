@@ -97,7 +97,7 @@ def test_texts_edited_with_the_same_line_count_are_not_the_old_scores(tmp_path, 
 def test_second_collect_on_the_same_folder_is_refused_and_a_killed_run_resumes(tmp_path):
     """Two `collect --out C` wrote into one folder at once; after a SIGKILL the lock must not block the resume."""
     out = tmp_path / "c"
-    argv = [sys.executable, "-m", "vit_lens_clip", "collect", "--data", "shapes:48", "--out", str(out),
+    argv = [sys.executable, "-m", "vit_lens_clip", "collect", "--data", "shapes:16", "--out", str(out),
             "--batch-size", "4", "--checkpoint-every", "1", "--quiet"]
     first = subprocess.Popen(argv, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -115,7 +115,7 @@ def test_second_collect_on_the_same_folder_is_refused_and_a_killed_run_resumes(t
         first.wait()
     resumed = subprocess.run(argv, env=env(), capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert manifest(out)["n_images"] == 48
+    assert manifest(out)["n_images"] == 16
 
 
 # ------------------------------------------------------------------------------------------ writes stay inside
