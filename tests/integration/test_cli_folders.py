@@ -309,3 +309,59 @@ def test_scores_that_cannot_fit_in_memory_are_refused_in_one_line(tmp_path):
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-3000:]
     assert "'scores' part" in lines[0] and "GiB" in lines[0], lines[0]
     assert not out.exists()
+
+
+# ------------------------------------------------------------------------------------------ the report's folder
+
+
+def test_a_report_record_listing_paths_outside_the_folder_deletes_nothing(tmp_path):
+    """The record's names were joined to the folder and unlinked: `../x` deleted a file outside --out."""
+    from vit_lens_clip.app.run_folder import RECORD, prepare_report_folder
+    from vit_lens_clip.errors import OutputFolderError
+
+    out = tmp_path / "report"
+    out.mkdir()
+    outside = tmp_path / "precious.txt"
+    outside.write_text("keep me")
+    settings = {"k": 10}
+    (out / RECORD).write_text(json.dumps({"settings": settings, "files": ["report.html", "../precious.txt"]}))
+    (out / "report.html").write_text("previous")
+    try:
+        prepare_report_folder(out, settings)
+        refused = False
+    except OutputFolderError as e:
+        refused = "../precious.txt" in str(e)
+    assert refused and outside.read_text() == "keep me" and (out / "report.html").read_text() == "previous"
+
+
+def test_a_symlinked_report_html_is_never_written_through(tmp_path):
+    """`--overwrite` onto a folder whose report.html links elsewhere: the report would overwrite the target."""
+    from vit_lens_clip.app.run_folder import prepare_report_folder
+    from vit_lens_clip.errors import OutputFolderError
+
+    out = tmp_path / "report"
+    out.mkdir()
+    target = tmp_path / "elsewhere.html"
+    target.write_text("keep me")
+    (out / "report.html").symlink_to("../elsewhere.html")
+    try:
+        prepare_report_folder(out, {"k": 10}, overwrite=True)
+        refused = False
+    except OutputFolderError as e:
+        refused = "symlink" in str(e)
+    assert refused and target.read_text() == "keep me"
+
+
+def test_the_report_record_is_not_written_through_a_symlink(tmp_path):
+    """The record went through `.vit_lens_clip_report.json.tmp` with write_text, following a symlink there."""
+    from vit_lens_clip.app.run_folder import RECORD, finish_report_folder, prepare_report_folder
+
+    out = tmp_path / "report"
+    folder, kept = prepare_report_folder(out, {"k": 10})
+    (folder / "report.html").write_text("new")
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me")
+    (folder / (RECORD + ".tmp")).symlink_to("../precious.txt")
+    finish_report_folder(folder, {"k": 10}, kept)
+    assert target.read_text() == "keep me"
+    assert json.loads((folder / RECORD).read_text())["files"] == ["report.html"]
