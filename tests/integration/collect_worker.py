@@ -1,5 +1,6 @@
 """A torchrun entry for tests/integration/test_distributed_collect.py: the ``collect`` command on a shapes dataset whose items
-take ``--delay`` seconds each (so a test can kill a rank mid-run). Each rank writes its pid to OUT/pids/RANK."""
+take ``--delay`` seconds each (so a test can kill a rank mid-run). Each rank writes its pid to OUT.pids/RANK (beside
+OUT: collect refuses an output folder holding files it did not write)."""
 
 import os
 import sys
@@ -25,7 +26,7 @@ class SlowShapes(ShapesItems):
 if __name__ == "__main__":
     delay = float(sys.argv[1])
     args = build_parser().parse_args(sys.argv[2:])
-    pids = Path(args.out) / "pids"
+    pids = Path(str(args.out) + ".pids")
     pids.mkdir(parents=True, exist_ok=True)
     (pids / os.environ.get("RANK", "0")).write_text(str(os.getpid()))
     n = int(args.data.split(":")[1])

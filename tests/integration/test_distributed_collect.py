@@ -187,7 +187,7 @@ def test_sigkilled_rank_resumes_to_the_uninterrupted_result(two_ranks, tmp_path)
     worker = str(ROOT / "tests" / "integration" / "collect_worker.py")
     proc = torchrun(worker, "0.4", *collect_args(out), check=False)
     _wait_for(rank_dir(out, 1) / "checkpoint" / "progress.json", proc)  # rank 1 has checkpointed a batch
-    pid = int((out / "pids" / "1").read_text())
+    pid = int((tmp_path / "killed.pids" / "1").read_text())
     assert not (rank_dir(out, 1) / "run.json").exists()  # killed mid-run, not after it
     os.kill(pid, signal.SIGKILL)
     assert proc.wait(timeout=120) != 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from typing import Optional, Sequence
 
@@ -18,6 +19,7 @@ from vit_lens_clip.app.config import (
 )
 from vit_lens_clip.app.explore_options import add_explore_command
 from vit_lens_clip.app.huge_pages import request_for_torch
+from vit_lens_clip.app.preflight import check_arguments
 from vit_lens_clip.embedded.arguments import DESCRIPTION as TRAIN_DESCRIPTION
 from vit_lens_clip.embedded.arguments import add_train_arguments
 from vit_lens_clip.errors import user_error_message
@@ -151,6 +153,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# the operating system's answers to a write that are the user's to fix (a full disk, a read-only folder), not bugs
+_RESOURCE_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+                    errno.EROFS: "read-only file system", errno.EACCES: "permission denied"}
+
+
+def _resource_error(e: BaseException) -> Optional[str]:
+    """One line for an OSError the user can fix (disk full, quota, read-only), naming the file; else None."""
+    if isinstance(e, OSError) and e.errno in _RESOURCE_ERRNOS:
+        where = f" writing {e.filename}" if e.filename else ""
+        return f"{_RESOURCE_ERRNOS[e.errno]}{where}; free space or choose another --out, then rerun"
+    return None
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Expected failures print one line to stderr and return 2; bugs raise (``--debug``: everything raises)."""
     # Large tensors in transparent huge pages: far fewer page faults on first touch (TextSpan's result alone is
@@ -162,9 +177,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     args.command_line = ["vit-lens-clip", *argv]  # recorded by the report's provenance
     try:
+        check_arguments(args)  # every option, path, device and model name, before torch or open_clip is imported
         args.func(args)
     except Exception as e:
-        message = None if debug else user_error_message(e)
+        message = None if debug else (user_error_message(e) or _resource_error(e))
         if message is None:
             raise
         print(f"vit-lens-clip {args.command}: error: {message}", file=sys.stderr)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import os
 import subprocess
@@ -18,6 +19,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from vit_lens_clip.app.folder_lock import FolderLock, is_lock_file
 from vit_lens_clip.datasets.folder import collate_images
 from vit_lens_clip.datasets.sources import open_dataset
 from vit_lens_clip.decompose.contributions import kept_layers
@@ -38,10 +40,13 @@ from vit_lens_clip.distributed.ranks import (
     start_distributed,
 )
 from vit_lens_clip.distributed.sampler import rank_range
+from vit_lens_clip.errors import BadInputError, OutputFolderError
 from vit_lens_clip.loading import LoadedCLIP, load_clip
 from vit_lens_clip.methods.textspan.algorithm import TextSpanResult, text_span
 from vit_lens_clip.methods.textspan.pools import embed_texts_cached, load_pool
 from vit_lens_clip.methods.textspan.runs import TextSpanTable
+
+STORE_DTYPES_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
 
 __all__ = ["run_collect", "run_textspan_command", "textspan_from_collection"]
 
@@ -63,9 +68,101 @@ def plan_from_args(args: argparse.Namespace, n_layers: int, on_cuda: bool) -> Co
     )
 
 
-def _texts(loaded: LoadedCLIP, pool: str, cache_dir: str | None = None) -> tuple[list[str], torch.Tensor]:
-    texts = load_pool(pool)
+def _texts(loaded: LoadedCLIP, pool: str, cache_dir: str | None = None,
+           texts: list[str] | None = None) -> tuple[list[str], torch.Tensor]:
+    texts = load_pool(pool) if texts is None else texts
     return texts, embed_texts_cached(texts, loaded.encode_text, loaded.key, cache_dir=cache_dir)
+
+
+def texts_sha256(texts: list[str]) -> str:
+    """The content of a text pool as the collection records it: an edited pool of the same length differs."""
+    return hashlib.sha256("\n".join(texts).encode()).hexdigest()
+
+
+COLLECTION_FILES = ("collection.json",)
+
+
+def check_collect_folder(out: Path) -> None:
+    """``--out`` is a new or empty folder, or one that ``collect`` wrote (it holds ``collection.json``).
+
+    Any other non-empty folder is refused before anything is written in it: its files (a ``manifest.json`` of
+    the user's own, for instance) would be mixed with, or replaced by, the collection's.
+    """
+    if out.is_symlink() and not out.exists():
+        raise OutputFolderError(f"--out {out} is a dangling symlink; choose a real folder")
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise OutputFolderError(f"--out {out} is a file, not a folder")
+    if (out / "collection.json").is_file():
+        linked = _linked_folder(out)
+        if linked is not None:
+            raise OutputFolderError(f"--out {out}: {linked.relative_to(out)} is a symlink to a folder; collect never "
+                                    "writes through symlinks (replace it with a real folder, or choose another --out)")
+        return
+    foreign = sorted(p.name for p in out.iterdir() if not is_lock_file(p.name))
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise OutputFolderError(f"--out {out} is not empty and holds no collection ({shown}); collect writes into a new "
+                                "or empty folder, or resumes its own: choose another folder (your files are kept)")
+
+
+def _linked_folder(out: Path) -> Path | None:
+    """The first symlink to a folder inside ``out`` (writing below it would write outside ``out``), or None.
+    Symlinked files are harmless: every file is replaced by a rename, which replaces the link itself."""
+    for root, dirs, _ in os.walk(out):  # symlinked folders are listed in dirs, never entered
+        for name in sorted(dirs):
+            if os.path.islink(os.path.join(root, name)):
+                return Path(root) / name
+    return None
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to new allocations: Linux's MemAvailable, or less under an address-space limit
+    (``ulimit -v``) set on this process; None where neither is known."""
+    found: list[int] = []
+    try:
+        with open("/proc/meminfo") as f:
+            found += [int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:")]
+    except OSError:
+        pass
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+        if soft != resource.RLIM_INFINITY:
+            with open("/proc/self/statm") as f:
+                used = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+            found.append(max(0, soft - used))
+    except (ImportError, OSError, ValueError):
+        pass
+    return min(found) if found else None
+
+
+def scores_memory(plan: CollectionPlan, n_rows: int, cfg: Any, n_texts: int) -> int:
+    """Bytes a ``scores`` collection holds at its peak: the shard buffer (``min(shard_size, rows)`` images of
+    [kept layers, heads, tokens, texts], twice while a shard is concatenated) and one batch's head sources and
+    scores in float32 (three times over, for the temporaries of the fold)."""
+    per_image = len(plan.layers) * cfg.n_heads * cfg.n_ctx
+    stored = STORE_DTYPES_BYTES[plan.store_dtype]
+    buffer = 2 * min(plan.shard_size, max(n_rows, 1)) * per_image * n_texts * stored
+    batch = 3 * plan.batch_size * per_image * (n_texts + cfg.output_dim) * 4
+    return buffer + batch
+
+
+def check_scores_memory(plan: CollectionPlan, n_rows: int, cfg: Any, n_texts: int, available: int | None) -> None:
+    """Refuse (one line) a ``scores`` collection that would not fit in the available memory."""
+    if "scores" not in plan.parts or available is None:
+        return
+    need = scores_memory(plan, n_rows, cfg, n_texts)
+    if need > available:
+        per_image = len(plan.layers) * cfg.n_heads * cfg.n_ctx * n_texts * STORE_DTYPES_BYTES[plan.store_dtype]
+        fit = max(0, int(available // 2 // max(per_image, 1)) - plan.batch_size)
+        raise BadInputError(
+            f"the 'scores' part of {n_texts} texts needs about {need / 2**30:.1f} GiB ({per_image / 2**20:.1f} MiB per "
+            f"image, --shard-size {plan.shard_size}, --batch-size {plan.batch_size}) but {available / 2**30:.1f} GiB "
+            f"are available; use fewer texts, fewer --last-layers, --store fp16, or --shard-size "
+            f"{fit if fit else 1} or less")
 
 
 def run_collect(args: argparse.Namespace, dataset: Dataset | None = None, fingerprint: str | None = None) -> Path:
@@ -82,19 +179,26 @@ def run_collect(args: argparse.Namespace, dataset: Dataset | None = None, finger
                                     "dataset": fingerprint or args.data}
         texts = None
         if "scores" in plan.parts:
-            pool, texts = _texts(loaded, args.texts)
-            identity["texts"] = [args.texts, len(pool)]
+            pool = load_pool(args.texts)
+            rows = len(rank_range(len(dataset), info.world_size, info.rank))
+            check_scores_memory(plan, rows, loaded.model.cfg, len(pool), available_memory())
+            pool, texts = _texts(loaded, args.texts, texts=pool)
+            identity["texts"] = [args.texts, len(pool), texts_sha256(pool)]
         if args.profile:
             if info.is_main:
                 print(profile_collection(loaded, dataset, plan, texts))
                 if args.profile_ranks > 1:
                     print(profile_ranks(args, args.profile_ranks))
             return Path(args.out)
-        out = collect_on_rank(loaded.model, dataset, args.out, plan, identity, info, device, texts, not args.quiet)
-        if info.is_main and not args.quiet:
-            manifest = json.loads((out / "manifest.json").read_text())
-            print(f"collected {manifest['n_images']} images on {info.world_size} rank(s) into {out}"
-                  + (f"; skipped {len(manifest['skipped'])} unreadable" if manifest["skipped"] else ""))
+        out = Path(args.out)
+        check_collect_folder(out)  # before the folder is created or locked, on every rank
+        barrier()
+        with FolderLock(out, "--out", info.rank):  # one writer per folder, for the whole collection
+            out = collect_on_rank(loaded.model, dataset, out, plan, identity, info, device, texts, not args.quiet)
+            if info.is_main and not args.quiet:
+                manifest = json.loads((out / "manifest.json").read_text())
+                print(f"collected {manifest['n_images']} images on {info.world_size} rank(s) into {out}"
+                      + (f"; skipped {len(manifest['skipped'])} unreadable" if manifest["skipped"] else ""))
         return out
     finally:
         finish_distributed()

@@ -10,6 +10,13 @@ A finished report leaves ``.vit_lens_clip_report.json`` in ``--out``: its settin
 
 In every accepted case the files the previous report recorded are removed first, so no stale ``textspan.*``
 survives beside the new report. ``finish_report_folder`` writes the record after the report is complete.
+
+Before anything is deleted the record is validated: every path it lists must be a plain file name inside the
+folder (no ``/``, ``..`` or absolute path), else the folder is refused and nothing is touched; a recorded file
+whose content no longer has the sha256 the record gives was edited since, and is kept as the user's. Symlinks are
+never followed for writing: a symlink at a name the report writes (``report.html`` -> elsewhere) is refused, a
+recorded one is removed as a link (its target untouched), and the record is written through a fresh temporary
+name (O_EXCL, O_NOFOLLOW) and renamed into place.
 """
 
 from __future__ import annotations
@@ -19,12 +26,16 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
+from vit_lens_clip.decompose.checkpoint import open_new_file
 from vit_lens_clip.errors import BadInputError, OutputFolderError
+from vit_lens_clip.integrity import sha256_file
 from vit_lens_clip.methods.textspan.pools import load_pool
 from vit_lens_clip.validation import check_output_folder
 
 RECORD = ".vit_lens_clip_report.json"
 IGNORED_SETTINGS = ("out", "overwrite", "quiet", "func", "debug", "device")
+# the files a report writes at the top of its folder (never written through a symlink)
+REPORT_FILES = ("report.html", "results.json", "results.csv", "textspan.json", "textspan.md", "textspan.html")
 
 
 def report_settings(args: Any) -> dict[str, Any]:
@@ -48,7 +59,7 @@ def prepare_report_folder(out: str | Path, settings: dict[str, Any], overwrite: 
             record = json.loads(record_path.read_text())
         except json.JSONDecodeError:
             record = None
-    written = set(record.get("files", [])) if record else set()
+    written = _recorded_files(out, record)
     present = sorted(p.name for p in out.iterdir() if p.name != RECORD)
     foreign = [name for name in present if name not in written]
     same = record is not None and record.get("settings") == _normalise(settings)
@@ -59,21 +70,47 @@ def prepare_report_folder(out: str | Path, settings: dict[str, Any], overwrite: 
         if not same:
             raise OutputFolderError(f"--out {out} holds a report with other settings; choose another folder or pass "
                                     "--overwrite to replace it (files the report did not write are kept)")
-    for name in sorted(written):  # the previous report's files: replaced by this run, never left stale
+    digests = (record or {}).get("sha256") or {}
+    edited = [name for name in sorted(written) if (out / name).is_file() and not (out / name).is_symlink()
+              and name in digests and sha256_file(out / name) != digests[name]]
+    for name in sorted(written - set(edited)):  # the previous report's files: replaced by this run, never left stale
         path = out / name
-        if path.is_file() or path.is_symlink():
-            path.unlink()
+        if path.is_symlink() or path.is_file():
+            path.unlink()  # a symlink is removed as a link: its target is never touched
+    linked = [name for name in REPORT_FILES if (out / name).is_symlink()]
+    if linked:
+        raise OutputFolderError(f"--out {out}: {linked[0]} is a symlink; the report never writes through one "
+                                "(remove it, or choose another folder)")
     record_path.unlink(missing_ok=True)
-    return out, foreign
+    return out, sorted(set(foreign) | set(edited))
+
+
+def _recorded_files(out: Path, record: dict[str, Any] | None) -> set[str]:
+    """The file names a previous report recorded, each checked to be a plain name inside ``out``; a record that
+    lists anything else (``../x``, ``/etc/x``, ``a/b``) is not the package's, and the folder is refused untouched."""
+    if record is None:
+        return set()
+    files = record.get("files", [])
+    if not isinstance(files, list) or not all(isinstance(name, str) for name in files):
+        raise OutputFolderError(f"{out / RECORD} is not a report record (its files are not a list of names); "
+                                "nothing was removed: delete the record or choose another folder")
+    bad = [name for name in files if name in ("", ".", "..") or name != Path(name).name or "\\" in name
+           or name.startswith(RECORD)]
+    if bad:
+        raise OutputFolderError(f"{out / RECORD} lists {bad[0]!r}, which is not a file of the folder; nothing was "
+                                "removed: delete the record or choose another folder")
+    return set(files)
 
 
 def finish_report_folder(out: str | Path, settings: dict[str, Any], kept: Iterable[str]) -> Path:
     """Record the settings and the files this report wrote (everything in ``out`` but the kept user files)."""
     out = Path(out)
     kept = set(kept)
-    files = sorted(p.name for p in out.iterdir() if p.name != RECORD and p.name not in kept)
+    files = sorted(p.name for p in out.iterdir() if p.name not in (RECORD, RECORD + ".tmp") and p.name not in kept)
+    digests = {name: sha256_file(out / name) for name in files if (out / name).is_file() and not (out / name).is_symlink()}
     tmp = out / (RECORD + ".tmp")
-    tmp.write_text(json.dumps({"settings": _normalise(settings), "files": files}, indent=1))
+    with open_new_file(tmp) as f:  # never through a symlink planted at the temporary name
+        f.write(json.dumps({"settings": _normalise(settings), "files": files, "sha256": digests}, indent=1).encode())
     os.replace(tmp, out / RECORD)
     return out / RECORD
 

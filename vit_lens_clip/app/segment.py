@@ -13,6 +13,7 @@ from typing import Callable, Optional, Sequence
 
 import open_clip
 
+from vit_lens_clip.app.preflight import check_out_folder
 from vit_lens_clip.datasets.segmentation import ImageNetSegmentation, MaskFolder
 from vit_lens_clip.datasets.shapes_adapters import ShapesSegmentation, shapes_classes
 from vit_lens_clip.loading import load_clip
@@ -43,7 +44,7 @@ def _classes_from_args(args: argparse.Namespace) -> tuple[list[str], list]:
     if args.dataset[0] == "shapes" and args.classes is None:
         return shapes_classes()
     if args.classes is not None:
-        names = [line.strip() for line in Path(args.classes).read_text().splitlines() if line.strip()]
+        names = [line.strip() for line in Path(args.classes).read_text(encoding="utf-8").splitlines() if line.strip()]
         if not names:
             raise ValueError(f"no class names in {args.classes}")
     else:
@@ -54,7 +55,7 @@ def _classes_from_args(args: argparse.Namespace) -> tuple[list[str], list]:
 
 def run_segment_command(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     """Load the model, score every method, write CSV / Markdown / HTML to ``args.out``."""
-    check_output_folder(args.out)  # before any heavy work
+    check_out_folder(args.out)  # usable, but created only once the model, the dataset and the classes are
     loaded = load_clip(args.model, pretrained=args.pretrained, device=args.device)
     image_size = loaded.model.cfg.image_size[0]
     dataset = _dataset_from_args(args.dataset, loaded.preprocess, image_size, args.limit)
@@ -63,6 +64,7 @@ def run_segment_command(args: argparse.Namespace) -> dict[str, dict[str, float]]
         print(f"skipped {len(skipped)} input(s) (listed in segmentation_skipped.csv): "
               + "; ".join(f"{n} ({r})" for n, r in skipped[:3]) + (" ..." if len(skipped) > 3 else ""))
     classnames, templates = _classes_from_args(args)
+    check_output_folder(args.out)  # the inputs are good: now the folder may be created
     classifier = build_classifier(loaded, classnames, templates)
     results = evaluate_segmentation(loaded, dataset, classifier, methods=args.methods, batch_size=args.batch_size,
                                     limit=args.limit, frame=args.frame)

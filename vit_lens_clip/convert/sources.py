@@ -40,7 +40,7 @@ from vit_lens_clip.convert.registry import (
     parse_name,
 )
 from vit_lens_clip.embedded import EMBEDDED_NAME
-from vit_lens_clip.errors import NoTextTowerError, WeightsUnavailableError
+from vit_lens_clip.errors import BadInputError, NoTextTowerError, WeightsUnavailableError
 from vit_lens_clip.integrity import check_finite_weights, check_weights_file, sha256_file, state_dict_sha256, verify_local_dir
 from vit_lens_clip.validation import text_list
 
@@ -264,6 +264,10 @@ def _quick_gelu_for_tag(name: str, pretrained: Optional[str]) -> bool:
 def _build_open_clip(model_name: ModelName, pretrained: Optional[str], device: torch.device, precision: str,
                      cache_dir: Optional[str], tokenizer: Union[None, str, Callable] = None) -> BuiltSource:
     name, local_dir = model_name.identifier, model_name.local_dir
+    if local_dir is not None and pretrained:  # open_clip would ignore it, and the key would record its digest
+        raise BadInputError(f"--pretrained {pretrained} cannot apply to {model_name.name}: a local-dir model (the "
+                            "embedded one included) loads the weights of its own folder; drop --pretrained, or give "
+                            "the architecture's name with --pretrained FILE")
     verify_local_dir(str(local_dir)) if local_dir is not None else check_weights_file(pretrained)  # sha256, truncation
     if pretrained is not None and os.path.sep in pretrained and not _is_file(pretrained):
         raise FileNotFoundError(f"pretrained file not found: {pretrained}")

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+import numpy as np
 import torch
 from jaxtyping import Float, Int
 from PIL import Image
@@ -49,6 +51,42 @@ def collate_images(items: Sequence[dict[str, Any]]) -> Batch:
     return Batch(images, indices, labels, [str(it.get("name", it["index"])) for it in ok], skipped)
 
 
+def is_hidden(relative: Path) -> bool:
+    """A file under a hidden folder or hidden itself (``.ipynb_checkpoints/``, ``.git/``, ``._x.jpg``)."""
+    return any(part.startswith(".") for part in relative.parts)
+
+
+def printable_name(relative: Path) -> str:
+    """A file name as text; bytes that are not UTF-8 shown as ``\\xNN``."""
+    return os.fsencode(str(relative)).decode("utf-8", "backslashreplace")
+
+
+def utf8_name(relative: Path) -> bool:
+    try:
+        str(relative).encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def sample_indices(n: int) -> list[int]:
+    """The files whose content a folder's identity hashes: first two, eight evenly spaced, last (all of a small
+    folder)."""
+    picks = {0, 1, n - 1} | {round(i * (n - 1) / 9) for i in range(1, 9)}
+    return sorted(i for i in picks if 0 <= i < n)
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """RGB with the image's real range: 16-bit and 32-bit grey images (``I;16``, ``I``, ``F``) are scaled to 0..255
+    from their full range (65535 for 16-bit), where PIL's ``convert`` would clip every value above 255."""
+    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        values = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if im.mode.startswith("I;16") or values.max(initial=0) <= 65535 else float(values.max())
+        scaled = np.clip(np.round(values / top * 255.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(scaled).convert("RGB")
+    return im.convert("RGB")
+
+
 class ImageFolder(Dataset):
     """Images under ``root`` (recursively), sorted; with ``labelled=True`` the first-level folder is the class.
 
@@ -59,11 +97,13 @@ class ImageFolder(Dataset):
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"image folder not found: {self.root}")
-        self.files = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        found = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS
+                       and not is_hidden(p.relative_to(self.root)) and p.is_file())
+        self.skipped: list[tuple[str, str]] = []  # (name, reason) of files left out; run_reducers reports them
+        self.files = found  # a file whose name is not UTF-8 stays an item that is skipped and listed when read
         if not self.files:
             raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {self.root}")
         self.preprocess = preprocess
-        self.skipped: list[tuple[str, str]] = []  # (name, reason) of files left out; run_reducers reports them
         self.classes: list[str] = []
         self.labels: list[int] = []
         if labelled:
@@ -71,8 +111,8 @@ class ImageFolder(Dataset):
             if not self.classes:
                 raise ValueError(f"labelled=True needs class sub-folders under {self.root}")
             index = {c: i for i, c in enumerate(self.classes)}
-            self.skipped = [(str(p.relative_to(self.root)), "image outside the class folders (no label)")
-                            for p in self.files if p.parent == self.root]
+            self.skipped += [(printable_name(p.relative_to(self.root)), "image outside the class folders (no label)")
+                             for p in self.files if p.parent == self.root]
             self.files = [p for p in self.files if p.parent != self.root]
             self.labels = [index[p.relative_to(self.root).parts[0]] for p in self.files]
 
@@ -80,23 +120,36 @@ class ImageFolder(Dataset):
         return len(self.files)
 
     def identity(self) -> dict[str, Any]:
-        """Names, sizes and mtimes of the files (and labels): a cheap record that changes when the data does."""
+        """What the folder holds: every file's name, size, mtime (and label), and the sha256 of the content of a
+        sample of files (``sample_indices``: all of a folder of up to 11 images). Images replaced under the same
+        names change the mtimes, and the sample's content even when sizes and mtimes are restored."""
         h = hashlib.sha256()
         for i, path in enumerate(self.files):
             st = path.stat()
             label = self.labels[i] if self.labels else None
-            h.update(f"{path.relative_to(self.root)}\0{st.st_size}\0{st.st_mtime_ns}\0{label}\n".encode())
+            h.update(f"{printable_name(path.relative_to(self.root))}\0{st.st_size}\0{st.st_mtime_ns}\0{label}\n".encode())
+        content = hashlib.sha256()
+        for i in sample_indices(len(self.files)):
+            content.update(f"{i}\0".encode())
+            with open(self.files[i], "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    content.update(block)
         return {"kind": "ImageFolder", "root": str(self.root.resolve()), "n": len(self.files),
-                "files_sha256": h.hexdigest(), "preprocess": re.sub(r" at 0x[0-9a-fA-F]+", "", repr(self.preprocess))}
+                "files_sha256": h.hexdigest(), "sample_content_sha256": content.hexdigest(),
+                "preprocess": re.sub(r" at 0x[0-9a-fA-F]+", "", repr(self.preprocess))}
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         path = self.files[i]
-        item: dict[str, Any] = {"index": i, "name": str(path.relative_to(self.root))}
+        relative = path.relative_to(self.root)
+        item: dict[str, Any] = {"index": i, "name": printable_name(relative)}
         if self.labels:
             item["label"] = self.labels[i]
+        if not utf8_name(relative):
+            item["error"] = "file name is not valid UTF-8 (rename the file)"
+            return item
         try:
             with Image.open(path) as im:
-                item["image"] = self.preprocess(im.convert("RGB"))
+                item["image"] = self.preprocess(to_rgb(im))
         except Exception as e:  # corrupt, truncated or not an image: skip, never fatal
             item["error"] = f"{type(e).__name__}: {e}"
         return item

@@ -1,12 +1,14 @@
 """Run folders that know their inputs, and atomic checkpoints.
 
 **Identity.** A run folder records what produced it (``run_identity``): the package version, the model's
-name and a sha256 over all its weights, the dataset's identity (``dataset_identity``: file names, sizes and
-mtimes for image folders; a content hash of the whole tensor for in-memory images; for other datasets a
-content hash of a fixed sample of items: the first two, eight evenly spaced, the last) and the run's settings.
+name and a sha256 over all its weights, the dataset's identity (``dataset_identity``: file names, sizes,
+mtimes and a content hash of a sample of files for image folders; a content hash of the whole tensor for
+in-memory images; for other datasets a content hash of a fixed sample of items: the first two, eight evenly
+spaced, the last) and the run's settings.
 Reusing or resuming a folder whose record differs raises ``RunFolderMismatchError`` naming what differs.
 
-**Atomic writes.** Every file is written to ``<name>.tmp`` and renamed into place (``atomic_write_bytes``).
+**Atomic writes.** Every file is written to ``<name>.tmp`` and renamed into place (``atomic_write_bytes``); the
+temporary name is created anew (``open_new_file``: O_EXCL, O_NOFOLLOW), so a symlink there is never followed.
 A checkpoint is a state file with a fresh name plus ``progress.json``, the manifest, renamed into place
 *last*; it names the state file and its sha256. Until that rename the previous manifest and the state file
 it names stay valid, so a kill at any point resumes from one consistent checkpoint.
@@ -44,12 +46,25 @@ def _boundary(label: str) -> None:
 # ------------------------------------------------------------------------------------------ atomic files
 
 
+def open_new_file(path: str | Path):
+    """``path`` opened for writing as a new file of this process: whatever is there (a file or a symlink left by a
+    killed run, or planted) is removed first and the name created with O_EXCL and O_NOFOLLOW, so a symlink is never
+    followed and nothing outside the folder is written."""
+    path = Path(path)
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    return os.fdopen(fd, "wb")
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through ``path.tmp`` and a rename: readers see the old file or the new one."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     _boundary(f"open {path.name}")
-    with open(tmp, "wb") as f:
+    with open_new_file(tmp) as f:
         half = len(data) // 2
         f.write(data[:half])
         f.flush()

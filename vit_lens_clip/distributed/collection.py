@@ -27,12 +27,13 @@ from typing import Any
 
 import torch
 from jaxtyping import Float
-from safetensors.torch import save_file
+from safetensors.torch import save as save_tensor_bytes
 from torch import Tensor
 from torch.utils.data import Dataset, Subset
 from tqdm.auto import tqdm
 
 from vit_lens_clip.datasets.folder import Batch
+from vit_lens_clip.decompose.checkpoint import open_new_file
 from vit_lens_clip.decompose.manifests import merge_manifests
 from vit_lens_clip.decompose.parts import Decomposition
 from vit_lens_clip.decompose.reducers import MeanReducer, Reducer, run_reducers
@@ -76,11 +77,24 @@ def rank_dir(out: Path, rank: int) -> Path:
     return out / "ranks" / f"rank_{rank:05d}"
 
 
-def _write_json(path: Path, value: Any) -> None:
+def _write_bytes(path: Path, data: bytes) -> None:
+    """Write through a temporary name in the same folder, then rename: never follows a symlink, never writes
+    outside the folder, and the previous file stays whole until the rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=1))
+    with open_new_file(tmp) as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def _write_json(path: Path, value: Any) -> None:
+    _write_bytes(path, json.dumps(value, indent=1).encode())
+
+
+def _save_tensors(path: Path, tensors: dict[str, Tensor]) -> None:
+    _write_bytes(path, save_tensor_bytes({k: v.contiguous() for k, v in tensors.items()}))
 
 
 def check_folder(out: Path, identity: dict[str, Any], world_size: int) -> bool:
@@ -176,7 +190,7 @@ def collect_on_rank(
     stack.result()
     bar.close()
     if means is not None:
-        save_file({k: v.contiguous() for k, v in means.state_dict().items()}, str(here / "means_state.safetensors"))
+        _save_tensors(here / "means_state.safetensors", means.state_dict())
     _write_json(here / "run.json", {
         "rank": info.rank, "range": [mine.start, mine.stop], "seconds": time.perf_counter() - started,
         "images": summary.images if summary else 0, "resumed_from": summary.resumed_from if summary else 0,
@@ -190,7 +204,7 @@ def collect_on_rank(
             if means is not None:
                 total = MeanReducer()
                 total.merge_from(states)
-                save_file({k: v.contiguous() for k, v in total.result().items()}, str(out / MEANS))
+                _save_tensors(out / MEANS, total.result())
             merge_collection(out)
         except (ValueError, FileNotFoundError) as e:
             error = str(e)

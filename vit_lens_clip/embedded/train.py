@@ -28,6 +28,7 @@ from vit_lens_clip.datasets.shapes_world import SWEEP_WEIGHTS, ShapesWorld, swee
 from vit_lens_clip.embedded.arguments import build_train_parser
 from vit_lens_clip.embedded.config import CHECKPOINT_NAME, CONFIG_NAME, MODEL_CFG, PREPROCESS_CFG, WEIGHTS_NAME
 from vit_lens_clip.embedded.evaluate import quick_report
+from vit_lens_clip.errors import UserInputError
 
 
 def sincos_2d(grid: int, width: int) -> torch.Tensor:
@@ -217,8 +218,19 @@ def train(
     return model
 
 
+def check_train_arguments(args: argparse.Namespace) -> None:
+    """The trainer's options in range and its device present (one-line ``BadInputError``), before any work; the
+    same checks ``vit-lens-clip train-embedded`` runs before torch is imported."""
+    from vit_lens_clip.app.preflight import check_device, check_numbers, check_out_folder
+
+    check_numbers("train-embedded", args)
+    check_device(args.device)
+    check_out_folder(str(args.out))
+
+
 def train_from_args(args: argparse.Namespace) -> open_clip.CLIP:
     """``train`` with the options of ``embedded.arguments.add_train_arguments`` (both command lines)."""
+    check_train_arguments(args)
     return train(args.out, args.steps, seed=args.seed, batch_size=args.batch_size, lr=args.lr,
                  weight_decay=args.weight_decay, warmup=args.warmup, device=args.device, threads=args.threads,
                  log_every=args.log_every, checkpoint_every=args.checkpoint_every, eval_every=args.eval_every,
@@ -228,7 +240,13 @@ def train_from_args(args: argparse.Namespace) -> open_clip.CLIP:
 
 
 def main(argv: list[str] | None = None) -> None:
-    train_from_args(build_train_parser().parse_args(argv))
+    parser = build_train_parser()
+    args = parser.parse_args(argv)
+    try:
+        check_train_arguments(args)
+    except (UserInputError, FileNotFoundError) as e:
+        parser.exit(2, f"{parser.prog}: error: {e}\n")  # one line, status 2, as ``vit-lens-clip train-embedded``
+    train_from_args(args)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,367 @@
+"""Issue 26: every folder the command line reads or writes is a store with a contract (docs/cli.md, "Folders"):
+identity is content, one writer per folder, writes stay inside and never follow a symlink, a foreign folder is
+refused, bad inputs are skipped and listed, a full disk or an oversized ``scores`` run is one line."""
+
+from __future__ import annotations
+
+import errno
+import io
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+import vit_lens_clip
+from vit_lens_clip.app.cli import main
+from vit_lens_clip.datasets.folder import ImageFolder
+
+SOURCE = Path(vit_lens_clip.__file__).resolve().parents[1]  # the package under test, also in subprocesses
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(SOURCE), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+
+
+def cli(capsys, *argv: str) -> tuple[int, list[str]]:
+    """``vit-lens-clip ARGV`` in this process: (status, stderr lines without progress bars)."""
+    capsys.readouterr()
+    status = main(list(argv))
+    err = capsys.readouterr().err
+    return status, [l for l in err.splitlines() if l.startswith("vit-lens-clip ")]
+
+
+def write_images(folder: Path, n: int = 4, seed: int = 0, fmt: str = "bmp") -> list[Path]:
+    """n small RGB images; BMP files are uncompressed, so new pixels give a file of the same size."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        path = folder / f"img{i}.{fmt}"
+        Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+def manifest(out: Path) -> dict:
+    return json.loads((out / "manifest.json").read_text())
+
+
+def embeddings(out: Path) -> torch.Tensor:
+    from vit_lens_clip.decompose.store import StoredParts
+
+    return StoredParts(out).read(["embedding"])["embedding"]
+
+
+# ------------------------------------------------------------------------------------------ identity is content
+
+
+def test_images_replaced_under_the_same_names_are_not_the_old_collection(tmp_path, capsys):
+    """The fingerprint was the file names only: new pixels under old names returned the old embeddings."""
+    paths = write_images(tmp_path / "imgs", seed=0)
+    out = tmp_path / "c"
+    assert cli(capsys, "collect", "--data", f"folder:{tmp_path / 'imgs'}", "--out", str(out), "--quiet")[0] == 0
+    stats = [p.stat() for p in paths]
+    write_images(tmp_path / "imgs", seed=1)  # same names, same sizes (BMP)
+    for p, st in zip(paths, stats):
+        os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))  # and the old mtimes: only the content differs
+    assert [p.stat().st_size for p in paths] == [st.st_size for st in stats]
+    status, lines = cli(capsys, "collect", "--data", f"folder:{tmp_path / 'imgs'}", "--out", str(out), "--quiet")
+    assert status == 2 and len(lines) == 1 and "different dataset" in lines[0], lines
+
+
+def test_texts_edited_with_the_same_line_count_are_not_the_old_scores(tmp_path, capsys):
+    """The texts were recorded as (path, line count): an edited pool of the same length returned old scores."""
+    write_images(tmp_path / "imgs", n=2)
+    pool = tmp_path / "pool.txt"
+    pool.write_text("a red circle\na blue square\n")
+    argv = ["collect", "--data", f"folder:{tmp_path / 'imgs'}", "--out", str(tmp_path / "c"), "--parts",
+            "heads,embed,scores", "--texts", str(pool), "--last-layers", "1", "--quiet"]
+    assert cli(capsys, *argv)[0] == 0
+    pool.write_text("a green star\na small bird\n")
+    status, lines = cli(capsys, *argv)
+    assert status == 2 and len(lines) == 1 and "different texts" in lines[0], lines
+
+
+# ------------------------------------------------------------------------------------------ one writer
+
+
+def test_second_collect_on_the_same_folder_is_refused_and_a_killed_run_resumes(tmp_path):
+    """Two `collect --out C` wrote into one folder at once; after a SIGKILL the lock must not block the resume."""
+    out = tmp_path / "c"
+    argv = [sys.executable, "-m", "vit_lens_clip", "collect", "--data", "shapes:16", "--out", str(out),
+            "--batch-size", "4", "--checkpoint-every", "1", "--quiet"]
+    first = subprocess.Popen(argv, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "collection.json").is_file():  # the first run is writing: freeze it there
+            assert first.poll() is None and time.monotonic() < deadline, "the first collect ended early"
+            time.sleep(0.05)
+        first.send_signal(signal.SIGSTOP)
+        second = subprocess.run(argv, env=env(), capture_output=True, text=True, timeout=300)
+        lines = second.stderr.strip().splitlines()
+        assert second.returncode == 2 and len(lines) == 1, second.stderr[-3000:]
+        assert "being written by another process" in lines[0]
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    resumed = subprocess.run(argv, env=env(), capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert manifest(out)["n_images"] == 16
+
+
+# ------------------------------------------------------------------------------------------ writes stay inside
+
+
+def test_a_foreign_folder_with_a_manifest_is_refused_and_kept(tmp_path, capsys):
+    """collect --out U merged its manifest over the user's own manifest.json."""
+    write_images(tmp_path / "imgs", n=2)
+    user = tmp_path / "u"
+    user.mkdir()
+    (user / "manifest.json").write_text('{"mine": true}')
+    status, lines = cli(capsys, "collect", "--data", f"folder:{tmp_path / 'imgs'}", "--out", str(user), "--quiet")
+    assert status == 2 and len(lines) == 1 and "not empty" in lines[0], lines
+    assert (user / "manifest.json").read_text() == '{"mine": true}'
+    assert sorted(p.name for p in user.iterdir()) == ["manifest.json"]
+
+
+def test_symlinks_in_the_output_folder_are_never_followed_for_writing(tmp_path, capsys):
+    """`out/collection.json.tmp -> ../x` overwrote x (and every other NAME.tmp the same way)."""
+    write_images(tmp_path / "imgs", n=3)
+    out = tmp_path / "c"
+    argv = ["collect", "--data", f"folder:{tmp_path / 'imgs'}", "--out", str(out), "--quiet"]
+    assert cli(capsys, *argv)[0] == 0
+    info = json.loads((out / "collection.json").read_text())
+    info["complete"] = False  # an interrupted run, to be resumed: every file is written again
+    (out / "collection.json").write_text(json.dumps(info))
+    targets = {}
+    for name in ("collection.json.tmp", "manifest.json.tmp", "means.safetensors.tmp",
+                 "ranks/rank_00000/run.json.tmp", "ranks/rank_00000/means_state.safetensors.tmp",
+                 "ranks/rank_00000/parts/manifest.json.tmp"):
+        target = tmp_path / f"precious-{len(targets)}"
+        target.write_text("keep me")
+        (out / name).symlink_to(os.path.relpath(target, (out / name).parent))
+        targets[name] = target
+    status, lines = cli(capsys, *argv)
+    assert status == 0, lines
+    assert all(t.read_text() == "keep me" for t in targets.values())
+    assert manifest(out)["n_images"] == 3 and embeddings(out).shape[0] == 3
+
+
+def test_a_symlinked_folder_inside_the_output_folder_is_refused(tmp_path, capsys):
+    """`out/ranks/rank_00000/parts -> ../elsewhere`: a resume wrote its shards outside --out."""
+    write_images(tmp_path / "imgs", n=2)
+    out = tmp_path / "c"
+    argv = ["collect", "--data", f"folder:{tmp_path / 'imgs'}", "--out", str(out), "--quiet"]
+    assert cli(capsys, *argv)[0] == 0
+    info = json.loads((out / "collection.json").read_text())
+    (out / "collection.json").write_text(json.dumps({**info, "complete": False}))
+    parts = out / "ranks" / "rank_00000" / "parts"
+    for p in parts.iterdir():
+        p.unlink()
+    parts.rmdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    parts.symlink_to(elsewhere)
+    status, lines = cli(capsys, *argv)
+    assert status == 2 and len(lines) == 1 and "symlink" in lines[0], lines
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_disk_full_is_one_line(tmp_path, capsys, monkeypatch):
+    """An OSError ENOSPC while writing a shard printed a traceback."""
+    from vit_lens_clip.decompose import checkpoint
+
+    def full(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    write_images(tmp_path / "imgs", n=2)
+    monkeypatch.setattr(checkpoint, "atomic_write_bytes", full)
+    status, lines = cli(capsys, "collect", "--data", f"folder:{tmp_path / 'imgs'}", "--out", str(tmp_path / "c"),
+                        "--quiet")
+    assert status == 2 and len(lines) == 1 and "no space left" in lines[0], lines
+
+
+def test_batch_size_zero_leaves_no_folder_that_a_rerun_refuses(tmp_path, capsys):
+    write_images(tmp_path / "imgs", n=2)
+    out = tmp_path / "c"
+    status, lines = cli(capsys, "collect", "--data", f"folder:{tmp_path / 'imgs'}", "--out", str(out), "--batch-size",
+                        "0", "--quiet")
+    assert status == 2 and len(lines) == 1 and not out.exists()
+    assert cli(capsys, "collect", "--data", f"folder:{tmp_path / 'imgs'}", "--out", str(out), "--quiet")[0] == 0
+
+
+# ------------------------------------------------------------------------------------------ readers
+
+
+def test_16_bit_png_keeps_its_range(tmp_path):
+    """A mode I;16 PNG went through PIL's convert("RGB"), which clips every value above 255: mid-grey became white."""
+    root = tmp_path / "imgs"
+    root.mkdir()
+    values = np.array([[0, 16384], [32768, 65535]], dtype=np.uint16)
+    Image.fromarray(values).save(root / "deep.png")
+    assert Image.open(root / "deep.png").mode == "I;16"
+    data = ImageFolder(root, lambda im: torch.from_numpy(np.asarray(im).copy()))
+    image = data[0]["image"][..., 0]
+    assert image.tolist() == [[0, 64], [128, 255]]
+
+
+def test_hidden_folders_are_not_images_or_classes(tmp_path):
+    """.ipynb_checkpoints/ copies were read as images (twice the data) and, labelled, as a class."""
+    write_images(tmp_path / "data" / "cat", n=2)
+    write_images(tmp_path / "data" / "dog", n=1)
+    write_images(tmp_path / "data" / ".ipynb_checkpoints", n=2)
+    write_images(tmp_path / "data" / "cat" / ".ipynb_checkpoints", n=2)
+    plain = ImageFolder(tmp_path / "data", lambda im: im)
+    labelled = ImageFolder(tmp_path / "data", lambda im: im, labelled=True)
+    assert len(plain) == 3 and len(labelled) == 3
+    assert labelled.classes == ["cat", "dog"]
+
+
+def test_a_non_utf8_file_name_is_skipped_and_listed(tmp_path, capsys):
+    """A file name that is not UTF-8 aborted the run (the identity and the manifest could not encode it)."""
+    root = tmp_path / "imgs"
+    write_images(root, n=2)
+    bad = os.path.join(os.fsencode(root), b"caf\xe9.bmp")
+    with open(bad, "wb") as f:
+        f.write((root / "img0.bmp").read_bytes())
+    out = tmp_path / "c"
+    status, lines = cli(capsys, "collect", "--data", f"folder:{root}", "--out", str(out), "--quiet")
+    assert status == 0, lines
+    m = manifest(out)
+    assert m["n_images"] == 2 and len(m["skipped"]) == 1 and "UTF-8" in m["skipped"][0][1]
+
+
+def _tar(path: Path, members: dict[str, bytes]) -> None:
+    with tarfile.open(path, "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def _png(seed: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_bad_webdataset_shards_are_skipped_and_listed_and_nothing_is_written_outside(tmp_path, capsys):
+    """An empty or truncated tar aborted the run, and so did a .cls that is not an integer."""
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    _tar(shards / "a.tar", {"0001.png": _png(0), "0001.cls": b"3", "0002.png": _png(1), "0002.cls": b"cat",
+                            "../0003.png": _png(2), "../0003.cls": b"1", "/tmp/0004.png": _png(3),
+                            "/tmp/0004.cls": b"2"})
+    (shards / "b.tar").write_bytes(b"")
+    _tar(shards / "c.tar", {"0005.cls": b"0", "0005.png": _png(4), "0006.cls": b"0", "0006.png": _png(5)})
+    whole = (shards / "c.tar").read_bytes()
+    cut = 10 * 512 + 100  # 0005 and 0006.cls whole (headers, data padded to 512); 0006.png cut short
+    (shards / "c.tar").write_bytes(whole[:cut])
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    out = tmp_path / "sub" / "c"
+    status, lines = cli(capsys, "collect", "--data", f"wds:{shards}", "--out", str(out), "--quiet")
+    assert status == 0, lines
+    m = manifest(out)
+    reasons = " | ".join(r for _, r in m["skipped"])
+    assert m["n_images"] == 4, m["skipped"]  # 0001, ../0003, /tmp/0004, 0005
+    assert "not an integer" in reasons and "empty file" in reasons and "truncated" in reasons, reasons
+    after = sorted(str(p) for p in tmp_path.rglob("*") if not str(p).startswith(str(tmp_path / "sub")))
+    assert after == before and not Path("/tmp/0004.png").exists()
+
+
+# ------------------------------------------------------------------------------------------ segment, memory
+
+
+def test_segment_creates_no_output_folder_for_an_unusable_input(tmp_path, capsys):
+    """segment created --out before it found that the dataset held no usable image/mask pair."""
+    data = tmp_path / "seg"
+    (data / "images").mkdir(parents=True)
+    (data / "masks").mkdir()
+    (data / "images" / "a.png").write_bytes(b"not an image")
+    out = tmp_path / "seg_out"
+    status, lines = cli(capsys, "segment", "--dataset", "folder", str(data), "--out", str(out))
+    assert status == 2 and len(lines) == 1, lines
+    assert not out.exists()
+
+
+def _limit_memory() -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (6 * 2**30, 6 * 2**30))
+
+
+def test_scores_that_cannot_fit_in_memory_are_refused_in_one_line(tmp_path):
+    """A 100,000-text pool: collect embedded every text, then ran out of memory (or took the machine's)."""
+    pool = tmp_path / "pool.txt"
+    pool.write_text("".join(f"text number {i}\n" for i in range(100_000)))
+    out = tmp_path / "c"
+    proc = subprocess.run([sys.executable, "-m", "vit_lens_clip", "collect", "--data", "shapes:4096", "--out", str(out),
+                           "--parts", "heads,scores", "--texts", str(pool), "--quiet"], env=env(), capture_output=True,
+                          text=True, timeout=120, preexec_fn=_limit_memory)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-3000:]
+    assert "'scores' part" in lines[0] and "GiB" in lines[0], lines[0]
+    assert not out.exists()
+
+
+# ------------------------------------------------------------------------------------------ the report's folder
+
+
+def test_a_report_record_listing_paths_outside_the_folder_deletes_nothing(tmp_path):
+    """The record's names were joined to the folder and unlinked: `../x` deleted a file outside --out."""
+    from vit_lens_clip.app.run_folder import RECORD, prepare_report_folder
+    from vit_lens_clip.errors import OutputFolderError
+
+    out = tmp_path / "report"
+    out.mkdir()
+    outside = tmp_path / "precious.txt"
+    outside.write_text("keep me")
+    settings = {"k": 10}
+    (out / RECORD).write_text(json.dumps({"settings": settings, "files": ["report.html", "../precious.txt"]}))
+    (out / "report.html").write_text("previous")
+    try:
+        prepare_report_folder(out, settings)
+        refused = False
+    except OutputFolderError as e:
+        refused = "../precious.txt" in str(e)
+    assert refused and outside.read_text() == "keep me" and (out / "report.html").read_text() == "previous"
+
+
+def test_a_symlinked_report_html_is_never_written_through(tmp_path):
+    """`--overwrite` onto a folder whose report.html links elsewhere: the report would overwrite the target."""
+    from vit_lens_clip.app.run_folder import prepare_report_folder
+    from vit_lens_clip.errors import OutputFolderError
+
+    out = tmp_path / "report"
+    out.mkdir()
+    target = tmp_path / "elsewhere.html"
+    target.write_text("keep me")
+    (out / "report.html").symlink_to("../elsewhere.html")
+    try:
+        prepare_report_folder(out, {"k": 10}, overwrite=True)
+        refused = False
+    except OutputFolderError as e:
+        refused = "symlink" in str(e)
+    assert refused and target.read_text() == "keep me"
+
+
+def test_the_report_record_is_not_written_through_a_symlink(tmp_path):
+    """The record went through `.vit_lens_clip_report.json.tmp` with write_text, following a symlink there."""
+    from vit_lens_clip.app.run_folder import RECORD, finish_report_folder, prepare_report_folder
+
+    out = tmp_path / "report"
+    folder, kept = prepare_report_folder(out, {"k": 10})
+    (folder / "report.html").write_text("new")
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me")
+    (folder / (RECORD + ".tmp")).symlink_to("../precious.txt")
+    finish_report_folder(folder, {"k": 10}, kept)
+    assert target.read_text() == "keep me"
+    assert json.loads((folder / RECORD).read_text())["files"] == ["report.html"]
