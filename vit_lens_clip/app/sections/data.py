@@ -19,7 +19,7 @@ def load_dataset(ctx: ReportContext) -> Dataset:
     config = ctx.config
     if config.images:
         root = Path(config.images)
-        labelled = root.is_dir() and any(p.is_dir() for p in root.iterdir())
+        labelled = root.is_dir() and any(p.is_dir() and not p.name.startswith(".") for p in root.iterdir())  # hidden: not a class
         return ImageFolder(root, ctx.loaded.preprocess, labelled=labelled)
     return ShapesScenes(config.n_images, ctx.loaded.preprocess, seed=config.seed)
 

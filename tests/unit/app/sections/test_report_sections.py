@@ -85,3 +85,20 @@ def test_image_rows_keeps_every_field():
         else:
             assert after == before, field.name
     assert torch.allclose(sub.total(), parts.total()[keep])
+
+
+def test_report_images_folder_with_a_hidden_folder_is_not_labelled(tmp_path):
+    """A flat --images folder that also holds .ipynb_checkpoints/ is unlabelled (the hidden folder is no class)."""
+    from PIL import Image
+
+    from vit_lens_clip.app.config import ReportConfig
+    from vit_lens_clip.app.sections.base import ReportContext
+    from vit_lens_clip.app.sections.data import load_dataset
+    from vit_lens_clip.loading import load_clip
+
+    for name in ("a.png", "b.png", ".ipynb_checkpoints/a-checkpoint.png"):
+        (tmp_path / "imgs" / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (20, 20), (255, 0, 0)).save(tmp_path / "imgs" / name)
+    ctx = ReportContext(config=ReportConfig(out=tmp_path / "out", images=str(tmp_path / "imgs")), loaded=load_clip())
+    dataset = load_dataset(ctx)
+    assert dataset.labels == [] and len(dataset) == 2
