@@ -51,3 +51,16 @@ def test_a_local_tokenizer_folder_encodes_text_offline(hub_offline, tmp_path):
     assert tokens[0, :5].tolist() == [3, 4, 5, 3, 6]  # the folder's vocabulary, not the hub's
     with pytest.raises(FileNotFoundError, match="tokenizer folder not found"):
         load_clip("ViT-B-16-SigLIP", tokenizer=str(tmp_path / "missing")).encode_text(["a cat"])
+
+
+def test_commands_that_need_text_fail_before_building_the_model(hub_offline, tmp_path, capsys):
+    from vit_lens_clip.app.cli import main
+
+    for argv in (["hooks", "--model", "ViT-B-16-SigLIP", "--text"],
+                 ["report", "--model", "ViT-B-16-SigLIP", "--out", str(tmp_path / "report")]):
+        start = time.perf_counter()
+        assert main(argv) == 2
+        assert time.perf_counter() - start < 5  # no model is built (that alone takes seconds)
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "tokenizer=" in err
+    assert not (tmp_path / "report").exists()

@@ -32,11 +32,13 @@ def _cmd_hooks(args: argparse.Namespace) -> None:
     """Print every hook point with the shape it carries for one image."""
     import torch
 
+    from vit_lens_clip.convert.sources import check_text_tokenizer
     from vit_lens_clip.loading import load_clip
     from vit_lens_clip.model.config import ViTConfig
     from vit_lens_clip.model.hooked_vit import HookedViT
 
     if args.text:
+        check_text_tokenizer(args.model)  # offline: a hub tokenizer that is not cached fails before the build
         text_model = load_clip(args.model, args.pretrained, device=args.device, precision=args.precision).text_model
         _, cache = text_model.run_with_cache(text_model.to_tokens(["a photo of a cat"]))
         c = text_model.cfg

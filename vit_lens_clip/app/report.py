@@ -25,6 +25,7 @@ from vit_lens_clip.app.config import ReportConfig, add_report_arguments
 from vit_lens_clip.app.provenance import provenance_markdown, report_provenance
 from vit_lens_clip.app.run_folder import check_report_inputs, finish_report_folder, prepare_report_folder, report_settings
 from vit_lens_clip.app.sections import SECTIONS, ReportContext, ReportValues, Section, SectionSkipped
+from vit_lens_clip.convert.sources import check_text_tokenizer
 from vit_lens_clip.distributed.collection import read_collection_info
 from vit_lens_clip.embedded import EMBEDDED_NAME
 from vit_lens_clip.errors import BadInputError
@@ -138,6 +139,7 @@ def run_report(config: ReportConfig, command_line: Optional[Sequence[str]] = Non
     if config.source:
         config = _config_from_collection(config)
     settings = report_settings(config)
+    check_text_tokenizer(config.model)  # offline: a hub tokenizer that is not cached fails before anything is built
     out, kept_files = prepare_report_folder(config.out, settings, config.overwrite)
     torch.manual_seed(config.seed)
     loaded = load_clip(config.model, config.pretrained, device=config.device, precision=config.precision)

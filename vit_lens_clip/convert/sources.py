@@ -242,6 +242,14 @@ class _LazyTokenizer:
                 "(a folder written by transformers' AutoTokenizer.save_pretrained)") from e
 
 
+def check_text_tokenizer(name: str) -> None:
+    """Before a model that must encode text is built: offline, fail at once (``WeightsUnavailableError``, one line)
+    when its tokenizer would come from the hub and is not in the local cache (SigLIP)."""
+    model_name = parse_name(name)
+    if model_name.source == "open_clip" and model_name.local_dir is None and hub_offline():
+        _LazyTokenizer(model_name.identifier)._build()
+
+
 def tokenizer_from_folder(name: str, folder: str) -> Callable:
     """open_clip's ``HFTokenizer`` on a local folder, with the model ``name``'s text settings from its config."""
     path = Path(folder).expanduser()
