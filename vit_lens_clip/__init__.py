@@ -26,18 +26,16 @@ _PUBLIC: dict[str, str] = {
     "EMBEDDED_NAME": "vit_lens_clip.loading",
     "WeightsUnavailableError": "vit_lens_clip.loading",
     "Decomposition": "vit_lens_clip.decompose.decomposition",
-    "decompose": "vit_lens_clip.decompose.parts",
     "decompose_text": "vit_lens_clip.decompose.text",
     "text_span": "vit_lens_clip.methods.textspan.algorithm",
     "text_heatmap": "vit_lens_clip.methods.spatial.heatmaps",
 }
 
 __all__ = ["HookedViT", "ViTConfig", "HookedTextTransformer", "TextConfig", "load_clip", "LoadedCLIP", "EMBEDDED_NAME",
-           "WeightsUnavailableError", "Decomposition", "decompose", "decompose_text", "text_span", "text_heatmap"]
+           "WeightsUnavailableError", "Decomposition", "decompose_text", "text_span", "text_heatmap"]
 
 if TYPE_CHECKING:
     from vit_lens_clip.decompose.decomposition import Decomposition
-    from vit_lens_clip.decompose.parts import decompose
     from vit_lens_clip.decompose.text import decompose_text
     from vit_lens_clip.loading import EMBEDDED_NAME, LoadedCLIP, WeightsUnavailableError, load_clip
     from vit_lens_clip.methods.spatial.heatmaps import text_heatmap

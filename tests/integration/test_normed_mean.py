@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from conftest import perturb_, rel_err
 
-from vit_lens_clip import HookedViT, decompose
+from vit_lens_clip import HookedViT
+from vit_lens_clip.decompose import decompose
 
 
 def _tower() -> torch.nn.Module:

@@ -30,6 +30,7 @@ LAZY_OK = {
     ("vit_lens_clip.viz.html", "circuitsvis"): "optional: pages fall back to plotly without it",
     ("vit_lens_clip.methods.sae.formats", "sae_lens"): "optional dependency (extra 'sae')",
     ("vit_lens_clip.viz.attention", "circuitsvis.utils.convert_props"): "optional: as above",
+    ("vit_lens_clip.app.collect", "resource"): "Unix only (the address-space limit of a memory check)",
 
 }
 # runnable scripts inside methods/ (``python -m ...``), not library entry points

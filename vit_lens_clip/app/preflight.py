@@ -12,16 +12,19 @@ availability online) is checked later by the command itself, still before its ou
 from __future__ import annotations
 
 import argparse
+import ctypes
 import difflib
 import importlib.util
 import os
 import re
+import sys
 import tempfile
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Optional
 
 from vit_lens_clip.embedded import EMBEDDED_NAME
+from vit_lens_clip.embedded.arguments import TRAIN_FRACTIONS, TRAIN_MINIMUM, TRAIN_POSITIVE
 from vit_lens_clip.errors import BadInputError, OutputFolderError, UnknownModelError
 
 _DEVICE = re.compile(r"^(cpu|auto|mps|cuda(:\d+)?)$")
@@ -40,11 +43,10 @@ _MINIMUM: dict[str, dict[str, float]] = {
                 "threads": 0, "profile_ranks": 0},
     "textspan": {"k": 1, "rank": 1},
     "bench": {"batch_size": 1, "repeats": 1, "threads": 1, "collect_images": 1},
-    "train-embedded": {"steps": 1, "seed": 0, "batch_size": 1, "warmup": 0, "threads": 1, "log_every": 1,
-                       "checkpoint_every": 1, "eval_every": 0, "group_size": 1, "stop_at": 0},
+    "train-embedded": TRAIN_MINIMUM,
 }
-_POSITIVE = {"bench": ("max_memory",), "train-embedded": ("lr", "max_minutes", "pos_init_scale")}
-_FRACTIONS = {"train-embedded": ("bird_fraction", "sweep_fraction")}
+_POSITIVE = {"bench": ("max_memory",), "train-embedded": TRAIN_POSITIVE}
+_FRACTIONS = {"train-embedded": TRAIN_FRACTIONS}
 
 
 def _option(name: str) -> str:
@@ -75,8 +77,6 @@ def check_numbers(command: str, args: argparse.Namespace) -> None:
 def cuda_device_count() -> int:
     """GPUs the CUDA driver sees (honours CUDA_VISIBLE_DEVICES), asked through the driver library itself so that
     torch need not be imported; 0 without a driver."""
-    import ctypes
-
     for name in ("libcuda.so.1", "libcuda.so", "libcuda.dylib", "nvcuda.dll"):
         try:
             driver = ctypes.CDLL(name)
@@ -116,6 +116,8 @@ def check_device(value: Optional[str], option: str = "--device") -> None:
 @lru_cache(maxsize=1)
 def open_clip_model_names() -> tuple[str, ...]:
     """open_clip's architecture names, read from its packaged JSON configs without importing it (empty if absent)."""
+    if "open_clip" in sys.modules:  # already loaded (a Python caller): its list holds configs added at run time
+        return tuple(sys.modules["open_clip"].list_models())
     spec = importlib.util.find_spec("open_clip")
     if spec is None or not spec.submodule_search_locations:
         return ()

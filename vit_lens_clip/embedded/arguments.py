@@ -10,7 +10,32 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from vit_lens_clip.errors import BadInputError
+
 DESCRIPTION = "Train the embedded default model: a small open_clip CLIP on the synthetic shapes world."
+
+# the numeric options' ranges (both command lines check them before any work; app/preflight.py reads them too)
+TRAIN_MINIMUM: dict[str, float] = {"steps": 1, "seed": 0, "batch_size": 1, "warmup": 0, "threads": 1, "log_every": 1,
+                                   "checkpoint_every": 1, "eval_every": 0, "group_size": 1, "stop_at": 0}
+TRAIN_POSITIVE = ("lr", "max_minutes", "pos_init_scale")
+TRAIN_FRACTIONS = ("bird_fraction", "sweep_fraction")
+
+
+def check_train_numbers(args: argparse.Namespace) -> None:
+    """Every numeric option of the trainer in its range (one-line ``BadInputError``)."""
+    for name, low in TRAIN_MINIMUM.items():
+        value = getattr(args, name, None)
+        if value is not None and value < low:
+            need = "must not be negative" if low == 0 else f"must be at least {low:g}"
+            raise BadInputError(f"--{name.replace('_', '-')} {need}; got {value}")
+    for name in TRAIN_POSITIVE:
+        value = getattr(args, name, None)
+        if value is not None and not value > 0:
+            raise BadInputError(f"--{name.replace('_', '-')} must be positive; got {value}")
+    for name in TRAIN_FRACTIONS:
+        value = getattr(args, name, None)
+        if value is not None and not 0 <= value <= 1:
+            raise BadInputError(f"--{name.replace('_', '-')} must lie in [0, 1]; got {value}")
 
 
 def parse_weights(text: str) -> dict[str, float]:

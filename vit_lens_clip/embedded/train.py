@@ -25,10 +25,11 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from vit_lens_clip.datasets.shapes_world import SWEEP_WEIGHTS, ShapesWorld, sweep_distribution
-from vit_lens_clip.embedded.arguments import build_train_parser
+from vit_lens_clip.embedded.arguments import build_train_parser, check_train_numbers
 from vit_lens_clip.embedded.config import CHECKPOINT_NAME, CONFIG_NAME, MODEL_CFG, PREPROCESS_CFG, WEIGHTS_NAME
 from vit_lens_clip.embedded.evaluate import quick_report
-from vit_lens_clip.errors import UserInputError
+from vit_lens_clip.errors import BadInputError, UserInputError
+from vit_lens_clip.validation import check_output_folder
 
 
 def sincos_2d(grid: int, width: int) -> torch.Tensor:
@@ -220,12 +221,16 @@ def train(
 
 def check_train_arguments(args: argparse.Namespace) -> None:
     """The trainer's options in range and its device present (one-line ``BadInputError``), before any work; the
-    same checks ``vit-lens-clip train-embedded`` runs before torch is imported."""
-    from vit_lens_clip.app.preflight import check_device, check_numbers, check_out_folder
-
-    check_numbers("train-embedded", args)
-    check_device(args.device)
-    check_out_folder(str(args.out))
+    same ranges ``vit-lens-clip train-embedded`` checks before torch is imported (``embedded.arguments``)."""
+    check_train_numbers(args)
+    device = str(args.device)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise BadInputError(f"--device {device}: no CUDA GPU is available on this machine; use --device cpu")
+    try:
+        torch.device("cpu" if device == "auto" else device)
+    except RuntimeError:
+        raise BadInputError(f"--device {device!r} is not a device: use cpu, cuda, cuda:N or auto") from None
+    check_output_folder(args.out, "--out")
 
 
 def train_from_args(args: argparse.Namespace) -> open_clip.CLIP:

@@ -1,0 +1,49 @@
+"""Arguments checked before torch is imported (app/preflight.py): ranges, devices, model names, output folders."""
+
+import argparse
+
+import pytest
+
+from vit_lens_clip.app import preflight
+from vit_lens_clip.errors import BadInputError, OutputFolderError, UnknownModelError
+
+
+def test_numbers_out_of_range_are_one_line_errors():
+    with pytest.raises(BadInputError, match="--batch-size must be at least 1; got 0"):
+        preflight.check_numbers("collect", argparse.Namespace(batch_size=0))
+    with pytest.raises(BadInputError, match="--seed must not be negative"):
+        preflight.check_numbers("report", argparse.Namespace(seed=-1))
+    with pytest.raises(BadInputError, match=r"--bird-fraction must lie in \[0, 1\]"):
+        preflight.check_numbers("train-embedded", argparse.Namespace(bird_fraction=1.5))
+    preflight.check_numbers("collect", argparse.Namespace(batch_size=4, seed=0, workers=0))
+
+
+def test_devices(monkeypatch):
+    preflight.check_device("cpu")
+    with pytest.raises(BadInputError, match="is not a device"):
+        preflight.check_device("bogus")
+    monkeypatch.setattr(preflight, "cuda_device_count", lambda: 0)
+    with pytest.raises(BadInputError, match="no CUDA GPU"):
+        preflight.check_device("cuda")
+    monkeypatch.setattr(preflight, "cuda_device_count", lambda: 1)
+    preflight.check_device("cuda:0")
+    with pytest.raises(BadInputError, match="has 1 CUDA GPU"):
+        preflight.check_device("cuda:1")
+
+
+def test_model_names_with_a_suggestion():
+    preflight.check_model_name("ViT-B-16")
+    with pytest.raises(UnknownModelError, match="ViT-B-16"):
+        preflight.check_model_name("ViT-B/16")
+
+
+def test_output_folders_are_probed_not_created(tmp_path):
+    target = tmp_path / "new" / "deeper"
+    preflight.check_out_folder(str(target))
+    assert not (tmp_path / "new").exists() and list(tmp_path.iterdir()) == []  # nothing left behind
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    with pytest.raises(OutputFolderError, match="is a file"):
+        preflight.check_out_folder(str(a_file))
+    with pytest.raises(OutputFolderError, match="not a folder"):
+        preflight.check_out_folder(str(a_file / "sub"))
