@@ -13,8 +13,9 @@ long atoms).
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Iterator, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -74,7 +75,8 @@ def omp(
     atoms, coefs = [], []
     starts = range(0, targets.shape[0], batch_size)
     for start in tqdm(starts, desc="OMP", disable=not progress or len(starts) < 2):
-        a, c = _omp_batch(dictionary.double(), targets[start : start + batch_size].double(), k)
+        with _one_cpu_thread(targets):
+            a, c = _omp_batch(dictionary.double(), targets[start : start + batch_size].double(), k)
         atoms.append(a)
         coefs.append(c)
     return SparseCode(torch.cat(atoms), torch.cat(coefs).to(targets.dtype if targets.is_floating_point() else torch.float32))
@@ -102,3 +104,19 @@ def _least_squares(A: Tensor, b: Tensor) -> Tensor:
     if not torch.isfinite(coefs).all() and A.device.type == "cpu":
         coefs = torch.linalg.lstsq(A, b, driver="gelsy").solution[..., 0]
     return coefs
+
+
+@contextmanager
+def _one_cpu_thread(t: Tensor) -> Iterator[None]:
+    """One intra-op thread for OMP's many small CPU steps (batched tiny least-squares solves, gathers): with two
+    threads, torch's batch loop and the library's own threads contend and the same work takes several times the
+    CPU time (each solve is sequential either way: the result is the same)."""
+    threads = torch.get_num_threads()
+    if t.device.type != "cpu" or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
