@@ -53,8 +53,11 @@ def _feature_figure(images: torch.Tensor, maps: torch.Tensor, scores: Sequence[f
 @torch.no_grad()
 def add_sae_features(out: ReportOutput, loaded, scenes: Sequence[Scene], sae: Optional[SparseAutoencoder] = None,
                      n_features: int = 10, n_top_images: int = 4, ablation_images: int = 100,
-                     segmentation_images: int = 60, batch_size: int = 64, progress: bool = True, seed: int = 0) -> None:
-    """Explain the ``n_features`` most active features of ``sae`` (default: the shipped one) on ``scenes``."""
+                     segmentation_images: int = 60, batch_size: int = 64, progress: bool = True, seed: int = 0,
+                     segmentation_maps: Optional[dict] = None) -> None:
+    """Explain the ``n_features`` most active features of ``sae`` (default: the shipped one) on ``scenes``.
+    ``segmentation_maps``: the report's segmentation section's labels and decomposition maps (``ReportValues``),
+    reused when they are for the same scenes (seed + 1, ``segmentation_images`` of them)."""
     sae = load_shipped_sae() if sae is None else sae
     model, numbers = loaded.model, {}
     out.numbers["sae"] = numbers
@@ -124,7 +127,12 @@ def add_sae_features(out: ReportOutput, loaded, scenes: Sequence[Scene], sae: Op
         names_cls, templates = shapes_classes()
         classifier = build_classifier(loaded, names_cls, templates)
         dataset = ShapesSegmentation(segmentation_images, loaded.preprocess, seed=seed + 1, include_original=False)
-        seg = explain.feature_segmentation(loaded, sae, dataset, classifier, batch_size=16, progress=progress)
+        known = None
+        if (segmentation_maps is not None and segmentation_maps["seed"] == seed + 1
+                and segmentation_maps["n"] == segmentation_images):
+            known = (segmentation_maps["labels"], segmentation_maps["decomposition"])
+        seg = explain.feature_segmentation(loaded, sae, dataset, classifier, batch_size=16, progress=progress,
+                                           known=known)
         numbers["segmentation"] = seg
         out.page.append(("Zero-shot segmentation from SAE features",
                          Markdown(segmentation_markdown(seg, titles=SAE_MAPS))))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import ClassVar, Optional, Protocol, runtime_checkable
+from typing import Any, ClassVar, Optional, Protocol, runtime_checkable
 
 import torch
 from torch.utils.data import Dataset
@@ -47,6 +47,9 @@ class ReportValues:
     textspan_table: Optional[TextSpanTable] = None  # TextSpan of the kept heads
     pool: Optional[list[str]] = None  # the TextSpan text pool
     pool_emb: Optional[torch.Tensor] = None  # its unit text embeddings [n_texts, d_out]
+    # the segmentation scenes' predicted shape labels and decomposition maps, with the scenes they are for
+    # ({"seed", "n", "labels" [n], "decomposition" [n, grid_h, grid_w]}): the SAE section scores on the same scenes
+    segmentation_maps: Optional[dict[str, Any]] = None
 
     @classmethod
     def names(cls) -> frozenset[str]:

@@ -14,7 +14,7 @@ from vit_lens_clip.methods.sae.splice import check_compatible
 
 
 class SAESection:
-    name, needs, uses, gives, skippable, grad = "sae", ("dataset",), (), (), True, False
+    name, needs, uses, gives, skippable, grad = "sae", ("dataset",), ("segmentation_maps",), (), True, False
 
     def run(self, ctx: ReportContext) -> None:
         config, dataset = ctx.config, ctx.values.dataset
@@ -33,4 +33,4 @@ class SAESection:
             check_compatible(ctx.loaded.model, sae)
         add_sae_features(ctx, ctx.loaded, scenes[:config.n_images], sae=sae,
                          segmentation_images=config.segmentation_images, batch_size=config.batch_size,
-                         progress=ctx.progress, seed=config.seed)
+                         progress=ctx.progress, seed=config.seed, segmentation_maps=ctx.values.segmentation_maps)

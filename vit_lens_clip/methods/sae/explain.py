@@ -320,8 +320,12 @@ def feature_text_map(model: HookedViT, sae: SparseAutoencoder, acts: Float[Tenso
 
 def feature_segmentation(loaded, sae: SparseAutoencoder, dataset, classifier: Float[Tensor, "d_out n_classes"],
                          batch_size: int = 16, limit: Optional[int] = None, progress: bool = True,
-                         threshold="mean") -> dict[str, dict[str, float]]:
+                         threshold="mean", known: Optional[tuple[Tensor, Tensor]] = None) -> dict[str, dict[str, float]]:
     """Zero-shot segmentation from features, next to the decomposition map, on the same images and metrics.
+
+    ``known``: (predicted labels [n], decomposition maps [n, grid_h, grid_w]) of the dataset's first n images,
+    already computed with this classifier (e.g. by ``evaluate_segmentation(keep=...)``); used in place of
+    recomputing them.
 
     Text per image: the predicted class's column minus the mean column (as the decomposition map uses).
     "sae_features": ``feature_text_map``; "sae_top_feature": the patch activations of the single feature whose
@@ -332,13 +336,19 @@ def feature_segmentation(loaded, sae: SparseAutoencoder, dataset, classifier: Fl
     methods = ("decomposition", "sae_features", "sae_top_feature")
     metrics = {m: SegmentationMetrics() for m in methods}
     effects = direct_effect_directions(model, sae).float()  # [d_sae, d_out]
+    start = 0
     for batch in tqdm(segmentation_loader(dataset, batch_size, limit), desc="SAE segmentation", disable=not progress):
         images = batch["image"]
-        labels = predict_classes(model, images, classifier)
+        rows = slice(start, start + len(images))
+        start += len(images)
+        if known is not None and rows.stop <= len(known[0]):
+            labels, decomposition = known[0][rows].to(images.device), known[1][rows]
+        else:
+            labels = predict_classes(model, images, classifier)
+            decomposition = method_maps(model, images, classifier, ("decomposition",), labels)["decomposition"]
         texts = (classifier - classifier.mean(1, keepdim=True))[:, labels].T  # [B, d_out]
         acts = feature_activations(model, sae, images)
-        maps = {"decomposition": method_maps(model, images, classifier, ("decomposition",), labels)["decomposition"],
-                "sae_features": feature_text_map(model, sae, acts, texts)}
+        maps = {"decomposition": decomposition, "sae_features": feature_text_map(model, sae, acts, texts)}
         score = (effects @ texts.T).T  # [B, d_sae]
         active = acts.amax(1) > 0
         best = score.masked_fill(~active, float("-inf")).argmax(-1)

@@ -77,8 +77,12 @@ def evaluate_segmentation(
     frame: str = "model",
     threshold="mean",
     ap_mode: str = "foreground",
+    keep: Optional[dict[str, list[Tensor]]] = None,
 ) -> dict[str, dict[str, float]]:
     """Pixel accuracy, mIoU and mAP of each method's zero-shot segmentation over ``dataset``.
+
+    ``keep`` (a dict): filled with the per-batch predicted ``"labels"`` and each method's maps (CPU tensors, in
+    dataset order), for a caller that scores other maps on the same images without recomputing these.
 
     ``loaded`` is a ``LoadedCLIP`` (or anything with ``.model``, a HookedViT); ``dataset`` yields the items of
     ``vit_lens_clip.datasets.segmentation`` (``image`` model input, ``mask`` in the model frame). ``frame``
@@ -92,8 +96,14 @@ def evaluate_segmentation(
     image_size = model.cfg.image_size
     metrics = {m: SegmentationMetrics(ap_mode=ap_mode) for m in methods}
     for batch in tqdm(segmentation_loader(dataset, batch_size, limit), desc="segmentation", disable=not progress):
-        maps = method_maps(model, batch["image"], classifier, methods)
+        labels = None
+        if keep is not None:
+            labels = predict_classes(model, batch["image"].to(model.W_patch.device), classifier.to(model.W_proj.device).float())
+            keep.setdefault("labels", []).append(labels.cpu())
+        maps = method_maps(model, batch["image"], classifier, methods, labels)
         for method in methods:
+            if keep is not None:
+                keep.setdefault(method, []).append(maps[method])
             for soft, pred, gt in segment_batch(maps[method], batch, frame, image_size, threshold):
                 metrics[method].update(soft, pred, gt)
     return {m: metrics[m].compute() for m in methods}
