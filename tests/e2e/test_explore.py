@@ -4,24 +4,19 @@ search's precision on a colour of the shapes world (docs/explorer.md states the 
 
 from __future__ import annotations
 
-import json
 import re
-import shutil
-import subprocess
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from e2e.test_docs_site import _console_errors, _DevTools
+from e2e.devtools import CHROMIUM, chromium, console_errors, open_page
 from vit_lens_clip.app.cli import main
 from vit_lens_clip.app.explore import build_site_data
 from vit_lens_clip.datasets.shapes_world import ShapesDataset
 from vit_lens_clip.viz.explorer import query_examples, rank_units
 
 N_IMAGES = 64
-CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
 
 
 @pytest.fixture(scope="module")
@@ -74,47 +69,11 @@ def test_searching_a_colour_finds_a_head_whose_top_images_have_it(data):
 def browser(tmp_path_factory):
     if CHROMIUM is None:
         pytest.skip("no chromium / chromium-browser / google-chrome on PATH")
-    folder = tmp_path_factory.mktemp("chromium")
-    log = folder / "stderr.txt"
-    with open(log, "wb") as stderr:
-        process = subprocess.Popen(
-            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={folder / 'profile'}", "--remote-debugging-port=0", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=stderr)
-    try:
-        deadline, port = time.monotonic() + 60, None
-        while port is None and time.monotonic() < deadline and process.poll() is None:
-            found = re.search(r"DevTools listening on ws://127\.0\.0\.1:(\d+)/", log.read_text(errors="replace"))
-            port = found and found.group(1)
-            time.sleep(0.2)
-        assert port, log.read_text(errors="replace")[-3000:]
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=30) as answer:
-            pages = [t for t in json.load(answer) if t["type"] == "page"]
-        devtools = _DevTools(pages[0]["webSocketDebuggerUrl"])
-        for domain in ("Page", "Runtime", "Log"):
-            devtools.call(f"{domain}.enable")
-        yield devtools
-        devtools.close()
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-
-
-def _open(browser: _DevTools, url: str) -> list[str]:
-    browser.events.clear()
-    browser.call("Page.navigate", url=url)
-    browser.wait_for("Page.loadEventFired", timeout=60)
-    time.sleep(0.3)
-    browser.evaluate("0")
-    return _console_errors(browser.events)
+    yield from chromium(tmp_path_factory.mktemp("chromium"))
 
 
 def test_pages_load_search_and_navigate_in_chromium(site, data, browser):
-    assert _open(browser, (site / "index.html").as_uri()) == []
+    assert open_page(browser, (site / "index.html").as_uri()) == []
     assert browser.evaluate("document.querySelectorAll('.js-plotly-plot').length") == 1
     found = browser.evaluate("(function () { var box = document.getElementById('search'); box.value = 'red';"
                              "box.dispatchEvent(new Event('input'));"
@@ -122,13 +81,13 @@ def test_pages_load_search_and_navigate_in_chromium(site, data, browser):
                              ".map(function (a) { return a.textContent; }); })()")
     assert found[0] == rank_units(data, "red")[0][0]
     assert browser.evaluate("document.querySelectorAll('#search-results .strip img').length") == 3 * 8
-    assert _console_errors(browser.events) == []
+    assert console_errors(browser.events) == []
     vermilion = browser.evaluate("(function () { var box = document.getElementById('search'); box.value = 'vermilion';"
                                "box.dispatchEvent(new Event('input'));"
                                "return document.querySelectorAll('#search-results > li').length; })()")
     assert vermilion == 10  # a text outside the pool, embedded at build time (--queries)
 
-    assert _open(browser, (site / "heads" / "L3H1.html").as_uri()) == []
+    assert open_page(browser, (site / "heads" / "L3H1.html").as_uri()) == []
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline and not browser.evaluate(
             "document.images.length > 0 && document.images[0].complete && document.images[0].naturalWidth > 0"):
@@ -143,4 +102,4 @@ def test_pages_load_search_and_navigate_in_chromium(site, data, browser):
         browser.call("Input.dispatchKeyEvent", type=kind, key="ArrowLeft", code="ArrowLeft", windowsVirtualKeyCode=37)
     browser.wait_for("Page.loadEventFired", timeout=30)
     assert browser.evaluate("location.pathname").endswith("/heads/L3H1.html")
-    assert _console_errors(browser.events) == []
+    assert console_errors(browser.events) == []
