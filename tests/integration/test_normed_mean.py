@@ -75,3 +75,21 @@ def test_own_mean_is_refused_in_one_line():
     hooked = HookedViT.from_timm(_tower())
     with pytest.raises(ValueError, match="applied at every token before the patches are averaged"):
         decompose(hooked, _images(), convention="own_mean")
+
+
+def test_post_hoc_ablation_in_residual_space_maps_through_the_projection_only():
+    """Decomposition.raw sums to the mean of the normed patches, so a residual-space ablation goes through P and b
+    alone (no second LayerNorm) and equals the folded-space ablation."""
+    from vit_lens_clip.methods.ablation import ablate_posthoc
+
+    model = _tower().double()
+    hooked = HookedViT.from_timm(model)
+    x = _images(torch.float64)
+    parts = decompose(hooked, x)
+    means = {key: value.mean(0) for key, value in parts.raw.items()}
+    means = {**{f"raw.{k}": v for k, v in means.items()},
+             **{k: getattr(parts, k).mean(0) for k in ("embed", "attns", "mlps", "heads")}}
+    assert rel_err(hooked.output_from_pooled(parts.raw["pooled"]), parts.embedding) <= 1e-12
+    folded = ablate_posthoc(parts, means, heads=[(2, 1)], attn_layers=[0], space="folded")
+    residual = ablate_posthoc(parts, means, heads=[(2, 1)], attn_layers=[0], space="residual", model=hooked)
+    assert rel_err(residual, folded) <= 1e-12 and rel_err(folded, parts.embedding) > 1e-6

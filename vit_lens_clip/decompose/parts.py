@@ -38,7 +38,7 @@ def pieces_for(model: HookedViT, layers: Sequence[int], per_source: bool, conven
     tokens (a final LayerNorm before the mean), or its pooled row."""
     if model.attn_pool is not None:
         return PoolerPieces(model, layers, per_source, convention)
-    if not model.readout.is_position and model.ln_final is not None and not model.cfg.final_ln_after_pool:
+    if model.norms_before_pooling:
         return NormedMeanPieces(model, layers, per_source, convention)
     return RowPieces(model, model.readout, layers, per_source)
 

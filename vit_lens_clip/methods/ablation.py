@@ -17,6 +17,7 @@ from vit_lens_clip.decompose.parts import Decomposition
 from vit_lens_clip.errors import BadInputError
 from vit_lens_clip.methods.zeroshot import accuracy, logits
 from vit_lens_clip.model.hooked_vit import HookedViT
+from vit_lens_clip.model.pooling import compute_dtype
 from vit_lens_clip.validation import head_index, layer_index
 
 Head = tuple[int, int]
@@ -83,7 +84,7 @@ def ablate_posthoc(
         return out
     if model is None:
         raise ValueError("space='residual' needs the model (for the final LayerNorm and projection)")
-    return model.output_from_pooled(out.to(model.W_proj.dtype)).float()
+    return model.output_from_pooled(out.to(model.W_proj.dtype)).to(compute_dtype(model.W_proj.dtype))
 
 
 def mean_ablation_hooks(

@@ -150,9 +150,18 @@ class HookedViT(StackedWeights, HookedRootModule):
         out = pooled @ self.W_proj if self.b_proj is None else torch.addmm(self.b_proj, pooled, self.W_proj)
         return self.hook_image_embed(out)
 
+    @property
+    def norms_before_pooling(self) -> bool:
+        """ln_final is applied at every token before the patches are averaged (timm ``avg`` without fc_norm): the
+        pooled vector the decomposition works with is then the mean of the normed patches, with no norm after it."""
+        return (self.attn_pool is None and self.readout is not None and not self.readout.is_position
+                and self.ln_final is not None and not self.cfg.final_ln_after_pool)
+
     def output_from_pooled(self, pooled: Float[Tensor, "batch d_pool"]) -> Float[Tensor, "batch d_out"]:
-        """The head after pooling, for a pooled vector r: ln_final (if any), W_proj, b_proj (if any)."""
-        normed = self.ln_final(pooled) if self.ln_final is not None else pooled
+        """The head after pooling, for a pooled vector r: ln_final (if any, and not already applied per token
+        before pooling: ``norms_before_pooling``), W_proj, b_proj (if any). This is the vector ``Decomposition.raw``
+        sums to."""
+        normed = self.ln_final(pooled) if self.ln_final is not None and not self.norms_before_pooling else pooled
         out = normed @ self.W_proj.to(normed.dtype)
         return out + self.b_proj.to(out.dtype) if self.b_proj is not None else out
 
