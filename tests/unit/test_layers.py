@@ -16,7 +16,7 @@ PACKAGE = Path(vit_lens_clip.__file__).resolve().parent
 CORE_RANK = {"model": 0, "convert": 0, "loading": 0, "decompose": 1, "distributed": 1.5, "methods": 2, "app": 3}
 LEAVES = {"datasets", "viz", "embedded"}
 # modules every layer may import: they import nothing of the package but each other
-BASE = {"errors", "validation", "integrity"}
+BASE = {"errors", "validation", "integrity", "options"}
 # the package's own plumbing (public re-exports, ``python -m vit_lens_clip``)
 ROOT = {"__init__", "__main__"}
 # imports that may sit inside a function, each with its reason

@@ -26,6 +26,7 @@ from typing import Any, Optional
 from vit_lens_clip.embedded import EMBEDDED_NAME
 from vit_lens_clip.embedded.arguments import TRAIN_FRACTIONS, TRAIN_MINIMUM, TRAIN_POSITIVE
 from vit_lens_clip.errors import BadInputError, OutputFolderError, UnknownModelError
+from vit_lens_clip.options import check_ranges
 
 _DEVICE = re.compile(r"^(cpu|auto|mps|cuda(:\d+)?)$")
 _BUILTIN_POOLS = ("descriptions", "words")
@@ -49,25 +50,9 @@ _POSITIVE = {"bench": ("max_memory",), "train-embedded": TRAIN_POSITIVE}
 _FRACTIONS = {"train-embedded": TRAIN_FRACTIONS}
 
 
-def _option(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
 def check_numbers(command: str, args: argparse.Namespace) -> None:
     """Every numeric option of ``command`` within its range."""
-    for name, low in _MINIMUM.get(command, {}).items():
-        value = getattr(args, name, None)
-        if value is not None and value < low:
-            need = "must not be negative" if low == 0 else f"must be at least {low:g}"
-            raise BadInputError(f"{_option(name)} {need}; got {value}")
-    for name in _POSITIVE.get(command, ()):
-        value = getattr(args, name, None)
-        if value is not None and not value > 0:
-            raise BadInputError(f"{_option(name)} must be positive; got {value}")
-    for name in _FRACTIONS.get(command, ()):
-        value = getattr(args, name, None)
-        if value is not None and not 0 <= value <= 1:
-            raise BadInputError(f"{_option(name)} must lie in [0, 1]; got {value}")
+    check_ranges(args, _MINIMUM.get(command, {}), _POSITIVE.get(command, ()), _FRACTIONS.get(command, ()))
 
 
 # ------------------------------------------------------------------------------------------ devices

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from vit_lens_clip.errors import BadInputError
+from vit_lens_clip.options import check_ranges
 
 DESCRIPTION = "Train the embedded default model: a small open_clip CLIP on the synthetic shapes world."
 
@@ -23,19 +23,7 @@ TRAIN_FRACTIONS = ("bird_fraction", "sweep_fraction")
 
 def check_train_numbers(args: argparse.Namespace) -> None:
     """Every numeric option of the trainer in its range (one-line ``BadInputError``)."""
-    for name, low in TRAIN_MINIMUM.items():
-        value = getattr(args, name, None)
-        if value is not None and value < low:
-            need = "must not be negative" if low == 0 else f"must be at least {low:g}"
-            raise BadInputError(f"--{name.replace('_', '-')} {need}; got {value}")
-    for name in TRAIN_POSITIVE:
-        value = getattr(args, name, None)
-        if value is not None and not value > 0:
-            raise BadInputError(f"--{name.replace('_', '-')} must be positive; got {value}")
-    for name in TRAIN_FRACTIONS:
-        value = getattr(args, name, None)
-        if value is not None and not 0 <= value <= 1:
-            raise BadInputError(f"--{name.replace('_', '-')} must lie in [0, 1]; got {value}")
+    check_ranges(args, TRAIN_MINIMUM, TRAIN_POSITIVE, TRAIN_FRACTIONS)
 
 
 def parse_weights(text: str) -> dict[str, float]:
