@@ -64,3 +64,17 @@ def test_commands_that_need_text_fail_before_building_the_model(hub_offline, tmp
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "tokenizer=" in err
     assert not (tmp_path / "report").exists()
+
+
+def test_the_cache_key_names_the_tokenizer(hub_offline, tmp_path):
+    """Text embeddings are cached under the model's key: another tokenizer must never read them back."""
+    first = _local_tokenizer(tmp_path / "one")
+    second = tmp_path / "two"
+    _local_tokenizer(second)
+    (second / "tokenizer_config.json").write_text((second / "tokenizer_config.json").read_text().replace("}", ', "x": 1}', 1))
+    def key(tokenizer):
+        torch.manual_seed(0)  # random weights: the same ones each time, so that only the tokenizer differs
+        return load_clip("ViT-B-16-SigLIP", tokenizer=tokenizer).key
+
+    keys = [key(str(folder)) for folder in (first, first, second)]
+    assert keys[0] == keys[1] != keys[2] and key(None) not in keys

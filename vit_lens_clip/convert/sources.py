@@ -14,6 +14,7 @@ safetensors, a ``.bin``/``.pt`` file with ``torch.load(weights_only=True)``.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -250,6 +251,22 @@ def check_text_tokenizer(name: str) -> None:
         _LazyTokenizer(model_name.identifier)._build()
 
 
+def tokenizer_key(tokenizer: Union[None, str, Callable]) -> str:
+    """The part of a model's cache key that names a tokenizer given to ``load_clip`` (text embeddings of another
+    tokenizer must never be read back): '' for the model's own, a digest of a folder's files, or the identity of a
+    callable (which then never matches another process's cache)."""
+    if tokenizer is None:
+        return ""
+    if callable(tokenizer):
+        return f"|tokenizer:{type(tokenizer).__qualname__}:{id(tokenizer):x}"
+    path = Path(tokenizer).expanduser()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else []
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(f"{file.relative_to(path)}\0".encode() + file.read_bytes())
+    return f"|tokenizer:{digest.hexdigest()[:16]}"
+
+
 def tokenizer_from_folder(name: str, folder: str) -> Callable:
     """open_clip's ``HFTokenizer`` on a local folder, with the model ``name``'s text settings from its config."""
     path = Path(folder).expanduser()
@@ -305,7 +322,8 @@ def _build_open_clip(model_name: ModelName, pretrained: Optional[str], device: t
         weights_key = pretrained or _params_digest(clip)
     return BuiltSource(model_name, family_of(clip, "open_clip"), clip, clip,
                        _LazyTokenizer(name, tokenizer, cache_dir) if not callable(tokenizer) else tokenizer, preprocess,
-                       pretrained, f"{model_name.name}|{weights_key}|{precision}", device, PRECISIONS[precision])
+                       pretrained, f"{model_name.name}|{weights_key}|{precision}{tokenizer_key(tokenizer)}", device,
+                       PRECISIONS[precision])
 
 
 def _cached_or_fail(name: str, tag: str, cache_dir: Optional[str]) -> None:
