@@ -1,6 +1,7 @@
 """Dataset-scale collection on torch.distributed: torchrun with 2 gloo ranks (1 thread each) on the embedded model
 over an odd-sized shapes dataset equals one process; a SIGKILLed rank resumes to the same result; bad folders
-get one-line errors."""
+get one-line errors. Every collection here also keeps dataset examples (``--examples``) of heads, the neurons of
+one layer and the shipped SAE's features, so the same launches check their merge and resume."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from vit_lens_clip.app.cli import main
-from vit_lens_clip.app.collect import profile_collection
+from vit_lens_clip.app.collect import example_units, profile_collection
 from vit_lens_clip.datasets.folder import ImageFolder
 from vit_lens_clip.datasets.sources import ShapesItems, open_dataset
 from vit_lens_clip.decompose.reducers import MeanReducer, StackReducer, run_reducers
@@ -37,11 +38,14 @@ from vit_lens_clip.distributed.collection import (
 from vit_lens_clip.distributed.sampler import ContiguousSampler, rank_range
 from vit_lens_clip.loading import load_clip
 from vit_lens_clip.methods.ablation import ablate_posthoc
+from vit_lens_clip.methods.examples import TopExamples, brute_force_top
+from vit_lens_clip.methods.sae.shipped import load_shipped_sae
 from vit_lens_clip.methods.textspan.runs import collect_head_contributions, run_textspan
 
 N, BATCH = 41, 7  # odd size; 7 divides both ranks' blocks (21, 20 → batches 7,7,7 | 7,7,6), so batches match
 ROOT = Path(__file__).resolve().parents[2]
 KEYS = ["heads", "embed", "embedding", "indices"]
+EXAMPLES, UNITS = 3, "heads,neurons:3,sae"
 POOL = [f"{c} {s}" for c in ("a red", "a blue", "a green", "a small", "a large", "two") for s in
         ("circle", "square", "triangle", "star", "shape on grass", "bird")]
 
@@ -61,7 +65,7 @@ def torchrun(*args: str, nproc: int = 2, check: bool = True, **kw) -> subprocess
 
 def collect_args(out: Path) -> list[str]:
     return ["collect", "--data", f"shapes:{N}", "--out", str(out), "--batch-size", str(BATCH), "--threads", "1",
-            "--checkpoint-every", "1", "--quiet"]
+            "--checkpoint-every", "1", "--examples", str(EXAMPLES), "--example-units", UNITS, "--quiet"]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -99,8 +103,9 @@ def identity(loaded, fingerprint: str) -> dict:
 def single(loaded, dataset, tmp_path_factory):
     """The collection by one process (in-process, no torchrun)."""
     out = tmp_path_factory.mktemp("single")
-    plan = CollectionPlan(layers=(2, 3, 4, 5), batch_size=BATCH)
-    collect_on_rank(loaded.model, dataset, out, plan, identity(loaded, f"shapes:n={N},seed=0"), progress=False)
+    plan = CollectionPlan(layers=(2, 3, 4, 5), batch_size=BATCH, examples=EXAMPLES, example_units=UNITS)
+    collect_on_rank(loaded.model, dataset, out, plan, identity(loaded, f"shapes:n={N},seed=0"), progress=False,
+                    examples=TopExamples(example_units(loaded.model, UNITS, plan.layers), EXAMPLES))
     return out
 
 
@@ -157,6 +162,10 @@ def test_two_ranks_equal_one_process(loaded, dataset, single, two_ranks):
     ma, mb = load_file(str(single / "means.safetensors")), load_file(str(two_ranks / "means.safetensors"))
     for k in ma:
         assert ((ma[k] - mb[k]).abs().max() / ma[k].abs().max()).item() <= 1e-6, k
+    one, two = StoredParts(single).examples(), StoredParts(two_ranks).examples()
+    assert one["names"] == two["names"] and len(one["names"]) == 16 + 512 + 1024
+    assert torch.equal(one["top_indices"], two["top_indices"])  # the same images, ties by image index
+    assert (one["top_scores"] - two["top_scores"]).abs().max().item() <= 1e-6
     # batch 8 does not align with the ranks' blocks: equal to 1e-6 relative
     c8 = collect_head_contributions(loaded, dataset, last_n_layers=4, batch_size=8, progress=False)
     for k in ("heads", "embed", "embedding"):
@@ -200,6 +209,37 @@ def test_sigkilled_rank_resumes_to_the_uninterrupted_result(two_ranks, tmp_path)
         assert torch.equal(a[k], b[k]), k
     ma, mb = load_file(str(two_ranks / "means.safetensors")), load_file(str(out / "means.safetensors"))
     assert all(torch.equal(ma[k], mb[k]) for k in ma)
+    ea, eb = StoredParts(two_ranks).examples(), StoredParts(out).examples()
+    assert ea["names"] == eb["names"] and all(torch.equal(ea[k], eb[k]) for k in ("top_scores", "top_indices"))
+
+
+def test_collected_examples_equal_brute_force_top_k_on_stored_scores(loaded, dataset, single, tmp_path):
+    """The examples kept during the pass are the brute-force top-k of every unit's score over all images: heads'
+    from the stored parts (share ĉ·y/‖y‖² of each image's normalised embedding), neurons' and SAE features' from
+    the activations recomputed here (max over tokens)."""
+    got = StoredParts(single).examples()
+    stored = StoredParts(single).read(["heads", "embedding", "indices"])
+    y = torch.nn.functional.normalize(stored["embedding"].double(), dim=-1)
+    heads = torch.einsum("nlhd,nd->nlh", stored["heads"].double(), y).reshape(N, -1)
+    images = torch.stack([dataset[i]["image"] for i in range(N)])
+    sae = load_shipped_sae()
+    _, cache = loaded.model.run_with_cache(images, names_filter=lambda n: n in ("blocks.3.mlp.hook_post", sae.cfg.hook_name))
+    neurons = cache["blocks.3.mlp.hook_post"].amax(1).double()
+    with torch.no_grad():
+        features = sae.encode(cache[sae.cfg.hook_name]).amax(1).double()
+    values, indices = brute_force_top(torch.cat([heads, neurons, features], 1), stored["indices"], EXAMPLES)
+    assert got["names"][:17] == [f"L{l}H{h}" for l in (2, 3, 4, 5) for h in range(4)] + ["L3N0"]
+    same = (got["top_indices"] == indices).all(1)
+    assert same.float().mean() >= 0.99, same.float().mean()  # a near-tie may flip under other batch shapes
+    assert (got["top_scores"] - values).abs().max().item() <= 1e-5
+    assert torch.equal(got["top_indices"][:16], indices[:16])  # heads: from the very stored numbers
+    damaged = tmp_path / "damaged"
+    shutil.copytree(single, damaged)
+    data = bytearray((damaged / "examples.safetensors").read_bytes())
+    data[-1] ^= 1  # one bit of a score
+    (damaged / "examples.safetensors").write_bytes(bytes(data))
+    with pytest.raises(Exception, match="sha256"):
+        StoredParts(damaged).examples()
 
 
 def _one_line_error(call) -> str:

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,11 @@ from vit_lens_clip.distributed.ranks import (
 from vit_lens_clip.distributed.sampler import rank_range
 from vit_lens_clip.errors import BadInputError, OutputFolderError
 from vit_lens_clip.loading import LoadedCLIP, load_clip
+from vit_lens_clip.methods.examples import HeadUnit, HookFeatures, TopExamples, Unit
+from vit_lens_clip.methods.neurons.effects import neuron_activation_hook
+from vit_lens_clip.methods.sae.formats import load_sae
+from vit_lens_clip.methods.sae.shipped import load_shipped_sae
+from vit_lens_clip.methods.sae.splice import check_hook_exists
 from vit_lens_clip.methods.textspan.algorithm import TextSpanResult, text_span
 from vit_lens_clip.methods.textspan.pools import embed_texts_cached, load_pool
 from vit_lens_clip.methods.textspan.runs import TextSpanTable
@@ -60,12 +66,52 @@ def plan_from_args(args: argparse.Namespace, n_layers: int, on_cuda: bool) -> Co
         raise ValueError(f"unknown parts {unknown or parts}; choose from {', '.join(PART_FIELDS)}, means")
     if "scores" in parts and not args.texts:
         raise ValueError("the 'scores' part needs --texts POOL")
+    if getattr(args, "examples", 0) < 0:
+        raise ValueError(f"--examples must be 0 or more, got {args.examples}")
     return CollectionPlan(
         parts=parts, layers=tuple(kept_layers(n_layers, args.last_layers)), batch_size=args.batch_size,
         normalize=not args.no_normalize, store_dtype=args.store, shard_size=args.shard_size,
         checkpoint_every=args.checkpoint_every, num_workers=args.workers, pin_memory=args.pin_memory or on_cuda,
-        autocast=args.autocast,
+        autocast=args.autocast, examples=getattr(args, "examples", 0),
+        example_units=getattr(args, "example_units", "heads"),
     )
+
+
+def example_units(model: Any, spec: str, layers: Sequence[int]) -> list[Unit]:
+    """The units of ``collect --examples``, from ``--example-units``: ``heads`` (every kept head, scored by its
+    share of each image's embedding ĉ·y/‖y‖²), ``neurons:L[:L...]`` (every MLP neuron of those layers, scored by
+    its largest activation over tokens), ``sae`` / ``sae:PATH`` (every feature of the shipped SAE or of the SAE
+    at PATH, by its largest activation over tokens)."""
+    units: list[Unit] = []
+    for item in (s.strip() for s in spec.split(",") if s.strip()):
+        kind, _, arg = item.partition(":")
+        if kind == "heads":
+            units += [HeadUnit(layer, h) for layer in layers for h in range(model.cfg.n_heads)]
+        elif kind == "neurons":
+            try:
+                chosen = [int(x) for x in arg.split(":") if x]
+            except ValueError:
+                raise BadInputError(f"--example-units {item!r}: neurons:L[:L...] with layer numbers") from None
+            if not chosen:
+                raise BadInputError(f"--example-units {item!r}: name the layers, e.g. neurons:2:3")
+            for layer in chosen:
+                if not -model.cfg.n_layers <= layer < model.cfg.n_layers:
+                    raise BadInputError(f"--example-units: layer {layer} outside the model's {model.cfg.n_layers}")
+                layer %= model.cfg.n_layers
+                hook, encode = neuron_activation_hook(model, layer)
+                names = tuple(f"L{layer}N{n}" for n in range(model.cfg.d_mlp))
+                units.append(HookFeatures(hook, names, None if hook.endswith("hook_post") else encode))
+        elif kind == "sae":
+            sae = load_shipped_sae() if not arg else load_sae(arg)
+            sae = sae.to(model.W_proj.device)
+            check_hook_exists(model, sae.cfg.hook_name)
+            units.append(HookFeatures(sae.cfg.hook_name, tuple(f"F{j}" for j in range(sae.cfg.d_sae)),
+                                      lambda t, sae=sae: sae.encode(t.to(sae.W_enc.dtype))))
+        else:
+            raise BadInputError(f"--example-units: unknown unit kind {kind!r}; choose heads, neurons:L, sae, sae:PATH")
+    if not units:
+        raise BadInputError("--example-units names no units")
+    return units
 
 
 def _texts(loaded: LoadedCLIP, pool: str, cache_dir: str | None = None,
@@ -184,6 +230,8 @@ def run_collect(args: argparse.Namespace, dataset: Dataset | None = None, finger
             check_scores_memory(plan, rows, loaded.model.cfg, len(pool), available_memory())
             pool, texts = _texts(loaded, args.texts, texts=pool)
             identity["texts"] = [args.texts, len(pool), texts_sha256(pool)]
+        examples = (TopExamples(example_units(loaded.model, plan.example_units, plan.layers), plan.examples)
+                    if plan.examples else None)
         if args.profile:
             if info.is_main:
                 print(profile_collection(loaded, dataset, plan, texts))
@@ -194,7 +242,8 @@ def run_collect(args: argparse.Namespace, dataset: Dataset | None = None, finger
         check_collect_folder(out)  # before the folder is created or locked, on every rank
         barrier()
         with FolderLock(out, "--out", info.rank):  # one writer per folder, for the whole collection
-            out = collect_on_rank(loaded.model, dataset, out, plan, identity, info, device, texts, not args.quiet)
+            out = collect_on_rank(loaded.model, dataset, out, plan, identity, info, device, texts, not args.quiet,
+                                  examples=examples)
             if info.is_main and not args.quiet:
                 manifest = json.loads((out / "manifest.json").read_text())
                 print(f"collected {manifest['n_images']} images on {info.world_size} rank(s) into {out}"

@@ -211,6 +211,11 @@ def add_collect_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shard-size", type=int, default=4096, help="images per safetensors shard")
     p.add_argument("--checkpoint-every", type=int, default=50, help="batches between checkpoints")
     p.add_argument("--no-normalize", action="store_true", help="keep parts unscaled (default: divide by ‖y‖)")
+    p.add_argument("--examples", type=int, default=0,
+                   help="keep the top K dataset images of every unit (examples.safetensors; 0: none), see docs/explorer.md")
+    p.add_argument("--example-units", default="heads",
+                   help="with --examples: comma list of heads (share of each image's embedding), neurons:L[:L...] "
+                        "(MLP neurons' max activation), sae (the shipped SAE's features) or sae:PATH")
     p.add_argument("--threads", type=int, default=0, help="torch threads per rank (0: torch's default)")
     p.add_argument("--profile", action="store_true",
                    help="print collection vs plain encode_image throughput through the same DataLoader, then exit")

@@ -32,6 +32,7 @@ from vit_lens_clip.integrity import check_safetensors_file, sha256_file
 
 MANIFEST = "manifest.json"
 MEANS = "means.safetensors"
+EXAMPLES = "examples.safetensors"
 # part name (``collect --parts``) -> the Decomposition field a shard stores it under
 PART_FIELDS = {"heads": "heads", "layers": "attns", "mlps": "mlps", "embed": "embed", "scores": "source_scores"}
 STORE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -166,6 +167,20 @@ class StoredParts:
         check_safetensors_file(path)
         means = load_tensors_checked(path, self.manifest.get("means_sha256"))
         return {k: _finite(v, path, k) for k, v in means.items()}
+
+    def examples(self) -> dict[str, Any]:
+        """``examples.safetensors`` (``collect --examples K``): {"names": [...], "top_scores" [U, k] float64,
+        "top_indices" [U, k] (dataset indices)}, rows best first; checked against the manifest's sha256."""
+        path = self.folder / EXAMPLES
+        if not path.is_file():
+            raise BadInputError(f"{self.folder} holds no dataset examples; collect with --examples K")
+        check_safetensors_file(path)
+        tensors = load_tensors_checked(path, self.manifest.get("examples_sha256"))
+        with safe_open(str(path), framework="pt") as f:
+            names = json.loads((f.metadata() or {}).get("names", "[]"))
+        if len(names) != tensors["top_scores"].shape[0]:
+            raise CorruptFileError(f"{path}: {len(names)} unit names for {tensors['top_scores'].shape[0]} rows")
+        return {"names": names, **tensors}
 
     def missing(self, needed: Sequence[str]) -> list[str]:
         """The parts (``collect --parts`` names) in ``needed`` that the folder does not hold."""

@@ -9,11 +9,13 @@ killed run resumes to the same files.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save as save_tensor_bytes
 from torch import Tensor
 
 from vit_lens_clip.datasets.folder import Batch
@@ -116,3 +118,10 @@ class ShardWriter(Reducer):
             if int(path.stem.split("_")[1]) >= n:
                 ckpt_io.remove_file(path)
         self._write_manifest(complete=False)
+
+
+def examples_bytes(result: dict[str, Any]) -> bytes:
+    """A ``TopExamples.result()`` as the bytes of ``examples.safetensors``: its tensors, and the unit names (JSON)
+    in the file's metadata. ``collect`` writes them beside the manifest, which records their sha256."""
+    tensors = {k: v.contiguous() for k, v in result.items() if isinstance(v, Tensor)}
+    return save_tensor_bytes(tensors, metadata={"names": json.dumps(list(result["names"]))})

@@ -8,6 +8,9 @@ Folder layout (``out``):
     ranks/rank_RRRRR/means_state.safetensors, run.json
     manifest.json                   merged by rank 0: every rank's shards in rank order = dataset order
     means.safetensors               merged MeanReducer result (if "means" was collected; its sha256 in the manifest)
+    ranks/rank_RRRRR/examples_state.safetensors, examples.safetensors
+                                    with ``plan.examples`` K > 0: each rank's TopExamples state, and rank 0's merge
+                                    of them in rank order (top-K images per unit; its sha256 in the manifest)
 
 The folder is a store folder (docs/store.md): ``decompose.store.StoredParts`` reads it back.
 
@@ -37,8 +40,8 @@ from vit_lens_clip.decompose.checkpoint import open_new_file
 from vit_lens_clip.decompose.manifests import merge_manifests
 from vit_lens_clip.decompose.parts import Decomposition
 from vit_lens_clip.decompose.reducers import MeanReducer, Reducer, run_reducers
-from vit_lens_clip.decompose.store import MEANS, read_manifest
-from vit_lens_clip.decompose.store_writer import ShardWriter
+from vit_lens_clip.decompose.store import EXAMPLES, MEANS, read_manifest
+from vit_lens_clip.decompose.store_writer import ShardWriter, examples_bytes
 from vit_lens_clip.distributed.ranks import (
     RankInfo,
     barrier,
@@ -66,10 +69,13 @@ class CollectionPlan:
     num_workers: int = 0
     pin_memory: bool = False
     autocast: str | None = None
+    examples: int = 0
+    example_units: str = "heads"
 
     def identity(self) -> dict[str, Any]:
         """The settings that change the collected numbers (a resume must use the same)."""
         keep = ("parts", "layers", "batch_size", "normalize", "store_dtype", "autocast")
+        keep += ("examples", "example_units") if self.examples else ()
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items() if k in keep}
 
 
@@ -145,11 +151,15 @@ def collect_on_rank(
     device: torch.device | None = None,
     texts: Float[Tensor, "n_texts d_out"] | None = None,
     progress: bool = True,
+    examples: Reducer | None = None,
 ) -> Path:
     """Collect this rank's block of ``dataset`` into ``out`` and, on rank 0, merge all ranks.
 
     ``identity`` names the model and dataset (e.g. ``{"model": loaded.key, "dataset": "shapes:n=41,seed=0"}``);
     the plan's settings and the dataset size are added. Every rank must call this (it synchronises).
+    ``examples``: a mergeable top-K reducer (``methods.examples.TopExamples`` of ``plan.examples`` images, the same
+    units on every rank; its ``hooks()`` join the pass); rank 0 merges the ranks' states (``merge_state``) into
+    ``examples.safetensors``.
     """
     info, out = info or RankInfo(), Path(out)
     n = len(dataset)
@@ -171,7 +181,9 @@ def collect_on_rank(
     means = MeanReducer() if "means" in plan.parts else None
     bar = tqdm(total=len(mine), desc=f"collecting (rank 0 of {info.world_size})", unit="img",
                disable=not (progress and info.is_main))
-    reducers: list[Reducer] = [stack] + ([means] if means else []) + [_Progress(bar)]
+    if (examples is None) != (plan.examples == 0):
+        raise ValueError("plan.examples > 0 needs an examples reducer, and an examples reducer needs plan.examples")
+    reducers: list[Reducer] = [stack] + ([means] if means else []) + ([examples] if examples else []) + [_Progress(bar)]
     started = time.perf_counter()
     summary = None
     if len(mine):
@@ -182,6 +194,7 @@ def collect_on_rank(
             summary = run_reducers(
                 model, Subset(dataset, mine), reducers, batch_size=plan.batch_size, layers=list(plan.layers) or None,
                 texts=texts, normalize=plan.normalize, checkpoint_dir=here / "checkpoint",
+                extra_hooks=examples.hooks() if examples else (),
                 checkpoint_every=plan.checkpoint_every, num_workers=plan.num_workers, pin_memory=plan.pin_memory,
                 progress=False, device=dev,
             )
@@ -191,6 +204,8 @@ def collect_on_rank(
     bar.close()
     if means is not None:
         _save_tensors(here / "means_state.safetensors", means.state_dict())
+    if examples is not None:
+        _save_tensors(here / "examples_state.safetensors", examples.state_dict())
     _write_json(here / "run.json", {
         "rank": info.rank, "range": [mine.start, mine.stop], "seconds": time.perf_counter() - started,
         "images": summary.images if summary else 0, "resumed_from": summary.resumed_from if summary else 0,
@@ -198,6 +213,7 @@ def collect_on_rank(
     })
 
     states = gather_to_main(means.state_dict() if means is not None else None, info)
+    kept = gather_to_main(examples.state_dict() if examples is not None else None, info)
     error = None
     if info.is_main:
         try:
@@ -205,6 +221,10 @@ def collect_on_rank(
                 total = MeanReducer()
                 total.merge_from(states)
                 _save_tensors(out / MEANS, total.result())
+            if examples is not None:
+                for state in kept[1:]:  # rank 0's own state is in it; any order gives the same top-K
+                    examples.merge_state(state)
+                _write_bytes(out / EXAMPLES, examples_bytes(examples.result()))
             merge_collection(out)
         except (ValueError, FileNotFoundError) as e:
             error = str(e)
@@ -246,6 +266,8 @@ def merge_collection(out: str | Path) -> Path:
     extra: dict[str, Any] = {"n_images": images, "skipped": skipped}
     if (out / MEANS).is_file():
         extra["means_sha256"] = sha256_file(out / MEANS)
+    if (out / EXAMPLES).is_file():
+        extra["examples_sha256"] = sha256_file(out / EXAMPLES)
     merge_manifests(folders, out, extra)  # same parts, dtypes and shapes on every rank, or refused
     meta["complete"] = True
     _write_json(info_path, meta)

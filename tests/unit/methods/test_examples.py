@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from vit_lens_clip import HookedViT, ViTConfig
 from vit_lens_clip.datasets.folder import TensorImages
 from vit_lens_clip.decompose.parts import decompose
 from vit_lens_clip.decompose.reducers import run_reducers
-from vit_lens_clip.methods.examples import HeadUnit, HookUnit, TopExamples, principal_directions
+from vit_lens_clip.errors import BadInputError
+from vit_lens_clip.methods.examples import (
+    HeadUnit,
+    HookFeatures,
+    HookUnit,
+    TopExamples,
+    brute_force_top,
+    principal_directions,
+)
 
 
 def _brute(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per column: sort all (score, index) pairs, higher score first, lower index on ties (Python's sort)."""
-    values, indices = [], []
-    for u in range(scores.shape[1]):
-        pairs = sorted(((-float(s), i) for i, s in enumerate(scores[:, u])), key=lambda p: p)[:k]
-        values.append([-s for s, _ in pairs])
-        indices.append([i for _, i in pairs])
-    return torch.tensor(values, dtype=torch.float64), torch.tensor(indices)
+    return brute_force_top(scores, torch.arange(len(scores)), k)
 
 
 def _scores(n: int = 203, units: int = 5) -> torch.Tensor:
@@ -99,3 +103,42 @@ def test_principal_direction_is_the_top_singular_vector_with_the_tail_on_top():
     heads = base + (-tail)[:, None, None, None] * axis  # the long tail points along -axis
     d = principal_directions(heads)[0, 0]
     assert torch.allclose(d, -axis, atol=0.05)
+
+
+def test_hook_features_and_head_shares_match_brute_force_on_direct_scores():
+    """Many features of one hook (neurons: the hook itself; an encoder: a ReLU of a projection), pooled by max, mean
+    or the class token, and heads without a direction (their share ĉ·t/‖t‖² of each image's total t) are kept
+    exactly as the brute-force top-k of the scores computed directly; a state merge equals one pass."""
+    torch.manual_seed(0)
+    cfg = ViTConfig(n_layers=2, d_model=32, n_heads=4, d_mlp=64, output_dim=16, image_size=16, patch_size=8)
+    model = HookedViT(cfg).eval()
+    images = torch.randn(13, 3, 16, 16)
+    enc = torch.randn(32, 5)
+    units = [HeadUnit(1, 3), HookFeatures("blocks.0.mlp.hook_post", tuple(f"N{j}" for j in range(64))),
+             HookFeatures("blocks.1.hook_resid_post", tuple(f"F{j}" for j in range(5)), lambda t: (t @ enc).relu(), "mean"),
+             HookFeatures("blocks.1.hook_resid_post", ("cls0",), lambda t: t[..., :1], "cls")]
+    whole = TopExamples(units, k=4)
+    run_reducers(model, TensorImages(images), [whole], batch_size=5, extra_hooks=whole.hooks(), progress=False)
+    dec = decompose(model, images, layers=[1])
+    total = dec.total()
+    _, cache = model.run_with_cache(images)
+    resid = cache["blocks.1.hook_resid_post"]
+    scores = torch.cat([(dec.heads[:, 0, 3] * total).sum(-1, keepdim=True) / total.pow(2).sum(-1, keepdim=True),
+                        cache["blocks.0.mlp.hook_post"].amax(1), (resid @ enc).relu().mean(1), resid[:, 0, :1]], 1)
+    out = whole.result()
+    assert out["names"][:3] == ["L1H3", "N0", "N1"] and out["names"][-1] == "cls0" and len(out["names"]) == 71
+    values, indices = _brute(scores.double(), 4)
+    assert torch.equal(out["top_indices"], indices)
+    torch.testing.assert_close(out["top_scores"], values, rtol=1e-5, atol=1e-6)
+    halves = [TopExamples(units, k=4) for _ in range(2)]
+    for half, rows in zip(halves, (range(0, 6), range(6, 13))):
+        half.add(scores[list(rows)].double(), torch.tensor(list(rows)))
+    halves[0].merge_state(halves[1].state_dict())
+    assert torch.equal(halves[0].result()["top_indices"], indices)
+    with pytest.raises(BadInputError, match="pool"):
+        HookFeatures("h", ("a",), None, "median")
+
+
+def test_brute_force_top_leaves_nan_out_and_breaks_ties_by_index():
+    values, indices = brute_force_top(torch.tensor([[1.0], [float("nan")], [1.0], [3.0]]), torch.tensor([7, 5, 2, 9]), 3)
+    assert indices.tolist() == [[9, 2, 7]] and values.tolist() == [[3.0, 1.0, 1.0]]
