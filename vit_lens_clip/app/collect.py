@@ -106,7 +106,7 @@ def example_units(model: Any, spec: str, layers: Sequence[int]) -> list[Unit]:
             sae = sae.to(model.W_proj.device)
             check_hook_exists(model, sae.cfg.hook_name)
             units.append(HookFeatures(sae.cfg.hook_name, tuple(f"F{j}" for j in range(sae.cfg.d_sae)),
-                                      lambda t, sae=sae: sae.encode(t.to(sae.W_enc.dtype))))
+                                      lambda t, sae=sae: sae.encode(t.to(sae.W_enc.dtype)), source=sae))
         else:
             raise BadInputError(f"--example-units: unknown unit kind {kind!r}; choose heads, neurons:L, sae, sae:PATH")
     if not units:

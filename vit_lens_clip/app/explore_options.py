@@ -7,7 +7,8 @@ from typing import Any, Callable
 
 __all__ = ["add_explore_arguments", "add_explore_command"]
 
-EXPLORE_HELP = "a static offline site to see every head of a collection folder (examples, maps, texts, search)"
+EXPLORE_HELP = ("a static offline site to see every unit of a collection folder: heads, and the neurons, SAE features "
+                "and hook units of collect --examples (examples, maps, texts, search); --serve adds a live mode")
 
 
 def _positive(text: str) -> int:
@@ -19,8 +20,9 @@ def _positive(text: str) -> int:
 
 def add_explore_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", metavar="DIR", help="a collection folder (collect --parts heads,embed,means ...)")
-    p.add_argument("--out", required=True, help="folder of the site (index.html, heads/L{l}H{h}.html, img/)")
-    p.add_argument("--examples", type=_positive, default=8, help="top dataset examples shown per head")
+    p.add_argument("--out", required=True, help="folder of the site (index.html, heads/L{l}H{h}.html, neurons/, "
+                                                "features/, units/, images/, img/)")
+    p.add_argument("--examples", type=_positive, default=8, help="top dataset examples shown per unit")
     p.add_argument("--bottom", action="store_true", help="also show each head's bottom examples (lowest scores)")
     p.add_argument("--textspan-k", type=int, default=3, help="TextSpan descriptions per head (0: none)")
     p.add_argument("--pool", default="descriptions", help="text pool: descriptions, words, or a file of texts")
@@ -29,6 +31,9 @@ def add_explore_arguments(p: argparse.ArgumentParser) -> None:
                         "and its search shows the found heads' top images along the query (0: never)")
     p.add_argument("--queries", default=None,
                    help="more texts the offline search knows besides the pool: a file (one a line) or 'a;b;c'")
+    p.add_argument("--serve", type=int, default=None, metavar="PORT", nargs="?", const=8765,
+                   help="after building, serve the site on http://127.0.0.1:PORT (default 8765) with a live mode: "
+                        "search by any text, and a unit's map of an image dropped on its page (Ctrl-C stops)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--cache-dir", default=None, help="text-embedding cache folder")
     p.add_argument("--quiet", action="store_true")

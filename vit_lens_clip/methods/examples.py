@@ -72,12 +72,14 @@ class HookUnit:
 @dataclass(frozen=True, eq=False)
 class HookFeatures:
     """m features of one hook: encode(hook output [B, T, W]) → [B, T, m] (None: the output itself), pooled over
-    tokens by ``pool`` ("max", "mean" or "cls") to [B, m]. One unit per name."""
+    tokens by ``pool`` ("max", "mean" or "cls") to [B, m]. One unit per name. ``source``: the module behind
+    ``encode`` when there is one (an SAE), for those that describe the features later (the explorer)."""
 
     hook: str
     names: tuple[str, ...]
     encode: Optional[Callable[[Tensor], Tensor]] = None
     pool: str = "max"
+    source: Any = None
 
     def __post_init__(self) -> None:
         if self.pool not in ("max", "mean", "cls"):
