@@ -217,9 +217,9 @@ _DROP_SCRIPT = """<script>
 </script>"""
 
 
-def _unit_page(data: SiteData, u: int, previous: Optional[str], following: Optional[str]) -> str:
+def _unit_page(data: SiteData, u: int, previous: Optional[str], following: Optional[str],
+               pages: dict[str, str]) -> str:
     view = data.units[u]
-    pages = {v.name: v.page for v in data.units}
     examples = RawHTML(
         "<p>Left: the image; right: the unit's map over it (per patch, min-max normalised; blue low, red high). "
         "Click an example (or press 1–9) for every unit that keeps that image.</p>"
@@ -406,7 +406,7 @@ def rank_units(data: SiteData, query: str | Tensor) -> list[tuple[str, float]]:
     q = query_direction(data, query) if isinstance(query, str) else F.normalize(query.float(), dim=0)
     if q is None or not data.searchable:
         return []
-    scores = (data.effects.float() @ q).tolist()
+    scores = (data.effects.double() * q.double()).sum(-1).tolist()  # row by row: equal rows tie exactly
     order = sorted(range(len(data.searchable)), key=lambda r: (-scores[r], r))
     return [(data.units[data.searchable[r]].name, scores[r]) for r in order]
 
@@ -487,6 +487,7 @@ def write_site(data: SiteData, out: str | Path) -> Path:
         (out / folder).mkdir(parents=True, exist_ok=True)
     for index, png in data.pictures.items():
         (out / "img" / f"image_{index}.png").write_bytes(png)
+    pages = {v.name: v.page for v in data.units}
     by_kind: dict[str, list[int]] = {}
     for u, view in enumerate(data.units):
         by_kind.setdefault(view.kind, []).append(u)
@@ -494,7 +495,7 @@ def write_site(data: SiteData, out: str | Path) -> Path:
         for j, u in enumerate(members):
             previous = f"../{data.units[members[j - 1]].page}" if j > 0 else None
             following = f"../{data.units[members[j + 1]].page}" if j + 1 < len(members) else None
-            (out / data.units[u].page).write_text(_unit_page(data, u, previous, following), encoding="utf-8")
+            (out / data.units[u].page).write_text(_unit_page(data, u, previous, following, pages), encoding="utf-8")
     keepers: dict[int, list[tuple[UnitView, int, float]]] = {}
     for view in data.units:
         for rank, (index, score) in enumerate(view.examples):
