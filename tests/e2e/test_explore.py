@@ -1,10 +1,14 @@
-"""``vit-lens-clip explore`` end to end: collect 64 shapes scenes with the embedded model, build the site, check
-every head page, open pages in headless Chromium (no console errors, search, arrow keys), and measure the
-search's precision on a colour of the shapes world (docs/explorer.md states the number)."""
+"""``vit-lens-clip explore`` end to end: collect 64 shapes scenes with the embedded model, keeping the examples of
+every head, the neurons of layer 3 and the shipped SAE's features during the collection; build the site once
+(module fixture); check the pages of every kind; open them in headless Chromium (no console errors, images and
+maps, unit ↔ example navigation, keys, the paginated unit list, load times); measure the search's precision on a
+colour of the shapes world (docs/explorer.md states the number); and drive the live mode's search."""
 
 from __future__ import annotations
 
+import random
 import re
+import threading
 import time
 from pathlib import Path
 
@@ -13,8 +17,9 @@ import pytest
 from e2e.devtools import CHROMIUM, chromium, console_errors, open_page
 from vit_lens_clip.app.cli import main
 from vit_lens_clip.app.explore import build_site_data
+from vit_lens_clip.app.explore_serve import make_server
 from vit_lens_clip.datasets.shapes_world import ShapesDataset
-from vit_lens_clip.viz.explorer import query_examples, rank_units
+from vit_lens_clip.viz.explorer import rank_units, unit_examples, write_site
 
 N_IMAGES = 64
 
@@ -23,45 +28,54 @@ N_IMAGES = 64
 def collection(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("collection")
     assert main(["collect", "--data", f"shapes:{N_IMAGES}", "--out", str(out), "--parts", "heads,embed,means",
-                 "--last-layers", "4", "--quiet"]) == 0
+                 "--last-layers", "4", "--examples", "8", "--example-units", "heads,neurons:3,sae", "--quiet"]) == 0
     return out
 
 
 @pytest.fixture(scope="module")
-def site(collection, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("site")
+def built(collection, tmp_path_factory):
+    """(site data, live context, site folder): one build for the whole module."""
+    context = []
     start = time.perf_counter()
-    assert main(["explore", str(collection), "--out", str(out), "--examples", "8", "--bottom", "--quiet",
-                 "--queries", "something vermilion"]) == 0
-    print(f"explore of {N_IMAGES} images: {time.perf_counter() - start:.1f} s")
-    return out
+    data = build_site_data(collection, bottom=True, queries=["something vermilion"], context=context)
+    site = write_site(data, tmp_path_factory.mktemp("site"))
+    print(f"explore of {N_IMAGES} images, {len(data.units)} units: {time.perf_counter() - start:.1f} s")
+    return data, context[0], site
 
 
-@pytest.fixture(scope="module")
-def data(collection):
-    return build_site_data(collection, queries=["something vermilion"])
-
-
-def test_every_head_has_a_page_with_images_and_links(site):
-    pages = sorted((site / "heads").glob("L*H*.html"))
-    assert [p.stem for p in pages] == sorted(f"L{layer}H{h}" for layer in range(2, 6) for h in range(4))
+def test_every_unit_kind_has_pages_with_images_and_links(built):
+    data, _, site = built
+    heads = sorted(p.stem for p in (site / "heads").glob("*.html"))
+    assert heads == sorted(f"L{layer}H{h}" for layer in range(2, 6) for h in range(4))
+    assert len(list((site / "neurons").glob("L3N*.html"))) == 512
+    assert len(list((site / "features").glob("F*.html"))) == 1024
     index = (site / "index.html").read_text()
+    assert len(index.encode()) < 20_000 and "16 heads, 512 neurons, 1024 features" in index
+    firing = [site / v.page for v in data.units if v.examples]
+    dead = [v for v in data.units if not v.examples]
+    assert all(v.kind == "feature" for v in dead) and len(dead) < 1024  # features that never fire on these images
+    assert all("never fires" in (site / v.page).read_text() for v in dead[:5])
+    pages = [site / "heads" / f"{h}.html" for h in heads] + random.Random(0).sample(firing[16:], 30)
     for page in pages:
-        assert f"href='heads/{page.name}'" in index
         text = page.read_text()
         images = re.findall(r"<img loading='lazy' src='\.\./img/([^']+)'", text)
-        assert len(images) == 16 and all((site / "img" / name).is_file() for name in images), page.name
-        assert sum("_bottom_" in name for name in images) == 8 and "Bottom examples" in text
+        assert images and all((site / "img" / name).is_file() for name in images), page.name
         links = re.findall(r"href='([^'#]+)'", text)
         assert "../index.html" in links and all((page.parent / link).is_file() for link in links), page.name
+    head = (site / "heads" / "L3H1.html").read_text()
+    assert head.count("class='map'") == 16 and "Bottom examples" in head  # 8 top, 8 bottom, each with its map
+    assert "class='related'" in (site / "neurons" / "L3N0.html").read_text()  # the later heads that carry it
+    later = "".join((site / "heads" / f"L{layer}H{h}.html").read_text() for layer in (4, 5) for h in range(4))
+    assert "class='related' href='../neurons/L3N" in later  # and heads link the neurons they carry
 
 
-def test_searching_a_colour_finds_a_head_whose_top_images_have_it(data):
+def test_searching_a_colour_finds_a_unit_whose_examples_have_it(built):
+    data, _, _ = built
     colours = [ShapesDataset(N_IMAGES, 0).scene(i).attributes.colour for i in range(N_IMAGES)]
-    head, cosine = rank_units(data, "red")[0]
-    top = query_examples(data, head, "red", k=8)
-    precision, chance = sum(colours[i] == "red" for i, _ in top) / len(top), colours.count("red") / N_IMAGES
-    print(f"search 'red': {head} (cosine {cosine:.3f}), {precision:.3f} of its top 8 images are red; chance {chance:.3f}")
+    unit, cosine = rank_units(data, "red")[0]
+    shown = unit_examples(data, unit, "red", k=8)
+    precision, chance = sum(colours[i] == "red" for i, _ in shown) / len(shown), colours.count("red") / N_IMAGES
+    print(f"search 'red': {unit} (cosine {cosine:.3f}), {precision:.3f} of its 8 images are red; chance {chance:.3f}")
     assert precision >= 0.5 > chance
 
 
@@ -72,34 +86,83 @@ def browser(tmp_path_factory):
     yield from chromium(tmp_path_factory.mktemp("chromium"))
 
 
-def test_pages_load_search_and_navigate_in_chromium(site, data, browser):
-    assert open_page(browser, (site / "index.html").as_uri()) == []
-    assert browser.evaluate("document.querySelectorAll('.js-plotly-plot').length") == 1
-    found = browser.evaluate("(function () { var box = document.getElementById('search'); box.value = 'red';"
-                             "box.dispatchEvent(new Event('input'));"
-                             "return Array.from(document.querySelectorAll('#search-results > li > a'))"
-                             ".map(function (a) { return a.textContent; }); })()")
-    assert found[0] == rank_units(data, "red")[0][0]
-    assert browser.evaluate("document.querySelectorAll('#search-results .strip img').length") == 3 * 8
-    assert console_errors(browser.events) == []
-    vermilion = browser.evaluate("(function () { var box = document.getElementById('search'); box.value = 'vermilion';"
-                               "box.dispatchEvent(new Event('input'));"
-                               "return document.querySelectorAll('#search-results > li').length; })()")
-    assert vermilion == 10  # a text outside the pool, embedded at build time (--queries)
+def _timed_open(browser, url: str) -> float:
+    start = time.perf_counter()
+    assert open_page(browser, url) == [], url
+    return time.perf_counter() - start - 0.3  # open_page waits 0.3 s after the load event for late errors
 
-    assert open_page(browser, (site / "heads" / "L3H1.html").as_uri()) == []
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and not browser.evaluate(
-            "document.images.length > 0 && document.images[0].complete && document.images[0].naturalWidth > 0"):
-        time.sleep(0.2)
-    assert browser.evaluate("document.images[0].naturalWidth") == 2 * 128 + 4
+
+def _wait(browser, expression: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not browser.evaluate(expression):
+        assert time.monotonic() < deadline, expression
+        time.sleep(0.1)
+
+
+def _key(browser, key: str, code: str, vk: int) -> None:
     browser.events.clear()
     for kind in ("keyDown", "keyUp"):
-        browser.call("Input.dispatchKeyEvent", type=kind, key="ArrowRight", code="ArrowRight", windowsVirtualKeyCode=39)
+        browser.call("Input.dispatchKeyEvent", type=kind, key=key, code=code, windowsVirtualKeyCode=vk)
     browser.wait_for("Page.loadEventFired", timeout=30)
-    assert browser.evaluate("location.pathname").endswith("/heads/L3H2.html")
-    for kind in ("keyDown", "keyUp"):
-        browser.call("Input.dispatchKeyEvent", type=kind, key="ArrowLeft", code="ArrowLeft", windowsVirtualKeyCode=37)
-    browser.wait_for("Page.loadEventFired", timeout=30)
-    assert browser.evaluate("location.pathname").endswith("/heads/L3H1.html")
+
+
+def test_pages_search_and_unit_example_navigation_in_chromium(built, browser):
+    data, _, site = built
+    loads = [_timed_open(browser, (site / "index.html").as_uri())]
+    _wait(browser, "document.querySelectorAll('#unit-list li').length === 100")  # the first page of 1552 units
+    browser.evaluate("document.getElementById('page-next').click()")
+    assert browser.evaluate("document.querySelector('#unit-list li a').textContent") == data.units[100].name
+    browser.evaluate("(function () { var k = document.getElementById('kind'); k.value = 'feature';"
+                     "k.dispatchEvent(new Event('change')); })()")
+    assert browser.evaluate("document.querySelector('#unit-list li a').getAttribute('href')") == "features/F0.html"
+    browser.evaluate("(function () { var box = document.getElementById('search'); box.value = 'red';"
+                     "box.dispatchEvent(new Event('input')); })()")
+    _wait(browser, "document.querySelectorAll('#search-results > li').length === 10")  # after search.js loaded
+    first = browser.evaluate("document.querySelector('#search-results > li > a').textContent")
+    assert first == rank_units(data, "red")[0][0]
+    assert browser.evaluate("document.querySelectorAll('#search-results .strip img').length") >= 3 * 4
     assert console_errors(browser.events) == []
+
+    page = next(v.page for v in data.units if v.name == first)  # the unit the search found
+    loads.append(_timed_open(browser, (site / page).as_uri()))
+    _wait(browser, "Array.from(document.querySelectorAll('.ex img')).slice(0, 3).every(function (i) {"
+                   " return i.complete && i.naturalWidth > 0; })")  # the first example (lazy: in view)
+    assert browser.evaluate("document.querySelectorAll('.ex img.map').length") >= 1  # heatmaps drawn over images
+    _key(browser, "1", "Digit1", 49)  # the first example's image page
+    image = data.units[[v.name for v in data.units].index(first)].examples[0][0]
+    assert browser.evaluate("location.pathname").endswith(f"/images/{image}.html")
+    assert first in browser.evaluate("Array.from(document.querySelectorAll('a.unit')).map(function (a) {"
+                                     " return a.textContent; })")
+    browser.evaluate(f"Array.from(document.querySelectorAll('a.unit')).filter(function (a) {{"
+                     f" return a.textContent === '{first}'; }})[0].click()")  # back from the example to the unit
+    browser.wait_for("Page.loadEventFired", timeout=30)
+    assert browser.evaluate("location.pathname").endswith("/" + page)
+
+    loads.append(_timed_open(browser, (site / "heads" / "L3H1.html").as_uri()))
+    _key(browser, "ArrowRight", "ArrowRight", 39)
+    assert browser.evaluate("location.pathname").endswith("/heads/L3H2.html")
+    _key(browser, "ArrowLeft", "ArrowLeft", 37)
+    assert browser.evaluate("location.pathname").endswith("/heads/L3H1.html")
+    for page in ("neurons/L3N100.html", "features/F17.html", "heads.html", f"images/{image}.html"):
+        loads.append(_timed_open(browser, (site / page).as_uri()))
+    assert console_errors(browser.events) == []
+    print(f"page loads: max {max(loads):.3f} s over {len(loads)} pages")
+    assert max(loads) < 1.0
+
+
+def test_live_mode_searches_any_text_in_chromium(built, browser):
+    data, context, site = built
+    server = make_server(context, site, 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        assert open_page(browser, f"http://127.0.0.1:{server.server_address[1]}/index.html") == []
+        browser.evaluate("(function () { var box = document.getElementById('search'); box.value = 'a vermilion kite';"
+                         "box.dispatchEvent(new Event('input')); })()")  # in no pool: only the live mode knows it
+        _wait(browser, "document.querySelectorAll('#search-results > li').length === 10")
+        assert browser.evaluate("document.getElementById('search-note').textContent").startswith("live")
+        found = browser.evaluate("document.querySelector('#search-results > li > a').textContent")
+        assert found == rank_units(data, context.loaded.encode_text(["a vermilion kite"])[0].float())[0][0]
+        assert console_errors(browser.events) == []
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -119,7 +119,7 @@ class ExploreContext:
     """What a live explorer (``--serve``) needs besides the site: the model, the units by name and the data."""
 
     loaded: LoadedCLIP
-    data: SiteData
+    data: Optional[SiteData]
     head_directions: dict[str, Tensor] = field(default_factory=dict)
     hook_units: dict[str, tuple[Unit, int]] = field(default_factory=dict)
 

@@ -55,6 +55,8 @@ class _Handler(SimpleHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's name)
         url = urllib.parse.urlparse(self.path)
+        if url.path == "/favicon.ico":  # the site has none; an empty answer keeps the console clean
+            return self._send(200, b"", "image/x-icon")
         if url.path == "/live.js":
             return self._send(200, b"window.EXPLORER_LIVE = true;\n", "text/javascript")
         if url.path == "/api/search":

@@ -5,7 +5,7 @@ Layout (every address is stable: a unit's page is named after the unit):
     index.html                 search box and the list of every unit (filter by kind or text, 100 a page);
                                small whatever the number of units: the lists come from units.js, the search's
                                numbers from search.js, loaded when the search is first used
-    heads.html                 layers × heads with their shares (plotly heatmap) and first TextSpan description
+    heads.html                 layers × heads with their shares (as the cells' colour) and first TextSpan description
     heads/L{l}H{h}.html        one page per unit kind folder: heads/, neurons/ (L{l}N{n}), features/ (F{j}),
     neurons/…, features/…,     units/ (user-defined hook units): examples with their maps, descriptions,
     units/…                    direct effect, nearest texts, related units; keys ← → (previous/next unit of
@@ -15,7 +15,8 @@ Layout (every address is stable: a unit's page is named after the unit):
                                the image by the browser (bilinear), so an image file serves every unit
     units.js, search.js, live.js
 
-Every page is written by the one HTML writer (``viz.html.figures_to_html``); only heads.html carries plotly.js.
+Every page is written by the one HTML writer (``viz.html.figures_to_html``), without plotly.js (4.7 MB: a
+page must load in well under a second).
 Nothing is loaded from a URL: the site works from ``file://``. With ``live.js`` replaced by the live server
 (``app.explore_serve``), the search embeds any text and unit pages take a dropped image.
 """
@@ -31,7 +32,6 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
-import plotly.graph_objects as go
 import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
@@ -438,24 +438,25 @@ def _script(variable: str, value: object) -> str:
 
 
 def _heads_page(data: SiteData) -> str:
+    """Layers × heads: each cell the head's link, its share of the embedding (the cell's colour, white → blue
+    by |share| against the largest) and its first TextSpan description. No plotly.js: the page stays light."""
     by_key = {v.name: v for v in data.units if v.kind == "head"}
+    largest = max((abs(v.share or 0) for v in by_key.values()), default=0) or 1
     rows = []
     for layer in data.layers:
         cells = [f"<th>layer {layer}</th>"]
         for h in range(data.n_heads):
             v = by_key[f"L{layer}H{h}"]
             first = escape(v.descriptions[0][0]) if v.descriptions else ""
-            cells.append(f"<td><a href='{v.page}'>{v.name}</a> {100 * (v.share or 0):.1f}%<br><small>{first}</small></td>")
+            alpha = abs(v.share or 0) / largest
+            cells.append(f"<td style='background: rgba(74, 123, 208, {0.6 * alpha:.2f})'><a href='{v.page}'>{v.name}</a> "
+                         f"{100 * (v.share or 0):.1f}%<br><small>{first}</small></td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
     header = "<tr><th></th>" + "".join(f"<th>head {h}</th>" for h in range(data.n_heads)) + "</tr>"
-    grid = RawHTML(_EXTRA_CSS + "<p><a href='index.html'>index</a></p><table class='grid'>" + header
-                   + "".join(rows) + "</table>")
-    share = go.Figure(go.Heatmap(
-        z=[[100 * (by_key[f"L{layer}H{h}"].share or 0) for h in range(data.n_heads)] for layer in data.layers],
-        x=[f"head {h}" for h in range(data.n_heads)], y=[f"layer {layer}" for layer in data.layers],
-        colorscale="Viridis", colorbar=dict(title="% of y")))
-    share.update_layout(height=120 + 40 * len(data.layers), margin=dict(l=60, r=10, t=10, b=30))
-    return figures_to_html([("Heads", grid), ("Share of the embedding", share)], title=f"Heads · {data.title}")
+    grid = RawHTML(_EXTRA_CSS + "<p><a href='index.html'>index</a>. Each cell: the head's page, its share of the "
+                   f"embedding (mean of ĉ·y/‖y‖² over {data.n_images} images; the colour: its size), its first "
+                   "TextSpan description.</p><table class='grid'>" + header + "".join(rows) + "</table>")
+    return figures_to_html([("Heads", grid)], title=f"Heads · {data.title}")
 
 
 def _index(data: SiteData) -> str:
