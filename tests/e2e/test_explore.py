@@ -14,11 +14,13 @@ from pathlib import Path
 
 import pytest
 
+from conftest import type_checks_off
 from e2e.devtools import CHROMIUM, chromium, console_errors, open_page
 from vit_lens_clip.app.cli import main
 from vit_lens_clip.app.explore import build_site_data
 from vit_lens_clip.app.explore_serve import make_server
-from vit_lens_clip.datasets.shapes_world import ShapesDataset
+from vit_lens_clip.datasets.shapes_adapters import shapes_texts
+from vit_lens_clip.datasets.shapes_world import COLOURS, PLACES, SHAPES, ShapesDataset, place_phrase
 from vit_lens_clip.viz.explorer import rank_units, unit_examples, write_site
 
 N_IMAGES = 64
@@ -27,18 +29,31 @@ N_IMAGES = 64
 @pytest.fixture(scope="module")
 def collection(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("collection")
-    assert main(["collect", "--data", f"shapes:{N_IMAGES}", "--out", str(out), "--parts", "heads,embed,means",
-                 "--last-layers", "4", "--examples", "8", "--example-units", "heads,neurons:3,sae", "--quiet"]) == 0
+    with type_checks_off():  # 1552 units' examples: the unit tests check the types on small inputs
+        assert main(["collect", "--data", f"shapes:{N_IMAGES}", "--out", str(out), "--parts", "heads,embed,means",
+                     "--last-layers", "4", "--examples", "8", "--example-units", "heads,neurons:3,sae", "--quiet"]) == 0
     return out
+
+
+def _pool(folder: Path) -> Path:
+    """A small pool in the shapes world's words (the tests' text tower embeds it in a second, not the shipped
+    pool's 3855 texts in ~15 s): every colour × shape × place, and each attribute's own texts."""
+    texts = [f"a {c} {s} {place_phrase(p)}" for c in COLOURS for s in SHAPES for p in PLACES]
+    texts += [t for values in shapes_texts().values() for t in values]
+    (folder / "pool.txt").write_text("\n".join(texts))
+    return folder / "pool.txt"
 
 
 @pytest.fixture(scope="module")
 def built(collection, tmp_path_factory):
     """(site data, live context, site folder): one build for the whole module."""
     context = []
+    pool = _pool(tmp_path_factory.mktemp("pool"))
     start = time.perf_counter()
-    data = build_site_data(collection, bottom=True, queries=["something vermilion"], context=context)
-    site = write_site(data, tmp_path_factory.mktemp("site"))
+    with type_checks_off():  # 12k maps and 1552 pages: seconds unchecked, much longer checked
+        data = build_site_data(collection, bottom=True, pool_name=str(pool), queries=["something vermilion"],
+                               context=context)
+        site = write_site(data, tmp_path_factory.mktemp("site"))
     print(f"explore of {N_IMAGES} images, {len(data.units)} units: {time.perf_counter() - start:.1f} s")
     return data, context[0], site
 
@@ -127,7 +142,6 @@ def test_pages_search_and_unit_example_navigation_in_chromium(built, browser):
     loads.append(_timed_open(browser, (site / page).as_uri()))
     _wait(browser, "Array.from(document.querySelectorAll('.ex img')).slice(0, 3).every(function (i) {"
                    " return i.complete && i.naturalWidth > 0; })")  # the first example (lazy: in view)
-    assert browser.evaluate("document.querySelectorAll('.ex img.map').length") >= 1  # heatmaps drawn over images
     _key(browser, "1", "Digit1", 49)  # the first example's image page
     image = data.units[[v.name for v in data.units].index(first)].examples[0][0]
     assert browser.evaluate("location.pathname").endswith(f"/images/{image}.html")
@@ -139,6 +153,9 @@ def test_pages_search_and_unit_example_navigation_in_chromium(built, browser):
     assert browser.evaluate("location.pathname").endswith("/" + page)
 
     loads.append(_timed_open(browser, (site / "heads" / "L3H1.html").as_uri()))
+    _wait(browser, "Array.from(document.querySelectorAll('.ex img.map')).slice(0, 3).every(function (i) {"
+                   " return i.complete && i.naturalWidth === 8; })")  # heatmaps (8 × 8 patches) over the images
+    assert browser.evaluate("document.querySelectorAll('.ex img.map').length") == 16
     _key(browser, "ArrowRight", "ArrowRight", 39)
     assert browser.evaluate("location.pathname").endswith("/heads/L3H2.html")
     _key(browser, "ArrowLeft", "ArrowLeft", 37)

@@ -189,6 +189,7 @@ def _figures(examples: list[tuple[int, float]], maps: list[Optional[bytes]], pic
             figures.append(f"<figure><figcaption>{escape(caption)}</figcaption></figure>")
             continue
         src = f"../img/image_{index}.png"
+        caption += "" if png is not None else " (flat map: nothing to show per patch)"
         overlay = f"<img class='map' src='{_data_uri(png)}' alt='map'>" if png is not None else ""
         figures.append(f"<figure><a class='example' href='../images/{index}.html'><div class='pair'>"
                        f"<div class='ex'><img loading='lazy' src='{src}' alt='{escape(caption)}'></div>"
