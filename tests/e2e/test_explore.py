@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import type_checks_off
+
 from e2e.devtools import CHROMIUM, chromium, console_errors, open_page
 from vit_lens_clip.app.cli import main
 from vit_lens_clip.app.explore import build_site_data
