@@ -48,7 +48,7 @@ from vit_lens_clip.distributed.collection import read_collection_info
 from vit_lens_clip.errors import BadInputError
 from vit_lens_clip.loading import LoadedCLIP, load_clip
 from vit_lens_clip.methods.examples import HeadUnit, HookFeatures, HookUnit, TopExamples, Unit, principal_directions
-from vit_lens_clip.methods.neurons.effects import NeuronEffects, collect_second_order
+from vit_lens_clip.methods.neurons.effects import NeuronEffects, collect_layers
 from vit_lens_clip.methods.sae.explain import direct_effect_directions
 from vit_lens_clip.methods.sae.sae import SparseAutoencoder
 from vit_lens_clip.methods.spatial.heatmaps import joint_map
@@ -87,6 +87,21 @@ def residual_direct_effect(model, directions: Float[Tensor, "n d_model"]) -> Flo
     LayerNorm's σ set to 1 (its scale varies per image; the direction does not)."""
     d = directions.double()
     return ((d - d.mean(-1, keepdim=True)) * model.ln_final.w.double()) @ model.W_proj.double()
+
+
+class _Images(dict):
+    """Dataset images by index, each read (or rendered) once however many units keep it."""
+
+    def __init__(self, dataset: Dataset):
+        super().__init__()
+        self.dataset = dataset
+
+    def __missing__(self, index: int) -> Tensor:
+        self[index] = image = self.dataset[index]["image"]
+        return image
+
+    def stack(self, indices: Sequence[int], like: Tensor) -> Tensor:
+        return torch.stack([self[j] for j in indices]).to(like.device, like.dtype)
 
 
 @dataclass
@@ -165,7 +180,7 @@ def _collected(stored: StoredParts, loaded: LoadedCLIP, identity: dict, units: O
 
 
 @torch.no_grad()
-def _maps_in_one_pass(loaded: LoadedCLIP, dataset: Dataset, groups: list[_Group], indices: Tensor,
+def _maps_in_one_pass(loaded: LoadedCLIP, dataset: _Images, groups: list[_Group], indices: Tensor,
                       batch: int = 64, progress: bool = False) -> Tensor:
     """Maps [rows, k, grid_h, grid_w] of every collected example (rows of ``indices`` [rows, k], dataset
     indices): one forward per batch of the kept images only, caching just the groups' hooks."""
@@ -176,7 +191,7 @@ def _maps_in_one_pass(loaded: LoadedCLIP, dataset: Dataset, groups: list[_Group]
     hooks = {g.unit.hook for g in groups}
     for start in tqdm(range(0, len(wanted), batch), desc="maps of the kept images", disable=not progress):
         chunk = wanted[start:start + batch]
-        images = torch.stack([dataset[j]["image"] for j in chunk]).to(model.W_proj.device, model.W_proj.dtype)
+        images = dataset.stack(chunk, model.W_proj)
         _, cache = model.run_with_cache(images, names_filter=lambda n: n in hooks)
         position = torch.full((int(indices.max()) + 1,), -1, dtype=torch.long)
         position[torch.tensor(chunk)] = torch.arange(len(chunk))
@@ -189,35 +204,40 @@ def _maps_in_one_pass(loaded: LoadedCLIP, dataset: Dataset, groups: list[_Group]
     return maps
 
 
-def _neuron_effects(loaded: LoadedCLIP, dataset: Dataset, group: _Group, indices: Tensor, layers: Sequence[int],
-                    n_heads: int) -> tuple[Tensor, list[list[tuple[str, str]]]]:
-    """Each neuron's second-order effect averaged over its own top images [m, D], and the later heads that carry
-    it (mean |s_{j,h,n}|·‖U_{j,h,n}‖ over those images, the three largest), from one pass over those images."""
+def _neuron_effects(loaded: LoadedCLIP, dataset: _Images, groups: list[_Group], indices: Tensor,
+                    layers: Sequence[int], n_heads: int) -> dict[int, tuple[Tensor, list[list[tuple[str, str]]]]]:
+    """Per neuron group (by its position in ``groups``): each neuron's second-order effect averaged over its own
+    top images [m, D], and the later heads that carry it (mean |s_{j,h,n}|·‖U_{j,h,n}‖ over those images, the
+    three largest); one pass (``collect_layers``) over the union of those images for every layer at once."""
     model = loaded.model
-    layer = int(NEURON_HOOK.match(group.unit.hook).group(1))
-    kept = indices[torch.tensor(group.rows)]  # [m, k]
-    wanted = sorted(set(kept.flatten().tolist()))
-    images = torch.stack([dataset[j]["image"] for j in wanted]).to(model.W_proj.device, model.W_proj.dtype)
-    stats = collect_second_order(model, images, layer)
-    effects = NeuronEffects(model, stats)
+    if not groups:
+        return {}
+    layer_of = [int(NEURON_HOOK.match(g.unit.hook).group(1)) for g in groups]
+    wanted = sorted(set(indices[torch.tensor([r for g in groups for r in g.rows])].flatten().tolist()))
+    all_stats = collect_layers(model, dataset.stack(wanted, model.W_proj), sorted(set(layer_of)))
     position = {j: i for i, j in enumerate(wanted)}
-    rows = torch.tensor([[position[j] for j in r] for r in kept.tolist()]).T  # [k, m]
-    neurons = torch.tensor([int(n.split("N")[1]) for n in group.unit.names])
-    phi = effects.effects_at(rows, neurons).mean(0)  # [m, D]
-    s = stats.s[rows[..., None, None], torch.arange(stats.s.shape[1])[:, None], torch.arange(stats.s.shape[2]),
-                neurons[:, None, None]].abs().mean(0)  # [m, J, H]
-    weight = s * effects.U[:, :, neurons].norm(dim=-1).permute(2, 0, 1)  # [m, J, H]
-    related = []
-    for m in range(len(neurons)):
-        top = torch.topk(weight[m].flatten(), k=min(3, weight[m].numel()))
-        links = []
-        for v, flat in zip(top.values.tolist(), top.indices.tolist()):
-            j, h = divmod(flat, weight.shape[2])
-            later = stats.later[j]
-            if later in layers and h < n_heads:
-                links.append((f"L{later}H{h}", f"carries it (mean |s|·‖U‖ {v:.3g})"))
-        related.append(links)
-    return phi.float(), related
+    out = {}
+    for g_index, (group, layer) in enumerate(zip(groups, layer_of)):
+        stats = all_stats[layer]
+        effects = NeuronEffects(model, stats)
+        kept = indices[torch.tensor(group.rows)]  # [m, k]
+        rows = torch.tensor([[position[j] for j in r] for r in kept.tolist()]).T  # [k, m]
+        neurons = torch.tensor([int(n.split("N")[1]) for n in group.unit.names])
+        phi = effects.effects_at(rows, neurons).mean(0)  # [m, D]
+        s = stats.s[rows[..., None, None], torch.arange(stats.s.shape[1])[:, None], torch.arange(stats.s.shape[2]),
+                    neurons[:, None, None]].abs().mean(0)  # [m, J, H]
+        weight = s * effects.U[:, :, neurons].norm(dim=-1).permute(2, 0, 1)  # [m, J, H]
+        top = torch.topk(weight.flatten(1), k=min(3, weight[0].numel()))
+        related = []
+        for values, flats in zip(top.values.tolist(), top.indices.tolist()):
+            links = []
+            for v, flat in zip(values, flats):
+                j, h = divmod(flat, weight.shape[2])
+                if stats.later[j] in layers and h < n_heads:
+                    links.append((f"L{stats.later[j]}H{h}", f"carries it (mean |s|·‖U‖ {v:.3g})"))
+            related.append(links)
+        out[g_index] = (phi.float(), related)
+    return out
 
 
 def build_site_data(source: str | Path, loaded: Optional[LoadedCLIP] = None, examples: int = 8,
@@ -259,7 +279,8 @@ def build_site_data(source: str | Path, loaded: Optional[LoadedCLIP] = None, exa
     for start in range(0, n, 1024):  # streamed over the stored rows, as a collection would feed it
         reducer.add(reducer.head_scores(heads[start:start + 1024], layers), contributions.indices[start:start + 1024])
     kept = reducer.result()
-    dataset = reopen_dataset(str(identity.get("dataset", "")), loaded.preprocess)
+    reopened = reopen_dataset(str(identity.get("dataset", "")), loaded.preprocess)
+    dataset = _Images(reopened) if reopened is not None else None
 
     def nearest(effect: Optional[Tensor], k: int = 5) -> list[tuple[str, float]]:
         if effect is None or not float(effect.norm()):
@@ -276,7 +297,7 @@ def build_site_data(source: str | Path, loaded: Optional[LoadedCLIP] = None, exa
         low = list(zip(kept["bottom_indices"][u].tolist(), kept["bottom_scores"][u].tolist())) if bottom else []
         maps: list[Optional[Tensor]] = [None] * (len(top) + len(low))
         if dataset is not None and top + low:
-            images = torch.stack([dataset[j]["image"] for j, _ in top + low]).to(model.W_proj.device, model.W_proj.dtype)
+            images = dataset.stack([j for j, _ in top + low], model.W_proj)
             maps = list(joint_map(model, images, unit.layer, h, unit.direction.to(images)).float().cpu())
         row = table.rows.get((unit.layer, h)) if table is not None else None
         descriptions = []
@@ -298,10 +319,12 @@ def build_site_data(source: str | Path, loaded: Optional[LoadedCLIP] = None, exa
         groups, ex = _collected(stored, loaded, identity, units, layers)
         indices, scores = ex["top_indices"][:, :examples], ex["top_scores"][:, :examples]
         maps = _maps_in_one_pass(loaded, dataset, groups, indices, progress=progress) if dataset is not None else None
+        neuron_groups = [g for g in groups if g.kind == "neuron"] if dataset is not None else []
+        neurons = _neuron_effects(loaded, dataset, neuron_groups, indices, layers, n_heads)
         for g in groups:
             related: list[list[tuple[str, str]]] = [[] for _ in g.rows]
             if g.kind == "neuron" and dataset is not None:
-                group_effects, related = _neuron_effects(loaded, dataset, g, indices, layers, n_heads)
+                group_effects, related = neurons[neuron_groups.index(g)]
             elif g.kind == "feature":
                 group_effects = direct_effect_directions(model, g.unit.source).float().cpu()
             elif isinstance(g.unit, HookUnit) and g.unit.hook.endswith("resid_post") and \
@@ -342,7 +365,7 @@ def build_site_data(source: str | Path, loaded: Optional[LoadedCLIP] = None, exa
         shown |= set(contributions.indices.tolist())
     pictures = {}
     if dataset is not None:
-        pictures = {j: image_png(_display(loaded.preprocess, dataset[j]["image"].float())) for j in sorted(shown)}
+        pictures = {j: image_png(_display(loaded.preprocess, dataset[j].float())) for j in sorted(shown)}
     data = SiteData(
         title=f"{identity.get('model', loaded.key)} on {identity.get('dataset', '?')}",
         n_images=n, layers=layers, n_heads=n_heads, units=views, pool=pool, pool_embeddings=pool_unit,
