@@ -103,7 +103,7 @@ def _cmd_neurons(args: argparse.Namespace) -> None:
 
 
 def _cmd_explore(args: argparse.Namespace) -> None:
-    from vit_lens_clip.app.explore import run_explore_command
+    from vit_lens_clip.app.explore_serve import run_explore_command  # the static site, then the live mode if asked
 
     run_explore_command(args)
 

@@ -55,7 +55,7 @@ from vit_lens_clip.methods.spatial.heatmaps import joint_map
 from vit_lens_clip.methods.textspan.pools import embed_texts_cached, load_pool
 from vit_lens_clip.viz.explorer import SiteData, UnitView, image_png, map_png, write_site
 
-__all__ = ["ExploreContext", "build_site_data", "reopen_dataset", "residual_direct_effect", "run_explore_command"]
+__all__ = ["ExploreContext", "build_explore_command", "build_site_data", "reopen_dataset", "residual_direct_effect"]
 
 NEURON_HOOK = re.compile(r"blocks\.(\d+)\.mlp\.")
 
@@ -399,7 +399,8 @@ def _queries(spec: Optional[str]) -> list[str]:
     return [t.strip() for t in lines if t.strip()]
 
 
-def run_explore_command(args: argparse.Namespace) -> Path:
+def build_explore_command(args: argparse.Namespace) -> tuple[Path, ExploreContext]:
+    """The ``explore`` command's static site; returns its folder and the live mode's context."""
     torch.manual_seed(0)
     start = time.perf_counter()
     context: list[ExploreContext] = []
@@ -412,8 +413,4 @@ def run_explore_command(args: argparse.Namespace) -> Path:
         kinds = {k: sum(v.kind == k for v in data.units) for k in ("head", "neuron", "feature", "unit")}
         print(f"explorer site of {', '.join(f'{c} {k}s' for k, c in kinds.items() if c)} ({data.n_images} images) "
               f"in {out}/index.html ({time.perf_counter() - start:.1f} s)")
-    if getattr(args, "serve", None) is not None:
-        from vit_lens_clip.app.explore_serve import serve  # the live mode only
-
-        serve(context[0], out, args.serve, quiet=args.quiet)
-    return out
+    return out, context[0]

@@ -16,6 +16,7 @@ It listens on 127.0.0.1 only.
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import threading
@@ -26,11 +27,11 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from vit_lens_clip.app.explore import ExploreContext, _display
+from vit_lens_clip.app.explore import ExploreContext, _display, build_explore_command
 from vit_lens_clip.errors import BadInputError
 from vit_lens_clip.viz.explorer import overlay_png, rank_units
 
-__all__ = ["make_server", "serve"]
+__all__ = ["make_server", "run_explore_command", "serve"]
 
 MAX_UPLOAD = 32 * 2**20  # bytes of a dropped image
 
@@ -114,3 +115,11 @@ def serve(context: ExploreContext, site: str | Path, port: int, quiet: bool = Fa
         pass
     finally:
         server.server_close()
+
+
+def run_explore_command(args: argparse.Namespace) -> Path:
+    """``vit-lens-clip explore``: build the site; with ``--serve``, then serve it live until Ctrl-C."""
+    out, context = build_explore_command(args)
+    if args.serve is not None:
+        serve(context, out, args.serve, quiet=args.quiet)
+    return out

@@ -92,6 +92,8 @@ def _write(ctx: ReportContext) -> None:
     intro = (f"Model **{ctx.loaded.name}** ({cfg.n_layers} layers, {cfg.n_heads} heads, width {cfg.d_model}, "
              f"{cfg.n_ctx} tokens). Parts are folded through the final LayerNorm (equal-share convention) and "
              f"divided by the embedding norm. Wall time {ctx.timings['total']:.0f} s.\n\n"
+             "More: every head, neuron and SAE feature with its dataset examples, maps, texts and a search, in the "
+             "explorer: `vit-lens-clip explore COLLECTION --out SITE` (docs/explorer.md).\n\n"
              + provenance_markdown(ctx.numbers["provenance"]))
     head = [("About this report", intro), ("Skipped sections", _skipped_markdown(ctx.numbers["skipped_sections"]))]
     page = figures_to_html(head + ctx.page, title=f"vit_lens_clip report: {ctx.loaded.name}")

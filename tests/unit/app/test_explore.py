@@ -15,6 +15,9 @@ def test_explore_is_a_command_with_its_options():
     args = build_parser().parse_args(["explore", "folder", "--out", "site", "--examples", "4"])
     assert (args.source, args.out, args.examples, args.textspan_k, args.pool) == ("folder", "site", 4, 3, "descriptions")
     assert not args.bottom and build_parser().parse_args(["explore", "folder", "--out", "site", "--bottom"]).bottom
+    assert args.serve is None
+    assert build_parser().parse_args(["explore", "folder", "--out", "site", "--serve"]).serve == 8765
+    assert build_parser().parse_args(["explore", "folder", "--out", "site", "--serve", "9001"]).serve == 9001
     parser = argparse.ArgumentParser()
     add_explore_arguments(parser)
     with pytest.raises(SystemExit):
