@@ -227,8 +227,12 @@ def _unit_page(data: SiteData, u: int, previous: Optional[str], following: Optio
         + _figures(view.examples, view.maps, data.pictures))
     bottom = RawHTML("<p>Images with the lowest score, lowest first.</p>"
                      + _figures(view.bottom, view.bottom_maps, data.pictures))
-    effect = (f"<p>‖direct effect‖ = {view.effect_norm:.4g} (in the space of the stored parts).</p>"
-              if view.effect_norm is not None else "<p>No direct effect is known for this unit.</p>")
+    scale = {"head": "the mean of its parts of y/‖y‖ over the images",
+             "neuron": "its second-order effect in the space of 100·y/‖y‖, averaged over its examples",
+             "feature": "per unit of pooled activation, the final LayerNorm's σ set to 1",
+             "unit": "per unit along its direction, the final LayerNorm's σ set to 1"}[view.kind]
+    effect = (f"<p>‖direct effect‖ = {view.effect_norm:.4g} ({scale}); the search ranks units by its cosine "
+              "with the query.</p>" if view.effect_norm is not None else "<p>No direct effect is known for this unit.</p>")
     related = [[RawHTML(f"<a class='related' href='../{escape(pages[name])}'>{escape(name)}</a>"), why]
                for name, why in view.related if name in pages]
     drop = (f"<div id='drop' data-unit='{escape(view.name)}' style='display:none'><span>Live mode: drop an image "
