@@ -8,9 +8,11 @@ import torch
 from conftest import tiny_clip
 
 from vit_lens_clip.app.cli import build_parser
-from vit_lens_clip.app.collect import plan_from_args, textspan_from_collection
+from vit_lens_clip.app.collect import example_units, plan_from_args, textspan_from_collection
 from vit_lens_clip.decompose.parts import decompose
 from vit_lens_clip.distributed.collection import CollectionPlan, collect_on_rank
+from vit_lens_clip.errors import BadInputError
+from vit_lens_clip.loading import load_clip
 from vit_lens_clip.methods.textspan.algorithm import text_span
 from vit_lens_clip.model.hooked_vit import HookedViT
 
@@ -57,3 +59,29 @@ def test_textspan_from_a_folder_equals_textspan_in_memory(tmp_path):
     assert sorted(rows) == [(2, h) for h in range(4)]
     for h in range(4):
         assert list(rows[(2, h)].indices) == list(expected[h].indices)
+
+
+def test_example_units_from_the_command_line():
+    """--example-units: every kept head, every neuron of the named layers (hook_post itself), the shipped SAE's
+    features (encoded by the SAE); anything else refused in one line."""
+    model = load_clip().model
+    units = example_units(model, "heads,neurons:3:-2,sae", [4, 5])
+    assert [u.name for u in units[:8]] == [f"L{l}H{h}" for l in (4, 5) for h in range(4)]
+    neurons = units[8:10]
+    assert [u.hook for u in neurons] == ["blocks.3.mlp.hook_post", "blocks.4.mlp.hook_post"] and neurons[0].encode is None
+    assert neurons[1].names[:2] == ("L4N0", "L4N1") and len(neurons[1].names) == model.cfg.d_mlp
+    sae = units[10]
+    assert sae.hook == "blocks.4.hook_resid_post" and len(sae.names) == 1024 and sae.source is not None
+    x = torch.randn(2, 5, model.cfg.d_model)
+    torch.testing.assert_close(sae.scores(x), sae.source.encode(x).amax(1))
+    for spec, message in (("bogus", "unknown unit kind"), ("neurons:9", "outside the model"), ("neurons:", "name the layers"),
+                          ("neurons:a", "layer numbers"), ("", "names no units")):
+        with pytest.raises(BadInputError, match=message) as e:
+            example_units(model, spec, [4, 5])
+        assert "\n" not in str(e.value)
+    args = build_parser().parse_args(["collect", "--data", "shapes:4", "--out", "x", "--examples", "3",
+                                      "--example-units", "sae"])
+    plan = plan_from_args(args, 6, False)
+    assert (plan.examples, plan.example_units) == (3, "sae") and plan.identity()["examples"] == 3
+    assert "examples" not in plan_from_args(build_parser().parse_args(["collect", "--data", "s", "--out", "x"]), 6,
+                                            False).identity()  # folders collected without examples keep their identity
