@@ -18,6 +18,13 @@ def _positive(text: str) -> int:
     return value
 
 
+def _port(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a TCP port is 1 to 65535, got {value}")
+    return value
+
+
 def add_explore_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", metavar="DIR", help="a collection folder (collect --parts heads,embed,means ...)")
     p.add_argument("--out", required=True, help="folder of the site (index.html, heads/L{l}H{h}.html, neurons/, "
@@ -31,7 +38,7 @@ def add_explore_arguments(p: argparse.ArgumentParser) -> None:
                         "and its search shows the found heads' top images along the query (0: never)")
     p.add_argument("--queries", default=None,
                    help="more texts the offline search knows besides the pool: a file (one a line) or 'a;b;c'")
-    p.add_argument("--serve", type=int, default=None, metavar="PORT", nargs="?", const=8765,
+    p.add_argument("--serve", type=_port, default=None, metavar="PORT", nargs="?", const=8765,
                    help="after building, serve the site on http://127.0.0.1:PORT (default 8765) with a live mode: "
                         "search by any text, and a unit's map of an image dropped on its page (Ctrl-C stops)")
     p.add_argument("--device", default="cpu")

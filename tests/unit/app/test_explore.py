@@ -29,6 +29,8 @@ def test_explore_is_a_command_with_its_options():
     add_explore_arguments(parser)
     with pytest.raises(SystemExit):
         parser.parse_args(["folder", "--out", "site", "--examples", "0"])
+    with pytest.raises(SystemExit):
+        parser.parse_args(["folder", "--out", "site", "--serve", "70000"])
 
 
 def test_reopen_dataset_rerenders_shapes_and_rereads_folders(tmp_path):
