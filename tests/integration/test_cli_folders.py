@@ -9,6 +9,7 @@ import io
 import json
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,12 +18,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
 import vit_lens_clip
 from vit_lens_clip.app.cli import main
 from vit_lens_clip.datasets.folder import ImageFolder
+from vit_lens_clip.errors import CorruptFileError
 
 SOURCE = Path(vit_lens_clip.__file__).resolve().parents[1]  # the package under test, also in subprocesses
 
@@ -313,55 +316,188 @@ def test_scores_that_cannot_fit_in_memory_are_refused_in_one_line(tmp_path):
 
 # ------------------------------------------------------------------------------------------ the report's folder
 
+SECTIONS_BUT_TEXTSPAN = ["ablation", "completeness", "heatmaps", "segmentation", "spurious", "attention", "neurons",
+                         "sae"]
 
-def test_a_report_record_listing_paths_outside_the_folder_deletes_nothing(tmp_path):
-    """The record's names were joined to the folder and unlinked: `../x` deleted a file outside --out."""
-    from vit_lens_clip.app.run_folder import RECORD, prepare_report_folder
-    from vit_lens_clip.errors import OutputFolderError
 
-    out = tmp_path / "report"
+def report_argv(out: Path, pool: Path, *extra: str, skip: tuple[str, ...] = ()) -> list[str]:
+    """The smallest report that writes every kind of file (page, results, textspan.*): 4 scenes, 1 layer."""
+    return ["report", "--out", str(out), "--n-images", "4", "--batch-size", "4", "--texts", str(pool), "--k", "2",
+            "--last-layers", "1", "--quiet", "--skip", *SECTIONS_BUT_TEXTSPAN, *skip, *extra]
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("pool") / "pool.txt"
+    path.write_text("a red circle\na blue square\na green star\na small bird\na tall tree\nwater\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def previous_report(tmp_path_factory, pool) -> Path:
+    """A finished small report (made once; each test reruns into its own copy)."""
+    out = tmp_path_factory.mktemp("previous") / "r"
+    assert main(report_argv(out, pool)) == 0
+    return out
+
+
+@pytest.fixture
+def rerun_folder(tmp_path, previous_report) -> Path:
+    return Path(shutil.copytree(previous_report, tmp_path / "r", symlinks=True))
+
+
+def snapshot(out: Path) -> dict[str, bytes]:
+    """Every file of a report folder (its record too) but the lock, and every path below it."""
+    return {str(p.relative_to(out)): (p.read_bytes() if p.is_file() else b"<dir>") for p in sorted(out.rglob("*"))
+            if not p.name.startswith(".vit_lens_clip.lock")}
+
+
+def test_a_failed_or_interrupted_rerun_leaves_the_previous_report_intact(rerun_folder, capsys, monkeypatch, pool):
+    """`report --out D --overwrite` with a model that fails to load, or a rerun stopped by Ctrl-C after its
+    sections, left D empty: the previous report was removed before the new one existed."""
+    import vit_lens_clip.app.report as report
+
+    out = rerun_folder
+    before = snapshot(out)
+    assert {"report.html", "results.json", "results.csv", "textspan.md"} <= set(before)
+
+    def unloadable(*args, **kwargs):
+        raise CorruptFileError("weights.safetensors holds NaN")
+
+    with monkeypatch.context() as m:
+        m.setattr(report, "load_clip", unloadable)
+        status, lines = cli(capsys, *report_argv(out, pool, "--overwrite", "--k", "3"))
+    assert status == 2 and lines == ["vit-lens-clip report: error: weights.safetensors holds NaN"], lines
+    assert snapshot(out) == before
+
+    def interrupted(ctx):
+        (ctx.out / "report.html").write_text("half a page")
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(report, "_write", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            main(report_argv(out, pool))
+    assert snapshot(out) == before
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL: the run stops where it is and none of its own clean-up runs."""
+
+
+def killed_report(monkeypatch, argv: list[str]) -> None:
+    """`vit-lens-clip ARGV`, killed once every section has run (TextSpan's files written), before the page is
+    written: nothing of the report's clean-up runs, the kernel only drops the folder's lock (a forked or spawned
+    process would do the same at the cost of a deadlock risk or the imports; app/run_folder's unit test kills real
+    processes at every step of the commit)."""
+    import vit_lens_clip.app.report as report
+    from vit_lens_clip.app import run_folder
+
+    def die(ctx):
+        raise Killed
+
+    def only_the_kernel(self, *exc):
+        if getattr(self, "_lock", None) is not None:
+            self._lock.release()
+
+    with monkeypatch.context() as m:
+        m.setattr(report, "_write", die)
+        if hasattr(run_folder, "ReportFolder"):
+            m.setattr(run_folder.ReportFolder, "__exit__", only_the_kernel)
+        with pytest.raises(Killed):
+            main(argv)
+
+
+def test_a_killed_rerun_then_skip_textspan_leaves_one_whole_report_and_nothing_stale(rerun_folder, capsys,
+                                                                                      monkeypatch, pool):
+    """A report killed after its TextSpan section, then `report --overwrite --skip textspan`: the killed run's
+    textspan.* stayed beside the new report, counted as the user's files."""
+    out = rerun_folder
+    (out / "notes.txt").write_text("mine")
+    before = snapshot(out)
+    killed_report(monkeypatch, report_argv(out, pool, "--k", "3", "--overwrite"))
+    assert {k: v for k, v in snapshot(out).items() if not k.startswith(".vit_lens_clip-staging-")} == before
+    # the killed run's lock does not block, its staging folder is removed, the old textspan.* do not survive
+    status, lines = cli(capsys, *report_argv(out, pool, "--overwrite", skip=("textspan",)))
+    assert status == 0, lines
+    names = sorted(p.name for p in out.iterdir() if p.name != ".vit_lens_clip.lock")
+    assert names == [".vit_lens_clip_report.json", "notes.txt", "report.html", "results.csv", "results.json"]
+    record = json.loads((out / ".vit_lens_clip_report.json").read_text())
+    assert record["files"] == ["report.html", "results.csv", "results.json"] and "committing" not in record
+    assert json.loads((out / "results.json").read_text())["skipped_sections"]["textspan"] == "--skip"
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_a_full_disk_during_a_rerun_is_one_line_and_keeps_the_previous_report(rerun_folder, capsys, monkeypatch,
+                                                                                 pool):
+    """A full disk while the page was written: a traceback and a truncated report.html in place of the old one."""
+    import vit_lens_clip.app.report as report
+
+    out = rerun_folder
+    before = snapshot(out)
+
+    def full(path, *args, **kwargs):  # report.html and results.json are written; results.csv meets a full disk
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(report, "open", full, raising=False)
+    status, lines = cli(capsys, *report_argv(out, pool))
+    assert status == 2 and len(lines) == 1 and "no space left on the device" in lines[0], lines
+    assert snapshot(out) == before
+
+
+def test_the_users_files_are_replaced_only_with_overwrite_and_named(tmp_path, capsys, pool):
+    """`report --out B --overwrite` overwrote the user's report.html and results.csv although the refusal message
+    said "your files there are kept"."""
+    out = tmp_path / "b"
     out.mkdir()
-    outside = tmp_path / "precious.txt"
-    outside.write_text("keep me")
-    settings = {"k": 10}
-    (out / RECORD).write_text(json.dumps({"settings": settings, "files": ["report.html", "../precious.txt"]}))
-    (out / "report.html").write_text("previous")
-    try:
-        prepare_report_folder(out, settings)
-        refused = False
-    except OutputFolderError as e:
-        refused = "../precious.txt" in str(e)
-    assert refused and outside.read_text() == "keep me" and (out / "report.html").read_text() == "previous"
+    mine = {"report.html": "my page", "results.csv": "my table", "thesis.tex": "my thesis"}
+    for name, text in mine.items():
+        (out / name).write_text(text)
+    status, lines = cli(capsys, *report_argv(out, pool))
+    assert status == 2 and len(lines) == 1, lines
+    assert "would replace your report.html, results.csv;" in lines[0] and "thesis.tex" not in lines[0], lines[0]
+    assert {n: (out / n).read_text() for n in mine} == mine and not any(out.glob(".vit_lens_clip-staging-*"))
+    assert cli(capsys, *report_argv(out, pool, "--overwrite"))[0] == 0
+    assert (out / "thesis.tex").read_text() == "my thesis" and "<html" in (out / "report.html").read_text().lower()
+    assert json.loads((out / ".vit_lens_clip_report.json").read_text())["files"] == [
+        "report.html", "results.csv", "results.json", "textspan.html", "textspan.json", "textspan.md"]
 
 
-def test_a_symlinked_report_html_is_never_written_through(tmp_path):
-    """`--overwrite` onto a folder whose report.html links elsewhere: the report would overwrite the target."""
-    from vit_lens_clip.app.run_folder import prepare_report_folder
-    from vit_lens_clip.errors import OutputFolderError
+def test_a_second_report_on_the_same_folder_is_refused_in_one_line(tmp_path, capsys, pool):
+    from vit_lens_clip.app.folder_lock import FolderLock
 
-    out = tmp_path / "report"
-    out.mkdir()
-    target = tmp_path / "elsewhere.html"
-    target.write_text("keep me")
-    (out / "report.html").symlink_to("../elsewhere.html")
-    try:
-        prepare_report_folder(out, {"k": 10}, overwrite=True)
-        refused = False
-    except OutputFolderError as e:
-        refused = "symlink" in str(e)
-    assert refused and target.read_text() == "keep me"
+    out = tmp_path / "r"
+    with FolderLock(out, "--out"):  # another process's report, writing there now
+        status, lines = cli(capsys, *report_argv(out, pool))
+    assert status == 2 and len(lines) == 1 and "being written by another process" in lines[0], lines
+    assert not (out / "report.html").exists()
 
 
-def test_the_report_record_is_not_written_through_a_symlink(tmp_path):
-    """The record went through `.vit_lens_clip_report.json.tmp` with write_text, following a symlink there."""
-    from vit_lens_clip.app.run_folder import RECORD, finish_report_folder, prepare_report_folder
-
-    out = tmp_path / "report"
-    folder, kept = prepare_report_folder(out, {"k": 10})
-    (folder / "report.html").write_text("new")
-    target = tmp_path / "precious.txt"
-    target.write_text("keep me")
-    (folder / (RECORD + ".tmp")).symlink_to("../precious.txt")
-    finish_report_folder(folder, {"k": 10}, kept)
-    assert target.read_text() == "keep me"
-    assert json.loads((folder / RECORD).read_text())["files"] == ["report.html"]
+def test_the_report_never_writes_through_a_symlink_or_trusts_a_linked_record(tmp_path, rerun_folder, capsys, pool):
+    """A symlinked report.html (refused even with --overwrite), a symlink where the report stages its files or
+    its record's temporary (removed as links), a record that is a symlink to elsewhere (not the folder's: its
+    file list would have deleted the user's notes.txt)."""
+    out = rerun_folder
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "x.html").write_text("keep me")
+    (out / "report.html").unlink()
+    (out / "report.html").symlink_to("../precious/x.html")
+    status, lines = cli(capsys, *report_argv(out, pool, "--overwrite"))
+    assert status == 2 and len(lines) == 1 and "report.html is a symlink" in lines[0], lines
+    (out / "report.html").unlink()
+    (out / ".vit_lens_clip-staging-1").symlink_to("../precious")
+    (out / ".vit_lens_clip_report.json.tmp").symlink_to("../precious/x.html")
+    assert cli(capsys, *report_argv(out, pool))[0] == 0
+    assert sorted(p.name for p in precious.iterdir()) == ["x.html"] and (precious / "x.html").read_text() == "keep me"
+    assert not (out / ".vit_lens_clip-staging-1").is_symlink() and "<html" in (out / "report.html").read_text()
+    # a record linked in from elsewhere is not this folder's record
+    record = out / ".vit_lens_clip_report.json"
+    shared = tmp_path / "shared.json"
+    shared.write_text(json.dumps({**json.loads(record.read_text()), "files": ["notes.txt"], "sha256": {}}))
+    record.unlink()
+    record.symlink_to(shared)
+    (out / "notes.txt").write_text("mine")
+    status, lines = cli(capsys, *report_argv(out, pool))
+    assert status == 2 and len(lines) == 1 and "holds no previous report" in lines[0], lines
+    assert (out / "notes.txt").read_text() == "mine"
