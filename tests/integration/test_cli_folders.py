@@ -450,12 +450,13 @@ def test_the_users_files_are_replaced_only_with_overwrite_and_named(tmp_path, ca
     said "your files there are kept"."""
     out = tmp_path / "b"
     out.mkdir()
-    mine = {"report.html": "my page", "results.csv": "my table", "thesis.tex": "my thesis"}
+    mine = {"report.html": "my page", "results.csv": "my table", "textspan.md": "my notes", "thesis.tex": "my thesis"}
     for name, text in mine.items():
         (out / name).write_text(text)
     status, lines = cli(capsys, *report_argv(out, pool))
     assert status == 2 and len(lines) == 1, lines
-    assert "would replace your report.html, results.csv;" in lines[0] and "thesis.tex" not in lines[0], lines[0]
+    assert "would replace your report.html, results.csv, textspan.md;" in lines[0], lines[0]
+    assert "thesis.tex" not in lines[0] and "your other files are kept" in lines[0]
     assert {n: (out / n).read_text() for n in mine} == mine and not any(out.glob(".vit_lens_clip-staging-*"))
     assert cli(capsys, *report_argv(out, pool, "--overwrite"))[0] == 0
     assert (out / "thesis.tex").read_text() == "my thesis" and "<html" in (out / "report.html").read_text().lower()
@@ -501,3 +502,18 @@ def test_the_report_never_writes_through_a_symlink_or_trusts_a_linked_record(tmp
     status, lines = cli(capsys, *report_argv(out, pool))
     assert status == 2 and len(lines) == 1 and "holds no previous report" in lines[0], lines
     assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_a_record_listing_paths_outside_the_folder_deletes_nothing(rerun_folder, tmp_path, capsys, pool):
+    """`"../victim.txt"` (or an absolute path) in the record's file list: a rerun deleted victim.txt."""
+    out = rerun_folder
+    record = out / ".vit_lens_clip_report.json"
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    for listed in ["../victim.txt", str(victim)]:
+        record.write_text(json.dumps({**json.loads(record.read_text()), "files": ["report.html", listed]}))
+        before = snapshot(out)
+        for extra in ((), ("--overwrite",)):
+            status, lines = cli(capsys, *report_argv(out, pool, *extra))
+            assert status == 2 and len(lines) == 1 and repr(listed) in lines[0], lines
+            assert victim.read_text() == "keep me" and snapshot(out) == before

@@ -32,6 +32,7 @@ _DEVICE = re.compile(r"^(cpu|auto|mps|cuda(:\d+)?)$")
 _BUILTIN_POOLS = ("descriptions", "words")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 _TRUE = {"1", "on", "yes", "true"}
+_SAE_CONFIGS = ("cfg.json", "config.json")  # methods/sae/formats.py's SAELENS_CONFIG, PEER_CONFIG (without torch)
 
 # option -> smallest allowed value, per command (None: the option may be left out)
 _MINIMUM: dict[str, dict[str, float]] = {
@@ -214,6 +215,19 @@ def check_file_parent(value: Optional[str], option: str) -> None:
         check_out_folder(str(Path(value).expanduser().parent), f"{option} {value}: its folder")
 
 
+def check_sae_folder(value: Optional[str], option: str = "--sae") -> None:
+    """An SAE folder: a SAELens (``cfg.json``) or peer-library (``config.json``) folder, checked before the report
+    runs its other sections (it was read only when the SAE section's turn came)."""
+    if value is None:
+        return
+    path = Path(value).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(f"{option} {value}: no such folder (give a SAELens or ViT-Prisma SAE folder)")
+    if not any((path / name).is_file() for name in _SAE_CONFIGS):
+        raise BadInputError(f"{option} {value} holds no {' or '.join(_SAE_CONFIGS)}: not a SAELens or ViT-Prisma SAE "
+                            "folder")
+
+
 def check_data(spec: str, option: str = "--data") -> None:
     """``collect --data KIND:ARG``: a known kind and an existing path (shapes:N with N >= 1)."""
     kind, _, arg = spec.partition(":")
@@ -277,6 +291,8 @@ def check_arguments(args: argparse.Namespace) -> None:
         check_text_file(get("classes"), "--classes")
         if "textspan" not in (get("skip") or ()):
             check_text_file(get("texts"), "--texts", _BUILTIN_POOLS)
+        if "sae" not in (get("skip") or ()):
+            check_sae_folder(get("sae"))
         check_out_folder(args.out)
     if command == "segment":
         check_segment_dataset(list(args.dataset))

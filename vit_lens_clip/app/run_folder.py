@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from vit_lens_clip.app.folder_lock import FolderLock, is_lock_file
+from vit_lens_clip.app.preflight import check_sae_folder
 from vit_lens_clip.decompose import checkpoint
 from vit_lens_clip.errors import BadInputError, OutputFolderError
 from vit_lens_clip.integrity import sha256_file
@@ -333,6 +334,8 @@ def check_report_inputs(args: Any) -> None:
             raise BadInputError(f"--classes {classes} is not a UTF-8 text file") from None
         if not lines:
             raise BadInputError(f"--classes {classes} is empty: give one class name per line")
+    if "sae" not in (getattr(args, "skip", None) or ()):
+        check_sae_folder(getattr(args, "sae", None))  # not only when the SAE section's turn comes, after the others
     if getattr(args, "texts", None) and "textspan" not in (getattr(args, "skip", None) or ()):
         try:
             load_pool(args.texts)  # a missing or empty --texts file fails now, not after the decomposition

@@ -47,3 +47,13 @@ def test_output_folders_are_probed_not_created(tmp_path):
         preflight.check_out_folder(str(a_file))
     with pytest.raises(OutputFolderError, match="not a folder"):
         preflight.check_out_folder(str(a_file / "sub"))
+
+
+def test_sae_folders_need_a_config(tmp_path):
+    preflight.check_sae_folder(None)
+    with pytest.raises(FileNotFoundError, match="--sae .*: no such folder"):
+        preflight.check_sae_folder(str(tmp_path / "missing"))
+    with pytest.raises(BadInputError, match="holds no cfg.json or config.json"):
+        preflight.check_sae_folder(str(tmp_path))
+    (tmp_path / "cfg.json").write_text("{}")
+    preflight.check_sae_folder(str(tmp_path))
