@@ -465,7 +465,7 @@ def test_the_users_files_are_replaced_only_with_overwrite_and_named(tmp_path, ca
 
 
 def test_a_second_report_on_the_same_folder_is_refused_in_one_line(tmp_path, capsys, pool):
-    from vit_lens_clip.app.folder_lock import FolderLock
+    from vit_lens_clip.decompose.folder_lock import FolderLock
 
     out = tmp_path / "r"
     with FolderLock(out, "--out"):  # another process's report, writing there now
@@ -517,3 +517,59 @@ def test_a_record_listing_paths_outside_the_folder_deletes_nothing(rerun_folder,
             status, lines = cli(capsys, *report_argv(out, pool, *extra))
             assert status == 2 and len(lines) == 1 and repr(listed) in lines[0], lines
             assert victim.read_text() == "keep me" and snapshot(out) == before
+
+
+# ------------------------------------------------------------------------------------------ textspan, collect_on_rank
+
+
+def test_textspan_out_is_locked_and_never_written_through(tmp_path, capsys, pool):
+    """`textspan --out O` had no lock, and wrote textspan.* with plain writes: through a symlink O/textspan.md."""
+    from unit.decompose.test_folder_lock import hold_in_another_process, kill
+
+    source, out = tmp_path / "c", tmp_path / "o"
+    assert cli(capsys, "collect", "--data", "shapes:4", "--out", str(source), "--parts", "heads,embed",
+               "--last-layers", "1", "--batch-size", "4", "--quiet")[0] == 0
+    argv = ["textspan", "--from", str(source), "--out", str(out), "--pool", str(pool), "--k", "2"]
+    holder = hold_in_another_process(out)
+    try:
+        status, lines = cli(capsys, *argv)
+        assert status == 2 and len(lines) == 1 and "being written by another process" in lines[0], lines
+        assert sorted(p.name for p in out.iterdir()) == [".vit_lens_clip.lock"]
+    finally:
+        kill(holder)  # its lock goes with it
+    target = tmp_path / "precious.md"
+    target.write_text("keep me")
+    (out / "textspan.md").symlink_to("../precious.md")
+    (out / ".vit_lens_clip-staging-1").mkdir()  # left by a killed run
+    assert cli(capsys, *argv)[0] == 0
+    assert target.read_text() == "keep me" and not (out / "textspan.md").is_symlink()
+    assert sorted(p.name for p in out.iterdir()) == [".vit_lens_clip.lock", "textspan.html", "textspan.json",
+                                                     "textspan.md"]
+    assert "## L5.H0" in (out / "textspan.md").read_text()
+
+
+def test_collect_on_rank_called_from_python_is_locked(tmp_path):
+    """The library function under `collect` took no lock: two Python processes could write one folder at once."""
+    from unit.decompose.test_folder_lock import hold_in_another_process, kill
+
+    from vit_lens_clip.datasets.folder import TensorImages
+    from vit_lens_clip.decompose.folder_lock import FolderBusyError
+    from vit_lens_clip.distributed.collection import CollectionPlan, collect_on_rank
+    from vit_lens_clip.loading import load_clip
+
+    loaded = load_clip("vit-lens-clip/shapes")
+    images = torch.rand(3, 3, 64, 64) * 0.5
+    data = TensorImages(images)
+    plan, identity, out = CollectionPlan(parts=("heads",), layers=(5,), batch_size=3), {"dataset": "3"}, tmp_path / "c"
+    holder = hold_in_another_process(out)
+    try:
+        try:
+            collect_on_rank(loaded.model, data, out, plan, {**identity, "model": loaded.key}, progress=False)
+            refused = ""
+        except FolderBusyError as e:
+            refused = str(e)
+        assert "being written by another process" in refused and not (out / "collection.json").exists()
+    finally:
+        kill(holder)
+    collect_on_rank(loaded.model, data, out, plan, {**identity, "model": loaded.key}, progress=False)
+    assert json.loads((out / "manifest.json").read_text())["n_images"] == 3

@@ -8,7 +8,7 @@ wrote and their sha256. ``ReportFolder`` is the folder during one run:
    name the report writes, unless ``overwrite`` (the message names every such file); a symlink or a folder at a
    name the report writes (never written through, even with ``overwrite``); a record that lists anything but plain
    file names of the folder (``../x``, ``/etc/x``, ``a/b``: the record is not the package's, nothing is touched).
-2. ``with folder:`` creates the folder, takes its lock (``app/folder_lock.py``), completes a commit that a killed
+2. ``with folder:`` creates the folder, takes its lock (``decompose/folder_lock.py``), completes a commit that a killed
    run left half done (below), removes stale staging folders, checks again, and creates a fresh staging folder
    ``--out/.vit_lens_clip-staging-PID`` (0700, never a symlink) where the run writes every file.
 3. ``commit()`` puts the new report in place: it writes the record of the commit first (atomically: a temporary
@@ -32,11 +32,11 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
-from vit_lens_clip.app.folder_lock import FolderLock, is_lock_file
 from vit_lens_clip.app.preflight import check_sae_folder
 from vit_lens_clip.decompose import checkpoint
+from vit_lens_clip.decompose.folder_lock import FolderLock, is_lock_file
 from vit_lens_clip.errors import BadInputError, OutputFolderError
 from vit_lens_clip.integrity import sha256_file
 from vit_lens_clip.methods.textspan.pools import load_pool
@@ -293,6 +293,29 @@ def _apply_commit(out: Path, record: dict[str, Any]) -> None:
     if staging.exists() or staging.is_symlink():
         _remove(staging)
     boundary("staging removed")
+
+
+def replace_files(out: Path, write: Callable[[Path], object]) -> list[Path]:
+    """Files that ``write(folder)`` writes, put into ``out`` without writing through anything already there: they
+    are written into a fresh staging folder inside ``out``, then renamed over their names one by one
+    (``os.replace``: a symlink at a name is replaced as a link, its target untouched). Staging folders of killed
+    runs are removed first. The caller holds ``out``'s lock (``textspan --out``)."""
+    for entry in out.iterdir():
+        if entry.name.startswith(STAGING_PREFIX):
+            _remove(entry)
+    staging = out / f"{STAGING_PREFIX}{os.getpid()}"
+    os.mkdir(staging, 0o700)
+    try:
+        write(staging)
+        names = sorted(p.name for p in staging.iterdir())
+        odd = [n for n in names if (out / n).is_dir() and not (out / n).is_symlink()]
+        if odd:
+            raise OutputFolderError(f"--out {out}: {odd[0]} is a folder; move it away, or choose another folder")
+        for name in names:
+            os.replace(staging / name, out / name)
+    finally:
+        _remove(staging)
+    return [out / name for name in names]
 
 
 def _remove(path: Path) -> None:

@@ -10,7 +10,6 @@ import shutil
 
 import pytest
 
-from vit_lens_clip.app.folder_lock import FolderBusyError, FolderLock
 from vit_lens_clip.app.run_folder import (
     RECORD,
     REPORT_FILES,
@@ -21,6 +20,7 @@ from vit_lens_clip.app.run_folder import (
     report_settings,
 )
 from vit_lens_clip.decompose import checkpoint
+from vit_lens_clip.decompose.folder_lock import FolderBusyError, FolderLock
 from vit_lens_clip.errors import BadInputError, OutputFolderError
 from vit_lens_clip.integrity import sha256_bytes
 
