@@ -257,9 +257,10 @@ class ReportFolder:
         record = {  # the commit's intent: the next run completes it if this one is killed before the end
             "settings": _normalise(self.settings),
             "files": sorted(set(new) | set(stale)),
-            "sha256": {**{n: _digest(old, n) for n in stale if _digest(old, n)},
+            # (a record of an older version has no digests: its files' present ones, checked to be its files above)
+            "sha256": {**{n: _digest(old, n) or sha256_file(self.out / n) for n in stale},
                        **{n: sha256_file(self.staging / n) for n in new}},
-            "previous_sha256": {n: _digest(old, n) for n in plan.previous if n in new and _digest(old, n)},
+            "previous_sha256": {n: _digest(old, n) or sha256_file(self.out / n) for n in plan.previous if n in new},
             "committing": {"staging": self.staging.name, "files": new, "remove": stale},
         }
         boundary("staged")

@@ -99,6 +99,14 @@ def test_an_edited_report_file_is_the_users(tmp_path):
     assert record(tmp_path)["files"] == sorted(NEW)
 
 
+def test_a_record_without_digests_from_an_older_version_is_replaced_whole(tmp_path):
+    for name, data in OLD.items():
+        (tmp_path / name).write_bytes(data)
+    (tmp_path / RECORD).write_text(json.dumps({"settings": {"k": 1}, "files": sorted(OLD)}))
+    run(tmp_path, {"k": 1}, NEW)
+    assert contents(tmp_path) == NEW and record(tmp_path)["files"] == sorted(NEW)
+
+
 def test_a_failed_rerun_leaves_the_previous_report_and_no_staging(tmp_path):
     run(tmp_path, {"k": 1}, OLD)
     before = (tmp_path / RECORD).read_bytes()
