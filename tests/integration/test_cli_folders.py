@@ -522,13 +522,37 @@ def test_a_record_listing_paths_outside_the_folder_deletes_nothing(rerun_folder,
 # ------------------------------------------------------------------------------------------ textspan, collect_on_rank
 
 
-def test_textspan_out_is_locked_and_never_written_through(tmp_path, capsys, pool):
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory) -> Path:
+    """A small collection: 4 scenes, the heads, embedding and means of the last layer (what report --from reads)."""
+    out = tmp_path_factory.mktemp("collection") / "c"
+    assert main(["collect", "--data", "shapes:4", "--out", str(out), "--parts", "heads,embed,means", "--last-layers", "1",
+                 "--batch-size", "4", "--quiet"]) == 0
+    return out
+
+
+def test_a_shard_with_other_finite_values_is_refused_by_textspan_and_report_from(collection, tmp_path, capsys, pool):
+    """A shard's tensors overwritten with other finite values: `textspan --from C` and `report --from C` exited 0
+    with other picks for every head (the manifest's sha256 was never checked by these readers)."""
+    from safetensors.torch import load_file, save_file
+
+    source = Path(shutil.copytree(collection, tmp_path / "c"))
+    shard = next((source / "ranks").rglob("shard_*.safetensors"))
+    save_file({k: (v + 1 if v.is_floating_point() else v) for k, v in load_file(str(shard)).items()}, str(shard))
+    for argv in (["textspan", "--from", str(source), "--out", str(tmp_path / "o"), "--pool", str(pool), "--k", "2"],
+                 ["report", "--from", str(source), "--out", str(tmp_path / "r"), "--texts", str(pool), "--k", "2",
+                  "--quiet"]):
+        status, lines = cli(capsys, *argv)
+        assert status == 2 and len(lines) == 1, (argv[0], lines)
+        assert str(shard) in lines[0] and "sha256" in lines[0], lines[0]
+    assert not (tmp_path / "r" / "report.html").exists() and not (tmp_path / "o" / "textspan.md").exists()
+
+
+def test_textspan_out_is_locked_and_never_written_through(collection, tmp_path, capsys, pool):
     """`textspan --out O` had no lock, and wrote textspan.* with plain writes: through a symlink O/textspan.md."""
     from unit.decompose.test_folder_lock import hold_in_another_process, kill
 
-    source, out = tmp_path / "c", tmp_path / "o"
-    assert cli(capsys, "collect", "--data", "shapes:4", "--out", str(source), "--parts", "heads,embed",
-               "--last-layers", "1", "--batch-size", "4", "--quiet")[0] == 0
+    source, out = collection, tmp_path / "o"
     argv = ["textspan", "--from", str(source), "--out", str(out), "--pool", str(pool), "--k", "2"]
     holder = hold_in_another_process(out)
     try:
