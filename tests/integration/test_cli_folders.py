@@ -97,27 +97,27 @@ def test_texts_edited_with_the_same_line_count_are_not_the_old_scores(tmp_path, 
 # ------------------------------------------------------------------------------------------ one writer
 
 
-def test_second_collect_on_the_same_folder_is_refused_and_a_killed_run_resumes(tmp_path):
-    """Two `collect --out C` wrote into one folder at once; after a SIGKILL the lock must not block the resume."""
+def test_second_collect_on_the_same_folder_is_refused_and_a_killed_run_resumes(tmp_path, capsys):
+    """Two `collect --out C` wrote into one folder at once; after a SIGKILL the lock must not block the resume. The
+    first collect is a real process, frozen while it writes, then killed; the second and the resume run here."""
     out = tmp_path / "c"
-    argv = [sys.executable, "-m", "vit_lens_clip", "collect", "--data", "shapes:16", "--out", str(out),
-            "--batch-size", "4", "--checkpoint-every", "1", "--quiet"]
-    first = subprocess.Popen(argv, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    argv = ["collect", "--data", "shapes:16", "--out", str(out), "--batch-size", "4", "--checkpoint-every", "1",
+            "--quiet"]
+    first = subprocess.Popen([sys.executable, "-m", "vit_lens_clip", *argv], env=env(), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
         while not (out / "collection.json").is_file():  # the first run is writing: freeze it there
             assert first.poll() is None and time.monotonic() < deadline, "the first collect ended early"
             time.sleep(0.05)
         first.send_signal(signal.SIGSTOP)
-        second = subprocess.run(argv, env=env(), capture_output=True, text=True, timeout=300)
-        lines = second.stderr.strip().splitlines()
-        assert second.returncode == 2 and len(lines) == 1, second.stderr[-3000:]
-        assert "being written by another process" in lines[0]
+        status, lines = cli(capsys, *argv)
+        assert status == 2 and len(lines) == 1, lines
+        assert "being written by another process" in lines[0] and f"pid {first.pid}" in lines[0], lines[0]
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()
-    resumed = subprocess.run(argv, env=env(), capture_output=True, text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert cli(capsys, *argv)[0] == 0
     assert manifest(out)["n_images"] == 16
 
 

@@ -101,6 +101,10 @@ def _read_record(out: Path) -> Optional[dict[str, Any]]:
     if not isinstance(record, dict):
         return None
     _plain_names(out, record.get("files", []), "files")
+    for key in ("sha256", "previous_sha256"):
+        if not isinstance(record.get(key) or {}, dict):
+            raise OutputFolderError(f"{path} is not a report record (its {key} is not a table of digests); nothing "
+                                    "was removed: delete the record or choose another folder")
     committing = record.get("committing")
     if committing is not None:
         staging = committing.get("staging") if isinstance(committing, dict) else None

@@ -120,16 +120,17 @@ def test_a_failed_rerun_leaves_the_previous_report_and_no_staging(tmp_path):
 
 
 def test_a_stale_staging_folder_is_removed_and_a_symlinked_one_is_not_followed(tmp_path):
-    run(tmp_path, {"k": 1}, OLD)
-    (tmp_path / f"{STAGING_PREFIX}999999").mkdir()
-    (tmp_path / f"{STAGING_PREFIX}999999" / "report.html").write_bytes(b"killed run")
-    elsewhere = tmp_path.parent / f"{tmp_path.name}-elsewhere"
+    out = tmp_path / "r"
+    run(out, {"k": 1}, OLD)
+    (out / f"{STAGING_PREFIX}999999").mkdir()
+    (out / f"{STAGING_PREFIX}999999" / "report.html").write_bytes(b"killed run")
+    elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     (elsewhere / "precious").write_text("keep me")
-    (tmp_path / f"{STAGING_PREFIX}888888").symlink_to(elsewhere)
-    run(tmp_path, {"k": 1}, NEW)
-    assert contents(tmp_path) == NEW and (elsewhere / "precious").read_text() == "keep me"
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*NEW, RECORD, ".vit_lens_clip.lock"])
+    (out / f"{STAGING_PREFIX}888888").symlink_to(elsewhere)
+    run(out, {"k": 1}, NEW)
+    assert contents(out) == NEW and (elsewhere / "precious").read_text() == "keep me"
+    assert sorted(p.name for p in out.iterdir()) == sorted([*NEW, RECORD, ".vit_lens_clip.lock"])
 
 
 def test_a_record_naming_files_outside_or_internal_is_refused_untouched(tmp_path):
@@ -139,6 +140,9 @@ def test_a_record_naming_files_outside_or_internal_is_refused_untouched(tmp_path
         with pytest.raises(OutputFolderError, match="not a file of the folder"):
             run(tmp_path, {"k": 1}, NEW)
         assert contents(tmp_path) == OLD
+    (tmp_path / RECORD).write_text(json.dumps({"settings": {"k": 1}, "files": ["report.html"], "sha256": [1]}))
+    with pytest.raises(OutputFolderError, match="not a report record"):
+        run(tmp_path, {"k": 1}, NEW)
     (tmp_path / RECORD).write_text(json.dumps({"settings": {"k": 1}, "files": ["report.html"],
                                                 "committing": {"staging": "../elsewhere", "files": []}}))
     with pytest.raises(OutputFolderError, match="not one of the package's"):
@@ -146,15 +150,17 @@ def test_a_record_naming_files_outside_or_internal_is_refused_untouched(tmp_path
 
 
 def test_symlinks_and_folders_at_report_names_are_refused(tmp_path):
-    target = tmp_path.parent / f"{tmp_path.name}-target.html"
+    out = tmp_path / "r"
+    out.mkdir()
+    target = tmp_path / "target.html"
     target.write_text("keep me")
-    (tmp_path / "report.html").symlink_to(target)
+    (out / "report.html").symlink_to(target)
     with pytest.raises(OutputFolderError, match="report.html is a symlink"):
-        run(tmp_path, {}, NEW, overwrite=True)
-    (tmp_path / "report.html").unlink()
-    (tmp_path / "results.json").mkdir()
+        run(out, {}, NEW, overwrite=True)
+    (out / "report.html").unlink()
+    (out / "results.json").mkdir()
     with pytest.raises(OutputFolderError, match="results.json is a folder"):
-        run(tmp_path, {}, NEW, overwrite=True)
+        run(out, {}, NEW, overwrite=True)
     assert target.read_text() == "keep me"
 
 
