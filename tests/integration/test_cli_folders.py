@@ -597,3 +597,32 @@ def test_collect_on_rank_called_from_python_is_locked(tmp_path):
         kill(holder)
     collect_on_rank(loaded.model, data, out, plan, {**identity, "model": loaded.key}, progress=False)
     assert json.loads((out / "manifest.json").read_text())["n_images"] == 3
+
+
+# ------------------------------------------------------------------------------------------ segment, neurons
+
+
+def test_segment_and_neurons_never_write_through_a_symlink_in_out(tmp_path, capsys):
+    """`segment --out O` and `neurons --out O` wrote their files with plain writes: a symlink O/segmentation.md or
+    O/second_order_L4.safetensors -> ../x overwrote x."""
+    root = tmp_path / "data"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    Image.new("RGB", (64, 64), (200, 10, 10)).save(root / "images" / "a.png")
+    Image.new("L", (64, 64), 255).save(root / "masks" / "a.png")
+    classes = tmp_path / "classes.txt"
+    classes.write_text("circle\nsquare\n")
+    runs = {"segmentation.md": ["segment", "--dataset", "folder", str(root), "--classes", str(classes), "--templates",
+                                "simple", "--examples", "0", "--methods", "decomposition", "--out"],
+            "second_order_L4.safetensors": ["neurons", "collect", "--layers", "4", "--n-reference", "4", "--quiet",
+                                            "--out"]}
+    for name, argv in runs.items():
+        out = tmp_path / f"out-{argv[0]}"
+        out.mkdir()
+        target = tmp_path / f"precious-{argv[0]}"
+        target.write_text("keep me")
+        (out / name).symlink_to(os.path.relpath(target, out))
+        status, lines = cli(capsys, *argv, str(out))
+        assert status == 0, lines
+        assert target.read_text() == "keep me" and (out / name).is_file() and not (out / name).is_symlink()
+        assert not any(p.name.startswith(".vit_lens_clip-staging-") for p in out.iterdir())
