@@ -16,6 +16,7 @@ from vit_lens_clip.app.run_folder import (
     STAGING_PREFIX,
     ReportFolder,
     check_report_inputs,
+    replace_files,
     report_files,
     report_settings,
 )
@@ -240,3 +241,20 @@ def test_inputs_checked_with_one_line_errors(tmp_path):
     empty.write_text("\n \n")
     with pytest.raises(BadInputError, match="is empty"):
         check_report_inputs(args(classes=str(empty)))
+
+
+def test_replace_files_renames_into_place_and_never_follows_a_link(tmp_path):
+    out = tmp_path / "o"
+    out.mkdir()
+    target = tmp_path / "precious"
+    target.write_text("keep me")
+    (out / "a.md").symlink_to(target)
+    (out / f"{STAGING_PREFIX}1").mkdir()  # a killed run's
+    (out / "mine.txt").write_text("mine")
+    paths = replace_files(out, lambda folder: [(folder / n).write_text(n) for n in ("a.md", "b.json")])
+    assert paths == [out / "a.md", out / "b.json"] and target.read_text() == "keep me"
+    assert sorted(p.name for p in out.iterdir()) == ["a.md", "b.json", "mine.txt"] and not (out / "a.md").is_symlink()
+    (out / "c.html").mkdir()
+    with pytest.raises(OutputFolderError, match="c.html is a folder"):
+        replace_files(out, lambda folder: (folder / "c.html").write_text("x"))
+    assert sorted(p.name for p in out.iterdir()) == ["a.md", "b.json", "c.html", "mine.txt"]
