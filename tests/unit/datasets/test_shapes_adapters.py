@@ -70,7 +70,7 @@ def test_scenes_rendered_in_worker_processes_equal_the_serial_ones(monkeypatch):
 
     from vit_lens_clip.datasets import shapes_adapters
 
-    preprocess = lambda image: torch.from_numpy(np.asarray(image)).permute(2, 0, 1).float() / 255
+    preprocess = lambda image: torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 255
     monkeypatch.setattr(shapes_adapters, "PARALLEL_FROM", 10**9)
     serial = shapes_adapters.shapes_images(preprocess, 40, seed=3, task="colour")
     monkeypatch.setattr(shapes_adapters, "PARALLEL_FROM", 1)
