@@ -17,6 +17,7 @@ from vit_lens_clip.app.benchmarks.results import Row, environment, format_table,
 from vit_lens_clip.app.benchmarks.suites import (
     full_rows,
     heatmap_and_collection_rows,
+    load_memory_rows,
     model_rows,
     neuron_rows,
     textspan_tables,
@@ -42,6 +43,8 @@ def run_bench(args: argparse.Namespace) -> str:
                               args.textspan_data)
         elif args.suite == "textspan":
             rows += textspan_tables(args.textspan_data, sizes, args.repeats, device)
+        elif args.suite == "memory":
+            rows += load_memory_rows(tuple(a.strip() for a in args.arch.split(",") if a.strip()))
         else:
             rows += model_rows(args.arch, args.batch_size, device, args.repeats, include_naive=not args.no_naive)
             if args.heatmaps:
