@@ -35,7 +35,6 @@ from vit_lens_clip.datasets.shapes_world import (
     zero_shot_labels,
 )
 
-
 PARALLEL_FROM = 256  # scenes: fewer are rendered in this process (a worker's start costs more than they take)
 
 

@@ -78,6 +78,7 @@ def explained_parts(delta: Float[Tensor, "batch neurons d_out"],
     return torch.einsum("bnd,nd->bn", delta, directions.double()).pow(2).sum(0), delta.pow(2).sum((0, 2))
 
 
-def explained_ratios(along: Float[Tensor, " neurons"], total: Float[Tensor, " neurons"]) -> tuple[Float[Tensor, " neurons"], float]:
+def explained_ratios(along: Float[Tensor, " neurons"],
+                     total: Float[Tensor, " neurons"]) -> tuple[Float[Tensor, " neurons"], float]:
     """Per neuron along / total, and the same pooled over all neurons."""
     return (along / total.clamp_min(1e-30)).float(), float(along.sum() / total.sum())
