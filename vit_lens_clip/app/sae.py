@@ -95,7 +95,7 @@ def add_sae_features(out: ReportOutput, loaded, scenes: Sequence[Scene], sae: Op
     for n, j in enumerate(feats):
         src = explain.feature_sources(model, sae, images[top[n]], features=[j])
         heads = src.top_heads(0, n=3)
-        scored = ((best_cls[n], "CLS"),) * model.cfg.class_token + ((best_max[n], "max"),)
+        scored = (((best_cls[n], "CLS"),) if best_cls else ()) + ((best_max[n], "max"),)
         factor = max(scored, key=lambda r: r[0]["auroc"])
         fires = float((acts[..., j] > 0).float().mean())
         span_row = span[n]
