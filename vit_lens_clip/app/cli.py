@@ -99,9 +99,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
 def _cmd_neurons(args: argparse.Namespace) -> None:
     from vit_lens_clip.app.neurons import run_neurons_command
-    from vit_lens_clip.loading import load_clip
-
     from vit_lens_clip.convert.sources import check_text_tokenizer
+    from vit_lens_clip.loading import load_clip
 
     check_text_tokenizer(args.model, args.tokenizer)
     run_neurons_command(args, load_clip(args.model, args.pretrained, device=args.device, precision=args.precision,

@@ -82,7 +82,8 @@ def open_clip_text_to_hooked(model: nn.Module, name: str = "open_clip-text") -> 
     for i, block in enumerate(blocks):
         check_block(block, i)
     if t.pool_type not in POOL_TYPES:
-        raise UnsupportedTowerError(f"open_clip text tower: text pool_type={t.pool_type!r} is not supported (supported: {POOL_TYPES})")
+        raise UnsupportedTowerError(f"open_clip text tower: text pool_type={t.pool_type!r} is not supported "
+                                    f"(supported: {POOL_TYPES})")
     if t.attn_mask is not None and not _is_causal(t.attn_mask):
         raise UnsupportedTowerError("open_clip text tower: its attn_mask is not a causal mask")
     proj = t.text_projection
