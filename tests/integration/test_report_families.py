@@ -10,6 +10,7 @@ reads them as it reads the real names), which keeps each report to a few seconds
 from __future__ import annotations
 
 import json
+import sys
 import warnings
 from pathlib import Path
 
@@ -80,6 +81,18 @@ def register_tiny_trunks() -> None:
         register_model(entry)
 
 
+def unregister_tiny_trunks() -> None:
+    """Take the tiny trunks out of timm's registry again (later tests list timm's models for suggestions)."""
+    from timm.models import _registry
+
+    for name in TRUNKS:
+        if name in _registry._model_entrypoints:
+            module = sys.modules[_registry._model_entrypoints.pop(name).__module__]
+            _registry._clear_model_entries(name)
+            if name in getattr(module, "__all__", []):
+                module.__all__.remove(name)
+
+
 def write_model(folder: Path, family: str, seed: int) -> Path:
     """A local-dir folder: the family's tiny config and its random weights (1-D parameters perturbed)."""
     folder.mkdir(parents=True)
@@ -135,7 +148,8 @@ def tiny_families(tmp_path_factory):
     register_tiny_trunks()
     root = tmp_path_factory.mktemp("families")
     folders = {family: write_model(root / family, family, seed) for seed, family in enumerate(CONFIGS)}
-    return {**folders, "tokenizer": write_tokenizer(root / "tokenizer"), "sae": write_sae(root / "sae")}
+    yield {**folders, "tokenizer": write_tokenizer(root / "tokenizer"), "sae": write_sae(root / "sae")}
+    unregister_tiny_trunks()
 
 
 def _model_arguments(tiny_families, family: str) -> list[str]:
