@@ -177,6 +177,9 @@ def feature_direct_effects(model: HookedViT, sae: SparseAutoencoder, images: Flo
     """Each feature's direct effect on each image embedding, for either readout: ``direct_effects`` at a pooled
     row, ``pooled_direct_effects`` through an attentional pooler (the SAE spliced with its error term)."""
     _check_residual_hook(model, sae)
+    if model.attn_pool is not None and sae.cfg.positions != "all":
+        raise BadInputError(f"{model.cfg.model_name}: its pooler reads every token, so a direct effect through it "
+                            f"needs an SAE on all positions; this one reads {sae.cfg.positions!r}")
     feats = _features(sae, features)
     acts_name = sae_hook_name(sae)
     names = {acts_name, "hook_pooled"}
