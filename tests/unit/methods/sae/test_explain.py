@@ -107,7 +107,7 @@ def test_direct_effects_through_the_pooler_equal_brute_force(pooled64, hook):
     for n, j in enumerate(feats):
         expected = brute_force(model, x, acts[..., j, None].double() * d[j])
         assert expected.abs().max() > 1e-6  # the feature reaches the embedding
-        assert rel_err(effects[:, n], expected) < 1e-9
+        assert rel_err(effects[:, n], expected) < 1e-12
     # the σ = 1 direction: one unit at every token (each pooler head's pattern sums to 1)
     _, clean = model.run_with_cache(x)
     pattern = clean["attn_pool.attn.hook_pooled_pattern"]
