@@ -171,7 +171,8 @@ def run_collect(args: argparse.Namespace, dataset: Dataset | None = None, finger
         torch.set_num_threads(args.threads)
     info, device = start_distributed(args.device)
     try:
-        loaded = load_clip(args.model, args.pretrained, device=device, precision=args.precision)
+        loaded = load_clip(args.model, args.pretrained, device=device, precision=args.precision,
+                           tokenizer=getattr(args, "tokenizer", None))
         if dataset is None:
             dataset, fingerprint = open_dataset(args.data, loaded.preprocess, args.seed)
         plan = plan_from_args(args, loaded.model.cfg.n_layers, device.type == "cuda")
@@ -326,7 +327,7 @@ def run_textspan_command(args: argparse.Namespace) -> Path | None:
     try:
         meta = read_collection_info(args.source)
         model, pretrained, precision = meta["identity"]["load"]
-        loaded = load_clip(model, pretrained, device=device, precision=precision)
+        loaded = load_clip(model, pretrained, device=device, precision=precision, tokenizer=args.tokenizer)
         if info.is_main:  # one rank fills the text-embedding cache, the others then read it
             pool, emb = _texts(loaded, args.pool, args.cache_dir)
         barrier()

@@ -139,10 +139,11 @@ def run_report(config: ReportConfig, command_line: Optional[Sequence[str]] = Non
     if config.source:
         config = _config_from_collection(config)
     settings = report_settings(config)
-    check_text_tokenizer(config.model)  # offline: a hub tokenizer that is not cached fails before anything is built
+    check_text_tokenizer(config.model, config.tokenizer)  # offline: an uncached hub tokenizer fails before anything is built
     out, kept_files = prepare_report_folder(config.out, settings, config.overwrite)
     torch.manual_seed(config.seed)
-    loaded = load_clip(config.model, config.pretrained, device=config.device, precision=config.precision)
+    loaded = load_clip(config.model, config.pretrained, device=config.device, precision=config.precision,
+                       tokenizer=config.tokenizer)
     if config.source:
         _check_collection_model(config, loaded.key)
     ctx = ReportContext(config=config, loaded=loaded)
