@@ -59,6 +59,9 @@ CASES = {
     "not a safetensors file": lambda f: ["hooks", "--model", "ViT-B-32", "--pretrained", str(f["garbage"])],
     "refused pickle": lambda f: ["hooks", "--model", f"local-dir:{f['pickled']}"],
     "unknown model name": lambda f: ["hooks", "--model", "ViT-Nope-99"],
+    "missing --tokenizer folder": lambda f: ["report", "--out", str(f["dir"] / "o5"), "--tokenizer", str(f["dir"] / "no")],
+    "--tokenizer without a tokenizer": lambda f: ["hooks", "--text", "--tokenizer", str(f["dir"])],
+    "segment: --tokenizer on a file": lambda f: ["segment", "--out", str(f["dir"] / "o6"), "--tokenizer", str(f["empty"])],
 }
 
 

@@ -173,7 +173,8 @@ def run_collect(args: argparse.Namespace, dataset: Dataset | None = None, finger
         torch.set_num_threads(args.threads)
     info, device = start_distributed(args.device)
     try:
-        loaded = load_clip(args.model, args.pretrained, device=device, precision=args.precision)
+        loaded = load_clip(args.model, args.pretrained, device=device, precision=args.precision,
+                           tokenizer=getattr(args, "tokenizer", None))
         if dataset is None:
             dataset, fingerprint = open_dataset(args.data, loaded.preprocess, args.seed)
         plan = plan_from_args(args, loaded.model.cfg.n_layers, device.type == "cuda")
@@ -331,7 +332,7 @@ def run_textspan_command(args: argparse.Namespace) -> Path | None:
         # rank 0 writes: it holds --out's lock for the whole run, and puts the files in place by renames
         with FolderLock(out, "--out") if info.is_main else contextlib.nullcontext():
             model, pretrained, precision = meta["identity"]["load"]
-            loaded = load_clip(model, pretrained, device=device, precision=precision)
+            loaded = load_clip(model, pretrained, device=device, precision=precision, tokenizer=args.tokenizer)
             if info.is_main:  # one rank fills the text-embedding cache, the others then read it
                 pool, emb = _texts(loaded, args.pool, args.cache_dir)
             barrier()

@@ -168,6 +168,25 @@ def check_pretrained(value: Optional[str], model: Optional[str] = None) -> None:
         raise FileNotFoundError(f"--pretrained {value}: no such weights file")
 
 
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
+def check_tokenizer_folder(value: Optional[str], model: Optional[str] = None, option: str = "--tokenizer") -> None:
+    """A ``--tokenizer`` is a folder holding a Hugging Face tokenizer (tokenizer.json or tokenizer_config.json, as
+    AutoTokenizer.save_pretrained writes them), for an open_clip model (not timm: or hf:)."""
+    if value is None:
+        return
+    folder = Path(value).expanduser()
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{option} {value}: no such tokenizer folder")
+    if not any((folder / name).is_file() for name in _TOKENIZER_FILES):
+        raise BadInputError(f"{option} {value} holds no tokenizer ({' or '.join(_TOKENIZER_FILES)}): give a folder "
+                            "written by transformers' AutoTokenizer.save_pretrained")
+    if model is not None and model.startswith(("timm:", "hf:")):
+        raise BadInputError(f"{option} is for open_clip models; {model} is a {model.split(':')[0]} model "
+                            "(timm: models have no text tower, hf: folders carry their own tokenizer)")
+
+
 # ------------------------------------------------------------------------------------------ paths
 
 
@@ -276,6 +295,8 @@ def check_arguments(args: argparse.Namespace) -> None:
         if not (command == "hooks" and get("random")):
             check_model_name(args.model)
             check_pretrained(get("pretrained"), args.model)
+    if get("tokenizer") is not None:
+        check_tokenizer_folder(args.tokenizer, get("model"))
     if command == "bench":
         check_model_name(args.arch, "--arch")
         check_file_parent(get("json"), "--json")

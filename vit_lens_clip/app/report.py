@@ -143,12 +143,13 @@ def run_report(config: ReportConfig, command_line: Optional[Sequence[str]] = Non
     if config.source:
         config = _config_from_collection(config)
     settings = report_settings(config)
-    check_text_tokenizer(config.model)  # offline: a hub tokenizer that is not cached fails before anything is built
+    check_text_tokenizer(config.model, config.tokenizer)  # offline: an uncached hub tokenizer fails before anything is built
     folder = ReportFolder(config.out, settings, config.overwrite, report_files(config.skip))
     folder.check()  # refused now, before the model loads and before anything is created
     with folder:  # locked; the new report is written to a staging folder and put in place only once complete
         torch.manual_seed(config.seed)
-        loaded = load_clip(config.model, config.pretrained, device=config.device, precision=config.precision)
+        loaded = load_clip(config.model, config.pretrained, device=config.device, precision=config.precision,
+                           tokenizer=config.tokenizer)
         if config.source:
             _check_collection_model(config, loaded.key)
         ctx = ReportContext(config=dataclasses.replace(config, out=folder.staging), loaded=loaded)

@@ -58,7 +58,8 @@ def _classes_from_args(args: argparse.Namespace) -> tuple[list[str], list]:
 def run_segment_command(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     """Load the model, score every method, write CSV / Markdown / HTML to ``args.out``."""
     check_out_folder(args.out)  # usable, but created only once the model, the dataset and the classes are
-    loaded = load_clip(args.model, pretrained=args.pretrained, device=args.device)
+    loaded = load_clip(args.model, pretrained=args.pretrained, device=args.device,
+                       tokenizer=getattr(args, "tokenizer", None))
     image_size = loaded.model.cfg.image_size[0]
     dataset = _dataset_from_args(args.dataset, loaded.preprocess, image_size, args.limit)
     skipped = [(str(name), str(reason)) for name, reason in getattr(dataset, "skipped", [])]  # (file, reason)
