@@ -322,7 +322,8 @@ def _span_chunk(
     # Step 4: reconstruction = mean + the centred data projected on the picked directions (in span(V_r)).
     # One product per output, the mean folded in: [coefficients | 1] @ [directions ; mean].
     directions = torch.bmm(basis.to(dtype), V)  # [h, k, D], the q_i back in D dimensions
-    coefficients = torch.bmm(C, directions.transpose(1, 2)).sub_(torch.bmm(mean[:, None, :], directions.transpose(1, 2)))
+    # [h, n, k], as the transpose of directions @ Cᵀ: with the k-long side first the product runs about 2x faster
+    coefficients = torch.bmm(directions, C.transpose(1, 2)).sub_(torch.bmm(directions, mean[..., None])).transpose(1, 2)
     ones = torch.ones(h_count, n, 1, dtype=dtype, device=device)
     for kk, out in [*prefix_out.items(), (k, reconstruction_out)]:
         torch.bmm(torch.cat([coefficients[..., :kk], ones], -1), torch.cat([directions[:, :kk], mean[:, None, :]], 1),
