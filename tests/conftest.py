@@ -18,7 +18,11 @@ import open_clip
 import pytest
 import torch
 
-torch.set_num_threads(2)
+# Two threads, or one per worker under pytest-xdist (`-n 2` on two cores: the workers share the cores), and the
+# same for the commands the tests start
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 # Tests write only inside temporary folders: the text-embedding cache goes to one for the session, never to the
 # user's home folder (whatever VIT_LENS_CLIP_CACHE the shell had), and the checkout must gain no files (checked at

@@ -59,6 +59,9 @@ CASES = {
     "not a safetensors file": lambda f: ["hooks", "--model", "ViT-B-32", "--pretrained", str(f["garbage"])],
     "refused pickle": lambda f: ["hooks", "--model", f"local-dir:{f['pickled']}"],
     "unknown model name": lambda f: ["hooks", "--model", "ViT-Nope-99"],
+    "missing --tokenizer folder": lambda f: ["report", "--out", str(f["dir"] / "o5"), "--tokenizer", str(f["dir"] / "no")],
+    "--tokenizer without a tokenizer": lambda f: ["hooks", "--text", "--tokenizer", str(f["dir"])],
+    "segment: --tokenizer on a file": lambda f: ["segment", "--out", str(f["dir"] / "o6"), "--tokenizer", str(f["empty"])],
 }
 
 
@@ -119,3 +122,30 @@ def test_entry_point_one_line_and_debug_traceback(files, tmp_path):
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr[-3000:]
     proc = _cli("--debug", "report", "--out", str(files["a_file"]), cwd=tmp_path)
     assert proc.returncode == 1 and "Traceback" in proc.stderr and "OutputFolderError" in proc.stderr
+
+
+def test_report_sae_folder_is_checked_before_any_section(tmp_path):
+    """`report --sae /missing` failed only after every other section had run (a minute of work, then the error)."""
+    from e2e.test_cli_arguments import run_cli
+
+    not_an_sae = tmp_path / "not_an_sae"
+    not_an_sae.mkdir()
+    for sae, expected in [(tmp_path / "missing", "no such folder"), (not_an_sae, "holds no cfg.json or config.json")]:
+        result, stderr = run_cli(["report", "--out", str(tmp_path / "never"), "--sae", str(sae)], tmp_path)
+        lines = stderr.strip().splitlines()
+        assert result["status"] == 2 and len(lines) == 1 and "--sae" in lines[0] and expected in lines[0], stderr[-3000:]
+        assert not result["torch"] and not (tmp_path / "never").exists()
+
+
+def test_textspan_into_a_read_only_out_is_one_line(tmp_path):
+    """`textspan --from C --out READ_ONLY` printed a traceback (PermissionError) after TextSpan had run."""
+    from e2e.test_cli_arguments import read_only_folder, run_cli
+
+    collection = tmp_path / "c"
+    collection.mkdir()
+    (collection / "collection.json").write_text("{}")
+    out = read_only_folder(tmp_path)
+    result, stderr = run_cli(["textspan", "--from", str(collection), "--out", str(out)], tmp_path)
+    lines = stderr.strip().splitlines()
+    assert result["status"] == 2 and len(lines) == 1 and "not writable" in lines[0], stderr[-3000:]
+    assert not result["torch"]

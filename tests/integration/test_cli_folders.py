@@ -9,6 +9,7 @@ import io
 import json
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,12 +18,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
 import vit_lens_clip
 from vit_lens_clip.app.cli import main
 from vit_lens_clip.datasets.folder import ImageFolder
+from vit_lens_clip.errors import CorruptFileError
 
 SOURCE = Path(vit_lens_clip.__file__).resolve().parents[1]  # the package under test, also in subprocesses
 
@@ -94,27 +97,27 @@ def test_texts_edited_with_the_same_line_count_are_not_the_old_scores(tmp_path, 
 # ------------------------------------------------------------------------------------------ one writer
 
 
-def test_second_collect_on_the_same_folder_is_refused_and_a_killed_run_resumes(tmp_path):
-    """Two `collect --out C` wrote into one folder at once; after a SIGKILL the lock must not block the resume."""
+def test_second_collect_on_the_same_folder_is_refused_and_a_killed_run_resumes(tmp_path, capsys):
+    """Two `collect --out C` wrote into one folder at once; after a SIGKILL the lock must not block the resume. The
+    first collect is a real process, frozen while it writes, then killed; the second and the resume run here."""
     out = tmp_path / "c"
-    argv = [sys.executable, "-m", "vit_lens_clip", "collect", "--data", "shapes:16", "--out", str(out),
-            "--batch-size", "4", "--checkpoint-every", "1", "--quiet"]
-    first = subprocess.Popen(argv, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    argv = ["collect", "--data", "shapes:16", "--out", str(out), "--batch-size", "4", "--checkpoint-every", "1",
+            "--quiet"]
+    first = subprocess.Popen([sys.executable, "-m", "vit_lens_clip", *argv], env=env(), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
         while not (out / "collection.json").is_file():  # the first run is writing: freeze it there
             assert first.poll() is None and time.monotonic() < deadline, "the first collect ended early"
             time.sleep(0.05)
         first.send_signal(signal.SIGSTOP)
-        second = subprocess.run(argv, env=env(), capture_output=True, text=True, timeout=300)
-        lines = second.stderr.strip().splitlines()
-        assert second.returncode == 2 and len(lines) == 1, second.stderr[-3000:]
-        assert "being written by another process" in lines[0]
+        status, lines = cli(capsys, *argv)
+        assert status == 2 and len(lines) == 1, lines
+        assert "being written by another process" in lines[0] and f"pid {first.pid}" in lines[0], lines[0]
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()
-    resumed = subprocess.run(argv, env=env(), capture_output=True, text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert cli(capsys, *argv)[0] == 0
     assert manifest(out)["n_images"] == 16
 
 
@@ -313,55 +316,313 @@ def test_scores_that_cannot_fit_in_memory_are_refused_in_one_line(tmp_path):
 
 # ------------------------------------------------------------------------------------------ the report's folder
 
+SECTIONS_BUT_TEXTSPAN = ["ablation", "completeness", "heatmaps", "segmentation", "spurious", "attention", "neurons",
+                         "sae"]
 
-def test_a_report_record_listing_paths_outside_the_folder_deletes_nothing(tmp_path):
-    """The record's names were joined to the folder and unlinked: `../x` deleted a file outside --out."""
-    from vit_lens_clip.app.run_folder import RECORD, prepare_report_folder
-    from vit_lens_clip.errors import OutputFolderError
 
-    out = tmp_path / "report"
+def report_argv(out: Path, pool: Path, *extra: str, skip: tuple[str, ...] = ()) -> list[str]:
+    """The smallest report that writes every kind of file (page, results, textspan.*): 4 scenes, 1 layer."""
+    return ["report", "--out", str(out), "--n-images", "4", "--batch-size", "4", "--texts", str(pool), "--k", "2",
+            "--last-layers", "1", "--quiet", "--skip", *SECTIONS_BUT_TEXTSPAN, *skip, *extra]
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("pool") / "pool.txt"
+    path.write_text("a red circle\na blue square\na green star\na small bird\na tall tree\nwater\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def previous_report(tmp_path_factory, pool) -> Path:
+    """A finished small report (made once; each test reruns into its own copy)."""
+    out = tmp_path_factory.mktemp("previous") / "r"
+    assert main(report_argv(out, pool)) == 0
+    return out
+
+
+@pytest.fixture
+def rerun_folder(tmp_path, previous_report) -> Path:
+    return Path(shutil.copytree(previous_report, tmp_path / "r", symlinks=True))
+
+
+def snapshot(out: Path) -> dict[str, bytes]:
+    """Every file of a report folder (its record too) but the lock, and every path below it."""
+    return {str(p.relative_to(out)): (p.read_bytes() if p.is_file() else b"<dir>") for p in sorted(out.rglob("*"))
+            if not p.name.startswith(".vit_lens_clip.lock")}
+
+
+def test_a_failed_or_interrupted_rerun_leaves_the_previous_report_intact(rerun_folder, capsys, monkeypatch, pool):
+    """`report --out D --overwrite` with a model that fails to load, or a rerun stopped by Ctrl-C after its
+    sections, left D empty: the previous report was removed before the new one existed."""
+    import vit_lens_clip.app.report as report
+
+    out = rerun_folder
+    before = snapshot(out)
+    assert {"report.html", "results.json", "results.csv", "textspan.md"} <= set(before)
+
+    def unloadable(*args, **kwargs):
+        raise CorruptFileError("weights.safetensors holds NaN")
+
+    with monkeypatch.context() as m:
+        m.setattr(report, "load_clip", unloadable)
+        status, lines = cli(capsys, *report_argv(out, pool, "--overwrite", "--k", "3"))
+    assert status == 2 and lines == ["vit-lens-clip report: error: weights.safetensors holds NaN"], lines
+    assert snapshot(out) == before
+
+    def interrupted(ctx):
+        (ctx.out / "report.html").write_text("half a page")
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(report, "_write", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            main(report_argv(out, pool))
+    assert snapshot(out) == before
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL: the run stops where it is and none of its own clean-up runs."""
+
+
+def killed_report(monkeypatch, argv: list[str]) -> None:
+    """`vit-lens-clip ARGV`, killed once every section has run (TextSpan's files written), before the page is
+    written: nothing of the report's clean-up runs, the kernel only drops the folder's lock (a forked or spawned
+    process would do the same at the cost of a deadlock risk or the imports; app/run_folder's unit test kills real
+    processes at every step of the commit)."""
+    import vit_lens_clip.app.report as report
+    from vit_lens_clip.app import run_folder
+
+    def die(ctx):
+        raise Killed
+
+    def only_the_kernel(self, *exc):
+        if getattr(self, "_lock", None) is not None:
+            self._lock.release()
+
+    with monkeypatch.context() as m:
+        m.setattr(report, "_write", die)
+        if hasattr(run_folder, "ReportFolder"):
+            m.setattr(run_folder.ReportFolder, "__exit__", only_the_kernel)
+        with pytest.raises(Killed):
+            main(argv)
+
+
+def test_a_killed_rerun_then_skip_textspan_leaves_one_whole_report_and_nothing_stale(rerun_folder, capsys,
+                                                                                      monkeypatch, pool):
+    """A report killed after its TextSpan section, then `report --overwrite --skip textspan`: the killed run's
+    textspan.* stayed beside the new report, counted as the user's files."""
+    out = rerun_folder
+    (out / "notes.txt").write_text("mine")
+    before = snapshot(out)
+    killed_report(monkeypatch, report_argv(out, pool, "--k", "3", "--overwrite"))
+    assert {k: v for k, v in snapshot(out).items() if not k.startswith(".vit_lens_clip-staging-")} == before
+    # the killed run's lock does not block, its staging folder is removed, the old textspan.* do not survive
+    status, lines = cli(capsys, *report_argv(out, pool, "--overwrite", skip=("textspan",)))
+    assert status == 0, lines
+    names = sorted(p.name for p in out.iterdir() if p.name != ".vit_lens_clip.lock")
+    assert names == [".vit_lens_clip_report.json", "notes.txt", "report.html", "results.csv", "results.json"]
+    record = json.loads((out / ".vit_lens_clip_report.json").read_text())
+    assert record["files"] == ["report.html", "results.csv", "results.json"] and "committing" not in record
+    assert json.loads((out / "results.json").read_text())["skipped_sections"]["textspan"] == "--skip"
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_a_full_disk_during_a_rerun_is_one_line_and_keeps_the_previous_report(rerun_folder, capsys, monkeypatch,
+                                                                                 pool):
+    """A full disk while the page was written: a traceback and a truncated report.html in place of the old one."""
+    import vit_lens_clip.app.report as report
+
+    out = rerun_folder
+    before = snapshot(out)
+
+    def full(path, *args, **kwargs):  # report.html and results.json are written; results.csv meets a full disk
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(report, "open", full, raising=False)
+    status, lines = cli(capsys, *report_argv(out, pool))
+    assert status == 2 and len(lines) == 1 and "no space left on the device" in lines[0], lines
+    assert snapshot(out) == before
+
+
+def test_the_users_files_are_replaced_only_with_overwrite_and_named(tmp_path, capsys, pool):
+    """`report --out B --overwrite` overwrote the user's report.html and results.csv although the refusal message
+    said "your files there are kept"."""
+    out = tmp_path / "b"
     out.mkdir()
-    outside = tmp_path / "precious.txt"
-    outside.write_text("keep me")
-    settings = {"k": 10}
-    (out / RECORD).write_text(json.dumps({"settings": settings, "files": ["report.html", "../precious.txt"]}))
-    (out / "report.html").write_text("previous")
+    mine = {"report.html": "my page", "results.csv": "my table", "textspan.md": "my notes", "thesis.tex": "my thesis"}
+    for name, text in mine.items():
+        (out / name).write_text(text)
+    status, lines = cli(capsys, *report_argv(out, pool))
+    assert status == 2 and len(lines) == 1, lines
+    assert "would replace your report.html, results.csv, textspan.md;" in lines[0], lines[0]
+    assert "thesis.tex" not in lines[0] and "your other files are kept" in lines[0]
+    assert {n: (out / n).read_text() for n in mine} == mine and not any(out.glob(".vit_lens_clip-staging-*"))
+    assert cli(capsys, *report_argv(out, pool, "--overwrite"))[0] == 0
+    assert (out / "thesis.tex").read_text() == "my thesis" and "<html" in (out / "report.html").read_text().lower()
+    assert json.loads((out / ".vit_lens_clip_report.json").read_text())["files"] == [
+        "report.html", "results.csv", "results.json", "textspan.html", "textspan.json", "textspan.md"]
+
+
+def test_a_second_report_on_the_same_folder_is_refused_in_one_line(tmp_path, capsys, pool):
+    from vit_lens_clip.decompose.folder_lock import FolderLock
+
+    out = tmp_path / "r"
+    with FolderLock(out, "--out"):  # another process's report, writing there now
+        status, lines = cli(capsys, *report_argv(out, pool))
+    assert status == 2 and len(lines) == 1 and "being written by another process" in lines[0], lines
+    assert not (out / "report.html").exists()
+
+
+def test_the_report_never_writes_through_a_symlink_or_trusts_a_linked_record(tmp_path, rerun_folder, capsys, pool):
+    """A symlinked report.html (refused even with --overwrite), a symlink where the report stages its files or
+    its record's temporary (removed as links), a record that is a symlink to elsewhere (not the folder's: its
+    file list would have deleted the user's notes.txt)."""
+    out = rerun_folder
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "x.html").write_text("keep me")
+    (out / "report.html").unlink()
+    (out / "report.html").symlink_to("../precious/x.html")
+    status, lines = cli(capsys, *report_argv(out, pool, "--overwrite"))
+    assert status == 2 and len(lines) == 1 and "report.html is a symlink" in lines[0], lines
+    (out / "report.html").unlink()
+    (out / ".vit_lens_clip-staging-1").symlink_to("../precious")
+    (out / ".vit_lens_clip_report.json.tmp").symlink_to("../precious/x.html")
+    assert cli(capsys, *report_argv(out, pool))[0] == 0
+    assert sorted(p.name for p in precious.iterdir()) == ["x.html"] and (precious / "x.html").read_text() == "keep me"
+    assert not (out / ".vit_lens_clip-staging-1").is_symlink() and "<html" in (out / "report.html").read_text()
+    # a record linked in from elsewhere is not this folder's record
+    record = out / ".vit_lens_clip_report.json"
+    shared = tmp_path / "shared.json"
+    shared.write_text(json.dumps({**json.loads(record.read_text()), "files": ["notes.txt"], "sha256": {}}))
+    record.unlink()
+    record.symlink_to(shared)
+    (out / "notes.txt").write_text("mine")
+    status, lines = cli(capsys, *report_argv(out, pool))
+    assert status == 2 and len(lines) == 1 and "holds no previous report" in lines[0], lines
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_a_record_listing_paths_outside_the_folder_deletes_nothing(rerun_folder, tmp_path, capsys, pool):
+    """`"../victim.txt"` (or an absolute path) in the record's file list: a rerun deleted victim.txt."""
+    out = rerun_folder
+    record = out / ".vit_lens_clip_report.json"
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    for listed in ["../victim.txt", str(victim)]:
+        record.write_text(json.dumps({**json.loads(record.read_text()), "files": ["report.html", listed]}))
+        before = snapshot(out)
+        for extra in ((), ("--overwrite",)):
+            status, lines = cli(capsys, *report_argv(out, pool, *extra))
+            assert status == 2 and len(lines) == 1 and repr(listed) in lines[0], lines
+            assert victim.read_text() == "keep me" and snapshot(out) == before
+
+
+# ------------------------------------------------------------------------------------------ textspan, collect_on_rank
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory) -> Path:
+    """A small collection: 4 scenes, the heads, embedding and means of the last layer (what report --from reads)."""
+    out = tmp_path_factory.mktemp("collection") / "c"
+    assert main(["collect", "--data", "shapes:4", "--out", str(out), "--parts", "heads,embed,means", "--last-layers", "1",
+                 "--batch-size", "4", "--quiet"]) == 0
+    return out
+
+
+def test_a_shard_with_other_finite_values_is_refused_by_textspan_and_report_from(collection, tmp_path, capsys, pool):
+    """A shard's tensors overwritten with other finite values: `textspan --from C` and `report --from C` exited 0
+    with other picks for every head (the manifest's sha256 was never checked by these readers)."""
+    from safetensors.torch import load_file, save_file
+
+    source = Path(shutil.copytree(collection, tmp_path / "c"))
+    shard = next((source / "ranks").rglob("shard_*.safetensors"))
+    save_file({k: (v + 1 if v.is_floating_point() else v) for k, v in load_file(str(shard)).items()}, str(shard))
+    for argv in (["textspan", "--from", str(source), "--out", str(tmp_path / "o"), "--pool", str(pool), "--k", "2"],
+                 ["report", "--from", str(source), "--out", str(tmp_path / "r"), "--texts", str(pool), "--k", "2",
+                  "--quiet"]):
+        status, lines = cli(capsys, *argv)
+        assert status == 2 and len(lines) == 1, (argv[0], lines)
+        assert str(shard) in lines[0] and "sha256" in lines[0], lines[0]
+    assert not (tmp_path / "r" / "report.html").exists() and not (tmp_path / "o" / "textspan.md").exists()
+
+
+def test_textspan_out_is_locked_and_never_written_through(collection, tmp_path, capsys, pool):
+    """`textspan --out O` had no lock, and wrote textspan.* with plain writes: through a symlink O/textspan.md."""
+    from unit.decompose.test_folder_lock import hold_in_another_process, kill
+
+    source, out = collection, tmp_path / "o"
+    argv = ["textspan", "--from", str(source), "--out", str(out), "--pool", str(pool), "--k", "2"]
+    holder = hold_in_another_process(out)
     try:
-        prepare_report_folder(out, settings)
-        refused = False
-    except OutputFolderError as e:
-        refused = "../precious.txt" in str(e)
-    assert refused and outside.read_text() == "keep me" and (out / "report.html").read_text() == "previous"
-
-
-def test_a_symlinked_report_html_is_never_written_through(tmp_path):
-    """`--overwrite` onto a folder whose report.html links elsewhere: the report would overwrite the target."""
-    from vit_lens_clip.app.run_folder import prepare_report_folder
-    from vit_lens_clip.errors import OutputFolderError
-
-    out = tmp_path / "report"
-    out.mkdir()
-    target = tmp_path / "elsewhere.html"
+        status, lines = cli(capsys, *argv)
+        assert status == 2 and len(lines) == 1 and "being written by another process" in lines[0], lines
+        assert sorted(p.name for p in out.iterdir()) == [".vit_lens_clip.lock"]
+    finally:
+        kill(holder)  # its lock goes with it
+    target = tmp_path / "precious.md"
     target.write_text("keep me")
-    (out / "report.html").symlink_to("../elsewhere.html")
+    (out / "textspan.md").symlink_to("../precious.md")
+    (out / ".vit_lens_clip-staging-1").mkdir()  # left by a killed run
+    assert cli(capsys, *argv)[0] == 0
+    assert target.read_text() == "keep me" and not (out / "textspan.md").is_symlink()
+    assert sorted(p.name for p in out.iterdir()) == [".vit_lens_clip.lock", "textspan.html", "textspan.json",
+                                                     "textspan.md"]
+    assert "## L5.H0" in (out / "textspan.md").read_text()
+
+
+def test_collect_on_rank_called_from_python_is_locked(tmp_path):
+    """The library function under `collect` took no lock: two Python processes could write one folder at once."""
+    from unit.decompose.test_folder_lock import hold_in_another_process, kill
+
+    from vit_lens_clip.datasets.folder import TensorImages
+    from vit_lens_clip.decompose.folder_lock import FolderBusyError
+    from vit_lens_clip.distributed.collection import CollectionPlan, collect_on_rank
+    from vit_lens_clip.loading import load_clip
+
+    loaded = load_clip("vit-lens-clip/shapes")
+    images = torch.rand(3, 3, 64, 64) * 0.5
+    data = TensorImages(images)
+    plan, identity, out = CollectionPlan(parts=("heads",), layers=(5,), batch_size=3), {"dataset": "3"}, tmp_path / "c"
+    holder = hold_in_another_process(out)
     try:
-        prepare_report_folder(out, {"k": 10}, overwrite=True)
-        refused = False
-    except OutputFolderError as e:
-        refused = "symlink" in str(e)
-    assert refused and target.read_text() == "keep me"
+        try:
+            collect_on_rank(loaded.model, data, out, plan, {**identity, "model": loaded.key}, progress=False)
+            refused = ""
+        except FolderBusyError as e:
+            refused = str(e)
+        assert "being written by another process" in refused and not (out / "collection.json").exists()
+    finally:
+        kill(holder)
+    collect_on_rank(loaded.model, data, out, plan, {**identity, "model": loaded.key}, progress=False)
+    assert json.loads((out / "manifest.json").read_text())["n_images"] == 3
 
 
-def test_the_report_record_is_not_written_through_a_symlink(tmp_path):
-    """The record went through `.vit_lens_clip_report.json.tmp` with write_text, following a symlink there."""
-    from vit_lens_clip.app.run_folder import RECORD, finish_report_folder, prepare_report_folder
+# ------------------------------------------------------------------------------------------ segment, neurons
 
-    out = tmp_path / "report"
-    folder, kept = prepare_report_folder(out, {"k": 10})
-    (folder / "report.html").write_text("new")
-    target = tmp_path / "precious.txt"
-    target.write_text("keep me")
-    (folder / (RECORD + ".tmp")).symlink_to("../precious.txt")
-    finish_report_folder(folder, {"k": 10}, kept)
-    assert target.read_text() == "keep me"
-    assert json.loads((folder / RECORD).read_text())["files"] == ["report.html"]
+
+def test_segment_and_neurons_never_write_through_a_symlink_in_out(tmp_path, capsys):
+    """`segment --out O` and `neurons --out O` wrote their files with plain writes: a symlink O/segmentation.md or
+    O/second_order_L4.safetensors -> ../x overwrote x."""
+    root = tmp_path / "data"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    Image.new("RGB", (64, 64), (200, 10, 10)).save(root / "images" / "a.png")
+    Image.new("L", (64, 64), 255).save(root / "masks" / "a.png")
+    classes = tmp_path / "classes.txt"
+    classes.write_text("circle\nsquare\n")
+    runs = {"segmentation.md": ["segment", "--dataset", "folder", str(root), "--classes", str(classes), "--templates",
+                                "simple", "--examples", "0", "--methods", "decomposition", "--out"],
+            "second_order_L4.safetensors": ["neurons", "collect", "--layers", "4", "--n-reference", "4", "--quiet",
+                                            "--out"]}
+    for name, argv in runs.items():
+        out = tmp_path / f"out-{argv[0]}"
+        out.mkdir()
+        target = tmp_path / f"precious-{argv[0]}"
+        target.write_text("keep me")
+        (out / name).symlink_to(os.path.relpath(target, out))
+        status, lines = cli(capsys, *argv, str(out))
+        assert status == 0, lines
+        assert target.read_text() == "keep me" and (out / name).is_file() and not (out / name).is_symlink()
+        assert not any(p.name.startswith(".vit_lens_clip-staging-") for p in out.iterdir())

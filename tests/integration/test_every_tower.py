@@ -196,3 +196,16 @@ def test_neuron_lens_and_neuron_maps(tower):
             name, activation = neuron_activation_hook(model, l)
             acts.append(activation(cache[name])[b, model.cfg.n_prefix:, n])
         assert rel_err(maps[b].flatten(), torch.stack(acts).mean(0)) < 1e-6
+
+
+def test_so400m_config_is_claimed_and_its_tower_is_exact():
+    """SO400M (open_clip ``ViT-SO400M-14-SigLIP*``): SigLIP's MAP tower with another width and MLP ratio, built by
+    timm's own so400m builder (shrunk); the family is read from open_clip's config, the port equals timm."""
+    from vit_lens_clip.convert.registry import check_open_clip_name
+
+    assert check_open_clip_name("ViT-SO400M-14-SigLIP").name == "open_clip_timm"
+    trunk = _timm("vit_so400m_patch14_siglip_224", num_classes=0, patch_size=8)
+    assert trunk.global_pool == "map" and trunk.cls_token is None
+    x = _images().float()
+    with torch.no_grad():
+        assert rel_err(HookedViT.from_timm(trunk)(x), trunk(x)) < 1e-5

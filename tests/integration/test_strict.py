@@ -15,7 +15,7 @@ from conftest import assert_refused, tiny_clip
 from PIL import Image
 
 from vit_lens_clip import HookedViT
-from vit_lens_clip.app.run_folder import finish_report_folder, prepare_report_folder
+from vit_lens_clip.app.run_folder import ReportFolder
 from vit_lens_clip.datasets.folder import ImageFolder, TensorImages
 from vit_lens_clip.decompose.parts import decompose
 from vit_lens_clip.decompose.reducers import MeanReducer, Reducer, run_reducers
@@ -217,34 +217,45 @@ def test_segment_folder_reports_an_image_without_a_mask(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------ 7. report folders never mix runs
+def _report_run(out, settings, files, overwrite=False):
+    folder = ReportFolder(out, settings, overwrite)
+    folder.check()
+    with folder:
+        for name, text in files.items():
+            (folder.staging / name).write_text(text)
+            # until the commit the previous report is whole: nothing of this run is in the folder yet
+            assert not (out / name).exists() or (out / name).read_text() != text
+        folder.commit()
+
+
+def _names(out):
+    return sorted(p.name for p in out.iterdir() if not p.name.startswith(".vit_lens_clip"))
+
+
 def test_report_folder_rules(tmp_path):
     out = tmp_path / "out"
     settings = {"k": 10, "texts": "descriptions"}
-    folder, kept = prepare_report_folder(out, settings)
-    (folder / "report.html").write_text("run 1")
-    (folder / "textspan.json").write_text("run 1")
-    finish_report_folder(folder, settings, kept)
-    (folder / "my_notes.txt").write_text("mine")
-    # same settings: accepted, the previous report's files are cleared (none left stale), the user's kept
-    folder, kept = prepare_report_folder(out, settings)
-    assert sorted(p.name for p in folder.iterdir()) == ["my_notes.txt"] and kept == ["my_notes.txt"]
-    (folder / "report.html").write_text("run 2")  # this run writes no textspan.*
-    finish_report_folder(folder, settings, kept)
+    _report_run(out, settings, {"report.html": "run 1", "textspan.json": "run 1"})
+    (out / "my_notes.txt").write_text("mine")
+    # same settings: accepted; the previous report stays readable until the new one is complete, then its files
+    # are replaced and the ones this run did not write removed (none left stale); the user's file is kept
+    _report_run(out, settings, {"report.html": "run 2"})  # this run writes no textspan.*
+    assert _names(out) == ["my_notes.txt", "report.html"] and (out / "report.html").read_text() == "run 2"
     other = {"k": 5, "texts": "descriptions"}
     with pytest.raises(OutputFolderError, match="other settings"):
-        prepare_report_folder(out, other)
-    prepare_report_folder(out, other, overwrite=True)
-    assert sorted(p.name for p in out.iterdir()) == ["my_notes.txt"]
+        _report_run(out, other, {"report.html": "run 3"})
+    _report_run(out, other, {"report.html": "run 3"}, overwrite=True)
+    assert _names(out) == ["my_notes.txt", "report.html"] and (out / "report.html").read_text() == "run 3"
     # a non-empty folder that never held a report is refused; a file is refused
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "thesis.tex").write_text("x")
     with pytest.raises(OutputFolderError, match="not empty"):
-        prepare_report_folder(foreign, settings)
-    prepare_report_folder(foreign, settings, overwrite=True)
-    assert (foreign / "thesis.tex").exists()
+        _report_run(foreign, settings, {"report.html": "run 1"})
+    _report_run(foreign, settings, {"report.html": "run 1"}, overwrite=True)
+    assert (foreign / "thesis.tex").read_text() == "x"
     with pytest.raises(OutputFolderError, match="is a file"):
-        prepare_report_folder(foreign / "thesis.tex", settings)
+        _report_run(foreign / "thesis.tex", settings, {})
     assert issubclass(OutputFolderError, UserInputError)
 
 

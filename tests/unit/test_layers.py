@@ -31,6 +31,8 @@ LAZY_OK = {
     ("vit_lens_clip.methods.sae.formats", "sae_lens"): "optional dependency (extra 'sae')",
     ("vit_lens_clip.viz.attention", "circuitsvis.utils.convert_props"): "optional: as above",
     ("vit_lens_clip.app.collect", "resource"): "Unix only (the address-space limit of a memory check)",
+    ("vit_lens_clip.app.benchmarks.huge_pages_ab", "*"): "the A/B driver only starts processes: each fresh child "
+                                                          "imports torch under the setting it measures",
 
 }
 # runnable scripts inside methods/ (``python -m ...``), not library entry points

@@ -8,6 +8,7 @@ and its agreement max|Δ|/max|y| with an exact counterpart. ``--json`` writes it
 from __future__ import annotations
 
 import argparse
+import os
 
 import torch
 
@@ -16,6 +17,7 @@ from vit_lens_clip.app.benchmarks.results import Row, environment, format_table,
 from vit_lens_clip.app.benchmarks.suites import (
     full_rows,
     heatmap_and_collection_rows,
+    load_memory_rows,
     model_rows,
     neuron_rows,
     textspan_tables,
@@ -30,8 +32,10 @@ def run_bench(args: argparse.Namespace) -> str:
         raise ValueError("--repeats must be at least 1")
     sizes = dict(TEXTSPAN_SIZES[args.textspan_size])
     sizes["max_memory"] = None if args.max_memory <= 0 else int(args.max_memory * 2**20)
+    load_at_start = os.getloadavg()  # 1, 5 and 15 minute load averages: how busy the machine was
     with pinned_threads(args.threads) as threads:
-        header = f"device={device} threads: torch={threads['torch']} {' '.join(threads['pools'])}"
+        header = (f"device={device} threads: torch={threads['torch']} {' '.join(threads['pools'])}; "
+                  f"load average at start {load_at_start[0]:.2f}")
         rows: list[Row] = []
         if args.suite == "full":
             precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
@@ -39,6 +43,8 @@ def run_bench(args: argparse.Namespace) -> str:
                               args.textspan_data)
         elif args.suite == "textspan":
             rows += textspan_tables(args.textspan_data, sizes, args.repeats, device)
+        elif args.suite == "memory":
+            rows += load_memory_rows(tuple(a.strip() for a in args.arch.split(",") if a.strip()))
         else:
             rows += model_rows(args.arch, args.batch_size, device, args.repeats, include_naive=not args.no_naive)
             if args.heatmaps:
@@ -49,6 +55,7 @@ def run_bench(args: argparse.Namespace) -> str:
             if args.textspan:
                 rows += textspan_tables(args.textspan_data, sizes, args.repeats, device)
         env = environment(device, threads)
+        env["load_average"] = {"start": list(load_at_start), "end": list(os.getloadavg())}
     tables = []
     for table in dict.fromkeys(r.table for r in rows):
         tables.append(format_table([r for r in rows if r.table == table], f"# {table} ({header})"))

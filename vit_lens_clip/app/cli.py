@@ -38,8 +38,9 @@ def _cmd_hooks(args: argparse.Namespace) -> None:
     from vit_lens_clip.model.hooked_vit import HookedViT
 
     if args.text:
-        check_text_tokenizer(args.model)  # offline: a hub tokenizer that is not cached fails before the build
-        text_model = load_clip(args.model, args.pretrained, device=args.device, precision=args.precision).text_model
+        check_text_tokenizer(args.model, args.tokenizer)  # offline: a hub tokenizer not cached fails before the build
+        text_model = load_clip(args.model, args.pretrained, device=args.device, precision=args.precision,
+                               tokenizer=args.tokenizer).text_model
         _, cache = text_model.run_with_cache(text_model.to_tokens(["a photo of a cat"]))
         c = text_model.cfg
         print(f"{c.model_name}: {c.n_layers} layers, {c.n_heads} heads, d_model {c.d_model}, {c.n_ctx} tokens, "
@@ -50,7 +51,8 @@ def _cmd_hooks(args: argparse.Namespace) -> None:
     if args.random:
         model = HookedViT(ViTConfig(n_layers=2, d_model=64, n_heads=4, d_mlp=256, output_dim=32, image_size=32, patch_size=8))
     else:
-        model = load_clip(args.model, args.pretrained, device=args.device, precision=args.precision).model
+        model = load_clip(args.model, args.pretrained, device=args.device, precision=args.precision,
+                          tokenizer=args.tokenizer).model
     x = torch.randn(1, model.cfg.in_channels, *model.cfg.image_size, device=model.W_proj.device, dtype=model.W_proj.dtype)
     _, cache = model.run_with_cache(x)
     print(f"{model.cfg.model_name}: {model.cfg.n_layers} layers, {model.cfg.n_heads} heads, d_model {model.cfg.d_model}, "
@@ -97,9 +99,12 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
 def _cmd_neurons(args: argparse.Namespace) -> None:
     from vit_lens_clip.app.neurons import run_neurons_command
+    from vit_lens_clip.convert.sources import check_text_tokenizer
     from vit_lens_clip.loading import load_clip
 
-    run_neurons_command(args, load_clip(args.model, args.pretrained, device=args.device, precision=args.precision))
+    check_text_tokenizer(args.model, args.tokenizer)
+    run_neurons_command(args, load_clip(args.model, args.pretrained, device=args.device, precision=args.precision,
+                                        tokenizer=args.tokenizer))
 
 
 def _cmd_explore(args: argparse.Namespace) -> None:

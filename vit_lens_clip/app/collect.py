@@ -5,6 +5,7 @@ torchrun job (``torchrun --nproc-per-node N -m vit_lens_clip collect ...``); see
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -20,10 +21,11 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from vit_lens_clip.app.folder_lock import FolderLock, is_lock_file
+from vit_lens_clip.app.run_folder import replace_files
 from vit_lens_clip.datasets.folder import collate_images
 from vit_lens_clip.datasets.sources import open_dataset
 from vit_lens_clip.decompose.contributions import kept_layers
+from vit_lens_clip.decompose.folder_lock import FolderLock, is_lock_file
 from vit_lens_clip.decompose.reducers import MeanReducer, run_reducers
 from vit_lens_clip.decompose.store import PART_FIELDS, StoredParts
 from vit_lens_clip.decompose.store_writer import ShardWriter
@@ -217,7 +219,8 @@ def run_collect(args: argparse.Namespace, dataset: Dataset | None = None, finger
         torch.set_num_threads(args.threads)
     info, device = start_distributed(args.device)
     try:
-        loaded = load_clip(args.model, args.pretrained, device=device, precision=args.precision)
+        loaded = load_clip(args.model, args.pretrained, device=device, precision=args.precision,
+                           tokenizer=getattr(args, "tokenizer", None))
         if dataset is None:
             dataset, fingerprint = open_dataset(args.data, loaded.preprocess, args.seed)
         plan = plan_from_args(args, loaded.model.cfg.n_layers, device.type == "cuda")
@@ -374,19 +377,21 @@ def run_textspan_command(args: argparse.Namespace) -> Path | None:
     info, device = start_distributed(args.device)
     try:
         meta = read_collection_info(args.source)
-        model, pretrained, precision = meta["identity"]["load"]
-        loaded = load_clip(model, pretrained, device=device, precision=precision)
-        if info.is_main:  # one rank fills the text-embedding cache, the others then read it
-            pool, emb = _texts(loaded, args.pool, args.cache_dir)
-        barrier()
-        if not info.is_main:
-            pool, emb = _texts(loaded, args.pool, args.cache_dir)
-        table = textspan_from_collection(args.source, emb, pool, args.k, args.rank, info, device)
-        if table is None:
-            return None
         out = Path(args.out or Path(args.source) / "textspan")
-        paths = table.write(out)
-        print(f"TextSpan of {len(table.rows)} heads on {info.world_size} rank(s): {', '.join(map(str, paths.values()))}")
+        # rank 0 writes: it holds --out's lock for the whole run, and puts the files in place by renames
+        with FolderLock(out, "--out") if info.is_main else contextlib.nullcontext():
+            model, pretrained, precision = meta["identity"]["load"]
+            loaded = load_clip(model, pretrained, device=device, precision=precision, tokenizer=args.tokenizer)
+            if info.is_main:  # one rank fills the text-embedding cache, the others then read it
+                pool, emb = _texts(loaded, args.pool, args.cache_dir)
+            barrier()
+            if not info.is_main:
+                pool, emb = _texts(loaded, args.pool, args.cache_dir)
+            table = textspan_from_collection(args.source, emb, pool, args.k, args.rank, info, device)
+            if table is None:
+                return None
+            paths = replace_files(out, table.write)
+        print(f"TextSpan of {len(table.rows)} heads on {info.world_size} rank(s): {', '.join(map(str, paths))}")
         return out
     finally:
         finish_distributed()

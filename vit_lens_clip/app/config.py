@@ -42,6 +42,7 @@ class ReportConfig:
     out: Path = Path("vit_lens_clip_report")
     model: str = EMBEDDED_NAME
     pretrained: Optional[str] = None
+    tokenizer: Optional[str] = None
     device: str = "cpu"
     precision: str = "fp32"
     images: Optional[str] = None
@@ -92,13 +93,23 @@ class ReportConfig:
         return cls(**given)
 
 
+TOKENIZER_HELP = ("a local Hugging Face tokenizer folder (AutoTokenizer.save_pretrained) used instead of the model's "
+                  "own; SigLIP's tokenizer comes from the model hub, so offline it must be given this way")
+
+
+def add_tokenizer_argument(parser: argparse.ArgumentParser) -> None:
+    """``--tokenizer FOLDER``: a local tokenizer for an open_clip model (``load_clip(..., tokenizer=FOLDER)``)."""
+    parser.add_argument("--tokenizer", default=None, metavar="FOLDER", help=TOKENIZER_HELP)
+
+
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--model``, ``--pretrained``, ``--device``, ``--precision``: which CLIP to load and where."""
+    """``--model``, ``--pretrained``, ``--tokenizer``, ``--device``, ``--precision``: which CLIP to load and where."""
     parser.add_argument("--model", default=EMBEDDED_NAME,
                         help="open_clip name (SigLIP too), timm:NAME (a timm ViT), local-dir:PATH, hf-hub:ID, hf:ID, "
                              "or the embedded default")
     parser.add_argument("--pretrained", default=None, help="pretrained tag or local .safetensors/.bin file "
                         "(omitted: random weights built from the config, no download)")
+    add_tokenizer_argument(parser)
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
 
@@ -147,6 +158,7 @@ def add_segment_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     """Arguments of ``vit-lens-clip segment``."""
     parser.add_argument("--model", default=EMBEDDED_NAME, help="model name for load_clip")
     parser.add_argument("--pretrained", default=None, help="pretrained tag or checkpoint file")
+    add_tokenizer_argument(parser)
     parser.add_argument("--dataset", nargs="+", default=["shapes"], metavar="KIND [PATH]",
                         help="'shapes' (built-in synthetic scenes), 'imagenet-seg PATH' (gtsegs_ijcv.mat) "
                              "or 'folder PATH' (root/images + root/masks)")
@@ -232,4 +244,5 @@ def add_textspan_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rank", type=int, default=80)
     p.add_argument("--out", default=None, help="output folder (default: FROM/textspan)")
     p.add_argument("--cache-dir", default=None, help="text-embedding cache folder")
+    add_tokenizer_argument(p)
     p.add_argument("--device", default="cpu")

@@ -20,8 +20,10 @@ from plotly.subplots import make_subplots
 from safetensors.torch import save_file
 
 from vit_lens_clip.app.report_output import ReportOutput
+from vit_lens_clip.app.run_folder import replace_files
 from vit_lens_clip.datasets.shapes_adapters import ShapesSegmentation, shapes_images
 from vit_lens_clip.datasets.shapes_world import zero_shot_labels
+from vit_lens_clip.decompose.folder_lock import FolderLock
 from vit_lens_clip.methods.neurons.ablation import PAPER_TOP_FRACTION
 from vit_lens_clip.methods.neurons.effects import check_supported, collect_layers
 from vit_lens_clip.methods.neurons.segmentation import compare_segmentation
@@ -193,18 +195,29 @@ def _top_images(study: NeuronStudy, layer: int, n: int, preprocess, per_neuron: 
 def run_neurons_command(args: argparse.Namespace, loaded) -> dict[int | str, Any]:
     """``vit-lens-clip neurons``: writes results.json (and report.html / stats) under ``--out``; prints a summary.
 
-    Returns the summary numbers: keyed by layer for ``collect``, by name otherwise.
+    Returns the summary numbers: keyed by layer for ``collect``, by name otherwise. ``--out`` is locked for the
+    run, and its files are put in place by renames (``app.run_folder.replace_files``: never through a symlink).
     """
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    with FolderLock(out, "--out"):
+        return _run_neurons(args, loaded, out)
+
+
+def _run_neurons(args: argparse.Namespace, loaded, out: Path) -> dict[int | str, Any]:
     layers = args.layers or default_layers(loaded.model.cfg.n_layers)
     if args.action == "collect":
         images, labels = shapes_images(loaded.preprocess, args.n_reference, args.seed + 1000, args.task, not args.quiet)
         stats = collect_layers(loaded.model, images, layers, labels, args.batch_size, args.shares, not args.quiet)
+
+        def save_layers(folder: Path) -> None:
+            for l, s in stats.items():
+                save_file({k: getattr(s, k).contiguous() for k in s.TENSORS}, str(folder / f"second_order_L{l}.safetensors"),
+                          metadata={"layer": str(l), "later": json.dumps(s.later)})
+
+        replace_files(out, save_layers)
         numbers = {}
         for l, s in stats.items():
-            save_file({k: getattr(s, k).contiguous() for k in s.TENSORS}, str(out / f"second_order_L{l}.safetensors"),
-                      metadata={"layer": str(l), "later": json.dumps(s.later)})
             numbers[l] = {"images": len(s), "bytes_per_image": s.bytes_per_image()}
             print(f"layer {l}: {len(s)} images, {s.bytes_per_image()} bytes per image "
                   f"-> {out / f'second_order_L{l}.safetensors'}")
@@ -216,14 +229,19 @@ def run_neurons_command(args: argparse.Namespace, loaded) -> dict[int | str, Any
     written = ReportOutput()
     add_neuron_study(written, loaded, options)
     numbers = written.numbers["neurons"]
-    (out / "results.json").write_text(json.dumps(numbers, indent=1, default=_jsonable))
+
+    def write(folder: Path) -> None:
+        (folder / "results.json").write_text(json.dumps(numbers, indent=1, default=_jsonable))
+        if args.action == "report":
+            page = figures_to_html(written.page, title=f"Second-order neurons: {loaded.name}")
+            (folder / "report.html").write_text(page, encoding="utf-8")
+
+    replace_files(out, write)
     keep = {"describe": ("texts",), "ablate": ("selectivity",), "segment": ("segmentation",)}.get(args.action)
     for title, content in written.page:
         if isinstance(content, str) and (keep is None or any(k in title for k in keep)):
             print(f"\n## {title}\n\n{content}")
     if args.action == "report":
-        page = figures_to_html(written.page, title=f"Second-order neurons: {loaded.name}")
-        (out / "report.html").write_text(page, encoding="utf-8")
         print(f"\nwrote {out / 'report.html'} and results.json")
     return numbers
 

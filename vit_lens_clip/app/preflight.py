@@ -32,6 +32,7 @@ _DEVICE = re.compile(r"^(cpu|auto|mps|cuda(:\d+)?)$")
 _BUILTIN_POOLS = ("descriptions", "words")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 _TRUE = {"1", "on", "yes", "true"}
+_SAE_CONFIGS = ("cfg.json", "config.json")  # methods/sae/formats.py's SAELENS_CONFIG, PEER_CONFIG (without torch)
 
 # option -> smallest allowed value, per command (None: the option may be left out)
 _MINIMUM: dict[str, dict[str, float]] = {
@@ -167,6 +168,25 @@ def check_pretrained(value: Optional[str], model: Optional[str] = None) -> None:
         raise FileNotFoundError(f"--pretrained {value}: no such weights file")
 
 
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
+def check_tokenizer_folder(value: Optional[str], model: Optional[str] = None, option: str = "--tokenizer") -> None:
+    """A ``--tokenizer`` is a folder holding a Hugging Face tokenizer (tokenizer.json or tokenizer_config.json, as
+    AutoTokenizer.save_pretrained writes them), for an open_clip model (not timm: or hf:)."""
+    if value is None:
+        return
+    folder = Path(value).expanduser()
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{option} {value}: no such tokenizer folder")
+    if not any((folder / name).is_file() for name in _TOKENIZER_FILES):
+        raise BadInputError(f"{option} {value} holds no tokenizer ({' or '.join(_TOKENIZER_FILES)}): give a folder "
+                            "written by transformers' AutoTokenizer.save_pretrained")
+    if model is not None and model.startswith(("timm:", "hf:")):
+        raise BadInputError(f"{option} is for open_clip models; {model} is a {model.split(':')[0]} model "
+                            "(timm: models have no text tower, hf: folders carry their own tokenizer)")
+
+
 # ------------------------------------------------------------------------------------------ paths
 
 
@@ -212,6 +232,19 @@ def check_file_parent(value: Optional[str], option: str) -> None:
     """A file to be written: its folder can be created and written."""
     if value:
         check_out_folder(str(Path(value).expanduser().parent), f"{option} {value}: its folder")
+
+
+def check_sae_folder(value: Optional[str], option: str = "--sae") -> None:
+    """An SAE folder: a SAELens (``cfg.json``) or peer-library (``config.json``) folder, checked before the report
+    runs its other sections (it was read only when the SAE section's turn came)."""
+    if value is None:
+        return
+    path = Path(value).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(f"{option} {value}: no such folder (give a SAELens or ViT-Prisma SAE folder)")
+    if not any((path / name).is_file() for name in _SAE_CONFIGS):
+        raise BadInputError(f"{option} {value} holds no {' or '.join(_SAE_CONFIGS)}: not a SAELens or ViT-Prisma SAE "
+                            "folder")
 
 
 def check_data(spec: str, option: str = "--data") -> None:
@@ -262,6 +295,8 @@ def check_arguments(args: argparse.Namespace) -> None:
         if not (command == "hooks" and get("random")):
             check_model_name(args.model)
             check_pretrained(get("pretrained"), args.model)
+    if get("tokenizer") is not None:
+        check_tokenizer_folder(args.tokenizer, get("model"))
     if command == "bench":
         check_model_name(args.arch, "--arch")
         check_file_parent(get("json"), "--json")
@@ -277,6 +312,8 @@ def check_arguments(args: argparse.Namespace) -> None:
         check_text_file(get("classes"), "--classes")
         if "textspan" not in (get("skip") or ()):
             check_text_file(get("texts"), "--texts", _BUILTIN_POOLS)
+        if "sae" not in (get("skip") or ()):
+            check_sae_folder(get("sae"))
         check_out_folder(args.out)
     if command == "segment":
         check_segment_dataset(list(args.dataset))

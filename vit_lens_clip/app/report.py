@@ -23,7 +23,7 @@ import torch
 
 from vit_lens_clip.app.config import ReportConfig, add_report_arguments
 from vit_lens_clip.app.provenance import provenance_markdown, report_provenance
-from vit_lens_clip.app.run_folder import check_report_inputs, finish_report_folder, prepare_report_folder, report_settings
+from vit_lens_clip.app.run_folder import ReportFolder, boundary, check_report_inputs, report_files, report_settings
 from vit_lens_clip.app.sections import SECTIONS, ReportContext, ReportValues, Section, SectionSkipped
 from vit_lens_clip.convert.sources import check_text_tokenizer
 from vit_lens_clip.distributed.collection import read_collection_info
@@ -76,6 +76,7 @@ def run_sections(ctx: ReportContext, sections: tuple[Section, ...] = SECTIONS) -
         if undeclared:
             raise RuntimeError(f"section {section.name} set values {undeclared} it does not declare in gives")
         ctx.timings[section.name] = round(time.perf_counter() - start, 2)
+        boundary(f"section {section.name}")
 
 
 def _skipped_markdown(skipped: dict[str, str]) -> str:
@@ -87,6 +88,7 @@ def _skipped_markdown(skipped: dict[str, str]) -> str:
 
 
 def _write(ctx: ReportContext) -> None:
+    """report.html, results.json and results.csv into ``ctx.out`` (the run's staging folder)."""
     cfg = ctx.loaded.model.cfg
     out = ctx.out
     intro = (f"Model **{ctx.loaded.name}** ({cfg.n_layers} layers, {cfg.n_heads} heads, width {cfg.d_model}, "
@@ -98,7 +100,9 @@ def _write(ctx: ReportContext) -> None:
     head = [("About this report", intro), ("Skipped sections", _skipped_markdown(ctx.numbers["skipped_sections"]))]
     page = figures_to_html(head + ctx.page, title=f"vit_lens_clip report: {ctx.loaded.name}")
     (out / "report.html").write_text(page, encoding="utf-8")
+    boundary("wrote report.html")
     (out / "results.json").write_text(json.dumps(ctx.numbers, indent=1, default=_jsonable))
+    boundary("wrote results.json")
     with open(out / "results.csv", "w", newline="") as f:
         keys = sorted({k for row in ctx.csv_rows for k in row}, key=lambda k: (k not in ("section", "metric", "value"), k))
         writer = csv.DictWriter(f, fieldnames=keys)
@@ -141,25 +145,28 @@ def run_report(config: ReportConfig, command_line: Optional[Sequence[str]] = Non
     if config.source:
         config = _config_from_collection(config)
     settings = report_settings(config)
-    check_text_tokenizer(config.model)  # offline: a hub tokenizer that is not cached fails before anything is built
-    out, kept_files = prepare_report_folder(config.out, settings, config.overwrite)
-    torch.manual_seed(config.seed)
-    loaded = load_clip(config.model, config.pretrained, device=config.device, precision=config.precision)
-    if config.source:
-        _check_collection_model(config, loaded.key)
-    ctx = ReportContext(config=config, loaded=loaded)
-    ctx.numbers["model"] = _model_summary(ctx)
-    ctx.numbers["provenance"] = report_provenance(loaded, command_line)
-    run_sections(ctx)
-    ctx.timings["total"] = round(time.perf_counter() - t_start, 2)
-    ctx.numbers["timings_s"] = ctx.timings
-    _write(ctx)
-    finish_report_folder(out, settings, kept_files)
-    print(f"[report] wrote {ctx.out / 'report.html'}, results.json, results.csv in {ctx.timings['total']:.0f} s")
+    check_text_tokenizer(config.model, config.tokenizer)  # offline: an uncached hub tokenizer fails before anything is built
+    folder = ReportFolder(config.out, settings, config.overwrite, report_files(config.skip))
+    folder.check()  # refused now, before the model loads and before anything is created
+    with folder:  # locked; the new report is written to a staging folder and put in place only once complete
+        torch.manual_seed(config.seed)
+        loaded = load_clip(config.model, config.pretrained, device=config.device, precision=config.precision,
+                           tokenizer=config.tokenizer)
+        if config.source:
+            _check_collection_model(config, loaded.key)
+        ctx = ReportContext(config=dataclasses.replace(config, out=folder.staging), loaded=loaded)
+        ctx.numbers["model"] = _model_summary(ctx)
+        ctx.numbers["provenance"] = report_provenance(loaded, command_line)
+        run_sections(ctx)
+        ctx.timings["total"] = round(time.perf_counter() - t_start, 2)
+        ctx.numbers["timings_s"] = ctx.timings
+        _write(ctx)
+        folder.commit()
+    print(f"[report] wrote {config.out / 'report.html'}, results.json, results.csv in {ctx.timings['total']:.0f} s")
     print("[report] wall time per section:")
     for name, seconds in ctx.timings.items():
         print(f"  {name:14s} {seconds:8.1f} s")
-    return ctx.out
+    return config.out
 
 
 def _jsonable(value: Any) -> Any:

@@ -82,8 +82,10 @@ def add_sae_features(out: ReportOutput, loaded, scenes: Sequence[Scene], sae: Op
     # factors: AUROC of each feature's image score against the scenes' labels
     labels = {a: [label_of(s.attributes, a) for s in scenes] for a in FACTORS}
     names = {a: zero_shot_labels(a)[0] for a in FACTORS}
-    best_cls = explain.factor_alignment(explain.image_scores(acts[..., feats], "cls"), labels, names)
     best_max = explain.factor_alignment(explain.image_scores(acts[..., feats], "max"), labels, names)
+    # the class token's activation, where the tower has one (SigLIP, PE-Core: none; the max over tokens alone)
+    best_cls = (explain.factor_alignment(explain.image_scores(acts[..., feats], "cls"), labels, names)
+                if model.cfg.class_token else [])
     grids = explain.activation_maps(model, acts[..., feats])  # [N, F, gh, gw]
 
     lines = ["| feature | mean act. | fires on | nearest texts (direct effect) | TextSpan of the total effect "
@@ -93,7 +95,8 @@ def add_sae_features(out: ReportOutput, loaded, scenes: Sequence[Scene], sae: Op
     for n, j in enumerate(feats):
         src = explain.feature_sources(model, sae, images[top[n]], features=[j])
         heads = src.top_heads(0, n=3)
-        factor = max((best_cls[n], "CLS"), (best_max[n], "max"), key=lambda r: r[0]["auroc"])
+        scored = (((best_cls[n], "CLS"),) if best_cls else ()) + ((best_max[n], "max"),)
+        factor = max(scored, key=lambda r: r[0]["auroc"])
         fires = float((acts[..., j] > 0).float().mean())
         span_row = span[n]
         described = ", ".join(f"{t} ({v:.2f})" for t, v in zip(span_row.texts, span_row.variance_explained.tolist()))

@@ -14,8 +14,10 @@ from typing import Callable, Optional, Sequence
 import open_clip
 
 from vit_lens_clip.app.preflight import check_out_folder
+from vit_lens_clip.app.run_folder import replace_files
 from vit_lens_clip.datasets.segmentation import ImageNetSegmentation, MaskFolder
 from vit_lens_clip.datasets.shapes_adapters import ShapesSegmentation, shapes_classes
+from vit_lens_clip.decompose.folder_lock import FolderLock
 from vit_lens_clip.loading import load_clip
 from vit_lens_clip.methods.spatial.evaluate import (
     evaluate_segmentation,
@@ -56,7 +58,8 @@ def _classes_from_args(args: argparse.Namespace) -> tuple[list[str], list]:
 def run_segment_command(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     """Load the model, score every method, write CSV / Markdown / HTML to ``args.out``."""
     check_out_folder(args.out)  # usable, but created only once the model, the dataset and the classes are
-    loaded = load_clip(args.model, pretrained=args.pretrained, device=args.device)
+    loaded = load_clip(args.model, pretrained=args.pretrained, device=args.device,
+                       tokenizer=getattr(args, "tokenizer", None))
     image_size = loaded.model.cfg.image_size[0]
     dataset = _dataset_from_args(args.dataset, loaded.preprocess, image_size, args.limit)
     skipped = [(str(name), str(reason)) for name, reason in getattr(dataset, "skipped", [])]  # (file, reason)
@@ -65,14 +68,16 @@ def run_segment_command(args: argparse.Namespace) -> dict[str, dict[str, float]]
               + "; ".join(f"{n} ({r})" for n, r in skipped[:3]) + (" ..." if len(skipped) > 3 else ""))
     classnames, templates = _classes_from_args(args)
     check_output_folder(args.out)  # the inputs are good: now the folder may be created
-    classifier = build_classifier(loaded, classnames, templates)
-    results = evaluate_segmentation(loaded, dataset, classifier, methods=args.methods, batch_size=args.batch_size,
-                                    limit=args.limit, frame=args.frame)
-    examples = segmentation_examples(loaded, dataset, classifier, methods=args.methods,
-                                     n_examples=max(0, args.examples), frame=args.frame) if args.examples > 0 else []
-    paths = write_segmentation_report(results, examples, args.out,
-                                      title=f"Zero-shot segmentation: {loaded.name} on {' '.join(args.dataset)}",
-                                      skipped=skipped)
+    out = Path(args.out)
+    with FolderLock(out, "--out"):  # one writer; files put in place by renames, never written through a symlink
+        classifier = build_classifier(loaded, classnames, templates)
+        results = evaluate_segmentation(loaded, dataset, classifier, methods=args.methods, batch_size=args.batch_size,
+                                        limit=args.limit, frame=args.frame)
+        examples = segmentation_examples(loaded, dataset, classifier, methods=args.methods,
+                                         n_examples=max(0, args.examples), frame=args.frame) if args.examples > 0 else []
+        title = f"Zero-shot segmentation: {loaded.name} on {' '.join(args.dataset)}"
+        paths = replace_files(out, lambda folder: write_segmentation_report(results, examples, folder, title=title,
+                                                                            skipped=skipped))
     print(segmentation_markdown(results, title="Zero-shot segmentation"))
-    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    print("wrote " + ", ".join(str(p) for p in paths))
     return results

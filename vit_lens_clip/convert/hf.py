@@ -10,6 +10,7 @@ import einops
 import torch
 from torch import Tensor, nn
 
+from vit_lens_clip.convert.common import unsupported_tower
 from vit_lens_clip.errors import UnsupportedTowerError
 from vit_lens_clip.model.config import ViTConfig
 
@@ -31,7 +32,8 @@ def config_from_hf(model: nn.Module) -> ViTConfig:
         )
     c = model.config
     if c.hidden_act not in ACTIVATIONS:
-        raise UnsupportedTowerError(f"unsupported activation {c.hidden_act!r}")
+        raise unsupported_tower(f"CLIPVisionModel {getattr(c, '_name_or_path', '') or ''}".strip(), "transformers",
+                                f"activation {c.hidden_act!r}")
     return ViTConfig(
         n_layers=c.num_hidden_layers,
         d_model=c.hidden_size,

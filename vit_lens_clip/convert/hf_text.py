@@ -25,7 +25,8 @@ def hf_text_to_hooked(model: nn.Module) -> tuple[TextConfig, dict[str, Tensor]]:
     tm, proj = model.text_model, model.text_projection
     c = tm.config
     if c.hidden_act not in ACTIVATIONS:
-        raise UnsupportedTowerError(f"unsupported text activation {c.hidden_act!r}")
+        raise UnsupportedTowerError(f"transformers CLIP text tower {getattr(c, '_name_or_path', '') or ''}: "
+                                    f"unsupported text activation {c.hidden_act!r}")
     legacy = tm.eos_token_id == 2
     cfg = TextConfig(
         n_layers=c.num_hidden_layers,

@@ -131,7 +131,16 @@ def block_state(block: nn.Module, layer: int, n_heads: int) -> dict[str, Tensor]
 
 
 def config_from_open_clip(visual: nn.Module, name: str = "open_clip") -> ViTConfig:
-    """Read a ViTConfig off an instantiated open_clip VisionTransformer."""
+    """Read a ViTConfig off an instantiated open_clip VisionTransformer; a refusal names the tower (``name``)."""
+    try:
+        return _read_config(visual, name)
+    except UnsupportedTowerError as error:
+        if " image tower " in str(error):  # already names it
+            raise
+        raise unsupported_tower(f"{type(visual).__name__} of {name!r}", "open_clip", str(error)) from None
+
+
+def _read_config(visual: nn.Module, name: str) -> ViTConfig:
     blocks = visual.transformer.resblocks
     first = blocks[0]
     for i, block in enumerate(blocks):

@@ -71,7 +71,7 @@ def _uniform_eps(tower: _TextTower) -> float:
     norms = [tower.ln_final] + [ln for b in tower.transformer.resblocks for ln in (b.ln_1, b.ln_2)]
     eps = {float(ln.eps) for ln in norms}
     if len(eps) != 1:
-        raise UnsupportedTowerError(f"text LayerNorms with different eps {sorted(eps)} are not supported")
+        raise UnsupportedTowerError(f"open_clip text tower: text LayerNorms with different eps {sorted(eps)} are not supported")
     return eps.pop()
 
 
@@ -82,9 +82,10 @@ def open_clip_text_to_hooked(model: nn.Module, name: str = "open_clip-text") -> 
     for i, block in enumerate(blocks):
         check_block(block, i)
     if t.pool_type not in POOL_TYPES:
-        raise UnsupportedTowerError(f"text pool_type={t.pool_type!r} is not supported (supported: {POOL_TYPES})")
+        raise UnsupportedTowerError(f"open_clip text tower: text pool_type={t.pool_type!r} is not supported "
+                                    f"(supported: {POOL_TYPES})")
     if t.attn_mask is not None and not _is_causal(t.attn_mask):
-        raise UnsupportedTowerError("the text tower's attn_mask is not a causal mask")
+        raise UnsupportedTowerError("open_clip text tower: its attn_mask is not a causal mask")
     proj = t.text_projection
     width = t.transformer.width
     if proj is None:

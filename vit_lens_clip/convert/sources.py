@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -240,15 +241,19 @@ class _LazyTokenizer:
             raise WeightsUnavailableError(
                 f"the tokenizer of {self.name!r} comes from the model hub, which cannot be reached, and it is not in "
                 f"the local cache; give it as a folder: load_clip({self.name!r}, ..., tokenizer='/path/to/tokenizer') "
-                "(a folder written by transformers' AutoTokenizer.save_pretrained)") from e
+                "(a folder written by transformers' AutoTokenizer.save_pretrained; on the command line: --tokenizer "
+                "FOLDER)") from e
 
 
-def check_text_tokenizer(name: str) -> None:
+def check_text_tokenizer(name: str, tokenizer: Union[None, str, Callable] = None) -> None:
     """Before a model that must encode text is built: offline, fail at once (``WeightsUnavailableError``, one line)
-    when its tokenizer would come from the hub and is not in the local cache (SigLIP)."""
+    when its tokenizer would come from the hub and is not in the local cache (SigLIP); a ``tokenizer`` given (a
+    local folder or a callable) is used instead, and needs no hub. A local-dir folder whose config names a hub
+    tokenizer is checked the same way."""
     model_name = parse_name(name)
-    if model_name.source == "open_clip" and model_name.local_dir is None and hub_offline():
-        _LazyTokenizer(model_name.identifier)._build()
+    if tokenizer is None and model_name.source == "open_clip" and hub_offline():
+        if model_name.local_dir is None or _text_config(model_name.identifier).get("hf_tokenizer_name"):
+            _LazyTokenizer(model_name.identifier)._build()
 
 
 def tokenizer_key(tokenizer: Union[None, str, Callable]) -> str:
@@ -267,12 +272,24 @@ def tokenizer_key(tokenizer: Union[None, str, Callable]) -> str:
     return f"|tokenizer:{digest.hexdigest()[:16]}"
 
 
+def _text_config(name: str) -> dict:
+    """The text settings (``text_cfg``) of an open_clip name: its packaged config, or for ``local-dir:PATH`` the
+    folder's open_clip_config.json ({} when there is none)."""
+    model_name = parse_name(name)
+    if model_name.local_dir is not None:
+        config = model_name.local_dir / "open_clip_config.json"
+        if not config.is_file():
+            return {}
+        return json.loads(config.read_text()).get("model_cfg", {}).get("text_cfg", {})
+    return (open_clip.get_model_config(name) or {}).get("text_cfg", {})
+
+
 def tokenizer_from_folder(name: str, folder: str) -> Callable:
     """open_clip's ``HFTokenizer`` on a local folder, with the model ``name``'s text settings from its config."""
     path = Path(folder).expanduser()
     if not path.is_dir():
         raise FileNotFoundError(f"tokenizer folder not found: {path}")
-    text_cfg = (open_clip.get_model_config(name) or {}).get("text_cfg", {})
+    text_cfg = _text_config(name)
     return open_clip.tokenizer.HFTokenizer(
         str(path), context_length=text_cfg.get("context_length", 77),
         tokenizer_mode=text_cfg.get("tokenizer_mode"), **text_cfg.get("tokenizer_kwargs", {}))

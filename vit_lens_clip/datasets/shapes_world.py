@@ -218,7 +218,8 @@ def render_background(place: str, size: int, texture_seed: int) -> np.ndarray:
         blades = rng.random((-(-size // 6), size))
         blades = np.repeat(blades, 6, axis=0)[:size]
         shift = rng.integers(0, 6, size=size)
-        blades = np.stack([np.roll(blades[:, j], shift[j]) for j in range(size)], axis=1)
+        rows = (np.arange(size)[:, None] - shift[None, :]) % size  # column j rolled down by shift[j]
+        blades = blades[rows, np.arange(size)[None, :]]
         light = (blades - 0.5) * 70
         img = base + light[..., None] * np.array([0.6, 1.0, 0.4])
     elif place == "sand":

@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 
 from vit_lens_clip.datasets.folder import Batch
 from vit_lens_clip.decompose.checkpoint import open_new_file
+from vit_lens_clip.decompose.folder_lock import folder_locked
 from vit_lens_clip.decompose.manifests import merge_manifests
 from vit_lens_clip.decompose.parts import Decomposition
 from vit_lens_clip.decompose.reducers import MeanReducer, Reducer, run_reducers
@@ -156,12 +157,22 @@ def collect_on_rank(
     """Collect this rank's block of ``dataset`` into ``out`` and, on rank 0, merge all ranks.
 
     ``identity`` names the model and dataset (e.g. ``{"model": loaded.key, "dataset": "shapes:n=41,seed=0"}``);
-    the plan's settings and the dataset size are added. Every rank must call this (it synchronises).
+    the plan's settings and the dataset size are added. Every rank must call this (it synchronises). Each rank
+    holds its lock file in ``out`` for the whole call (``decompose.folder_lock``): a second collection on the same
+    folder is refused with ``FolderBusyError``; a killed one leaves no lock behind.
     ``examples``: a mergeable top-K reducer (``methods.examples.TopExamples`` of ``plan.examples`` images, the same
     units on every rank; its ``hooks()`` join the pass); rank 0 merges the ranks' states (``merge_state``) into
     ``examples.safetensors``.
     """
     info, out = info or RankInfo(), Path(out)
+    with folder_locked(out, "out", info.rank):  # as it is for `vit-lens-clip collect` (which took it already)
+        return _collect_locked(model, dataset, out, plan, identity, info, device, texts, progress, examples)
+
+
+def _collect_locked(model: HookedViT, dataset: Dataset, out: Path, plan: CollectionPlan, identity: dict[str, Any],
+                    info: RankInfo, device: torch.device | None, texts: Tensor | None, progress: bool,
+                    examples: Reducer | None = None) -> Path:
+    """``collect_on_rank`` under the folder's lock."""
     n = len(dataset)
     if n == 0:
         raise ValueError("the dataset is empty")

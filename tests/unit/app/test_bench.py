@@ -27,3 +27,26 @@ def test_repeats_must_be_positive():
     args = build_parser().parse_args(["bench", "--repeats", "0"])
     with pytest.raises(ValueError, match="--repeats must be at least 1"):
         run_bench(args)
+
+
+def test_memory_suite_measures_each_listed_architecture(tmp_path, monkeypatch):
+    """``--suite memory --arch A,B`` hands both architectures to load_memory_rows and writes its rows and the
+    machine's load average into the JSON (the measuring itself, a fresh process per load, is memory.py's)."""
+    from vit_lens_clip.app import bench
+    from vit_lens_clip.app.benchmarks.results import Row
+    from vit_lens_clip.app.benchmarks.timing import Timing
+
+    asked = []
+
+    def fake_rows(archs):
+        asked.append(archs)
+        return [Row.of(f"memory {a}", "open_clip", "open_clip", Timing([1.0], [1.0]), 100, 0.0, "itself") for a in archs]
+
+    monkeypatch.setattr(bench, "load_memory_rows", fake_rows)
+    args = build_parser().parse_args(["bench", "--suite", "memory", "--arch", "ViT-B-16, ViT-L-14", "--device", "cpu",
+                                      "--json", str(tmp_path / "m.json")])
+    text = run_bench(args)
+    assert asked == [("ViT-B-16", "ViT-L-14")] and "# memory ViT-L-14" in text
+    saved = json.loads((tmp_path / "m.json").read_text())
+    assert [r["table"] for r in saved["rows"]] == ["memory ViT-B-16", "memory ViT-L-14"]
+    assert len(saved["environment"]["load_average"]["start"]) == 3

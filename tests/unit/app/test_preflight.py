@@ -47,3 +47,30 @@ def test_output_folders_are_probed_not_created(tmp_path):
         preflight.check_out_folder(str(a_file))
     with pytest.raises(OutputFolderError, match="not a folder"):
         preflight.check_out_folder(str(a_file / "sub"))
+
+
+def test_sae_folders_need_a_config(tmp_path):
+    preflight.check_sae_folder(None)
+    with pytest.raises(FileNotFoundError, match="--sae .*: no such folder"):
+        preflight.check_sae_folder(str(tmp_path / "missing"))
+    with pytest.raises(BadInputError, match="holds no cfg.json or config.json"):
+        preflight.check_sae_folder(str(tmp_path))
+    (tmp_path / "cfg.json").write_text("{}")
+    preflight.check_sae_folder(str(tmp_path))
+
+
+def test_tokenizer_folders(tmp_path):
+    preflight.check_tokenizer_folder(None)
+    with pytest.raises(FileNotFoundError, match="--tokenizer .*: no such tokenizer folder"):
+        preflight.check_tokenizer_folder(str(tmp_path / "missing"))
+    with pytest.raises(BadInputError, match="holds no tokenizer"):
+        preflight.check_tokenizer_folder(str(tmp_path))
+    (tmp_path / "tokenizer_config.json").write_text("{}")
+    preflight.check_tokenizer_folder(str(tmp_path), "ViT-B-16-SigLIP")
+    preflight.check_tokenizer_folder(str(tmp_path), "local-dir:/somewhere")
+    with pytest.raises(BadInputError, match="--tokenizer is for open_clip models; timm:vit_small"):
+        preflight.check_tokenizer_folder(str(tmp_path), "timm:vit_small_patch16_224")
+    args = argparse.Namespace(command="hooks", model="ViT-B-16-SigLIP", pretrained=None, device="cpu", random=False,
+                              tokenizer=str(tmp_path / "missing"))
+    with pytest.raises(FileNotFoundError, match="no such tokenizer folder"):
+        preflight.check_arguments(args)

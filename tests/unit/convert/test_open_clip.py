@@ -33,6 +33,15 @@ def test_open_clip_refuses_towers_it_cannot_represent():
         convert_open_clip(tiny_clip(qk_norm=True))
 
 
+def test_a_refused_block_names_its_tower():
+    model = tiny_clip(layers=2)
+    model.visual.transformer.resblocks[0].mlp.gelu = torch.nn.SiLU()
+    with pytest.raises(UnsupportedTowerError) as refused:
+        convert_open_clip(model, name="my-clip")
+    assert str(refused.value) == ("open_clip image tower VisionTransformer of 'my-clip' is not supported "
+                                  "(unsupported MLP activation SiLU)")
+
+
 def test_open_clip_text_tower_round_trips_into_hooked_text():
     model = tiny_clip(seed=3)
     cfg, state = open_clip_text_to_hooked(model)

@@ -52,3 +52,25 @@ def test_encode_texts_batches_to_unit_vectors_and_refuses_image_only_models():
     assert torch.allclose(encode_texts(clip, tokenizer, "ccc", torch.device("cpu"))[0], one_batch[2], atol=1e-6)
     with pytest.raises(NoTextTowerError, match="image-only"):
         encode_texts(clip, None, texts, torch.device("cpu"), name="m")
+
+
+def test_a_local_dir_tokenizer_folder_uses_the_folders_text_settings(tmp_path):
+    """``tokenizer_from_folder`` reads a ``local-dir:`` model's text_cfg from its own open_clip_config.json (its
+    context length), not open_clip's defaults (77)."""
+    import json
+
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from vit_lens_clip.convert.sources import tokenizer_from_folder
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "open_clip_config.json").write_text(json.dumps({"model_cfg": {"text_cfg": {"context_length": 9}}}))
+    tok = Tokenizer(models.WordLevel({"<pad>": 0, "</s>": 1, "<unk>": 2, "cat": 3}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>",
+                            unk_token="<unk>").save_pretrained(str(tmp_path / "tok"))
+    tokens = tokenizer_from_folder(f"local-dir:{model}", str(tmp_path / "tok"))(["cat cat"])
+    assert tokens.shape == (1, 9) and tokens[0, :2].tolist() == [3, 3]
+    assert tokenizer_from_folder("ViT-B-16", str(tmp_path / "tok"))(["cat"]).shape == (1, 77)

@@ -13,9 +13,10 @@ HEADLIKE_HEADS = 12  # heads in the head-like TextSpan table (its per-head loop 
 
 
 def add_bench_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--suite", choices=["default", "textspan", "full"], default="default",
+    p.add_argument("--suite", choices=["default", "textspan", "full", "memory"], default="default",
                    help="default: model rows (+ --heatmaps, --neurons, --textspan); textspan: TextSpan rows only; "
-                        "full: all rows, model rows in each of --precisions")
+                        "full: all rows, model rows in each of --precisions; memory: resident memory after "
+                        "load_clip vs open_clip, a fresh process per load (--arch, comma-separated)")
     p.add_argument("--arch", default="ViT-B-16", help="open_clip architecture (random weights, perturbed)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")

@@ -23,6 +23,7 @@ from vit_lens_clip.methods.neurons.effects import SecondOrderCapture
 from vit_lens_clip.methods.spatial.heatmaps import text_heatmap
 from vit_lens_clip.methods.textspan.algorithm import text_span
 from vit_lens_clip.methods.textspan.bench import head_like_data, random_head_data
+from vit_lens_clip.methods.textspan.published_loop import text_span_published_loop
 from vit_lens_clip.methods.textspan.reference import text_span_reference
 from vit_lens_clip.methods.textspan.runs import collect_head_contributions
 from vit_lens_clip.model.hooked_vit import HookedViT
@@ -109,13 +110,18 @@ def model_rows(arch: str, batch_size: int, device: torch.device, repeats: int, n
     return rows
 
 
+PUBLISHED_LOOP = "published loop (per head: NumPy SVD, torch float32 picks)"
+REFERENCE_LOOP = "reference loop (reference.py, NumPy float64)"
+
+
 def textspan_rows(n_heads: int = 48, n_images: int = 2000, n_texts: int = 3498, d_out: int = 512, k: int = 20,
                   rank: int = 80, repeats: int = 3, device: torch.device | None = None,
                   max_memory: int | None = 256 * 2**20, with_loop: bool = True, seed: int = 0,
                   data: str = "random") -> list[Row]:
-    """Batched TextSpan (float64, float32) against the faithful per-head loop, same data, same thread limits
-    (``device`` None: the CPU). ``data``: "random" (full-rank float64, a decaying spectrum) or "headlike"
-    (rank d_head + 1 of d_out, stored in float32, as a collected head; ``head_like_data``)."""
+    """Batched TextSpan (float64, float32) against two per-head loops on the same data and thread limits
+    (``device`` None: the CPU): the baseline is the released implementation's loop (``published_loop.py``), the
+    exact oracle is ``reference.py`` (float64). ``data``: "random" (full-rank float64, a decaying spectrum) or
+    "headlike" (rank d_head + 1 of d_out, stored in float32, as a collected head; ``head_like_data``)."""
     device = torch.device("cpu") if device is None else device
     if data not in ("random", "headlike"):
         raise ValueError(f"data must be 'random' or 'headlike', not {data!r}")
@@ -124,54 +130,76 @@ def textspan_rows(n_heads: int = 48, n_images: int = 2000, n_texts: int = 3498, 
     C32, T32 = C.float().to(device), T.float().to(device)
     C64, T64 = C.double().to(device), T.to(device)  # head-like data: float32 values (their rank floor, rank.py)
     Cn, Tn = C.numpy(), T.numpy()
-    loop_name = "per-head loop (reference.py, NumPy float64)"
     contenders: dict[str, Callable[[], object]] = {}
-    loop_measured: dict[str, tuple[int, object]] = {}
+    loops_measured: dict[str, tuple[int, object]] = {}
 
-    def loop() -> object:
-        """The per-head loop; its first call (a timed one) also records its peak memory and result (NumPy only:
-        tracemalloc's cost is a few microseconds per array), so the slowest contender runs ``repeats`` times."""
-        run = lambda: [text_span_reference(Cn[h], Tn, k=k, rank=rank) for h in range(n_heads)]
-        if loop_measured:
-            return run()
-        loop_measured["first"] = peak_bytes(run, torch.device("cpu"))
-        return loop_measured["first"][1]
+    def per_head(name: str, one_head: Callable[[int], object]) -> Callable[[], object]:
+        """A per-head loop; its first call (a timed one) also records its peak memory and result (NumPy and CPU
+        tensors only), so the slow loops run ``repeats`` times and no more."""
+        def run() -> object:
+            results = [one_head(h) for h in range(n_heads)]
+            return results
+        def timed() -> object:
+            if name in loops_measured:
+                return run()
+            loops_measured[name] = peak_bytes(run, torch.device("cpu"))
+            return loops_measured[name][1]
+        return timed
 
     if with_loop:
-        contenders[loop_name] = loop
+        contenders[PUBLISHED_LOOP] = per_head(PUBLISHED_LOOP, lambda h: text_span_published_loop(Cn[h], Tn, k=k,
+                                                                                                  rank=rank))
+        contenders[REFERENCE_LOOP] = per_head(REFERENCE_LOOP, lambda h: text_span_reference(Cn[h], Tn, k=k, rank=rank))
     contenders["text_span float64 (default)"] = lambda: text_span(C64, T64, k=k, rank=rank, max_memory=max_memory)
     contenders["text_span float32, float64 re-decision"] = lambda: text_span(C32, T32, k=k, rank=rank,
                                                                               dtype=torch.float32,
                                                                               max_memory=max_memory)
     timings = time_interleaved(contenders, device, repeats, warmup=0)
-    peaks_and_results = {name: loop_measured["first"] if name == loop_name else peak_bytes(fn, device)
+    peaks_and_results = {name: loops_measured[name] if name in loops_measured else peak_bytes(fn, device)
                          for name, fn in contenders.items()}
     if with_loop:
-        loop = peaks_and_results[loop_name][1]
-        exact_indices = torch.as_tensor(np.stack([r.indices for r in loop]))
-        exact_reconstruction = torch.as_tensor(np.stack([r.reconstruction for r in loop]))
-        counterpart = "per-head loop"
+        exact = peaks_and_results[REFERENCE_LOOP][1]
+        exact_indices = torch.as_tensor(np.stack([r.indices for r in exact]))
+        exact_reconstruction = torch.as_tensor(np.stack([r.reconstruction for r in exact]))
+        published_indices = torch.as_tensor(np.stack([r.indices for r in peaks_and_results[PUBLISHED_LOOP][1]]))
+        counterpart = "reference loop"
     else:
-        exact = text_span(C64, T64, k=k, rank=rank, max_memory=max_memory)
-        exact_indices, exact_reconstruction = exact.indices.cpu(), exact.reconstruction
+        result = text_span(C64, T64, k=k, rank=rank, max_memory=max_memory)
+        exact_indices, exact_reconstruction = result.indices.cpu(), result.reconstruction
+        published_indices = None
         counterpart = "text_span float64"
     rows = []
-    baseline = loop_name if with_loop else "text_span float64 (default)"
+    baseline = PUBLISHED_LOOP if with_loop else "text_span float64 (default)"
     described = "random float64 data" if data == "random" else "head-like float32 data"
     table = f"TextSpan on {described}: {n_heads} heads x {n_images} images x {n_texts} texts, D={d_out}, k={k}, rank={rank}"
+
+    def same_picks(indices: torch.Tensor, other: torch.Tensor) -> int:
+        return int((indices.cpu() == other).all(-1).sum())
+
     for name in contenders:
         peak, result = peaks_and_results[name]
-        if name == loop_name:
-            rows.append(Row.of(table, name, baseline, timings[name], peak, 0.0, "itself", f"{n_heads} heads"))
+        if name == REFERENCE_LOOP:
+            rows.append(Row.of(table, name, baseline, timings[name], peak, 0.0, "itself", f"{n_heads} heads; the exact oracle"))
             continue
-        same = int((result.indices.cpu() == exact_indices).all(-1).sum())
+        if name == PUBLISHED_LOOP:
+            indices = torch.as_tensor(np.stack([r.indices for r in result]))
+            reconstruction = torch.as_tensor(np.stack([r.reconstruction for r in result]))
+            same = same_picks(indices, exact_indices)
+            rows.append(Row.of(table, name, baseline, timings[name], peak, agreement(reconstruction, exact_reconstruction),
+                               counterpart, f"{n_heads} heads; picks equal to the reference's on {same}/{n_heads}",
+                               picks_identical=same, heads=n_heads))
+            continue
+        same = same_picks(result.indices, exact_indices)
         ranks = result.ranks.flatten().tolist()
         note = f"picks identical on {same}/{n_heads} heads, ranks {min(ranks)}-{max(ranks)}"
+        extra = {"picks_identical": same, "heads": n_heads}
+        if published_indices is not None:
+            extra["picks_as_published_loop"] = same_picks(result.indices, published_indices)
+            note += f"; as the published loop's on {extra['picks_as_published_loop']}/{n_heads}"
         if name.endswith("float64 re-decision"):
             note += f" ({int(result.redecided.sum())} heads redone in float64)"
         rows.append(Row.of(table, name, baseline, timings[name], peak,
-                           agreement(result.reconstruction, exact_reconstruction), counterpart, note,
-                           picks_identical=same, heads=n_heads))
+                           agreement(result.reconstruction, exact_reconstruction), counterpart, note, **extra))
     return rows
 
 

@@ -15,5 +15,8 @@ class AttentionSection:
         last = model.cfg.n_layers - 1
         name = f"blocks.{last}.attn.hook_pattern"
         _, cache = model.run_with_cache(item["image"][None].to(ctx.loaded.device), names_filter=[name])
-        html = attention_patterns_html(cache[name][0].float().cpu(), labels=patch_labels(*model.cfg.grid_size))
+        cfg = model.cfg  # the tokens in the model's order: class token (if any), registers, then the patches
+        prefix = ["CLS"] * cfg.class_token + [f"reg{i}" for i in range(cfg.n_registers)]
+        labels = prefix + patch_labels(*cfg.grid_size, cls_label=None)
+        html = attention_patterns_html(cache[name][0].float().cpu(), labels=labels)
         ctx.page.append((f"Attention patterns, last layer (L{last})", html))

@@ -63,21 +63,33 @@ def ablated_embeddings(
     out: dict[str, list[Tensor]] = {}
     for rows in effects.chunks(batch_size, desc="neuron ablations"):
         delta = effects.effects(rows) - mean  # [b, N, D]
-        base = effects.embedding(rows)
-        removed = base - delta.sum(1)
-        significant = (delta.norm(dim=-1) > threshold)[..., None]
-        rows_out = {"baseline": base, "all": removed,
-                    "significant": removed + (delta * ~significant).sum(1),
-                    "insignificant": removed + (delta * significant).sum(1)}
-        if directions is not None:
-            rows_out["rank1"] = removed + torch.einsum("bn,nd->bd", torch.einsum("bnd,nd->bn", delta, directions), directions)
-        if text_directions is not None:
-            t = text_directions.to(delta)
-            coef = torch.einsum("bnd,nd->bn", delta, t) / t.pow(2).sum(-1).clamp_min(1e-30)
-            rows_out["text"] = removed + torch.einsum("bn,nd->bd", coef, t)
-        for k, v in rows_out.items():
+        for k, v in ablated_rows(delta, effects.embedding(rows), threshold, directions, text_directions).items():
             out.setdefault(k, []).append(v)
     return {k: torch.cat(v) for k, v in out.items()}
+
+
+def ablated_rows(
+    delta: Float[Tensor, "batch neurons d_out"],
+    base: Float[Tensor, "batch d_out"],
+    threshold: Float[Tensor, " neurons"],
+    directions: Optional[Float[Tensor, "neurons d_out"]] = None,
+    text_directions: Optional[Float[Tensor, "neurons d_out"]] = None,
+    norms: Optional[Float[Tensor, "batch neurons"]] = None,
+) -> dict[str, Float[Tensor, "batch d_out"]]:
+    """One batch of ``ablated_embeddings``: the settings of the module docstring from δ_n and ê (``norms``:
+    ‖δ_n‖ if already computed)."""
+    removed = base - delta.sum(1)
+    significant = ((delta.norm(dim=-1) if norms is None else norms) > threshold)[..., None]
+    out = {"baseline": base, "all": removed,
+           "significant": removed + (delta * ~significant).sum(1),
+           "insignificant": removed + (delta * significant).sum(1)}
+    if directions is not None:
+        out["rank1"] = removed + torch.einsum("bn,nd->bd", torch.einsum("bnd,nd->bn", delta, directions), directions)
+    if text_directions is not None:
+        t = text_directions.to(delta)
+        coef = torch.einsum("bnd,nd->bn", delta, t) / t.pow(2).sum(-1).clamp_min(1e-30)
+        out["text"] = removed + torch.einsum("bn,nd->bd", coef, t)
+    return out
 
 
 def ablation_accuracy(

@@ -65,7 +65,20 @@ def variance_explained(
     along = torch.zeros(directions.shape[0], dtype=torch.float64)
     total = torch.zeros_like(along)
     for rows in effects.chunks(batch_size):
-        delta = (effects.effects(rows) - mean).double()
-        along += torch.einsum("bnd,nd->bn", delta, directions.double()).pow(2).sum(0)
-        total += delta.pow(2).sum((0, 2))
+        batch_along, batch_total = explained_parts(effects.effects(rows) - mean, directions)
+        along += batch_along
+        total += batch_total
+    return explained_ratios(along, total)
+
+
+def explained_parts(delta: Float[Tensor, "batch neurons d_out"],
+                    directions: Float[Tensor, "neurons d_out"]) -> tuple[Float[Tensor, " neurons"], Float[Tensor, " neurons"]]:
+    """One batch's Σ_I ⟨δ_n(I), r_n⟩² and Σ_I ‖δ_n(I)‖² (float64), to be summed over batches."""
+    delta = delta.double()
+    return torch.einsum("bnd,nd->bn", delta, directions.double()).pow(2).sum(0), delta.pow(2).sum((0, 2))
+
+
+def explained_ratios(along: Float[Tensor, " neurons"],
+                     total: Float[Tensor, " neurons"]) -> tuple[Float[Tensor, " neurons"], float]:
+    """Per neuron along / total, and the same pooled over all neurons."""
     return (along / total.clamp_min(1e-30)).float(), float(along.sum() / total.sum())

@@ -18,15 +18,16 @@ from tqdm.auto import tqdm
 
 from vit_lens_clip.methods.neurons.ablation import (
     PAPER_TOP_FRACTION,
-    ablated_embeddings,
+    ablated_rows,
     ablation_accuracy,
     concentration,
     selectivity,
     significance_threshold,
 )
 from vit_lens_clip.methods.neurons.directions import (
+    explained_parts,
+    explained_ratios,
     neuron_directions,
-    variance_explained,
 )
 from vit_lens_clip.methods.neurons.effects import NeuronEffects, collect_layers
 from vit_lens_clip.methods.neurons.omp import (
@@ -87,6 +88,50 @@ class NeuronStudy:
     reference_images: Optional[Tensor] = None
 
 
+@dataclass
+class LayerEvaluation:
+    """What one pass over the evaluation images gives for a layer (see ``evaluate_layer``)."""
+
+    norms: Float[Tensor, "images neurons"]
+    variance_explained: tuple[Float[Tensor, " neurons"], float]
+    text_variance_explained: Optional[float]
+    ablated: dict[str, Float[Tensor, "images d_out"]]
+
+
+def evaluate_layer(
+    effects: NeuronEffects,
+    mean: Float[Tensor, "neurons d_out"],
+    threshold: Float[Tensor, " neurons"],
+    directions: Float[Tensor, "neurons d_out"],
+    text_directions: Optional[Float[Tensor, "neurons d_out"]] = None,
+    batch_size: int = 64,
+) -> LayerEvaluation:
+    """‖δ_n‖, the variance explained by r_n (and, pooled, by the normalised text directions) and the ablated
+    embeddings, from ONE formation of each batch's effects: the same numbers as ``centred_norms``,
+    ``variance_explained`` and ``ablated_embeddings`` called one after the other (each forms them again)."""
+    if not effects.normalized:
+        raise ValueError("ablations work in the space of 100·e/‖e‖: build NeuronEffects with normalized=True")
+    unit_text = None if text_directions is None else torch.nn.functional.normalize(text_directions, dim=-1)
+    norms, ablated = [], {}
+    along, total = torch.zeros(directions.shape[0], dtype=torch.float64), torch.zeros(directions.shape[0], dtype=torch.float64)
+    text_along = torch.zeros_like(along)
+    for rows in effects.chunks(batch_size, desc="neuron evaluation"):
+        delta = effects.effects(rows) - mean  # [b, N, D]
+        batch_norms = delta.norm(dim=-1)
+        norms.append(batch_norms)
+        batch_along, batch_total = explained_parts(delta, directions)
+        along += batch_along
+        total += batch_total
+        if unit_text is not None:
+            text_along += explained_parts(delta, unit_text)[0]
+        for k, v in ablated_rows(delta, effects.embedding(rows), threshold, directions, text_directions,
+                                 batch_norms).items():
+            ablated.setdefault(k, []).append(v)
+    text_ve = None if unit_text is None else explained_ratios(text_along, total)[1]
+    return LayerEvaluation(torch.cat(norms), explained_ratios(along, total), text_ve,
+                           {k: torch.cat(v) for k, v in ablated.items()})
+
+
 def run_study(
     loaded,
     layers: Sequence[int],
@@ -132,14 +177,13 @@ def run_study(
         threshold = significance_threshold(ref_norms, top_fraction)
         top_k = max(1, round(top_fraction * len(ref)))
         dirs = neuron_directions(ref, mean, ref_norms, top_k)
-        ev_norms = ev.centred_norms(mean, batch_size)
-        ve, ve_pooled = variance_explained(ev, mean, dirs.directions, batch_size)
-        code = text_dirs = text_ve = None
+        code = text_dirs = None
         if atoms is not None:
             code = omp(atoms, dirs.directions, n_texts)
             text_dirs = code.reconstruct(atoms)
-            _, text_ve = variance_explained(ev, mean, torch.nn.functional.normalize(text_dirs, dim=-1), batch_size)
-        ablated = ablated_embeddings(ev, mean, threshold, dirs.directions, text_dirs, batch_size)
+        evaluated = evaluate_layer(ev, mean, threshold, dirs.directions, text_dirs, batch_size)
+        ev_norms, (ve, ve_pooled), text_ve, ablated = (evaluated.norms, evaluated.variance_explained,
+                                                       evaluated.text_variance_explained, evaluated.ablated)
         results[layer] = LayerResult(
             layer=layer, threshold=threshold, mean=mean, directions=dirs.directions, top_rows=dirs.top_rows,
             selectivity_eval=selectivity(ev_norms, threshold), concentration_eval=concentration(ev_norms, top_fraction),

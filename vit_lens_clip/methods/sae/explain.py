@@ -8,7 +8,15 @@ tower pools), and through the final LayerNorm fold (``decompose.fold``, "own_mea
 
     ĉ_j = pool(a_j) · (γ ⊙ (d_j − mean(d_j)) / σ(r)) · P
 
-exactly: ĉ_j is the part of the image embedding that the feature writes directly, for fixed σ(r). Later
+exactly: ĉ_j is the part of the image embedding that the feature writes directly, for fixed σ(r). Through an
+attentional pooler (CoCa; MAP: SigLIP, PE-Core) the write a_j(m)·d_j at every token m reaches the pooler's
+output through ln_k with each token's statistics frozen (μ_m, σ_m) and the pooler's pattern A[h', m] frozen, as
+the decomposition folds it (docs/sae.md):
+
+    ĉ_j = fold_f( Σ_h' s_{h',j} · (γ_k ⊙ d_j) W_V^{h'} W_O^{h'} ),   s_{h',j} = Σ_m A[h', m] a_j(m) / σ_m
+
+with fold_f the final LayerNorm at frozen μ_f, σ_f (CoCa) or nothing (SigLIP, PE-Core), then the projection
+(``pooled_direct_effects``; ``feature_direct_effects`` runs either readout on images). Later
 blocks also read d_j (indirect effect); ``ablation_effects`` measures the total effect instead: the change of
 the image embedding when the feature is set to 0 with the SAE spliced with its error term, per image. Its
 TextSpan (``describe``) is the sparse text description over the feature's effects on a dataset.
@@ -44,8 +52,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from vit_lens_clip.datasets.segmentation import segmentation_loader
-from vit_lens_clip.decompose.fold import LNFold
-from vit_lens_clip.errors import UnsupportedTowerError
+from vit_lens_clip.decompose.fold import LNFold, ln_statistics
+from vit_lens_clip.errors import BadInputError, UnsupportedTowerError
 from vit_lens_clip.methods.sae.sae import SparseAutoencoder
 from vit_lens_clip.methods.sae.splice import attached_saes, sae_hook_name, saes_spliced
 from vit_lens_clip.methods.spatial.evaluate import method_maps
@@ -68,11 +76,16 @@ def _features(sae: SparseAutoencoder, features: Optional[Sequence[int]]) -> list
 def _check_residual_hook(model: HookedViT, sae: SparseAutoencoder) -> None:
     hook = sae.cfg.hook_name
     if not (_RESIDUAL.match(hook) or hook == "hook_embed") or sae.cfg.d_in != model.cfg.d_model:
-        raise NotImplementedError(f"explaining features needs an SAE on a residual-width hook (hook_embed, "
-                                  f"blocks.l.hook_resid_pre/mid/post, hook_attn_out, hook_mlp_out); got {hook!r}")
+        raise BadInputError(f"explaining features needs an SAE on a residual-width hook (hook_embed, "
+                            f"blocks.l.hook_resid_pre/mid/post, hook_attn_out, hook_mlp_out); got {hook!r} "
+                            f"(d_in {sae.cfg.d_in}) for {model.cfg.model_name} (d_model {model.cfg.d_model})")
+
+
+def _check_row_readout(model: HookedViT, what: str) -> None:
     if model.attn_pool is not None:
         raise UnsupportedTowerError(f"{model.cfg.model_name}: its embedding is read by an attentional pooler, not a "
-                                    "residual row; SAE feature effects are folded at a pooled row only")
+                                    f"residual row; {what} needs the pooler's pattern: use pooled_direct_effects "
+                                    "or feature_direct_effects")
 
 
 # ------------------------------------------------------------------------------------------- (a) effects
@@ -86,11 +99,33 @@ def decoder_directions(sae: SparseAutoencoder, features: Optional[Sequence[int]]
     return d
 
 
+def pooler_directions(model: HookedViT, sae: SparseAutoencoder,
+                      features: Optional[Sequence[int]] = None) -> Float[Tensor, "pool_heads n_feat d_pool"]:
+    """U_{h',j} = (γ_k ⊙ d_j) W_V^{h'} W_O^{h'}: what one unit of feature j at a token of weight 1 (pattern/σ)
+    adds to the pooler's attention output through pooler head h' (ln_k's statistics frozen)."""
+    pool = model.attn_pool
+    d = decoder_directions(sae, features)
+    W_VO = torch.einsum("hie,hed->hid", pool.attn.W_V.detach().double(), pool.attn.W_O.detach().double())
+    return torch.einsum("fi,hid->hfd", d * pool.ln_k.w.detach().double(), W_VO)
+
+
+def _frozen_final_fold(model: HookedViT, vectors: Tensor, pooled: Optional[Tensor]) -> Tensor:
+    """fold_f: γ_f ⊙ v/σ_f (the final LayerNorm at frozen statistics, σ_f = 1 without ``pooled``), then P."""
+    if model.ln_final is not None:
+        scale = 1.0 if pooled is None else ln_statistics(pooled.double(), model.ln_final.eps)[1][:, None, None]
+        vectors = vectors * model.ln_final.w.detach().double() / scale
+    return vectors @ model.W_proj.detach().double()
+
+
 @torch.no_grad()
 def direct_effect_directions(model: HookedViT, sae: SparseAutoencoder,
                              features: Optional[Sequence[int]] = None) -> Float[Tensor, "n_feat d_out"]:
-    """(γ ⊙ (d_j − mean d_j)) · P: the direct effect on the image embedding per unit of pooled activation, σ(r)=1."""
+    """The direct effect on the image embedding per unit of activation, σ = 1: (γ ⊙ (d_j − mean d_j))·P at a
+    pooled row; through an attentional pooler, fold_f(Σ_h' U_{h',j}) (one unit at every token: each pooler
+    head's pattern sums to 1)."""
     _check_residual_hook(model, sae)
+    if model.attn_pool is not None:
+        return _frozen_final_fold(model, pooler_directions(model, sae, features).sum(0)[None], None)[0]
     d = decoder_directions(sae, features)
     return ((d - d.mean(-1, keepdim=True)) * model.ln_final.w.double()) @ model.W_proj.double()
 
@@ -99,12 +134,69 @@ def direct_effect_directions(model: HookedViT, sae: SparseAutoencoder,
 def direct_effects(model: HookedViT, sae: SparseAutoencoder, pooled_acts: Float[Tensor, "batch n_feat"],
                    pooled_residual: Float[Tensor, "batch d_model"],
                    features: Optional[Sequence[int]] = None) -> Float[Tensor, "batch n_feat d_out"]:
-    """ĉ_j = fold(pool(a_j) · d_j) with r's own σ: each feature's exact direct part of each image embedding."""
+    """ĉ_j = fold(pool(a_j) · d_j) with r's own σ: each feature's exact direct part of each image embedding
+    (a tower read at a residual row; ``pooled_direct_effects`` through an attentional pooler)."""
     _check_residual_hook(model, sae)
+    _check_row_readout(model, "direct_effects")
     fold = LNFold.from_residual(pooled_residual, model.ln_final.w, model.ln_final.b, model.W_proj,
                                 model.ln_final.eps, convention="own_mean")
     pieces = pooled_acts.double()[..., None] * decoder_directions(sae, features)
     return fold.fold(pieces.float(), share=0.0)
+
+
+def pooler_token_weights(model: HookedViT, pattern: Float[Tensor, "batch pool_heads n_src"],
+                         scale: Float[Tensor, "batch pos"]) -> Float[Tensor, "batch pool_heads pos"]:
+    """ω_{h'}(m) = A[h', m]/σ_m: how a write at token m reaches the pooler (``attn_pool.attn.hook_pooled_pattern``
+    and ``attn_pool.ln_k.hook_scale``); tokens the pooler does not read (prefix tokens) get 0."""
+    missing = scale.shape[1] - pattern.shape[-1]
+    if missing:
+        pattern = torch.cat([pattern.new_zeros(*pattern.shape[:2], missing), pattern], -1)
+    return pattern.double() / scale.double()[:, None, :]
+
+
+@torch.no_grad()
+def pooled_direct_effects(model: HookedViT, sae: SparseAutoencoder, acts: Float[Tensor, "batch pos n_feat"],
+                          weights: Float[Tensor, "batch pool_heads pos"], pooled: Optional[Float[Tensor, "batch d_pool"]],
+                          features: Optional[Sequence[int]] = None) -> Float[Tensor, "batch n_feat d_out"]:
+    """ĉ_j = fold_f(Σ_h' s_{h',j} U_{h',j}), s_{h',j} = Σ_m ω_{h'}(m) a_j(m) (module docstring): each feature's
+    direct part of each image embedding through an attentional pooler, every statistic and pattern frozen.
+    ``acts``: feature activations at every token (of ``features``), ``weights``: ``pooler_token_weights``,
+    ``pooled``: the pooled vector r (``hook_pooled``) for the final LayerNorm's σ_f (CoCa; None: σ_f = 1)."""
+    _check_residual_hook(model, sae)
+    if model.attn_pool is None:
+        raise UnsupportedTowerError(f"{model.cfg.model_name} has no attentional pooler: use direct_effects")
+    s = torch.einsum("bhm,bmf->bhf", weights.double(), acts.double())
+    effects = torch.einsum("bhf,hfd->bfd", s, pooler_directions(model, sae, features))
+    return _frozen_final_fold(model, effects, pooled)
+
+
+@torch.no_grad()
+def feature_direct_effects(model: HookedViT, sae: SparseAutoencoder, images: Float[Tensor, "n channel h w"],
+                           features: Optional[Sequence[int]] = None,
+                           batch_size: int = 64) -> Float[Tensor, "n n_feat d_out"]:
+    """Each feature's direct effect on each image embedding, for either readout: ``direct_effects`` at a pooled
+    row, ``pooled_direct_effects`` through an attentional pooler (the SAE spliced with its error term)."""
+    _check_residual_hook(model, sae)
+    if model.attn_pool is not None and sae.cfg.positions != "all":
+        raise BadInputError(f"{model.cfg.model_name}: its pooler reads every token, so a direct effect through it "
+                            f"needs an SAE on all positions; this one reads {sae.cfg.positions!r}")
+    feats = _features(sae, features)
+    acts_name = sae_hook_name(sae)
+    names = {acts_name, "hook_pooled"}
+    if model.attn_pool is not None:
+        names |= {"attn_pool.attn.hook_pooled_pattern", "attn_pool.ln_k.hook_scale"}
+    out = []
+    with saes_spliced(model, sae, use_error_term=True):
+        for i in range(0, len(images), batch_size):
+            _, cache = model.run_with_cache(images[i:i + batch_size], names_filter=lambda n: n in names)
+            acts = cache[acts_name][..., feats].double()
+            if model.attn_pool is not None:
+                weights = pooler_token_weights(model, cache["attn_pool.attn.hook_pooled_pattern"],
+                                               cache["attn_pool.ln_k.hook_scale"][..., 0])
+                out.append(pooled_direct_effects(model, sae, acts, weights, cache["hook_pooled"], feats))
+            else:
+                out.append(direct_effects(model, sae, model.pool_tokens(acts), cache["hook_pooled"], feats).double())
+    return torch.cat(out)
 
 
 def nearest_texts(directions: Float[Tensor, "n_feat d_out"], text_embeddings: Float[Tensor, "n_texts d_out"],
@@ -210,15 +302,18 @@ def feature_sources(model: HookedViT, sae: SparseAutoencoder, images: Float[Tens
     """Split each feature's encoder pre-activation over the embedding, heads, biases and MLPs (exact)."""
     _check_residual_hook(model, sae)
     if sae.cfg.positions != "all":
-        raise NotImplementedError("sources are implemented for SAEs that read every token position")
+        raise BadInputError(f"sources are split for SAEs that read every token position; this one reads "
+                            f"{sae.cfg.positions!r}")
     feats = _features(sae, features)
     hook = sae.cfg.hook_name
     with_embed, attn_layers, mlp_layers = _pieces(model, hook)
     if hook.endswith("mlp_out"):
-        raise NotImplementedError("an MLP output is not linear in the heads: explain an SAE on a residual hook")
+        raise BadInputError("an MLP output is not linear in the heads: explain an SAE on a residual hook")
     x_name = sae_hook_name(sae, "hook_sae_input") if hook in attached_saes(model) else hook
+    z_normed = {l for l in attn_layers if getattr(model.blocks[l].attn, "ln_z", None) is not None}  # EVA02
     names = {x_name, "hook_embed"} | {f"blocks.{l}.attn.hook_z" for l in attn_layers} | {
-        f"blocks.{l}.hook_mlp_out" for l in mlp_layers}
+        f"blocks.{l}.hook_mlp_out" for l in mlp_layers} | {f"blocks.{l}.attn.hook_result" for l in z_normed} | {
+        f"blocks.{l}.attn.ln_z.hook_scale" for l in z_normed}
     if position is not None:
         names |= {f"blocks.{l}.attn.hook_pattern" for l in attn_layers} | {f"blocks.{l}.attn.hook_v" for l in attn_layers}
     _, cache = model.run_with_cache(images, names_filter=lambda n: n in names)
@@ -243,13 +338,23 @@ def feature_sources(model: HookedViT, sae: SparseAutoencoder, images: Float[Tens
     for l in attn_layers:
         attn = model.blocks[l].attn
         WO_w = torch.einsum("hed,df->hef", attn.W_O.double(), W)  # [H, d_head, F]
-        z = cache[f"blocks.{l}.attn.hook_z"].double()  # [B, P, H, e]
-        heads.append(coef[:, None] * torch.einsum("bphe,hef->bhpf", z, WO_w))
+        if l in z_normed:  # EVA02: per-head results under the sub-LayerNorm's frozen statistics (hook_result)
+            head = torch.einsum("bphd,df->bhpf", cache[f"blocks.{l}.attn.hook_result"].double(), W)
+            gamma_h = attn.ln_z.w.double().unflatten(-1, (attn.n_heads, attn.d_head))
+            WO_w = WO_w * gamma_h[..., None]  # the value path (γ_h ⊙ v) W_O^h, divided by the query's σ_z below
+        else:
+            head = torch.einsum("bphe,hef->bhpf", cache[f"blocks.{l}.attn.hook_z"].double(), WO_w)
+        heads.append(coef[:, None] * head)
         biases.append(coef * (attn.b_O.double() @ W))
         if position is not None:
             A = cache[f"blocks.{l}.attn.hook_pattern"].double()[:, :, position]  # [B, H, M]
             v = cache[f"blocks.{l}.attn.hook_v"].double()  # [B, M, H, e]
-            sources.append(coef[:, position, None, None] * A[..., None] * torch.einsum("bmhe,hef->bhmf", v, WO_w))
+            per_source = A[..., None] * torch.einsum("bmhe,hef->bhmf", v, WO_w)
+            if l in z_normed:  # A/σ_z(p) (γ_h ⊙ v_m) W_O^h, plus an equal share of the head's mean and β term
+                per_source = per_source / cache[f"blocks.{l}.attn.ln_z.hook_scale"].double()[:, position, 0, None, None, None]
+                rest = head[:, :, position] - per_source.sum(2)  # [B, H, F]
+                per_source = per_source + rest[:, :, None] / per_source.shape[2]
+            sources.append(coef[:, position, None, None] * per_source)
     mlps = [coef * (cache[f"blocks.{l}.hook_mlp_out"].double() @ W) for l in mlp_layers]
     x_normed, _ = sae.normalize_in(x.to(sae.W_enc.dtype))
     pre = sae.pre_acts(x_normed)[..., feats].double()
@@ -283,15 +388,17 @@ def feature_activations(model: HookedViT, sae: SparseAutoencoder, images: Float[
 
 
 def activation_maps(model: HookedViT, acts: Float[Tensor, "n pos n_feat"]) -> Float[Tensor, "n n_feat grid_h grid_w"]:
-    """Patch-position activations as image grids (the class token dropped)."""
-    gh, gw = (s // p for s, p in zip(model.cfg.image_size, model.cfg.patch_size))
-    if acts.shape[1] != 1 + gh * gw:
-        raise ValueError(f"expected {1 + gh * gw} token positions, got {acts.shape[1]}")
-    return acts[:, 1:].transpose(1, 2).reshape(acts.shape[0], acts.shape[2], gh, gw)
+    """Patch-position activations as image grids (the prefix tokens, class token and registers, dropped)."""
+    gh, gw = model.cfg.grid_size
+    n_prefix = model.cfg.n_prefix
+    if acts.shape[1] != n_prefix + gh * gw:
+        raise ValueError(f"expected {n_prefix + gh * gw} token positions, got {acts.shape[1]}")
+    return acts[:, n_prefix:].transpose(1, 2).reshape(acts.shape[0], acts.shape[2], gh, gw)
 
 
 def image_scores(acts: Float[Tensor, "n pos n_feat"], how: str = "max") -> Float[Tensor, "n n_feat"]:
-    """One number per image and feature: the max over tokens ("max"), the class token ("cls") or the mean."""
+    """One number per image and feature: the max over tokens ("max"), the class token ("cls", position 0) or
+    the mean."""
     if how == "max":
         return acts.amax(1)
     if how == "cls":

@@ -167,7 +167,7 @@ def _top_subspace(C: Tensor, r: int, eps_data: float) -> tuple[Tensor, Tensor, T
 
 
 _GRAM_ANGLE = 1e-5  # largest rounding angle accepted for the Gram route's eigenvectors (eps λ_1 / λ_a)
-_GRAM_BLOCK = 256  # column block of the lower-triangle Gram product (measured fastest on CPU for D = 512)
+_GRAM_BLOCK = 96  # column block of the lower-triangle Gram product (measured fastest on CPU for D = 512)
 
 
 def _gram_lower(C: Float[Tensor, "h n d"]) -> Float[Tensor, "h d d"]:
@@ -255,7 +255,9 @@ def _span_chunk(
     r = min(n, D, rank)
     ranks, V, eigenvalues, squared_norm = _top_subspace(C, r, eps_data)  # V [h, r, D], rows beyond the rank 0
     eigenvalues = eigenvalues.to(work)  # [h, r], of the uncentred C^T C
-    T_r = torch.einsum("md,hrd->hmr", T, V).to(work)  # [h, M, r], coordinates of T V_r^T V_r in the V_r basis
+    # [h, M, r], coordinates of T V_r^T V_r in the V_r basis; stored [h, r, M] so that the per-pick products
+    # with all texts read contiguous rows (about 2.5x faster on CPU than with M outermost)
+    T_r = torch.matmul(V, T.T).to(work).transpose(1, 2)
 
     # Step 2: centre. In the V_r basis the uncentred second moment is diag(eigenvalues), so the covariance of
     # the centred projected data is S = (diag(eigenvalues) - n (V m)(V m)^T) / n.
@@ -265,7 +267,9 @@ def _span_chunk(
     tie_tolerance = tie_rtol * spread[:, None]  # [h, 1]
     mean_r = torch.bmm(V, mean[..., None]).to(work)  # [h, r, 1]
     covariance = torch.diag_embed(eigenvalues / n) - mean_r * mean_r.transpose(1, 2)  # [h, r, r]
-    variances = _exact_variances(T_r, covariance)  # [h, M], t^T S t, then updated per pick
+    # [h, M], t^T S t = sum_i (eigenvalue_i / n) t_i^2 - (t . V m)^2 (S is diagonal plus rank one), then updated per pick
+    variances = torch.bmm((eigenvalues / n)[:, None, :], T_r.transpose(1, 2).square())[:, 0]
+    variances.sub_(torch.bmm(mean_r.transpose(1, 2), T_r.transpose(1, 2))[:, 0].square_())
     eps = torch.finfo(work).eps
 
     # Step 3: k greedy picks, all heads at once; only the r x r covariance is deflated.
@@ -285,7 +289,7 @@ def _span_chunk(
         floor = ((best_running - guard).clamp_min(0).sqrt() - tie_tolerance[:, 0]).clamp_min(0) ** 2 - guard
         close = (variances >= floor[:, None]).sum(-1)  # [h]
         top = variances.topk(n_rescored, dim=-1).indices  # [h, R]
-        t_top = _deflated(T_r.gather(1, top[..., None].expand(-1, -1, r)), basis[:, :i])
+        t_top = _deflated(T_r.transpose(1, 2).gather(2, top[:, None, :].expand(-1, r, -1)).transpose(1, 2), basis[:, :i])
         variances.scatter_(1, top, _exact_variances(t_top, covariance))
         crowded = close > n_rescored
         if bool(crowded.any()):
@@ -308,8 +312,8 @@ def _span_chunk(
         tst = (t * s).sum(-1)  # [h], variance of the data along t, times |t|^2
         u = s * inv_tt[:, None] - (tst * inv_tt**2 / 2)[:, None] * t
         covariance.baddbmm_(t[..., None], u[:, None, :], alpha=-1).baddbmm_(u[..., None], t[:, None, :], alpha=-1)
-        dots = torch.bmm(T_r, torch.stack([t, u], dim=-1))  # [h, M, 2]: t_j . t and t_j . u
-        variances.sub_(dots[..., 0].mul_(dots[..., 1]), alpha=2)  # v_j <- v_j - 2 (t_j . t)(t_j . u)
+        dots = torch.bmm(torch.stack([t, u], dim=1), T_r.transpose(1, 2))  # [h, 2, M]: t_j . t and t_j . u
+        variances.sub_(dots[:, 0].mul_(dots[:, 1]), alpha=2)  # v_j <- v_j - 2 (t_j . t)(t_j . u)
         basis[:, i] = t * inv_tt.sqrt()[:, None]
         indices[:, i] = j
         removed_variance = n * tst * inv_tt * active  # |C t|^2 / |t|^2 = n t^T S t / |t|^2
@@ -318,7 +322,8 @@ def _span_chunk(
     # Step 4: reconstruction = mean + the centred data projected on the picked directions (in span(V_r)).
     # One product per output, the mean folded in: [coefficients | 1] @ [directions ; mean].
     directions = torch.bmm(basis.to(dtype), V)  # [h, k, D], the q_i back in D dimensions
-    coefficients = torch.bmm(C, directions.transpose(1, 2)).sub_(torch.bmm(mean[:, None, :], directions.transpose(1, 2)))
+    # [h, n, k], as the transpose of directions @ Cᵀ: with the k-long side first the product runs about 2x faster
+    coefficients = torch.bmm(directions, C.transpose(1, 2)).sub_(torch.bmm(directions, mean[..., None])).transpose(1, 2)
     ones = torch.ones(h_count, n, 1, dtype=dtype, device=device)
     for kk, out in [*prefix_out.items(), (k, reconstruction_out)]:
         torch.bmm(torch.cat([coefficients[..., :kk], ones], -1), torch.cat([directions[:, :kk], mean[:, None, :]], 1),

@@ -10,7 +10,13 @@ from conftest import tiny_clip
 
 from vit_lens_clip.app.benchmarks import heatmaps
 from vit_lens_clip.app.benchmarks.heatmaps import bench_heatmaps
-from vit_lens_clip.app.benchmarks.suites import perturbed_open_clip, second_order_direct, textspan_rows
+from vit_lens_clip.app.benchmarks.suites import (
+    PUBLISHED_LOOP,
+    REFERENCE_LOOP,
+    perturbed_open_clip,
+    second_order_direct,
+    textspan_rows,
+)
 from vit_lens_clip.model.hooked_vit import HookedViT
 
 
@@ -28,9 +34,12 @@ def test_textspan_rows_agree_with_the_loop():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # one repeat: the timing warning
         rows = textspan_rows(n_heads=2, n_images=12, n_texts=20, d_out=6, k=3, rank=5, repeats=1)
-    assert rows[0].name.startswith("per-head loop") and len(rows) >= 3
-    for row in rows[1:]:
+    assert [row.name for row in rows[:2]] == [PUBLISHED_LOOP, REFERENCE_LOOP] and len(rows) == 4
+    assert all(row.baseline == PUBLISHED_LOOP for row in rows)  # every ratio is against the released code's loop
+    for row in rows:
         assert row.agreement is not None and row.agreement < 1e-3, row.name
+    for row in rows[2:]:  # the batched rows say how many heads pick as each loop does
+        assert row.extra["picks_identical"] == 2 and row.extra["picks_as_published_loop"] == 2, row.note
     assert all(row.peak_bytes > 0 for row in rows)
 
 

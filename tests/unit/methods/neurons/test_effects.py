@@ -369,3 +369,14 @@ def test_neuron_effect_through_the_pooler_equals_brute_force_per_later_layer(poo
         assert rel_err(fx.effects(rows)[:, n], sum(per_layer)) < 1e-10
     whole = sum(brute_force_pooled(model, x, layer, lambda c: c[f"blocks.{layer}.hook_mlp_out"]))
     assert rel_err(fx.layer_effect(rows), whole) < 1e-10
+
+
+@pytest.mark.parametrize("shares", [False, True])
+@pytest.mark.parametrize("normalized", [False, True])
+def test_mean_from_the_statistics_equals_the_mean_of_the_effects(model64, shares, normalized):
+    """φ̄_n computed from mean_I scale(I) s(I) without forming effects equals the average of the formed effects,
+    in chunks smaller than the set (so the streaming sum is exercised)."""
+    model, x = model64
+    stats = collect_second_order(model, x, LAYER, shares=shares)
+    fx = NeuronEffects(model, stats, normalized=normalized, shares=shares)
+    assert rel_err(fx.mean(batch_size=3), fx.effects(torch.arange(len(x))).mean(0)) <= TOL

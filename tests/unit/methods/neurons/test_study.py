@@ -116,3 +116,28 @@ def test_shapes_images_are_labelled_deterministic_model_inputs(loaded):
     assert torch.equal(x, again) and torch.equal(labels, labels_again)
     other, _ = shapes_images(loaded.preprocess, 3, seed=8, task=TASK)
     assert not torch.equal(x, other)
+
+
+def test_one_evaluation_pass_equals_the_separate_passes():
+    """evaluate_layer forms each batch's effects once and gives exactly what the three streaming functions give."""
+    from vit_lens_clip.methods.neurons.ablation import ablated_embeddings, significance_threshold
+    from vit_lens_clip.methods.neurons.directions import neuron_directions, variance_explained
+    from vit_lens_clip.methods.neurons.effects import NeuronEffects, collect_second_order
+    from vit_lens_clip.methods.neurons.study import evaluate_layer
+
+    model = HookedViT.from_open_clip(tiny_clip(seed=21)).eval()
+    x = torch.randn(11, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    fx = NeuronEffects(model, collect_second_order(model, x, 0))
+    mean = fx.mean()
+    norms = fx.centred_norms(mean, batch_size=4)
+    threshold = significance_threshold(norms, 0.2)
+    directions = neuron_directions(fx, mean, norms, top_k=3).directions
+    text = directions + 0.3 * torch.randn(directions.shape, generator=torch.Generator().manual_seed(3))
+    got = evaluate_layer(fx, mean, threshold, directions, text, batch_size=4)
+    assert torch.equal(got.norms, norms)
+    ve, pooled = variance_explained(fx, mean, directions, batch_size=4)
+    assert torch.equal(got.variance_explained[0], ve) and got.variance_explained[1] == pooled
+    assert got.text_variance_explained == variance_explained(fx, mean, torch.nn.functional.normalize(text, dim=-1), 4)[1]
+    separate = ablated_embeddings(fx, mean, threshold, directions, text, batch_size=4)
+    assert separate.keys() == got.ablated.keys() and all(torch.equal(got.ablated[k], v) for k, v in separate.items())
+    assert not torch.equal(got.ablated["all"], got.ablated["baseline"])

@@ -256,7 +256,7 @@ def test_format_errors_are_clear(tmp_path):
 def test_live_sae_lens_object(model, x, tmp_path):
     sae_lens = pytest.importorskip(
         "sae_lens", reason="sae_lens is not installed here: it needs transformer_lens<4 (the [sae] extra; "
-                           ".ci/sae-resolution runs this test in that resolution)")
+                           ".ci/wheel-check runs this test in that resolution)")
     ref = random_sae(architecture="topk", normalize="expected_average_only_in", seed=7)  # the scale is folded
     save_sae_lens(ref, tmp_path)
     live = sae_lens.SAE.load_from_disk(str(tmp_path), device="cpu")

@@ -8,13 +8,17 @@ second process asking for a held lock is refused at once with ``FolderBusyError`
 Each rank of a torchrun job locks its own file (``LOCK_NAME`` for rank 0, ``LOCK_NAME.RANK`` for the others),
 so a second job on the same folder is refused on every rank. Where ``fcntl`` does not exist (Windows) the lock
 is a no-op.
+
+``folder_locked`` is the form for library functions that write a folder (``collect_on_rank``): it takes the lock,
+unless this process already holds it (the command that called it took it first).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 from vit_lens_clip.errors import OutputFolderError
 
@@ -24,6 +28,7 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
 LOCK_NAME = ".vit_lens_clip.lock"
+_HELD: set[str] = set()  # the lock files this process holds (real paths)
 
 
 class FolderBusyError(OutputFolderError):
@@ -66,10 +71,12 @@ class FolderLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self.fd = fd
+        _HELD.add(_key(self.path))
         return self
 
     def release(self) -> None:
         if self.fd is not None:
+            _HELD.discard(_key(self.path))
             if fcntl is not None:
                 fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
@@ -80,3 +87,18 @@ class FolderLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def _key(path: Path) -> str:
+    return os.path.realpath(path)
+
+
+@contextlib.contextmanager
+def folder_locked(folder: str | Path, label: str = "out", rank: int = 0) -> Iterator[None]:
+    """Hold ``folder``'s lock (rank ``rank``'s file) for the block, or go on under the lock this process already
+    holds there; another process's lock raises ``FolderBusyError``."""
+    if _key(Path(folder) / lock_name(rank)) in _HELD:
+        yield
+        return
+    with FolderLock(folder, label, rank):
+        yield
