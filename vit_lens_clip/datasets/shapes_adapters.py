@@ -4,7 +4,6 @@ spurious-cue set, its groups and place queries). Every shapes-world adapter live
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import Any, Callable
 
@@ -35,46 +34,6 @@ from vit_lens_clip.datasets.shapes_world import (
     zero_shot_labels,
 )
 
-PARALLEL_FROM = 256  # scenes: fewer are rendered in this process (a worker's start costs more than they take)
-
-
-def render_workers() -> int:
-    """Worker processes for rendering: the CPUs this process may use, capped by torch's thread budget (a user
-    who pins one thread gets no workers)."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return min(cpus, torch.get_num_threads(), 4) if cpus > 1 else 0
-
-
-class _Rendered(torch.utils.data.Dataset):
-    """Item i = ``make(i)``, for a DataLoader whose workers render scenes in parallel."""
-
-    def __init__(self, n: int, make: Callable[[int], Any]):
-        self.n, self.make = n, make
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int) -> Any:
-        return self.make(i)
-
-
-def render_in_parallel(n: int, make: Callable[[int], Any], progress: bool = False,
-                       desc: str = "rendering scenes") -> list[Any]:
-    """[make(0), ..., make(n - 1)] in order. Each scene comes from its own seeded stream, so rendering it in a
-    worker process gives the same pixels; from ``PARALLEL_FROM`` items on, ``render_workers()`` processes share
-    the work (the scenes are pure Python and NumPy, one core each)."""
-    workers = render_workers() if n >= PARALLEL_FROM else 0
-    if workers < 2:
-        return [make(i) for i in tqdm(range(n), desc=desc, disable=not progress)]
-    loader = torch.utils.data.DataLoader(_Rendered(n, make), batch_size=32, num_workers=workers,
-                                         collate_fn=list, multiprocessing_context="fork")
-    out: list[Any] = []
-    with tqdm(total=n, desc=desc, disable=not progress) as bar:
-        for batch in loader:
-            out.extend(batch)
-            bar.update(len(batch))
-    return out
-
 
 class ShapesScenes(ShapesDataset):
     """Held-out synthetic scenes with every attribute's label; items follow ``datasets.folder``'s format."""
@@ -82,7 +41,7 @@ class ShapesScenes(ShapesDataset):
     def __init__(self, n: int, preprocess: Callable, seed: int = 0, task: str = "shape"):
         super().__init__(n, seed)
         self.preprocess, self.task = preprocess, task
-        self.scenes = render_in_parallel(n, self.scene)
+        self.scenes = [self.scene(i) for i in range(n)]
         self.attribute_labels = {a: [label_of(s.attributes, a) for s in self.scenes] for a in ATTRIBUTES}
 
     def __getitem__(self, i: int) -> dict[str, Any]:
@@ -139,7 +98,7 @@ def shapes_images(preprocess: Callable, n: int, seed: int, task: str = "shape", 
         label = label_of(scene.attributes, task)
         return preprocess(scene.pil()), -1 if label is None else label
 
-    items = render_in_parallel(n, image_and_label, progress)
+    items = [image_and_label(i) for i in tqdm(range(n), desc="rendering scenes", disable=not progress)]
     return torch.stack([image for image, _ in items]), torch.tensor([label for _, label in items])
 
 

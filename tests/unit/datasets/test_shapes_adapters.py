@@ -1,7 +1,6 @@
 """datasets/shapes_adapters.py: the shapes world as labelled scenes, a segmentation set, zero-shot texts and the
 balanced spurious evaluation set (item i in group i % 4)."""
 
-import numpy as np
 import open_clip
 import pytest
 import torch
@@ -63,19 +62,3 @@ def test_spurious_eval_set_is_balanced():
         assert item["group"] == i % 4
         assert names[item["group"]].startswith(["landbird", "waterbird"][item["label"]])
 
-
-def test_scenes_rendered_in_worker_processes_equal_the_serial_ones(monkeypatch):
-    """Each scene has its own seeded stream, so workers give the same pixels and labels, in order."""
-    import torch
-
-    from vit_lens_clip.datasets import shapes_adapters
-
-    preprocess = lambda image: torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 255
-    monkeypatch.setattr(shapes_adapters, "PARALLEL_FROM", 10**9)
-    serial = shapes_adapters.shapes_images(preprocess, 40, seed=3, task="colour")
-    monkeypatch.setattr(shapes_adapters, "PARALLEL_FROM", 1)
-    monkeypatch.setattr(shapes_adapters, "render_workers", lambda: 2)
-    parallel = shapes_adapters.shapes_images(preprocess, 40, seed=3, task="colour")
-    assert torch.equal(serial[0], parallel[0]) and torch.equal(serial[1], parallel[1])
-    scenes = shapes_adapters.render_in_parallel(40, shapes_adapters.ShapesDataset(40, seed=3).scene)
-    assert [s.caption for s in scenes] == [shapes_adapters.ShapesDataset(40, seed=3).scene(i).caption for i in range(40)]
