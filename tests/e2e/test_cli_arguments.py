@@ -91,6 +91,8 @@ CASES = {
     "hooks NaN weights on a local-dir model": (lambda f: ["hooks", "--model", f"local-dir:{EMBEDDED_MODEL_DIR}",
                                                           "--pretrained", str(f["nan"])], "local-dir"),
     "bench --arch ViT-B-99": (lambda f: ["bench", "--arch", "ViT-B-99"], "unknown open_clip model 'ViT-B-99'"),
+    "bench --suite memory with one unknown of two": (lambda f: ["bench", "--suite", "memory", "--arch",
+                                                               "ViT-B-16,ViT-B-99"], "unknown open_clip model 'ViT-B-99'"),
     "train-embedded --batch-size 0": (lambda f: ["train-embedded", "--out", str(f["dir"] / "never"), "--batch-size",
                                                  "0"], "--batch-size must be at least 1"),
     "segment missing input": (lambda f: ["segment", "--dataset", "folder", str(f["dir"] / "nope"), "--out",

@@ -18,7 +18,7 @@ from vit_lens_clip.app.config import (
     add_textspan_arguments,
 )
 from vit_lens_clip.app.explore_options import add_explore_command
-from vit_lens_clip.app.huge_pages import request_for_torch
+from vit_lens_clip.app.huge_pages import record_for_torch
 from vit_lens_clip.app.preflight import check_arguments
 from vit_lens_clip.embedded.arguments import DESCRIPTION as TRAIN_DESCRIPTION
 from vit_lens_clip.embedded.arguments import add_train_arguments
@@ -175,9 +175,9 @@ def _resource_error(e: BaseException) -> Optional[str]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Expected failures print one line to stderr and return 2; bugs raise (``--debug``: everything raises)."""
-    # Large tensors in transparent huge pages: far fewer page faults on first touch (TextSpan's result alone is
-    # 400 MB at the paper's size). Only effective before any command imports torch.
-    request_for_torch()
+    # What torch will read for transparent huge pages (left as the user set it: app/huge_pages.py), recorded
+    # before any command imports torch
+    record_for_torch()
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]

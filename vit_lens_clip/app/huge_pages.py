@@ -1,8 +1,11 @@
-"""Transparent huge pages for torch's large tensors, as NumPy uses them for its large arrays by default.
+"""What torch got for transparent huge pages (``THP_MEM_ALLOC_ENABLE``), for the bench's record.
 
-torch advises huge pages only with ``THP_MEM_ALLOC_ENABLE=1``, and reads it once, at its first allocation. So the
-command line sets it (unless the user did) before any command imports torch, and records what torch got:
-the bench writes that record, not the environment variable, which says nothing once torch has started.
+torch advises huge pages for its large tensors only with ``THP_MEM_ALLOC_ENABLE=1``, and reads the variable once,
+at its first allocation. The command line leaves it as the user set it (unset: off). It used to turn it on for
+every run; an A/B of five fresh processes per setting on the idle 2-core machine found no gain (TextSpan 1.009x and
+a ViT-B-16 forward 1.018x the CPU time WITH huge pages; docs/performance.md, docs/bench/cpu-huge-pages.json), so
+the default is torch's own. ``record_for_torch`` notes, before torch starts, the value it will read; the bench
+writes that record, not the environment variable, which says nothing once torch has started.
 """
 
 from __future__ import annotations
@@ -11,19 +14,19 @@ import os
 import sys
 
 VARIABLE = "THP_MEM_ALLOC_ENABLE"
+UNSET = "unset (torch's default: off)"
 _recorded: list[str] = []
 
 
-def request_for_torch() -> None:
-    """Set ``THP_MEM_ALLOC_ENABLE=1`` unless the user set it, if torch has not started yet; record the outcome."""
+def record_for_torch() -> None:
+    """Record the value torch will read (the user's, or unset) if torch has not started yet; else why it is unknown."""
     _recorded.clear()
     if "torch" in sys.modules:
         _recorded.append(f"unknown: torch started before the command line ({VARIABLE}={os.environ.get(VARIABLE)})")
         return
-    os.environ.setdefault(VARIABLE, "1")
-    _recorded.append(os.environ[VARIABLE])
+    _recorded.append(os.environ.get(VARIABLE, UNSET))
 
 
 def torch_setting() -> str:
-    """What torch got: the value set before it started, or why that is unknown."""
+    """What torch got: the value recorded before it started, or why that is unknown."""
     return _recorded[-1] if _recorded else "unknown: not started from the command line"

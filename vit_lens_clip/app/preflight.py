@@ -298,7 +298,9 @@ def check_arguments(args: argparse.Namespace) -> None:
     if get("tokenizer") is not None:
         check_tokenizer_folder(args.tokenizer, get("model"))
     if command == "bench":
-        check_model_name(args.arch, "--arch")
+        archs = args.arch.split(",") if get("suite") == "memory" else [args.arch]  # the memory suite takes a list
+        for arch in archs:
+            check_model_name(arch.strip(), "--arch")
         check_file_parent(get("json"), "--json")
     if command == "collect":
         check_data(args.data)

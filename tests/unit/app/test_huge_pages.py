@@ -1,5 +1,5 @@
-"""app/huge_pages.py: THP_MEM_ALLOC_ENABLE is set (unless the user set it) only while torch has not started, and
-torch_setting() reports what torch got, not the variable. Torch is loaded in this process, so the decision is
+"""app/huge_pages.py: THP_MEM_ALLOC_ENABLE is left as the user set it (unset: off, the default the huge-pages A/B
+chose), and torch_setting() reports what torch got, not the variable. Torch is loaded in this process, so the decision is
 tested with torch removed from sys.modules for the call (monkeypatch restores it); nothing restarts torch."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from vit_lens_clip.app import huge_pages
-from vit_lens_clip.app.huge_pages import VARIABLE, request_for_torch, torch_setting
+from vit_lens_clip.app.huge_pages import UNSET, VARIABLE, record_for_torch, torch_setting
 
 
 @pytest.fixture
@@ -25,17 +25,17 @@ def test_before_any_command_nothing_is_known(fresh):
     assert torch_setting() == "unknown: not started from the command line"
 
 
-def test_before_torch_the_variable_is_set_and_recorded(fresh):
+def test_before_torch_an_unset_variable_stays_unset_and_is_recorded(fresh):
     fresh.delitem(sys.modules, "torch")
-    request_for_torch()
-    assert os.environ[VARIABLE] == "1"
-    assert torch_setting() == "1"
+    record_for_torch()
+    assert VARIABLE not in os.environ
+    assert torch_setting() == UNSET
 
 
 def test_the_users_own_value_is_kept_and_recorded(fresh):
     fresh.delitem(sys.modules, "torch")
     fresh.setenv(VARIABLE, "0")
-    request_for_torch()
+    record_for_torch()
     assert os.environ[VARIABLE] == "0"
     assert torch_setting() == "0"
 
@@ -45,7 +45,7 @@ def test_after_torch_started_nothing_is_set_and_the_outcome_is_unknown(fresh, us
     assert "torch" in sys.modules
     if user_value is not None:
         fresh.setenv(VARIABLE, user_value)
-    request_for_torch()
+    record_for_torch()
     assert os.environ.get(VARIABLE) == user_value  # too late to matter: left alone
     assert torch_setting() == f"unknown: torch started before the command line ({VARIABLE}={user_value})"
 
@@ -53,9 +53,9 @@ def test_after_torch_started_nothing_is_set_and_the_outcome_is_unknown(fresh, us
 def test_only_the_latest_call_counts(fresh):
     torch = sys.modules["torch"]
     fresh.delitem(sys.modules, "torch")
-    request_for_torch()
-    assert torch_setting() == "1"
+    record_for_torch()
+    assert torch_setting() == UNSET
     sys.modules["torch"] = torch  # now it has started (never import it again: it cannot start twice)
-    request_for_torch()
+    record_for_torch()
     assert torch_setting().startswith("unknown: torch started before the command line")
     assert len(huge_pages._recorded) == 1
