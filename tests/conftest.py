@@ -65,17 +65,6 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 _LITTER_KEY = pytest.StashKey[set]()
 
-# Under pytest-xdist with --dist loadgroup (the README's command), a test file's tests run on one worker, so its
-# module- and session-level fixtures (a report, a two-rank collection, a site) are built once; the files below
-# hold independent, long tests, which spread over the workers one by one.
-SPREAD_FILES = ("tests/e2e/test_notebooks.py",)
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        path = Path(item.nodeid.split("::")[0]).as_posix()
-        item.add_marker(pytest.mark.xdist_group(item.nodeid if path in SPREAD_FILES else path))
-
 # whether jaxtyping's pytest hook checks the package at run time (pyproject's addopts: --jaxtyping-packages=...)
 TYPE_CHECKED = False
 

@@ -99,11 +99,15 @@ def check_device(value: Optional[str], option: str = "--device") -> None:
 # ------------------------------------------------------------------------------------------ models
 
 
-@lru_cache(maxsize=1)
 def open_clip_model_names() -> tuple[str, ...]:
     """open_clip's architecture names, read from its packaged JSON configs without importing it (empty if absent)."""
-    if "open_clip" in sys.modules:  # already loaded (a Python caller): its list holds configs added at run time
-        return tuple(sys.modules["open_clip"].list_models())
+    if "open_clip" in sys.modules:  # already loaded (a Python caller): its list holds configs added at run time,
+        return tuple(sys.modules["open_clip"].list_models())  # so it is read anew each time, never cached
+    return _packaged_model_names()
+
+
+@lru_cache(maxsize=1)
+def _packaged_model_names() -> tuple[str, ...]:
     spec = importlib.util.find_spec("open_clip")
     if spec is None or not spec.submodule_search_locations:
         return ()

@@ -74,3 +74,18 @@ def test_tokenizer_folders(tmp_path):
                               tokenizer=str(tmp_path / "missing"))
     with pytest.raises(FileNotFoundError, match="no such tokenizer folder"):
         preflight.check_arguments(args)
+
+
+def test_a_config_added_after_a_first_check_is_known(tmp_path):
+    """A Python caller may register an open_clip config at any time: the names are never cached once open_clip is
+    loaded (a cached list made a later-registered architecture 'unknown')."""
+    import json
+
+    import open_clip
+
+    preflight.check_model_name("ViT-B-16")
+    (tmp_path / "preflight-late-arch.json").write_text(json.dumps(
+        {"embed_dim": 8, "vision_cfg": {"image_size": 16, "layers": 1, "width": 16, "patch_size": 8},
+         "text_cfg": {"context_length": 8, "vocab_size": 49408, "width": 8, "heads": 1, "layers": 1}}))
+    open_clip.add_model_config(tmp_path / "preflight-late-arch.json")
+    preflight.check_model_name("preflight-late-arch")
