@@ -141,3 +141,28 @@ def images():
         return torch.randn(batch, 3, *size, generator=torch.Generator().manual_seed(seed))
 
     return make
+
+
+def through_pooler(model, x: torch.Tensor, cache, delta: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """Brute force for an attention-pooled tower: the folded change of the embedding when ``delta`` [B, T, d] is
+    added to the pooler's input alone, with ln_k's per-token statistics, the pooler's pattern and the final
+    LayerNorm's statistics (none for SigLIP) frozen at their clean values (``cache``), read at the pooler's
+    attention output (its MLP is not on the direct path). Everything is linear once frozen, so ``delta`` may be
+    scaled by ``scale`` (and the change back) to keep the difference of two forwards clear of cancellation."""
+    tokens = cache[f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"]
+    if not model.attn_pool.include_prefix:
+        tokens, delta = tokens[:, model.cfg.n_prefix:], delta[:, model.cfg.n_prefix:]
+    mu, sigma = tokens.mean(-1, keepdim=True), cache["attn_pool.ln_k.hook_scale"]
+    outs = []
+    for add in (torch.zeros_like(delta), delta * scale):
+        hooks = [("attn_pool.ln_k.hook_normalized", lambda t, hook, add=add: (tokens + add - mu) / sigma),
+                 ("attn_pool.attn.hook_pattern", lambda t, hook: cache["attn_pool.attn.hook_pattern"]),
+                 ("attn_pool.hook_attn_out", lambda t, hook: outs.append(t[:, 0]))]
+        with torch.no_grad():
+            model.run_with_hooks(x, fwd_hooks=hooks)
+    change = (outs[1] - outs[0]) / scale
+    if model.ln_final is not None:
+        pooled = cache["hook_pooled"]
+        sigma_f = ((pooled - pooled.mean(-1, keepdim=True)).pow(2).mean(-1, keepdim=True) + model.ln_final.eps).sqrt()
+        change = model.ln_final.w * change / sigma_f
+    return change @ model.W_proj

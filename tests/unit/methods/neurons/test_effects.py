@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import rel_err, tiny_clip
+from conftest import rel_err, through_pooler, tiny_clip
 
 from vit_lens_clip import HookedViT
 from vit_lens_clip.decompose.reducers import run_reducers
@@ -293,33 +293,9 @@ def pooled64(request):
     return hooked, x
 
 
-def _through_pooler(model: HookedViT, x: torch.Tensor, cache, delta: torch.Tensor) -> torch.Tensor:
-    """The folded change of r when ``delta`` [B, T, d] is added to the pooler's input alone: ln_k statistics and
-    the pooler's pattern frozen, read at the pooler's attention output (its MLP is not on the path), final LN
-    statistics frozen (none for SigLIP)."""
-    pool = model.attn_pool
-    tokens = cache[f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"]
-    if not pool.include_prefix:
-        tokens, delta = tokens[:, model.cfg.n_prefix:], delta[:, model.cfg.n_prefix:]
-    mu, sigma = tokens.mean(-1, keepdim=True), cache["attn_pool.ln_k.hook_scale"]
-    outs = []
-    for add in (torch.zeros_like(delta), delta):
-        hooks = [("attn_pool.ln_k.hook_normalized", lambda t, hook, add=add: (tokens + add - mu) / sigma),
-                 ("attn_pool.attn.hook_pattern", lambda t, hook: cache["attn_pool.attn.hook_pattern"]),
-                 ("attn_pool.hook_attn_out", lambda t, hook: outs.append(t[:, 0]))]
-        with torch.no_grad():
-            model.run_with_hooks(x, fwd_hooks=hooks)
-    change = outs[1] - outs[0]
-    if model.ln_final is not None:
-        pooled = cache["hook_pooled"]
-        sigma_f = ((pooled - pooled.mean(-1, keepdim=True)).pow(2).mean(-1, keepdim=True) + model.ln_final.eps).sqrt()
-        change = model.ln_final.w * change / sigma_f
-    return change @ model.W_proj
-
-
 def brute_force_pooled(model: HookedViT, x: torch.Tensor, layer: int, write) -> list[torch.Tensor]:
     """Per later layer j (then the direct path): ``write`` added to ln_1's input of block j alone (statistics and
-    patterns frozen), the changed attention output at EVERY token passed to the pooler alone (``_through_pooler``).
+    patterns frozen), the changed attention output at EVERY token passed to the pooler alone (``conftest.through_pooler``).
     Every step is linear once statistics and patterns are frozen, so the write is scaled up by 1e4 (and the
     effects down) to keep the difference of two forwards clear of cancellation."""
     _, cache = model.run_with_cache(x)
@@ -342,8 +318,8 @@ def brute_force_pooled(model: HookedViT, x: torch.Tensor, layer: int, write) -> 
                      (f"blocks.{j}.hook_attn_out", keep_out)]
             with torch.no_grad():
                 model.run_with_hooks(x, fwd_hooks=hooks)
-        effects.append(_through_pooler(model, x, cache, outs[1] - outs[0]) / 1e4)
-    effects.append(_through_pooler(model, x, cache, delta) / 1e4)
+        effects.append(through_pooler(model, x, cache, outs[1] - outs[0]) / 1e4)
+    effects.append(through_pooler(model, x, cache, delta) / 1e4)
     return effects
 
 

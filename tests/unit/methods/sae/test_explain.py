@@ -10,7 +10,7 @@ import open_clip
 import pytest
 import timm
 import torch
-from conftest import perturb_, rel_err
+from conftest import perturb_, rel_err, through_pooler
 
 from vit_lens_clip.methods.sae import explain
 from vit_lens_clip.methods.sae.sae import SAEConfig, SparseAutoencoder
@@ -67,30 +67,10 @@ def random_sae(hook: str, seed: int = 0) -> SparseAutoencoder:
 
 
 def brute_force(model: HookedViT, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-    """The embedding's change when ``delta`` [B, T, d] is added to the pooler's input alone: ln_k applied with
-    each token's clean μ and σ, the pooler's clean pattern, its attention output read (its MLP is not on the
-    direct path), the final LayerNorm (CoCa) at the clean μ_f, σ_f, then the projection. Everything is linear
-    once frozen, so ``delta`` is scaled by 1e4 (and the change back) to keep the difference of two forwards clear
-    of cancellation."""
+    """The embedding's change when ``delta`` [B, T, d] is added to the pooler's input alone, statistics and
+    pattern frozen (``conftest.through_pooler``, ``delta`` scaled by 1e4 against cancellation)."""
     _, cache = model.run_with_cache(x)
-    pool = model.attn_pool
-    tokens = cache[f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"]
-    if not pool.include_prefix:
-        tokens, delta = tokens[:, model.cfg.n_prefix:], delta[:, model.cfg.n_prefix:]
-    mu, sigma = tokens.mean(-1, keepdim=True), cache["attn_pool.ln_k.hook_scale"]
-    outs = []
-    for add in (torch.zeros_like(delta), delta * 1e4):
-        hooks = [("attn_pool.ln_k.hook_normalized", lambda t, hook, add=add: (tokens + add - mu) / sigma),
-                 ("attn_pool.attn.hook_pattern", lambda t, hook: cache["attn_pool.attn.hook_pattern"]),
-                 ("attn_pool.hook_attn_out", lambda t, hook: outs.append(t[:, 0]))]
-        with torch.no_grad():
-            model.run_with_hooks(x, fwd_hooks=hooks)
-    change = (outs[1] - outs[0]) / 1e4
-    if model.ln_final is not None:
-        pooled = cache["hook_pooled"]
-        sigma_f = ((pooled - pooled.mean(-1, keepdim=True)).pow(2).mean(-1, keepdim=True) + model.ln_final.eps).sqrt()
-        change = model.ln_final.w * change / sigma_f
-    return change @ model.W_proj
+    return through_pooler(model, x, cache, delta, scale=1e4)
 
 
 @pytest.mark.parametrize("hook", ["blocks.1.hook_resid_post", "blocks.2.hook_resid_mid"])
