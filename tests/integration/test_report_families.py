@@ -102,6 +102,10 @@ def write_model(folder: Path, family: str, seed: int) -> Path:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model, _, _ = open_clip.create_model_and_transforms(f"local-dir:{folder}")
+    with torch.no_grad():  # open_clip leaves CoCa's text_decoder.text_projection as torch.empty (its init is commented
+        for name, p in model.named_parameters():  # out): memory garbage, NaN now and then, which the load refuses
+            if name.endswith("text_decoder.text_projection"):
+                torch.nn.init.normal_(p, std=p.shape[0] ** -0.5)
     perturb_(model, seed=seed)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "open_clip_model.safetensors"))
     return folder
