@@ -303,6 +303,16 @@ def _quick_gelu_for_tag(name: str, pretrained: Optional[str]) -> bool:
     return bool(cfg and cfg.get("quick_gelu", False))
 
 
+def initialise_left_empty(clip: torch.nn.Module) -> None:
+    """Give random values to the parameters open_clip creates with ``torch.empty`` and never initialises (CoCa's
+    ``text_decoder.text_projection``: its init is commented out upstream), so that a random-weight model holds no
+    memory garbage, NaN now and then, that the finite-weights check would blame on a checkpoint. N(0, 1/width)."""
+    with torch.no_grad():
+        for name, parameter in clip.named_parameters():
+            if name.endswith("text_decoder.text_projection"):
+                torch.nn.init.normal_(parameter, std=parameter.shape[0] ** -0.5)
+
+
 def _build_open_clip(model_name: ModelName, pretrained: Optional[str], device: torch.device, precision: str,
                      cache_dir: Optional[str], tokenizer: Union[None, str, Callable] = None) -> BuiltSource:
     name, local_dir = model_name.identifier, model_name.local_dir
@@ -329,6 +339,8 @@ def _build_open_clip(model_name: ModelName, pretrained: Optional[str], device: t
             raise _unavailable(name, pretrained or "", e) from e
         raise
     clip.eval()
+    if not pretrained and local_dir is None:  # random weights: no checkpoint filled what open_clip leaves empty
+        initialise_left_empty(clip)
     check_finite_weights(clip, pretrained or name)
     if _is_file(pretrained):
         weights_key = file_digest(Path(pretrained))

@@ -74,3 +74,27 @@ def test_a_local_dir_tokenizer_folder_uses_the_folders_text_settings(tmp_path):
     tokens = tokenizer_from_folder(f"local-dir:{model}", str(tmp_path / "tok"))(["cat cat"])
     assert tokens.shape == (1, 9) and tokens[0, :2].tolist() == [3, 3]
     assert tokenizer_from_folder("ViT-B-16", str(tmp_path / "tok"))(["cat"]).shape == (1, 77)
+
+
+def test_random_weights_get_values_where_open_clip_leaves_memory_empty():
+    """CoCa's text_decoder.text_projection is torch.empty in open_clip (garbage, NaN now and then); a random-weight
+    load fills it, so the finite-weights check never blames a checkpoint that does not exist."""
+    import warnings
+
+    import open_clip
+    import torch
+
+    from vit_lens_clip.convert.sources import initialise_left_empty
+    from vit_lens_clip.integrity import check_finite_weights
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        coca = open_clip.CoCa(embed_dim=16, vision_cfg=dict(image_size=16, patch_size=8, width=32, layers=1, head_width=16),
+                              text_cfg=dict(context_length=8, vocab_size=64, width=16, heads=2, layers=1),
+                              multimodal_cfg=dict(context_length=8, width=16, heads=2, layers=1, vocab_size=64))
+    coca.text_decoder.text_projection.data.fill_(float("nan"))  # what the garbage sometimes is
+    others = {k: v.clone() for k, v in coca.state_dict().items() if not k.endswith("text_decoder.text_projection")}
+    initialise_left_empty(coca)
+    assert torch.isfinite(coca.text_decoder.text_projection).all() and coca.text_decoder.text_projection.std() > 0
+    assert all(torch.equal(coca.state_dict()[k], v) for k, v in others.items())  # nothing else touched
+    check_finite_weights(coca, "random")
