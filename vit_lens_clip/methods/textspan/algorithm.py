@@ -44,6 +44,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from vit_lens_clip.errors import BadInputError
+from vit_lens_clip.methods.textspan.gram_eigen import top_gram_eigen
 from vit_lens_clip.methods.textspan.rank import rank_cut, storage_eps
 from vit_lens_clip.methods.textspan.ties import default_tie_rtol
 from vit_lens_clip.validation import check_embeddings
@@ -109,8 +110,8 @@ def _top_subspace(C: Tensor, r: int, eps_data: float) -> tuple[Tensor, Tensor, T
     """Each head's numerical rank (at most r, ``rank.py``), its top right singular vectors V [h, r, D] (rows beyond
     the rank zero), the eigenvalues σ² of CᵀC along them [h, r] (zero beyond the rank) and |C|_F² [h].
 
-    When n ≥ D the vectors come from eigh(CᵀC), several times cheaper than an SVD, for every head whose rank
-    the Gram matrix decides for certain. Its eigenvalues are within g = (n + D) eps |C|_F² of the σ_i² (the
+    When n ≥ D the vectors come from the top-r eigenpairs of CᵀC (``gram_eigen.py``), several times cheaper than
+    an SVD, for every head whose rank the Gram matrix decides for certain (and whose eigensolver succeeded). Its eigenvalues are within g = (n + D) eps |C|_F² of the σ_i² (the
     rounding of forming CᵀC plus that of eigh), so σ_i is surely above the cut when λ_i > cut² + g. The
     directions after the first a such are surely below it when λ_(a+1) + g ≤ cut², or when the residual
     |C - C V_aᵀ V_a|_F, an upper bound on σ_(a+1) (Eckart-Young), is below the cut. The kept eigenvectors are
@@ -128,13 +129,7 @@ def _top_subspace(C: Tensor, r: int, eps_data: float) -> tuple[Tensor, Tensor, T
         eigenvalues = torch.zeros(H, r, dtype=dtype, device=device)
         squared_norm = torch.zeros(H, dtype=dtype, device=device)
     else:
-        gram = _gram_lower(C)
-        squared_norm = gram.diagonal(dim1=1, dim2=2).sum(-1)
-        evals, evecs = torch.linalg.eigh(gram, UPLO="L")  # ascending; reads the lower triangle only
-        del gram
-        evals = evals.flip(-1)[:, :r]  # [H, r], descending
-        vectors = evecs[:, :, D - r :].flip(-1).transpose(1, 2)  # [H, r, D]
-        del evecs
+        evals, vectors, squared_norm, solved = top_gram_eigen(C, r)  # [H, r] descending, [H, r, D], [H], [H]
         frobenius = squared_norm.clamp_min(0).sqrt()
         cut = rank_cut(evals[:, 0].clamp_min(0).sqrt(), frobenius, n, D, eps, eps_data)  # [H]
         error = (n + D) * eps * squared_norm  # [H], bound on |λ_i - σ_i²|
@@ -143,6 +138,7 @@ def _top_subspace(C: Tensor, r: int, eps_data: float) -> tuple[Tensor, Tensor, T
         # a Gram eigenvector is off by about eps λ_1 / λ_i (the SVD's by eps σ_1 / σ_i): keep it below 1e-5
         smallest_kept = evals.gather(1, (above - 1).clamp(min=0)[:, None])[:, 0]
         accurate = (above == 0) | (smallest_kept * _GRAM_ANGLE >= eps * evals[:, 0])
+        accurate &= solved
         decided = accurate & ((above == r) | (next_eval + error <= cut**2))
         for i in (accurate & ~decided & (above > 0)).nonzero().flatten().tolist():
             a = int(above[i])
@@ -167,24 +163,6 @@ def _top_subspace(C: Tensor, r: int, eps_data: float) -> tuple[Tensor, Tensor, T
 
 
 _GRAM_ANGLE = 1e-5  # largest rounding angle accepted for the Gram route's eigenvectors (eps λ_1 / λ_a)
-_GRAM_BLOCK = 96  # column block of the lower-triangle Gram product (measured fastest on CPU for D = 512)
-
-
-def _gram_lower(C: Float[Tensor, "h n d"]) -> Float[Tensor, "h d d"]:
-    """Each head's CᵀC where it is read: the lower triangle, by row blocks, rows a:b = C[:, a:b]ᵀ C[:, :b] (3/4
-    of a full product's flops for two blocks). Entries above the diagonal are CᵀC's or zero; nothing reads them
-    (``torch.linalg.eigh`` reads the lower triangle, UPLO='L', and the diagonal is exact)."""
-    H, n, D = C.shape
-    gram = torch.empty(H, D, D, dtype=C.dtype, device=C.device)
-    for a in range(0, D, _GRAM_BLOCK):
-        b = min(a + _GRAM_BLOCK, D)
-        rows = gram[:, a:b]  # whole rows: contiguous, so the last block is written in place
-        if b == D:
-            torch.bmm(C[:, :, a:b].transpose(1, 2), C, out=rows)
-        else:
-            rows[:, :, :b] = torch.bmm(C[:, :, a:b].transpose(1, 2), C[:, :, :b])
-            rows[:, :, b:] = 0
-    return gram
 
 
 def working_bytes_per_head(n: int, D: int, M: int, rank: int, itemsize: int, converts: bool) -> int:

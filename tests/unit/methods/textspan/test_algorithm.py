@@ -57,16 +57,57 @@ def test_batched_matches_reference_float64(n_heads, n_images, d_out, n_texts, k,
 
 @pytest.mark.parametrize("d_out", [7, 256, 300, 600])
 def test_lower_triangle_gram_equals_the_full_product_where_eigh_reads_it(d_out):
-    from vit_lens_clip.methods.textspan.algorithm import _gram_lower
+    from vit_lens_clip.methods.textspan.gram_eigen import gram_lower
 
     C = torch.randn(3, 50, d_out, dtype=torch.float64, generator=torch.Generator().manual_seed(d_out))
-    gram = _gram_lower(C)
+    gram = gram_lower(C)
     full = C.transpose(1, 2) @ C
     torch.testing.assert_close(gram.tril(), full.tril(), rtol=1e-12, atol=1e-12)
     upper = gram.triu(1)
     assert bool(((upper == 0) | torch.isclose(upper, full.triu(1), rtol=1e-12, atol=1e-12)).all())
     for a, b in zip(torch.linalg.eigvalsh(gram, UPLO="L"), torch.linalg.eigvalsh(full), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-9)
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-10), (torch.float32, 2e-4)])
+def test_lapack_and_torch_routes_give_the_same_top_eigenpairs(dtype, tol):
+    """The CPU route (SciPy ?syrk + ?syevr, top r only) and the device route (blocked Gram + torch eigh) agree:
+    eigenvalues, |C|_F² and the spanned subspace (eigenvectors up to sign)."""
+    from vit_lens_clip.methods.textspan import gram_eigen
+
+    C, _ = structured_heads(3, 400, 200, 2, seed=9)
+    C = C.to(dtype)
+    a = gram_eigen._lapack_route(C, 30)
+    b = gram_eigen._torch_route(C, 30)
+    assert bool(a[3].all()) and bool(b[3].all())
+    torch.testing.assert_close(a[0], b[0], rtol=tol, atol=tol * float(b[0].max()))
+    torch.testing.assert_close(a[2], b[2], rtol=tol, atol=0.0)
+    overlap = (a[1] * b[1]).sum(-1).abs()  # [h, r]: |cos| between matching eigenvectors
+    torch.testing.assert_close(overlap, torch.ones_like(overlap), rtol=0, atol=50 * tol)
+    with pytest.raises(ValueError, match="r must lie"):
+        gram_eigen.top_gram_eigen(C, 0)
+
+
+def test_a_failed_eigensolver_sends_the_head_to_the_svd(monkeypatch):
+    """A head whose ?syevr reports failure is decided by SVD: same picks and reconstruction as the reference."""
+    from vit_lens_clip.methods.textspan import gram_eigen
+
+    real = gram_eigen.lapack.dsyevr
+    calls = []
+
+    def failing_once(*args, **kwargs):
+        out = real(*args, **kwargs)
+        calls.append(1)
+        return (*out[:4], 1) if len(calls) == 1 else out
+
+    monkeypatch.setattr(gram_eigen.lapack, "dsyevr", failing_once)
+    C, T = structured_heads(2, 120, 40, 30, seed=6)
+    result = text_span(C, T, k=5, rank=12)
+    assert len(calls) == 2
+    for h in range(2):
+        ref = text_span_reference(C[h].numpy(), T.numpy(), k=5, rank=12)
+        np.testing.assert_array_equal(result.indices[h].numpy(), ref.indices)
+        np.testing.assert_allclose(result.reconstruction[h].numpy(), ref.reconstruction, atol=1e-10)
 
 
 def test_batched_matches_reference_float32():
