@@ -31,7 +31,8 @@ def run_bench(args: argparse.Namespace) -> str:
     if args.repeats < 1:
         raise ValueError("--repeats must be at least 1")
     sizes = dict(TEXTSPAN_SIZES[args.textspan_size])
-    sizes["max_memory"] = None if args.max_memory <= 0 else int(args.max_memory * 2**20)
+    if args.max_memory is not None:  # else textspan_rows' default, text_span's
+        sizes["max_memory"] = int(args.max_memory * 2**20)
     load_at_start = os.getloadavg()  # 1, 5 and 15 minute load averages: how busy the machine was
     with pinned_threads(args.threads) as threads:
         header = (f"device={device} threads: torch={threads['torch']} {' '.join(threads['pools'])}; "

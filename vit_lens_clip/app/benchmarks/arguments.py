@@ -32,6 +32,7 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--textspan-data", choices=["random", "headlike", "both"], default="both",
                    help="TextSpan data: random full-rank float64, head-like (rank d_head + 1, float32; at most "
                         f"{HEADLIKE_HEADS} heads), or both tables")
-    p.add_argument("--max-memory", type=float, default=256, help="TextSpan working memory per head chunk, MiB")
+    p.add_argument("--max-memory", type=float, default=None,
+                   help="TextSpan working memory per head chunk, MiB (default: text_span's, 48)")
     p.add_argument("--precisions", default="fp32,fp16,bf16", help="full suite: comma-separated precisions")
     p.add_argument("--json", default=None, metavar="PATH", help="write every figure with versions/threads/device")

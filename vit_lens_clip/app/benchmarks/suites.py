@@ -21,7 +21,7 @@ from vit_lens_clip.app.benchmarks.timing import Timing, time_interleaved
 from vit_lens_clip.decompose.parts import decompose
 from vit_lens_clip.methods.neurons.effects import SecondOrderCapture
 from vit_lens_clip.methods.spatial.heatmaps import text_heatmap
-from vit_lens_clip.methods.textspan.algorithm import text_span
+from vit_lens_clip.methods.textspan.algorithm import DEFAULT_MAX_MEMORY, text_span
 from vit_lens_clip.methods.textspan.bench import head_like_data, random_head_data
 from vit_lens_clip.methods.textspan.published_loop import text_span_published_loop
 from vit_lens_clip.methods.textspan.reference import text_span_reference
@@ -116,7 +116,7 @@ REFERENCE_LOOP = "reference loop (reference.py, NumPy float64)"
 
 def textspan_rows(n_heads: int = 48, n_images: int = 2000, n_texts: int = 3498, d_out: int = 512, k: int = 20,
                   rank: int = 80, repeats: int = 3, device: torch.device | None = None,
-                  max_memory: int | None = 256 * 2**20, with_loop: bool = True, seed: int = 0,
+                  max_memory: int | None = DEFAULT_MAX_MEMORY, with_loop: bool = True, seed: int = 0,
                   data: str = "random") -> list[Row]:
     """Batched TextSpan (float64, float32) against two per-head loops on the same data and thread limits
     (``device`` None: the CPU): the baseline is the released implementation's loop (``published_loop.py``), the

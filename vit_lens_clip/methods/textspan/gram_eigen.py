@@ -3,9 +3,11 @@
 Two routes compute the same numbers (to rounding):
 
 * CPU (float32 / float64): per head, LAPACK through SciPy: ``?syrk`` forms the lower triangle of CᵀC (half a
-  product's flops, in place of the blocked product below) and ``?syevr`` finds only the r largest eigenpairs
-  (MRRR, so no eigenvectors beyond r are formed). Measured on the 2-core AMD EPYC bench machine, one thread,
-  48 heads of 2000 x 512 float64, r = 80: 1.09 s against 1.92 s for the torch route (docs/performance.md).
+  product's flops, in place of the blocked product below), then only the r largest eigenpairs are formed
+  (``_top_by_tridiagonal``; ``?syevr``'s subset driver where that declines), on as many BLAS threads as
+  ``torch.get_num_threads()``. One thread, 2000 x 512 float64,
+  r = 80, on the 2-core AMD EPYC bench machine: syrk 12 ms + eigenpairs 12 ms per head, against 14 + 28 ms
+  for the torch route.
 * Other devices: ``gram_lower`` (a lower-triangle product by column blocks) and ``torch.linalg.eigh``.
 
 A head whose LAPACK call reports a failure is marked unsolved; the caller decides it by SVD.
@@ -17,6 +19,7 @@ import numpy as np
 import torch
 from jaxtyping import Bool, Float
 from scipy.linalg import blas, lapack
+from threadpoolctl import threadpool_limits
 from torch import Tensor
 
 _GRAM_BLOCK = 96  # column block of the lower-triangle Gram product (measured fastest on CPU for D = 512)
@@ -47,7 +50,8 @@ def top_gram_eigen(C: Float[Tensor, "h n d"], r: int) -> tuple[
     if not 1 <= r <= D:
         raise ValueError(f"r must lie in 1..{D}; got {r}")
     if C.device.type == "cpu" and C.dtype in (torch.float32, torch.float64):
-        return _lapack_route(C, r)
+        with threadpool_limits(limits=torch.get_num_threads(), user_api="blas"):  # torch's thread count governs
+            return _lapack_route(C, r)
     return _torch_route(C, r)
 
 
@@ -64,20 +68,63 @@ def _torch_route(C: Tensor, r: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
 
 def _lapack_route(C: Tensor, r: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     H, n, D = C.shape
-    double = C.dtype == torch.float64
-    syrk, syevr = (blas.dsyrk, lapack.dsyevr) if double else (blas.ssyrk, lapack.ssyevr)
     data = C.detach().contiguous().numpy()
     evals = torch.zeros(H, r, dtype=C.dtype)
     vectors = torch.zeros(H, r, D, dtype=C.dtype)
     squared_norm = torch.zeros(H, dtype=C.dtype)
     solved = torch.zeros(H, dtype=torch.bool)
+    lapack_of = _LAPACK_FLOAT64 if C.dtype == torch.float64 else _LAPACK_FLOAT32
     for h in range(H):
-        gram = syrk(1.0, data[h].T, trans=0, lower=1)  # [D, D] Fortran order, lower triangle = CᵀC
+        gram = lapack_of["syrk"](1.0, data[h].T, trans=0, lower=1)  # [D, D] Fortran order, lower triangle = CᵀC
         squared_norm[h] = float(np.trace(gram))
-        w, v, found, _, info = syevr(gram, compute_v=1, range="I", lower=1, il=D - r + 1, iu=D, overwrite_a=1)
-        if info != 0 or found != r:
+        found = _top_by_tridiagonal(gram, r, lapack_of) if D > 1 else None
+        if found is None:  # a near-split tridiagonal or a LAPACK failure: the standard subset driver
+            gram = lapack_of["syrk"](1.0, data[h].T, trans=0, lower=1)  # formed again: the route overwrote it
+            w, v, count, _, info = lapack_of["syevr"](gram, compute_v=1, range="I", lower=1, il=D - r + 1, iu=D,
+                                                      overwrite_a=1)
+            found = (w[:r], v[:, :r]) if info == 0 and count == r else None
+        if found is None:
             continue
-        evals[h] = torch.from_numpy(np.ascontiguousarray(w[:r][::-1]))
-        vectors[h] = torch.from_numpy(np.ascontiguousarray(v[:, :r].T[::-1]))
+        w, v = found  # ascending
+        evals[h] = torch.from_numpy(np.ascontiguousarray(w[::-1]))
+        vectors[h] = torch.from_numpy(np.ascontiguousarray(v.T[::-1]))
         solved[h] = True
     return evals, vectors, squared_norm, solved
+
+
+def _top_by_tridiagonal(gram: np.ndarray, r: int, lapack_of: dict) -> tuple[np.ndarray, np.ndarray] | None:
+    """The r largest eigenpairs of a symmetric matrix (lower triangle read; the matrix is overwritten), ascending:
+    Householder tridiagonalisation A = Q T Qᵀ (``?sytrd``), all eigenvalues of T by the root-free QR (``?sterf``,
+    O(D²)), the eigenvectors z of T for the top r alone by inverse iteration (``?stein``), and Q z by applying
+    the reflectors (``?ormqr``, whose storage the lower ``?sytrd`` shares once the first row and column are
+    dropped). None when T nearly splits (``?stein`` then needs the blocks, which ``?syevr`` finds), when a
+    routine fails, or when the vectors are not orthonormal to 100 eps."""
+    D = gram.shape[0]
+    eps = np.finfo(gram.dtype).eps
+    reflectors, d, e, tau, info = lapack_of["sytrd"](gram, lower=1, lwork=D * 16, overwrite_a=1)
+    if info != 0 or np.any(e * e <= eps * eps * np.abs(d[:-1] * d[1:])):
+        return None
+    w, info = lapack_of["sterf"](d, e)  # ascending; d and e are not overwritten (copied by the wrapper)
+    if info != 0:
+        return None
+    top = np.ascontiguousarray(w[D - r:])
+    blocks, splits = np.ones(D, dtype=np.int32), np.zeros(D, dtype=np.int32)
+    splits[0] = D  # one block: T does not split
+    z, info = lapack_of["stein"](d, e, top, blocks, splits)
+    if info != 0:
+        return None
+    z = np.asfortranarray(z[:, :r])
+    rotated, _, info = lapack_of["ormqr"]("L", "N", reflectors[1:, :-1], tau, z[1:], lwork=max(r, 1) * 64,
+                                          overwrite_c=1)
+    if info != 0:
+        return None
+    z[1:] = rotated
+    if np.abs(z.T @ z - np.eye(r, dtype=z.dtype)).max() > 100 * eps:
+        return None
+    return top, z
+
+
+_LAPACK_FLOAT64 = {"syrk": blas.dsyrk, "syevr": lapack.dsyevr, "sytrd": lapack.dsytrd, "sterf": lapack.dsterf,
+                   "stein": lapack.dstein, "ormqr": lapack.dormqr}
+_LAPACK_FLOAT32 = {"syrk": blas.ssyrk, "syevr": lapack.ssyevr, "sytrd": lapack.ssytrd, "sterf": lapack.ssterf,
+                   "stein": lapack.sstein, "ormqr": lapack.sormqr}

@@ -88,22 +88,28 @@ def test_lapack_and_torch_routes_give_the_same_top_eigenpairs(dtype, tol):
         gram_eigen.top_gram_eigen(C, 0)
 
 
-def test_a_failed_eigensolver_sends_the_head_to_the_svd(monkeypatch):
-    """A head whose ?syevr reports failure is decided by SVD: same picks and reconstruction as the reference."""
+@pytest.mark.parametrize("failing", [("sytrd",), ("stein",), ("sytrd", "syevr")])
+def test_failed_lapack_calls_fall_back_to_the_subset_driver_then_the_svd(monkeypatch, failing):
+    """The first head's tridiagonal route fails (its ?sytrd or ?stein reports an error): ?syevr takes the head;
+    when that fails too, the SVD does. Either way: the reference's picks and reconstruction."""
     from vit_lens_clip.methods.textspan import gram_eigen
 
-    real = gram_eigen.lapack.dsyevr
-    calls = []
+    calls = {name: 0 for name in ("sytrd", "stein", "syevr")}
 
-    def failing_once(*args, **kwargs):
-        out = real(*args, **kwargs)
-        calls.append(1)
-        return (*out[:4], 1) if len(calls) == 1 else out
+    def failing_first(name):
+        real = gram_eigen._LAPACK_FLOAT64[name]
 
-    monkeypatch.setattr(gram_eigen.lapack, "dsyevr", failing_once)
+        def call(*args, **kwargs):
+            out = real(*args, **kwargs)
+            calls[name] += 1
+            return (*out[:-1], 1) if name in failing and calls[name] == 1 else out
+        return call
+
+    for name in calls:
+        monkeypatch.setitem(gram_eigen._LAPACK_FLOAT64, name, failing_first(name))
     C, T = structured_heads(2, 120, 40, 30, seed=6)
     result = text_span(C, T, k=5, rank=12)
-    assert len(calls) == 2
+    assert calls["sytrd"] == 2 and calls["syevr"] == 1
     for h in range(2):
         ref = text_span_reference(C[h].numpy(), T.numpy(), k=5, rank=12)
         np.testing.assert_array_equal(result.indices[h].numpy(), ref.indices)
