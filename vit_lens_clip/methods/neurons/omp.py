@@ -1,9 +1,10 @@
 """Sparse text decomposition of neuron directions: orthogonal matching pursuit, batched over neurons in torch.
 
 For a target r ∈ R^D and a dictionary of text atoms X [M, D], OMP picks k atoms greedily: at each step the
-atom with the largest |⟨x_m, residual⟩|, then refits all picked coefficients by least squares
-(min ‖r − Σ c_i x_i‖) and updates the residual. Every neuron runs in lockstep, so the whole batch is one
-matrix product per step (GPU-ready). Same algorithm as scikit-learn's ``OrthogonalMatchingPursuit``.
+atom with the largest |⟨x_m, residual⟩|, then the residual of the least-squares fit on all picked atoms
+(min ‖r − Σ c_i x_i‖), kept as r − Q Qᵀ r with an orthonormal basis Q of the picks grown by one step each.
+Every neuron runs in lockstep, so the whole batch is one matrix product per step (GPU-ready). Same algorithm
+as scikit-learn's ``OrthogonalMatchingPursuit``; the coefficients come from one least-squares solve at the end.
 
 The pool is prepared as the paper's code does (text embeddings, unit norm, ×100, minus the pool mean), and
 then either each TEXT is scaled to unit norm ("text", the default: atoms compete on direction, not length)
@@ -75,25 +76,36 @@ def omp(
     atoms, coefs = [], []
     starts = range(0, targets.shape[0], batch_size)
     for start in tqdm(starts, desc="OMP", disable=not progress or len(starts) < 2):
-        with _one_cpu_thread(targets):
-            a, c = _omp_batch(dictionary.double(), targets[start : start + batch_size].double(), k)
+        a, c = _omp_batch(dictionary.double(), targets[start : start + batch_size].double(), k)
         atoms.append(a)
         coefs.append(c)
     return SparseCode(torch.cat(atoms), torch.cat(coefs).to(targets.dtype if targets.is_floating_point() else torch.float32))
 
 
 def _omp_batch(X: Tensor, y: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    B = y.shape[0]
+    """The residual after each pick is y − Q Qᵀ y, Q an orthonormal basis of the picked atoms grown by one
+    Gram-Schmidt step (done twice, so Q stays orthonormal to rounding) per pick: the least-squares residual,
+    without a solve per step. The coefficients are one least-squares solve on the k picked atoms at the end."""
+    B, D = y.shape
     residual = y.clone()
-    chosen = torch.zeros(B, 0, dtype=torch.long, device=y.device)
-    coefs = y.new_zeros(B, 0)
-    for _ in range(k):
-        corr = (residual @ X.T).abs()
-        corr.scatter_(1, chosen, -1.0)  # never pick an atom twice
-        chosen = torch.cat([chosen, corr.argmax(-1, keepdim=True)], 1)
-        picked = X[chosen]  # [B, s, d]
-        coefs = _least_squares(picked.transpose(1, 2), y[..., None])
-        residual = y - torch.einsum("bs,bsd->bd", coefs, picked)
+    chosen = torch.zeros(B, k, dtype=torch.long, device=y.device)
+    basis = y.new_zeros(B, k, D)  # rows q_1..q_s: orthonormal, spanning the picked atoms (a dependent atom adds 0)
+    scale = X.norm(dim=-1).max()
+    corr = y.new_empty(B, X.shape[0])  # reused: a fresh [B, M] buffer per step costs page faults
+    for step in range(k):
+        torch.mm(residual, X.T, out=corr).abs_()
+        corr.scatter_(1, chosen[:, :step], -1.0)  # never pick an atom twice
+        chosen[:, step] = corr.argmax(-1)
+        v = X[chosen[:, step]]  # [B, D]
+        for _ in range(2):  # classical Gram-Schmidt, twice
+            v = v - torch.bmm(torch.bmm(v[:, None], basis[:, :step].transpose(1, 2)), basis[:, :step])[:, 0]
+        norm = v.norm(dim=-1, keepdim=True)
+        independent = norm > 1e-10 * scale
+        q = torch.where(independent, v / torch.where(independent, norm, torch.ones_like(norm)), torch.zeros_like(v))
+        basis[:, step] = q
+        residual = residual - (residual * q).sum(-1, keepdim=True) * q
+    with _one_cpu_thread(y):
+        coefs = _least_squares(X[chosen].transpose(1, 2), y[..., None])
     return chosen, coefs
 
 
@@ -108,9 +120,9 @@ def _least_squares(A: Tensor, b: Tensor) -> Tensor:
 
 @contextmanager
 def _one_cpu_thread(t: Tensor) -> Iterator[None]:
-    """One intra-op thread for OMP's many small CPU steps (batched tiny least-squares solves, gathers): with two
-    threads, torch's batch loop and the library's own threads contend and the same work takes several times the
-    CPU time (each solve is sequential either way: the result is the same)."""
+    """One intra-op thread for the batched tiny least-squares solves: with two threads, torch's batch loop and the
+    library's own threads contend and the same work takes several times the CPU time (each solve is sequential
+    either way: the result is the same). The per-step products run on every thread."""
     threads = torch.get_num_threads()
     if t.device.type != "cpu" or threads == 1:
         yield

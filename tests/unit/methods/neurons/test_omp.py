@@ -48,3 +48,15 @@ def test_pool_normalisations():
     assert_refused(lambda: prepare_pool(emb, "rows"), "normalization must be 'text' or 'dimension', got 'rows'")
     with pytest.raises(ValueError, match="k must be"):
         omp(rows, emb[:2], 0)
+
+
+def test_more_picks_than_dimensions_fit_exactly_and_stay_distinct():
+    """Past D picks the residual is zero and every further atom is dependent on the picked ones: the basis grows
+    by nothing, atoms stay distinct, the coefficients are finite and the fit is exact."""
+    g = torch.Generator().manual_seed(3)
+    pool = prepare_pool(torch.randn(40, 6, generator=g))
+    targets = torch.randn(5, 6, generator=g)
+    code = omp(pool, targets, 9)
+    assert all(len(set(row)) == 9 for row in code.atoms.tolist())
+    assert bool(torch.isfinite(code.coefs).all())
+    torch.testing.assert_close(code.reconstruct(pool), targets, rtol=0, atol=1e-4)
