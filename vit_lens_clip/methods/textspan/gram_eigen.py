@@ -2,24 +2,24 @@
 
 Two routes compute the same numbers (to rounding):
 
-* CPU (float32 / float64): per head, LAPACK through SciPy: ``?syrk`` forms the lower triangle of CᵀC (half a
-  product's flops, in place of the blocked product below), then only the r largest eigenpairs are formed
-  (``_top_by_tridiagonal``; ``?syevr``'s subset driver where that declines), on as many BLAS threads as
-  ``torch.get_num_threads()``. One thread, 2000 x 512 float64,
-  r = 80, on the 2-core AMD EPYC bench machine: syrk 12 ms + eigenpairs 12 ms per head, against 14 + 28 ms
-  for the torch route.
-* Other devices: ``gram_lower`` (a lower-triangle product by column blocks) and ``torch.linalg.eigh``.
+* CPU on one torch thread (float32 / float64, D ≥ 256): per head, LAPACK through SciPy on one BLAS thread:
+  ``?syrk`` forms the lower triangle of CᵀC (half a product's flops), then only the r largest eigenpairs are
+  formed (``_top_by_tridiagonal``; ``?syevr``'s subset driver where that declines). 2000 x 512 float64, r = 80,
+  on the 2-core AMD EPYC bench machine: 24.5 ms per head against 46 ms for the torch route.
+* Otherwise: ``gram_lower`` (a lower-triangle product by column blocks) and ``torch.linalg.eigh``. On more
+  threads its products scale and the LAPACK route's sequential steps do not (paper-sized TextSpan on two
+  threads: 1.62 s either way); for small D it is as fast (128: 1.4 ms per head) and does not import SciPy.
 
-A head whose LAPACK call reports a failure is marked unsolved; the caller decides it by SVD.
+A head whose LAPACK calls all fail is marked unsolved; the caller decides it by SVD.
 """
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 import torch
 from jaxtyping import Bool, Float
-from scipy.linalg import blas, lapack
-from threadpoolctl import threadpool_limits
 from torch import Tensor
 
 _GRAM_BLOCK = 96  # column block of the lower-triangle Gram product (measured fastest on CPU for D = 512)
@@ -49,10 +49,16 @@ def top_gram_eigen(C: Float[Tensor, "h n d"], r: int) -> tuple[
     H, n, D = C.shape
     if not 1 <= r <= D:
         raise ValueError(f"r must lie in 1..{D}; got {r}")
-    if C.device.type == "cpu" and C.dtype in (torch.float32, torch.float64):
-        with threadpool_limits(limits=torch.get_num_threads(), user_api="blas"):  # torch's thread count governs
+    if (C.device.type == "cpu" and C.dtype in (torch.float32, torch.float64) and D >= _LAPACK_MIN_DIM
+            and torch.get_num_threads() == 1):
+        with _blas_threads().limit(limits=1, user_api="blas"):
             return _lapack_route(C, r)
     return _torch_route(C, r)
+
+
+_LAPACK_MIN_DIM = 256  # below it the torch route is as fast (measured at D = 128), without importing SciPy
+# (the LAPACK route's BLAS-2 steps only slow down on more BLAS threads, and OpenBLAS threads spinning beside
+# torch's slowed a two-thread TextSpan from 1.6 to 2.5 s: the route runs on one thread, chosen on one thread)
 
 
 def _torch_route(C: Tensor, r: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -68,16 +74,16 @@ def _torch_route(C: Tensor, r: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
 
 def _lapack_route(C: Tensor, r: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     H, n, D = C.shape
+    lapack_of = _lapack(C.dtype)
     data = C.detach().contiguous().numpy()
     evals = torch.zeros(H, r, dtype=C.dtype)
     vectors = torch.zeros(H, r, D, dtype=C.dtype)
     squared_norm = torch.zeros(H, dtype=C.dtype)
     solved = torch.zeros(H, dtype=torch.bool)
-    lapack_of = _LAPACK_FLOAT64 if C.dtype == torch.float64 else _LAPACK_FLOAT32
     for h in range(H):
         gram = lapack_of["syrk"](1.0, data[h].T, trans=0, lower=1)  # [D, D] Fortran order, lower triangle = CᵀC
         squared_norm[h] = float(np.trace(gram))
-        found = _top_by_tridiagonal(gram, r, lapack_of) if D > 1 else None
+        found = _top_by_tridiagonal(gram, r, lapack_of)
         if found is None:  # a near-split tridiagonal or a LAPACK failure: the standard subset driver
             gram = lapack_of["syrk"](1.0, data[h].T, trans=0, lower=1)  # formed again: the route overwrote it
             w, v, count, _, info = lapack_of["syevr"](gram, compute_v=1, range="I", lower=1, il=D - r + 1, iu=D,
@@ -124,7 +130,22 @@ def _top_by_tridiagonal(gram: np.ndarray, r: int, lapack_of: dict) -> tuple[np.n
     return top, z
 
 
-_LAPACK_FLOAT64 = {"syrk": blas.dsyrk, "syevr": lapack.dsyevr, "sytrd": lapack.dsytrd, "sterf": lapack.dsterf,
-                   "stein": lapack.dstein, "ormqr": lapack.dormqr}
-_LAPACK_FLOAT32 = {"syrk": blas.ssyrk, "syevr": lapack.ssyevr, "sytrd": lapack.ssytrd, "sterf": lapack.ssterf,
-                   "stein": lapack.sstein, "ormqr": lapack.sormqr}
+@lru_cache(maxsize=2)
+def _lapack(dtype: torch.dtype) -> dict:
+    """SciPy's BLAS / LAPACK routines for float64 or float32 (SciPy imported on first use)."""
+    from scipy.linalg import blas, lapack
+
+    if dtype == torch.float64:
+        return {"syrk": blas.dsyrk, "syevr": lapack.dsyevr, "sytrd": lapack.dsytrd, "sterf": lapack.dsterf,
+                "stein": lapack.dstein, "ormqr": lapack.dormqr}
+    return {"syrk": blas.ssyrk, "syevr": lapack.ssyevr, "sytrd": lapack.ssytrd, "sterf": lapack.ssterf,
+            "stein": lapack.sstein, "ormqr": lapack.sormqr}
+
+
+@lru_cache(maxsize=1)
+def _blas_threads():
+    """One threadpoolctl controller over the BLAS libraries loaded once SciPy is (its limits are cheap to set)."""
+    from threadpoolctl import ThreadpoolController
+
+    _lapack(torch.float64)
+    return ThreadpoolController()

@@ -95,9 +95,12 @@ def test_failed_lapack_calls_fall_back_to_the_subset_driver_then_the_svd(monkeyp
     from vit_lens_clip.methods.textspan import gram_eigen
 
     calls = {name: 0 for name in ("sytrd", "stein", "syevr")}
+    routines = gram_eigen._lapack(torch.float64)
+    monkeypatch.setattr(gram_eigen, "_LAPACK_MIN_DIM", 1)  # the LAPACK route at this small D too
+    monkeypatch.setattr(gram_eigen.torch, "get_num_threads", lambda: 1)  # ... which runs on one thread
 
     def failing_first(name):
-        real = gram_eigen._LAPACK_FLOAT64[name]
+        real = routines[name]
 
         def call(*args, **kwargs):
             out = real(*args, **kwargs)
@@ -106,7 +109,7 @@ def test_failed_lapack_calls_fall_back_to_the_subset_driver_then_the_svd(monkeyp
         return call
 
     for name in calls:
-        monkeypatch.setitem(gram_eigen._LAPACK_FLOAT64, name, failing_first(name))
+        monkeypatch.setitem(routines, name, failing_first(name))
     C, T = structured_heads(2, 120, 40, 30, seed=6)
     result = text_span(C, T, k=5, rank=12)
     assert calls["sytrd"] == 2 and calls["syevr"] == 1
@@ -114,6 +117,21 @@ def test_failed_lapack_calls_fall_back_to_the_subset_driver_then_the_svd(monkeyp
         ref = text_span_reference(C[h].numpy(), T.numpy(), k=5, rank=12)
         np.testing.assert_array_equal(result.indices[h].numpy(), ref.indices)
         np.testing.assert_allclose(result.reconstruction[h].numpy(), ref.reconstruction, atol=1e-10)
+
+
+@pytest.mark.parametrize("threads, dim, device_route", [(1, 256, False), (2, 256, True), (1, 255, True)])
+def test_the_route_follows_threads_and_width(monkeypatch, threads, dim, device_route):
+    """LAPACK pieces on one thread from D = 256 on; torch's route on more threads or below it."""
+    from vit_lens_clip.methods.textspan import gram_eigen
+
+    taken = []
+    for name in ("_lapack_route", "_torch_route"):
+        real = getattr(gram_eigen, name)
+        monkeypatch.setattr(gram_eigen, name, lambda C, r, real=real, name=name: taken.append(name) or real(C, r))
+    monkeypatch.setattr(gram_eigen.torch, "get_num_threads", lambda: threads)
+    C = torch.randn(1, dim + 4, dim, dtype=torch.float64, generator=torch.Generator().manual_seed(dim))
+    gram_eigen.top_gram_eigen(C, 4)
+    assert taken == ["_torch_route" if device_route else "_lapack_route"]
 
 
 def test_batched_matches_reference_float32():
