@@ -62,9 +62,8 @@ def add_sae_features(out: ReportOutput, loaded, scenes: Sequence[Scene], sae: Op
     model, numbers = loaded.model, {}
     out.numbers["sae"] = numbers
     images = torch.stack([loaded.preprocess(s.pil()) for s in scenes])
-    acts = explain.feature_activations(model, sae, images, batch_size=batch_size, progress=progress)  # [N, P, d_sae]
-    x = torch.cat([model.run_with_cache(images[i:i + batch_size], names_filter=lambda n: n == sae.cfg.hook_name)[1][
-        sae.cfg.hook_name].float() for i in range(0, len(images), batch_size)])
+    # [N, P, d_sae] and the SAE's input [N, P, d_in], from one pass
+    acts, x = explain.activations_and_inputs(model, sae, images, batch_size=batch_size, progress=progress)
     numbers["reconstruction"] = reconstruction_figures(sae, x.flatten(0, 1))
     mean_act = acts.mean((0, 1))
     feats = [int(j) for j in mean_act.argsort(descending=True)[:n_features]]

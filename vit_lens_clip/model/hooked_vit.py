@@ -140,12 +140,32 @@ class HookedViT(StackedWeights, HookedRootModule):
         """The trunk's readout of any per-position tensor (the pooled row); raises for an attention-pooled trunk."""
         return trunk_readout(self.cfg.pool_type, self.cfg.n_prefix).pool(x)
 
-    def forward(self, images: Float[Tensor, "batch channel height width"]) -> Float[Tensor, "batch d_out"]:
-        """Image embedding = ln_final(r) · W_proj (+ b_proj); equals the source model's image embedding."""
-        check_images(images)  # uint8 raises; NaN/inf and raw-pixel images at once, or deferred (validation.py)
-        resid = self.embed(images)
-        for block in self.blocks:
+    def forward(self, images: Float[Tensor, "batch channel height width"] | Float[Tensor, "batch pos d_model"],
+                *, start_at_layer: Optional[int] = None, stop_at_layer: Optional[int] = None,
+                ) -> Float[Tensor, "batch d_out"] | Float[Tensor, "batch pos d_model"]:
+        """Image embedding = ln_final(r) · W_proj (+ b_proj); equals the source model's image embedding.
+
+        As in TransformerLens: ``stop_at_layer=l`` returns the residual stream entering block l (after the
+        embedding for l = 0), and ``start_at_layer=l`` takes that residual [batch, pos, d_model] in place of
+        images and runs blocks l.. and the head, so that work shared by several runs is done once."""
+        n_layers = len(self.blocks)
+        start = 0 if start_at_layer is None else start_at_layer
+        stop = n_layers if stop_at_layer is None else stop_at_layer
+        if not (0 <= start <= n_layers and 0 <= stop <= n_layers and start <= stop):
+            raise ValueError(f"need 0 <= start_at_layer <= stop_at_layer <= {n_layers}; got {start_at_layer}, "
+                             f"{stop_at_layer}")
+        if start_at_layer is None:
+            check_images(images)  # uint8 raises; NaN/inf and raw-pixel images at once, or deferred (validation.py)
+            resid = self.embed(images)
+        else:
+            if images.ndim != 3 or images.shape[-1] != self.cfg.d_model:
+                raise ValueError(f"start_at_layer takes the residual stream [batch, pos, {self.cfg.d_model}], "
+                                 f"got {tuple(images.shape)}")
+            resid = images
+        for block in self.blocks[start:stop]:
             resid = block(resid, rope=self.rope)
+        if stop_at_layer is not None:
+            return resid
         pooled = self.pool(resid)
         out = pooled @ self.W_proj if self.b_proj is None else torch.addmm(self.b_proj, pooled, self.W_proj)
         return self.hook_image_embed(out)

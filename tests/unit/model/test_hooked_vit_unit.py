@@ -72,3 +72,24 @@ def test_text_directions_score_the_pooled_residual(pair):
     assert hooked.to_single_token("b") == 1 and hooked.W_U is hooked.W_proj
     with pytest.raises(BadInputError, match="token index out of range for a text vocabulary of 3 texts"):
         hooked.tokens_to_residual_directions(torch.tensor([3]))
+
+
+def test_stop_and_start_at_layer_split_the_forward(pair):
+    """model(model(x, stop_at_layer=l), start_at_layer=l) is model(x) for every l; the residual returned is the
+    one entering block l (blocks.l.hook_resid_pre); bad layers and non-residual inputs are refused."""
+    _, hooked = pair
+    x = _x(3)
+    with torch.no_grad():
+        full, (_, cache) = hooked(x), hooked.run_with_cache(x)
+        n = hooked.cfg.n_layers
+        for layer in range(n + 1):
+            resid = hooked(x, stop_at_layer=layer)
+            if layer < n:  # (run_with_cache forms per-head results: the same numbers to rounding)
+                assert rel_err(resid, cache[f"blocks.{layer}.hook_resid_pre"]) <= TOL
+            assert torch.equal(hooked(resid, start_at_layer=layer), full)
+        with pytest.raises(ValueError, match="start_at_layer <= stop_at_layer"):
+            hooked(x, stop_at_layer=n + 1)
+        with pytest.raises(ValueError, match="start_at_layer <= stop_at_layer"):
+            hooked(resid, start_at_layer=2, stop_at_layer=1)
+        with pytest.raises(ValueError, match="residual stream"):
+            hooked(x, start_at_layer=1)

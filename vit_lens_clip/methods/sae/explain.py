@@ -213,21 +213,33 @@ def nearest_texts(directions: Float[Tensor, "n_feat d_out"], text_embeddings: Fl
 def ablation_effects(model: HookedViT, sae: SparseAutoencoder, images: Float[Tensor, "n channel h w"],
                      features: Sequence[int], batch_size: int = 64,
                      progress: bool = False) -> Float[Tensor, "n_feat n d_out"]:
-    """Total effect of each feature per image: y − y(a_j := 0), the SAE spliced with its error term."""
+    """Total effect of each feature per image: y − y(a_j := 0), the SAE spliced with its error term. The blocks
+    before the SAE's are run once per batch (``start_at_layer``): every ablated run shares them."""
     feats = _features(sae, features)
     name = sae_hook_name(sae)
+    first = _first_block_reading(sae.cfg.hook_name, len(model.blocks))
     out = torch.zeros(len(feats), len(images), model.cfg.output_dim)
     with saes_spliced(model, sae, use_error_term=True):
         for i in tqdm(range(0, len(images), batch_size), desc="feature ablations", disable=not progress):
             x = images[i:i + batch_size]
-            base = model(x).float()
+            resid = model(x, stop_at_layer=first)
+            base = model(resid, start_at_layer=first).float()
             for n, j in enumerate(feats):
                 def zero(acts: Tensor, hook, j=j) -> Tensor:
                     acts[..., j] = 0
                     return acts
 
-                out[n, i:i + len(x)] = (base - model.run_with_hooks(x, fwd_hooks=[(name, zero)]).float()).cpu()
+                ablated = model.run_with_hooks(resid, start_at_layer=first, fwd_hooks=[(name, zero)])
+                out[n, i:i + len(x)] = (base - ablated.float()).cpu()
     return out
+
+
+def _first_block_reading(hook_name: str, n_layers: int) -> int:
+    """The first block whose run can change at ``hook_name``: l for 'blocks.l.…' hooks, else 0 (the whole model)."""
+    parts = hook_name.split(".")
+    if len(parts) > 2 and parts[0] == "blocks" and parts[1].isdigit() and int(parts[1]) < n_layers:
+        return int(parts[1])
+    return 0
 
 
 def describe(effects: Float[Tensor, "n_feat n d_out"], text_embeddings: Float[Tensor, "n_texts d_out"],
@@ -377,14 +389,24 @@ def feature_activations(model: HookedViT, sae: SparseAutoencoder, images: Float[
                         features: Optional[Sequence[int]] = None, batch_size: int = 64,
                         progress: bool = False) -> Float[Tensor, "n pos n_feat"]:
     """Feature activations at every token (the SAE spliced with its error term: the model is unchanged)."""
+    return activations_and_inputs(model, sae, images, features, batch_size, progress)[0]
+
+
+@torch.no_grad()
+def activations_and_inputs(model: HookedViT, sae: SparseAutoencoder, images: Float[Tensor, "n channel h w"],
+                           features: Optional[Sequence[int]] = None, batch_size: int = 64, progress: bool = False,
+                           ) -> tuple[Float[Tensor, "n pos n_feat"], Float[Tensor, "n pos d_in"]]:
+    """Feature activations at every token and the SAE's input there (the model's activation at its hook, in the
+    SAE's dtype), from one forward pass per batch."""
     feats = _features(sae, features)
-    name = sae_hook_name(sae)
-    out = []
+    names = (sae_hook_name(sae), sae_hook_name(sae, "hook_sae_input"))
+    acts, inputs = [], []
     with saes_spliced(model, sae, use_error_term=True):
         for i in tqdm(range(0, len(images), batch_size), desc="feature activations", disable=not progress):
-            _, cache = model.run_with_cache(images[i:i + batch_size], names_filter=lambda n: n == name)
-            out.append(cache[name][..., feats].float().cpu())
-    return torch.cat(out)
+            _, cache = model.run_with_cache(images[i:i + batch_size], names_filter=lambda n: n in names)
+            acts.append(cache[names[0]][..., feats].float().cpu())
+            inputs.append(cache[names[1]].float().cpu())
+    return torch.cat(acts), torch.cat(inputs)
 
 
 def activation_maps(model: HookedViT, acts: Float[Tensor, "n pos n_feat"]) -> Float[Tensor, "n n_feat grid_h grid_w"]:

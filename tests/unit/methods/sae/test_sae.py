@@ -321,6 +321,16 @@ def test_ablation_effects_maps_and_auroc(model, x):
         sae.b_enc[1] = -1e6  # feature 1 never fires: no effect
     eff = explain.ablation_effects(model, sae, x, [0, 1])
     assert float(eff[1].abs().max()) == 0.0 and float(eff[0].abs().max()) > 0
+    # the shared prefix changes nothing: the same as whole-model runs with and without the ablation
+    name = sae_hook_name(sae)
+
+    def zero(acts, hook):
+        acts[..., 0] = 0
+        return acts
+
+    with torch.no_grad(), saes_spliced(model, sae, use_error_term=True):
+        whole = model(x) - model.run_with_hooks(x, fwd_hooks=[(name, zero)])
+    assert torch.equal(eff[0], whole)
     sklearn = pytest.importorskip("sklearn.metrics")
     s, y = torch.tensor([0.1, 0.4, 0.4, 0.8, 0.2, 0.4]), torch.tensor([0, 1, 0, 1, 0, 1])
     assert abs(explain.auroc(s, y) - sklearn.roc_auc_score(y.numpy(), s.numpy())) < 1e-12
