@@ -263,6 +263,7 @@ def _span_chunk(
     safe_total = torch.where(total_variance > 0, total_variance, torch.ones_like(total_variance))
     safe_spread = torch.where(spread > 0, spread, torch.ones_like(spread))
     n_rescored = min(_RESCORED, M)
+    picked_directions = torch.zeros(h_count, dtype=torch.long, device=device)  # picks that removed something
     for i in range(k):
         # Rescore exactly every text whose running variance may lie in the tie band of the best.
         guard = 8 * (r + 2) * (i + 1) * eps * spread**2  # [h], bound on the running variances' drift
@@ -272,9 +273,15 @@ def _span_chunk(
         top = variances.topk(n_rescored, dim=-1).indices  # [h, R]
         t_top = _deflated(T_r.transpose(1, 2).gather(2, top[:, None, :].expand(-1, r, -1)).transpose(1, 2), basis[:, :i])
         variances.scatter_(1, top, _exact_variances(t_top, covariance))
-        crowded = close > n_rescored
+        # A head with as many directions picked as its rank is used up: its texts, deflated by an orthonormal
+        # basis of their whole span, are rounding (|t| ~ 2 r eps), so every exact variance is below
+        # (2 r eps)^2 spread^2, far under the tie tolerance^2: all its texts tie, the pick is index 0 and removes
+        # nothing. Its variances are set to 0 instead of rescored.
+        used_up = picked_directions >= ranks
+        crowded = (close > n_rescored) & ~used_up
         if bool(crowded.any()):
             variances[crowded] = _exact_variances(_deflated(T_r[crowded], basis[crowded, :i]), covariance[crowded])
+        variances.masked_fill_(used_up[:, None], 0.0)
 
         scores = variances.clamp_min(0).sqrt()  # std over images of C t
         best = scores.max(dim=-1, keepdim=True).values
@@ -296,6 +303,7 @@ def _span_chunk(
         dots = torch.bmm(torch.stack([t, u], dim=1), T_r.transpose(1, 2))  # [h, 2, M]: t_j . t and t_j . u
         variances.sub_(dots[:, 0].mul_(dots[:, 1]), alpha=2)  # v_j <- v_j - 2 (t_j . t)(t_j . u)
         basis[:, i] = t * inv_tt.sqrt()[:, None]
+        picked_directions += active
         indices[:, i] = j
         removed_variance = n * tst * inv_tt * active  # |C t|^2 / |t|^2 = n t^T S t / |t|^2
         variance_explained[:, i] = torch.where(total_variance > 0, removed_variance / safe_total, 0.0)

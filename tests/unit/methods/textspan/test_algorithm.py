@@ -134,6 +134,24 @@ def test_the_route_follows_threads_and_width(monkeypatch, threads, dim, device_r
     assert taken == ["_torch_route" if device_route else "_lapack_route"]
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_picks_past_a_heads_numerical_rank_are_the_references(dtype):
+    """Head-like data (numerical rank d_head + 1 = 9) with k = 25: once as many directions as the rank are
+    picked the head is used up; the later picks (index 0, removing nothing) and the reconstruction are the
+    reference's."""
+    from vit_lens_clip.methods.textspan.bench import head_like_data
+
+    C, T = head_like_data(3, 90, 50, 40, seed=12, d_head=8)
+    result = text_span(C.to(dtype), T.to(dtype), k=25, rank=80, dtype=dtype)
+    for h in range(3):
+        ref = text_span_reference(C[h].double().numpy(), T.numpy(), k=25, rank=80, data_eps=torch.finfo(torch.float32).eps)
+        assert int(result.ranks[h]) == ref.rank == 9
+        np.testing.assert_array_equal(result.indices[h].numpy(), ref.indices)
+        assert (result.indices[h, 9:] == 0).all()
+        np.testing.assert_allclose(result.reconstruction[h].double().numpy(), ref.reconstruction,
+                                   atol=1e-10 if dtype == torch.float64 else 1e-4)
+
+
 def test_batched_matches_reference_float32():
     C, T = structured_heads(5, 70, 32, 60, seed=4)
     result = text_span(C.float(), T.float(), k=8, rank=16, dtype=torch.float32, redecide=False)
