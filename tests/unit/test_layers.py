@@ -25,6 +25,8 @@ LAZY_OK = {
     ("vit_lens_clip.datasets.segmentation", "h5py"): "optional dependency (extra 'seg')",
     ("vit_lens_clip.convert.sources", "transformers"): "optional dependency (extra 'hf')",
     ("vit_lens_clip.methods.textspan.bench", "threadpoolctl"): "optional dependency of a benchmark script",
+    ("vit_lens_clip.methods.textspan.gram_eigen", "scipy.linalg"): "0.4 s to import, needed only by TextSpan's "
+                                                                   "one-thread CPU route (D >= 256)",
     ("vit_lens_clip.methods.textspan.make_pools", "wordfreq"): "needed only to regenerate the shipped pools",
     ("vit_lens_clip.methods.textspan.make_pools", "better_profanity"): "filters the pools when they are regenerated",
     ("vit_lens_clip.viz.html", "circuitsvis"): "optional: pages fall back to plotly without it",

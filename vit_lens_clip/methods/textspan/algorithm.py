@@ -114,8 +114,9 @@ def _top_subspace(C: Tensor, r: int, eps_data: float) -> tuple[Tensor, Tensor, T
     the rank zero), the eigenvalues σ² of CᵀC along them [h, r] (zero beyond the rank) and |C|_F² [h].
 
     When n ≥ D the vectors come from the top-r eigenpairs of CᵀC (``gram_eigen.py``), several times cheaper than
-    an SVD, for every head whose rank the Gram matrix decides for certain (and whose eigensolver succeeded). Its eigenvalues are within g = (n + D) eps |C|_F² of the σ_i² (the
-    rounding of forming CᵀC plus that of eigh), so σ_i is surely above the cut when λ_i > cut² + g. The
+    an SVD, for every head whose rank the Gram matrix decides for certain (and whose eigensolver succeeded). Its
+    eigenvalues are within g = (n + D) eps |C|_F² of the σ_i² (the rounding of forming CᵀC plus that of the
+    eigensolver), so σ_i is surely above the cut when λ_i > cut² + g. The
     directions after the first a such are surely below it when λ_(a+1) + g ≤ cut², or when the residual
     |C - C V_aᵀ V_a|_F, an upper bound on σ_(a+1) (Eckart-Young), is below the cut. The kept eigenvectors are
     off by about eps λ_1 / λ_a, so the route also needs λ_a ≥ eps λ_1 / 1e-5. Heads that miss any of this get a

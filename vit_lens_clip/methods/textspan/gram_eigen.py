@@ -20,6 +20,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 from jaxtyping import Bool, Float
+from threadpoolctl import ThreadpoolController
 from torch import Tensor
 
 _GRAM_BLOCK = 96  # column block of the lower-triangle Gram product (measured fastest on CPU for D = 512)
@@ -43,7 +44,7 @@ def gram_lower(C: Float[Tensor, "h n d"]) -> Float[Tensor, "h d d"]:
 
 
 def top_gram_eigen(C: Float[Tensor, "h n d"], r: int) -> tuple[
-        Float[Tensor, "h r"], Float[Tensor, "h r d"], Float[Tensor, "h"], Bool[Tensor, "h"]]:
+        Float[Tensor, "h r"], Float[Tensor, "h r d"], Float[Tensor, " h"], Bool[Tensor, " h"]]:
     """The r largest eigenvalues λ of each head's CᵀC (descending), their unit eigenvectors as rows, |C|_F² = tr(CᵀC),
     and whether the eigensolver succeeded (rows of an unsolved head are zero). Needs 1 ≤ r ≤ D."""
     H, n, D = C.shape
@@ -143,9 +144,7 @@ def _lapack(dtype: torch.dtype) -> dict:
 
 
 @lru_cache(maxsize=1)
-def _blas_threads():
+def _blas_threads() -> ThreadpoolController:
     """One threadpoolctl controller over the BLAS libraries loaded once SciPy is (its limits are cheap to set)."""
-    from threadpoolctl import ThreadpoolController
-
     _lapack(torch.float64)
     return ThreadpoolController()
