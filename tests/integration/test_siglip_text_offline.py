@@ -76,5 +76,13 @@ def test_the_cache_key_names_the_tokenizer(hub_offline, tmp_path):
         torch.manual_seed(0)  # random weights: the same ones each time, so that only the tokenizer differs
         return load_clip("ViT-B-16-SigLIP", tokenizer=tokenizer).key
 
-    keys = [key(str(folder)) for folder in (first, first, second)]
-    assert keys[0] == keys[1] != keys[2] and key(None) not in keys
+    from vit_lens_clip.convert.sources import tokenizer_key
+
+    keys = [key(str(folder)) for folder in (first, second)]  # two full-size loads (about 4 s each)
+    assert keys[0] != keys[1]
+    # the model's key is its own key plus the tokenizer's part: the same folder (its files) gives the same key,
+    # and the model's own tokenizer (none given) the bare key, which neither folder's key equals
+    parts = [tokenizer_key(str(folder)) for folder in (first, second)]
+    assert parts[0] == tokenizer_key(str(first)) and tokenizer_key(None) == ""
+    assert all(k.endswith(p) and p for k, p in zip(keys, parts, strict=True))
+    assert keys[0][:-len(parts[0])] == keys[1][:-len(parts[1])] not in keys
