@@ -152,6 +152,31 @@ def test_picks_past_a_heads_numerical_rank_are_the_references(dtype):
                                    atol=1e-10 if dtype == torch.float64 else 1e-4)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_lapack_route_on_degenerate_heads_matches_the_reference(monkeypatch, dtype):
+    """D = 260 on one thread (the LAPACK route): an all-zero head, a head with half its columns zero, a rank-one
+    head and a full one give the reference's ranks, picks and reconstructions."""
+    from vit_lens_clip.methods.textspan import gram_eigen
+
+    monkeypatch.setattr(gram_eigen.torch, "get_num_threads", lambda: 1)
+    taken = []
+    real = gram_eigen._lapack_route
+    monkeypatch.setattr(gram_eigen, "_lapack_route", lambda C, r: taken.append(1) or real(C, r))
+    C, T = structured_heads(4, 300, 260, 80, seed=1)
+    C[0] = 0
+    C[1, :, 100:] = 0
+    C[2] = C[2, :, :1] * torch.linspace(0.5, 1.5, 260, dtype=torch.float64)
+    result = text_span(C.to(dtype), T.to(dtype), k=6, rank=40, dtype=dtype, redecide=False)
+    assert taken
+    for h, rank in enumerate([0, 40, 1, 40]):
+        ref = text_span_reference(C[h].to(dtype).numpy(), T.to(dtype).numpy(), k=6, rank=40,
+                                  dtype=np.float64 if dtype == torch.float64 else np.float32)
+        assert int(result.ranks[h]) == ref.rank == rank
+        np.testing.assert_array_equal(result.indices[h].numpy(), ref.indices)
+        np.testing.assert_allclose(result.reconstruction[h].numpy(), ref.reconstruction,
+                                   atol=1e-12 if dtype == torch.float64 else 1e-5)
+
+
 def test_batched_matches_reference_float32():
     C, T = structured_heads(5, 70, 32, 60, seed=4)
     result = text_span(C.float(), T.float(), k=8, rank=16, dtype=torch.float32, redecide=False)
