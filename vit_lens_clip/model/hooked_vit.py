@@ -154,6 +154,8 @@ class HookedViT(StackedWeights, HookedRootModule):
         if not (0 <= start <= n_layers and 0 <= stop <= n_layers and start <= stop):
             raise ValueError(f"need 0 <= start_at_layer <= stop_at_layer <= {n_layers}; got {start_at_layer}, "
                              f"{stop_at_layer}")
+        if start_at_layer is not None or stop_at_layer is not None:
+            self._refuse_hooks_outside(start, stop)
         if start_at_layer is None:
             check_images(images)  # uint8 raises; NaN/inf and raw-pixel images at once, or deferred (validation.py)
             resid = self.embed(images)
@@ -169,6 +171,26 @@ class HookedViT(StackedWeights, HookedRootModule):
         pooled = self.pool(resid)
         out = pooled @ self.W_proj if self.b_proj is None else torch.addmm(self.b_proj, pooled, self.W_proj)
         return self.hook_image_embed(out)
+
+    def _refuse_hooks_outside(self, start: int, stop: int) -> None:
+        """A temporary forward hook (``run_with_hooks``, ``hooks()``, a cache) on a part that a start_at_layer /
+        stop_at_layer run skips would silently not fire (an edit ignored, a cache entry missing): refuse, naming the
+        hooks. Permanent hooks are part of the model (a spliced SAE): the other half of a split run applies them.
+        Hooks are in forward order in ``hook_dict``: the embedding's before the blocks', the head's after."""
+        skipped, seen_blocks = [], False
+        for name, hook in self.hook_dict.items():
+            parts = name.split(".")
+            if parts[0] == "blocks":
+                seen_blocks = True
+                runs = start <= int(parts[1]) < stop
+            else:
+                runs = start == 0 if not seen_blocks else stop == len(self.blocks)
+            if not runs and any(not handle.is_permanent for handle in hook.fwd_hooks):
+                skipped.append(name)
+        if skipped:
+            raise ValueError(f"hooks on parts this run skips (start_at_layer={start}, stop_at_layer={stop}) would not "
+                             f"fire: {', '.join(skipped[:5])}{' ...' if len(skipped) > 5 else ''}; hook only blocks "
+                             f"{start}..{stop - 1}")
 
     @property
     def norms_before_pooling(self) -> bool:

@@ -93,3 +93,23 @@ def test_stop_and_start_at_layer_split_the_forward(pair):
             hooked(resid, start_at_layer=2, stop_at_layer=1)
         with pytest.raises(ValueError, match="residual stream"):
             hooked(x, start_at_layer=1)
+
+
+def test_hooks_on_skipped_parts_are_refused(pair):
+    """An edit on a block or head that a start_at_layer / stop_at_layer run skips would be ignored: it raises,
+    naming the hook; hooks on the blocks that run fire as usual."""
+    _, hooked = pair
+    x = _x(4)
+
+    def zero(t, hook):
+        return torch.zeros_like(t)
+
+    with torch.no_grad():
+        resid = hooked(x, stop_at_layer=1)
+        for kwargs, where in [({"start_at_layer": 1}, "blocks.0.hook_resid_post"), ({"start_at_layer": 1}, "hook_embed"),
+                              ({"stop_at_layer": 1}, "blocks.1.hook_resid_post"),
+                              ({"stop_at_layer": 1}, "hook_image_embed")]:
+            with pytest.raises(ValueError, match=where.replace(".", r"\.")):
+                hooked.run_with_hooks(resid if "start_at_layer" in kwargs else x, fwd_hooks=[(where, zero)], **kwargs)
+        edited = hooked.run_with_hooks(resid, start_at_layer=1, fwd_hooks=[("blocks.1.hook_resid_post", zero)])
+        assert not torch.equal(edited, hooked(resid, start_at_layer=1))
