@@ -105,7 +105,7 @@ def _top_by_tridiagonal(gram: np.ndarray, r: int, lapack_of: dict) -> tuple[np.n
     O(D²)), the eigenvectors z of T for the top r alone by inverse iteration (``?stein``), and Q z by applying
     the reflectors (``?ormqr``, whose storage the lower ``?sytrd`` shares once the first row and column are
     dropped). None when T nearly splits (``?stein`` then needs the blocks, which ``?syevr`` finds), when a
-    routine fails, or when the vectors are not orthonormal to 100 eps."""
+    routine fails, or when the vectors are not eigenvectors of T to 100 D eps |T| or not orthonormal to 100 eps."""
     D = gram.shape[0]
     eps = np.finfo(gram.dtype).eps
     reflectors, d, e, tau, info = lapack_of["sytrd"](gram, lower=1, lwork=D * 16, overwrite_a=1)
@@ -119,6 +119,13 @@ def _top_by_tridiagonal(gram: np.ndarray, r: int, lapack_of: dict) -> tuple[np.n
     splits[0] = D  # one block: T does not split
     z, info = lapack_of["stein"](d, e, top, blocks, splits)
     if info != 0:
+        return None
+    # each vector must be an eigenvector of T for its eigenvalue: |T z − w z| within rounding of |T|
+    tz = d[:, None] * z[:, :r]
+    tz[:-1] += e[:, None] * z[1:, :r]
+    tz[1:] += e[:, None] * z[:-1, :r]
+    scale = max(float(np.abs(d).max()) + 2 * float(np.abs(e).max()), np.finfo(gram.dtype).tiny)
+    if np.abs(tz - z[:, :r] * top).max() > 100 * D * eps * scale:
         return None
     z = np.asfortranarray(z[:, :r])
     rotated, _, info = lapack_of["ormqr"]("L", "N", reflectors[1:, :-1], tau, z[1:], lwork=max(r, 1) * 64,

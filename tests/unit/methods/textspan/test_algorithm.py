@@ -177,6 +177,33 @@ def test_lapack_route_on_degenerate_heads_matches_the_reference(monkeypatch, dty
                                    atol=1e-12 if dtype == torch.float64 else 1e-5)
 
 
+def test_eigenvectors_for_the_wrong_eigenvalues_are_caught(monkeypatch):
+    """?stein vectors that are orthonormal but belong to other eigenvalues (two columns swapped) fail the residual
+    check: ?syevr takes the head, and the result is the reference's."""
+    from vit_lens_clip.methods.textspan import gram_eigen
+
+    routines = gram_eigen._lapack(torch.float64)
+    real = routines["stein"]
+
+    def swapped(*args, **kwargs):
+        z, info = real(*args, **kwargs)
+        z = z.copy()
+        z[:, [0, -1]] = z[:, [-1, 0]]
+        return z, info
+
+    syevr_calls = []
+    real_syevr = routines["syevr"]
+    monkeypatch.setitem(routines, "stein", swapped)
+    monkeypatch.setitem(routines, "syevr", lambda *a, **k: syevr_calls.append(1) or real_syevr(*a, **k))
+    C, T = structured_heads(1, 300, 260, 40, seed=8)
+    vals, vecs, _, solved = gram_eigen._lapack_route(C, 12)
+    assert bool(solved.all()) and syevr_calls == [1]
+    exact = torch.linalg.eigvalsh(C[0].T @ C[0]).flip(0)[:12]
+    torch.testing.assert_close(vals[0], exact, rtol=1e-10, atol=0.0)
+    residual = vecs[0] @ (C[0].T @ C[0]) - vals[0][:, None] * vecs[0]
+    assert float(residual.abs().max()) <= 1e-9 * float(exact[0])
+
+
 def test_batched_matches_reference_float32():
     C, T = structured_heads(5, 70, 32, 60, seed=4)
     result = text_span(C.float(), T.float(), k=8, rank=16, dtype=torch.float32, redecide=False)
