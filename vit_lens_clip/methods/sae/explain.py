@@ -63,6 +63,7 @@ from vit_lens_clip.methods.textspan.algorithm import TextSpanResult, text_span
 from vit_lens_clip.model.hooked_vit import HookedViT
 
 _RESIDUAL = re.compile(r"^blocks\.(\d+)\.hook_(resid_pre|resid_mid|resid_post|attn_out|mlp_out)$")
+_IN_BLOCK = re.compile(r"^blocks\.(\d+)\.")
 
 
 def _features(sae: SparseAutoencoder, features: Optional[Sequence[int]]) -> list[int]:
@@ -236,10 +237,8 @@ def ablation_effects(model: HookedViT, sae: SparseAutoencoder, images: Float[Ten
 
 def _first_block_reading(hook_name: str, n_layers: int) -> int:
     """The first block whose run can change at ``hook_name``: l for 'blocks.l.…' hooks, else 0 (the whole model)."""
-    parts = hook_name.split(".")
-    if len(parts) > 2 and parts[0] == "blocks" and parts[1].isdigit() and int(parts[1]) < n_layers:
-        return int(parts[1])
-    return 0
+    inside = _IN_BLOCK.match(hook_name)
+    return int(inside.group(1)) if inside and int(inside.group(1)) < n_layers else 0
 
 
 def describe(effects: Float[Tensor, "n_feat n d_out"], text_embeddings: Float[Tensor, "n_texts d_out"],
